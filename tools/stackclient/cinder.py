@@ -1,0 +1,72 @@
+"""Cinder-shaped notifications, sent by a real oslo.messaging Notifier.
+
+The shapes follow DESIGN.md §3: exchange ``openstack`` (Cinder never sets
+its own), topic ``notifications``, publisher ``volume.<host>@<backend>#<pool>``
+for ``volume.create.end``, and ``glance_metadata`` as a list of DB rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+
+HOST = "cinder-volume-1"
+BACKEND = "ceph"
+
+
+class CinderNotifier:
+    def __init__(self, transport_url: str, *, host: str = HOST, backend: str = BACKEND) -> None:
+        self.conf = cfg.ConfigOpts()
+        self.conf([], project="cinder-stand-in")
+        self.transport = oslo_messaging.get_notification_transport(self.conf, url=transport_url)
+        self.host = f"{host}@{backend}#{backend}"
+        self._volume = oslo_messaging.Notifier(
+            self.transport, publisher_id=f"volume.{self.host}", driver="messagingv2",
+            topics=["notifications"])
+        self._cache = oslo_messaging.Notifier(
+            self.transport, publisher_id=f"volume.{host}", driver="messagingv2",
+            topics=["notifications"])
+
+    def close(self) -> None:
+        self.transport.cleanup()
+
+    def volume_created(self, image: dict[str, Any] | None, *,
+                       volume_id: str | None = None, size_gb: int = 1) -> str:
+        volume_id = volume_id or str(uuid.uuid4())
+        self._volume.info({}, "volume.create.end",
+                          volume_payload(volume_id, self.host, image, size_gb))
+        return volume_id
+
+    def cache_event(self, kind: str, image_id: str) -> None:
+        self._cache.info({}, f"image_volume_cache.{kind}",
+                         {"image_id": image_id, "host": self.host})
+
+
+def volume_payload(volume_id: str, host: str, image: dict[str, Any] | None,
+                   size_gb: int) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+    rows: list[dict[str, Any]] = []
+    if image is not None:
+        meta = {"image_id": image["id"], "image_name": image.get("name") or "",
+                "checksum": image.get("checksum") or "",
+                "container_format": image.get("container_format") or "bare",
+                "disk_format": image.get("disk_format") or "raw",
+                "min_disk": str(image.get("min_disk", 0)),
+                "min_ram": str(image.get("min_ram", 0)),
+                "size": str(image.get("size") or 0)}
+        rows = [{"id": n + 1, "volume_id": volume_id, "snapshot_id": None, "key": k,
+                 "value": v, "deleted": False, "deleted_at": None, "created_at": now,
+                 "updated_at": None} for n, (k, v) in enumerate(meta.items())]
+    return {
+        "tenant_id": "stack-project", "user_id": "stack-admin", "host": host,
+        "availability_zone": "nova", "volume_id": volume_id,
+        "volume_type": str(uuid.uuid4()), "display_name": f"vol-{volume_id[:8]}",
+        "status": "available", "size": size_gb, "created_at": now, "launched_at": now,
+        "snapshot_id": None, "replication_status": None, "replication_extended_status": None,
+        "replication_driver_data": None, "metadata": [], "volume_attachment": [],
+        "glance_metadata": rows,
+    }

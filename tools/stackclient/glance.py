@@ -1,0 +1,59 @@
+"""Glance's v2 API, as a user or an operator script would call it."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+PATCH_TYPE = "application/openstack-images-v2.1-json-patch"
+
+
+class GlanceError(RuntimeError):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body[:500]}")
+        self.status = status
+
+
+class Glance:
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/")
+
+    def _req(self, method: str, path: str, body: Any = None,
+             ctype: str = "application/json") -> Any:
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": ctype})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as exc:
+            raise GlanceError(exc.code, exc.read().decode(errors="replace")) from exc
+        return json.loads(raw) if raw else None
+
+    def create(self, name: str, disk_format: str = "raw", **extra: Any) -> dict[str, Any]:
+        body = {"name": name, "disk_format": disk_format, "container_format": "bare", **extra}
+        result: dict[str, Any] = self._req("POST", "/v2/images", body)
+        return result
+
+    def upload(self, image_id: str, data: bytes) -> None:
+        self._req("PUT", f"/v2/images/{image_id}/file", data, "application/octet-stream")
+
+    def get(self, image_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("GET", f"/v2/images/{image_id}")
+        return result
+
+    def patch(self, image_id: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        result: dict[str, Any] = self._req("PATCH", f"/v2/images/{image_id}", ops, PATCH_TYPE)
+        return result
+
+    def add_location(self, image_id: str, url: str, store: str) -> dict[str, Any]:
+        return self.patch(image_id, [{"op": "add", "path": "/locations/-",
+                                      "value": {"url": url, "metadata": {"store": store}}}])
+
+    def add_tag(self, image_id: str, tag: str) -> None:
+        self._req("PUT", f"/v2/images/{image_id}/tags/{tag}")
+
+    def delete(self, image_id: str) -> None:
+        self._req("DELETE", f"/v2/images/{image_id}")

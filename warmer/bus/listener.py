@@ -1,0 +1,171 @@
+"""oslo.messaging notification listener, bridged into the asyncio loop.
+
+oslo.messaging has no asyncio executor, only ``threading``. Each message
+is parsed in the listener's thread, then handed to the loop with
+``asyncio.run_coroutine_threadsafe`` and the thread waits for the loop to
+take it. Ack and requeue rules (``allow_requeue=True``):
+
+* handed off (the loop folded the event into its state): ack;
+* unknown event type: ack, counted as ``ignored``;
+* malformed (bad envelope, missing or mistyped fields, oversized
+  payload): ack, logged and counted as ``malformed``. Never requeued, so a
+  poison message cannot loop, and it never reaches the engine, so it never
+  touches Ceph;
+* the loop is draining or did not take the event within
+  ``handoff_timeout``: requeue, so another daemon of the pool, or this one
+  after a restart, gets it;
+* a bug while handling: ack, logged and counted as ``error`` (requeueing
+  it would only repeat the bug forever).
+
+oslo.messaging requeues when the dispatcher itself raises, which happens
+on an envelope whose inner message is not an object; :class:`_GuardedDispatcher`
+turns that into a counted drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import oslo_messaging
+from oslo_config import cfg
+from oslo_messaging.notify import dispatcher as notify_dispatcher
+from oslo_messaging.notify import listener as notify_listener
+
+from warmer import events
+from warmer.metrics import Metrics
+
+LOG = logging.getLogger(__name__)
+
+HANDLED: str = oslo_messaging.NotificationResult.HANDLED
+REQUEUE: str = oslo_messaging.NotificationResult.REQUEUE
+
+Sink = Callable[[events.Event], Coroutine[Any, Any, str]]
+
+
+class TransientHandoffError(Exception):
+    """The loop could not take the event now; the message is requeued."""
+
+
+class Bridge:
+    """Hands parsed events from listener threads to the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Sink, metrics: Metrics, *,
+                 max_payload_bytes: int, handoff_timeout: float,
+                 transient: tuple[type[BaseException], ...] = ()) -> None:
+        self._loop = loop
+        self._sink = sink
+        self._metrics = metrics
+        self._max_payload_bytes = max_payload_bytes
+        self._handoff_timeout = handoff_timeout
+        self._requeue_on: tuple[type[BaseException], ...] = (
+            concurrent.futures.TimeoutError, concurrent.futures.CancelledError,
+            TransientHandoffError, *transient)
+
+    def deliver(self, publisher_id: Any, event_type: Any, payload: Any,
+                metadata: Any) -> str:
+        try:
+            event = events.parse(event_type, payload, metadata, publisher_id=publisher_id,
+                                 max_payload_bytes=self._max_payload_bytes)
+        except events.MalformedEvent as exc:
+            LOG.warning("dropping malformed notification %s from %s: %s",
+                        _short(event_type), _short(publisher_id), exc)
+            self._metrics.notification(event_type, "malformed")
+            return HANDLED
+        if event is None:
+            self._metrics.notification(event_type, "ignored")
+            return HANDLED
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._sink(event), self._loop)
+        except RuntimeError:  # loop closed
+            self._metrics.notification(event_type, "requeued")
+            return REQUEUE
+        try:
+            outcome = future.result(timeout=self._handoff_timeout)
+        except self._requeue_on as exc:
+            future.cancel()
+            LOG.info("requeueing %s: %s", event_type, type(exc).__name__)
+            self._metrics.notification(event_type, "requeued")
+            return REQUEUE
+        except Exception:
+            LOG.exception("handling %s failed; dropping it", event_type)
+            self._metrics.notification(event_type, "error")
+            return HANDLED
+        self._metrics.notification(event_type, outcome)
+        return HANDLED
+
+    def malformed_envelope(self, exc: BaseException) -> None:
+        LOG.warning("dropping a notification with a malformed envelope: %r", exc)
+        self._metrics.notification(None, "malformed")
+
+
+class _Endpoint:
+    """Receives INFO (everything warmer uses), and WARN and ERROR (Glance's
+    failed uploads), so that those are counted rather than left queued."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self._bridge = bridge
+
+    def _any(self, ctxt: Any, publisher_id: Any, event_type: Any, payload: Any,
+             metadata: Any) -> str:
+        return self._bridge.deliver(publisher_id, event_type, payload, metadata)
+
+    info = warn = error = _any
+
+
+class _GuardedDispatcher(notify_dispatcher.NotificationDispatcher):  # type: ignore[misc]
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__([_Endpoint(bridge)], None)
+        self._bridge = bridge
+
+    def dispatch(self, incoming: Any) -> Any:
+        try:
+            self._extract_user_message(incoming)
+        except Exception as exc:
+            self._bridge.malformed_envelope(exc)
+            return HANDLED
+        return super().dispatch(incoming)
+
+
+class BusListener:
+    """One oslo.messaging listener on the Glance and Cinder exchanges."""
+
+    def __init__(self, conf: cfg.ConfigOpts, bridge: Bridge) -> None:
+        self._conf = conf
+        self._bridge = bridge
+        self._transport: Any = None
+        self._server: Any = None
+        self.running = False
+
+    def start(self) -> None:
+        """Connect, declare the pool's queue and bindings, start consuming.
+        Blocking: call it from a thread."""
+        bus = self._conf.bus
+        self._transport = oslo_messaging.get_notification_transport(self._conf)
+        targets = [oslo_messaging.Target(exchange=exchange, topic=topic)
+                   for exchange in (bus.glance_exchange, bus.cinder_exchange)
+                   for topic in bus.topics]
+        self._server = notify_listener.NotificationServer(
+            self._transport, targets, _GuardedDispatcher(self._bridge), "threading",
+            allow_requeue=True, pool=bus.pool)
+        self._server.start()
+        self.running = True
+
+    def stop(self) -> None:
+        """Stop consuming and wait for in-flight callbacks. Blocking."""
+        if self._server is not None:
+            self._server.stop()
+            self._server.wait()
+            self._server = None
+        if self._transport is not None:
+            self._transport.cleanup()
+            self._transport = None
+        self.running = False
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return text[:80]

@@ -1,0 +1,1 @@
+"""Ceph access: the typed surface of rados/rbd warmer uses, and the client."""

@@ -1,0 +1,21 @@
+"""``warmer-daemon --config-file FILE``: the systemd service's main."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from oslo_log import log
+
+from warmer import conf as warmer_conf
+from warmer.service import Service
+
+
+def main(argv: list[str] | None = None) -> int:
+    conf = warmer_conf.load(sys.argv[1:] if argv is None else argv)
+    log.setup(conf, "warmer")
+    return asyncio.run(Service(conf).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

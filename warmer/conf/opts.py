@@ -1,0 +1,14 @@
+"""Entry point for oslo-config-generator (``oslo.config.opts`` = warmer)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from warmer.conf import bus, glance, http, popularity, targets, warming
+
+
+def list_opts() -> list[tuple[Any, list[Any]]]:
+    result: list[tuple[Any, list[Any]]] = []
+    for module in (targets, bus, glance, http, popularity, warming):
+        result.extend(module.list_opts())
+    return result

@@ -1,0 +1,56 @@
+"""Targets: the Cinder RBD backends warmer keeps images cloneable for.
+
+Like cinder.conf's ``enabled_backends``, ``[DEFAULT] enabled_targets``
+names config groups, one per target, each with the options below.
+"""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+DEFAULT_OPTS: list[cfg.Opt] = [
+    cfg.ListOpt("enabled_targets", default=[],
+                help="Names of the config groups that describe the Ceph clusters "
+                     "and pools where Cinder needs images cloneable."),
+]
+
+# Documented in the sample config under [target_example]; registered at run
+# time on each group that enabled_targets names.
+TARGET_OPTS: list[cfg.Opt] = [
+    cfg.StrOpt("ceph_conf", default="/etc/ceph/ceph.conf",
+               help="ceph.conf of the cluster Cinder's backend uses."),
+    cfg.StrOpt("rados_user", default="warmer",
+               help="warmer's cephx user in that cluster (without 'client.')."),
+    cfg.StrOpt("keyring", help="Keyring of rados_user; default: what ceph_conf says."),
+    cfg.StrOpt("pool", default="volumes",
+               help="Cinder's pool in that cluster (rbd_pool in cinder.conf)."),
+    cfg.StrOpt("glance_store",
+               help="Glance store id (enabled_backends) that stands for this "
+                    "cluster; default: the group name."),
+    cfg.BoolOpt("repair_glance_snapshots", default=True,
+                help="Create or protect the snapshot that a Glance image's own "
+                     "RBD location names, when it is missing or unprotected. "
+                     "Needs the rbd profile on Glance's pool; without it warmer "
+                     "only reports."),
+    cfg.StrOpt("cinder_user",
+               help="Cinder's rbd_user. When set, cloneability is checked by "
+                    "opening the snapshot read-only as this user, as Cinder does."),
+    cfg.StrOpt("cinder_keyring", help="Keyring of cinder_user."),
+    cfg.IntOpt("connect_timeout", default=10, min=1, max=600,
+               help="Seconds for connecting to the cluster."),
+]
+
+EXAMPLE_GROUP = "target_example"
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(DEFAULT_OPTS)
+
+
+def register_target_groups(conf: cfg.ConfigOpts) -> None:
+    for name in conf.enabled_targets:
+        conf.register_opts(TARGET_OPTS, group=name)
+
+
+def list_opts() -> list[tuple[str | None, list[cfg.Opt]]]:
+    return [(None, DEFAULT_OPTS), (EXAMPLE_GROUP, TARGET_OPTS)]

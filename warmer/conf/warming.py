@@ -1,0 +1,32 @@
+"""[warming]: how much work warmer does at once and how often it reconciles."""
+
+from __future__ import annotations
+
+from oslo_config import cfg
+
+GROUP = cfg.OptGroup("warming", title="Warming",
+                     help="Workers, Ceph threads and reconciliation.")
+
+OPTS = [
+    cfg.IntOpt("workers", default=4, min=1, max=256,
+               help="Images evaluated and warmed concurrently."),
+    cfg.IntOpt("ceph_threads", default=8, min=1, max=256,
+               help="Threads for blocking rados/rbd calls (never run on the event loop)."),
+    cfg.FloatOpt("reconcile_interval", default=600.0, min=5.0, max=86400.0,
+                 help="Seconds between full reconciliations of desired and actual "
+                      "state, which repair what missed notifications leave behind."),
+    cfg.FloatOpt("ceph_probe_interval", default=15.0, min=1.0, max=3600.0,
+                 help="Seconds between Ceph reachability probes (for /readyz and "
+                      "warmer_dependency_up). Scrapes never call Ceph."),
+    cfg.FloatOpt("retry_delay", default=30.0, min=0.1, max=3600.0,
+                 help="Seconds before an image whose warming failed is tried again."),
+]
+
+
+def register_opts(conf: cfg.ConfigOpts) -> None:
+    conf.register_group(GROUP)
+    conf.register_opts(OPTS, group=GROUP)
+
+
+def list_opts() -> list[tuple[cfg.OptGroup, list[cfg.Opt]]]:
+    return [(GROUP, OPTS)]

@@ -1,0 +1,292 @@
+"""Typed events parsed from Glance and Cinder notifications.
+
+Parsing is strict about what warmer relies on and liberal about the rest:
+a field warmer uses must be present with the right type, or the whole
+notification is rejected as :class:`MalformedEvent`; fields it does not
+use are ignored. Unknown event types yield ``None``. Parsing never does
+I/O, so a rejected notification can never have touched Ceph.
+
+Shapes (DESIGN.md §3):
+
+* Glance ``image.*``: the payload is the image (id, status, disk_format,
+  size, visibility, properties, tags, updated_at, ...); no locations.
+* Glance ``image.send``: image_id, bytes_sent, receiver_*.
+* Cinder ``volume.create.end``: ``glance_metadata`` is a list of DB rows
+  ``{key, value, ...}``; the source image is the row whose key is
+  ``image_id``. An empty list means "not from an image".
+* Cinder ``image_volume_cache.hit|miss``: ``{image_id, host}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+GLANCE_IMAGE_EVENTS = frozenset({
+    "image.create", "image.update", "image.upload", "image.activate",
+    "image.prepare",
+})
+IMAGE_DELETE = "image.delete"
+IMAGE_SEND = "image.send"
+VOLUME_CREATE_END = "volume.create.end"
+CACHE_EVENTS = {"image_volume_cache.hit": "hit", "image_volume_cache.miss": "miss"}
+
+MAX_ID_LEN = 255
+_TS_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
+               "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S")
+
+
+class MalformedEvent(ValueError):
+    """A notification that claims a known event type but cannot be used."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What warmer uses of a Glance image, from a notification or the API."""
+
+    id: str
+    status: str
+    disk_format: str | None = None
+    size: int | None = None
+    visibility: str | None = None
+    name: str | None = None
+    checksum: str | None = None
+    os_hash_algo: str | None = None
+    os_hash_value: str | None = None
+    properties: dict[str, str] = field(default_factory=dict)
+    tags: frozenset[str] = frozenset()
+    updated_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ImageChanged:
+    event_type: str
+    image: ImageInfo
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True)
+class ImageDeleted:
+    image_id: str
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True)
+class ImageSent:
+    image_id: str
+    message_id: str
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True)
+class VolumeCreatedFromImage:
+    volume_id: str
+    image_id: str
+    backend_host: str
+    disk_format: str | None
+    size: int | None
+    timestamp: dt.datetime
+
+
+@dataclass(frozen=True)
+class ImageCacheUsed:
+    kind: str  # "hit" or "miss"
+    image_id: str
+    host: str
+    message_id: str
+    timestamp: dt.datetime
+
+
+Event = ImageChanged | ImageDeleted | ImageSent | VolumeCreatedFromImage | ImageCacheUsed
+
+
+def is_known(event_type: Any) -> bool:
+    return isinstance(event_type, str) and (
+        event_type in GLANCE_IMAGE_EVENTS or event_type in CACHE_EVENTS
+        or event_type in (IMAGE_DELETE, IMAGE_SEND, VOLUME_CREATE_END))
+
+
+def parse(event_type: Any, payload: Any, metadata: Any,
+          *, publisher_id: Any = None, max_payload_bytes: int = 1 << 20,
+          now: dt.datetime | None = None) -> Event | None:
+    """Turn one notification into an :data:`Event`.
+
+    Returns ``None`` for an event type warmer does not use, and for a
+    ``volume.create.end`` of a volume not created from an image. Raises
+    :class:`MalformedEvent` for anything else that cannot be used.
+    """
+    if not is_known(event_type):
+        return None
+    if not isinstance(payload, dict):
+        raise MalformedEvent(f"{event_type}: payload is {type(payload).__name__}, not an object")
+    _check_size(event_type, payload, max_payload_bytes)
+    meta = metadata if isinstance(metadata, dict) else {}
+    ts = _timestamp(meta.get("timestamp"), now)
+    message_id = _opt_str(meta, "message_id") or str(uuid.uuid4())
+
+    if event_type in GLANCE_IMAGE_EVENTS:
+        return ImageChanged(event_type, image_info(payload), ts)
+    if event_type == IMAGE_DELETE:
+        return ImageDeleted(_id(payload, "id"), ts)
+    if event_type == IMAGE_SEND:
+        return ImageSent(_id(payload, "image_id"), message_id, ts)
+    if event_type == VOLUME_CREATE_END:
+        return _volume_created(payload, publisher_id, ts)
+    return ImageCacheUsed(CACHE_EVENTS[event_type], _id(payload, "image_id"),
+                          _str(payload, "host"), message_id, ts)
+
+
+def image_info(payload: dict[str, Any]) -> ImageInfo:
+    """Parse a Glance image, as notifications and ``GET /v2/images/{id}`` give it."""
+    props = payload.get("properties")
+    if props is None:
+        # The v2 API returns custom properties at the top level; keep the
+        # string-valued ones that are not Glance's own fields.
+        props = {k: v for k, v in payload.items()
+                 if isinstance(v, str) and k not in _CORE_FIELDS}
+    if not isinstance(props, dict):
+        raise MalformedEvent("image properties is not an object")
+    tags = payload.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise MalformedEvent("image tags is not a list of strings")
+    return ImageInfo(
+        id=_id(payload, "id"),
+        status=_str(payload, "status"),
+        disk_format=_opt_str(payload, "disk_format"),
+        size=_opt_int(payload, "size"),
+        visibility=_opt_str(payload, "visibility"),
+        name=_opt_str(payload, "name"),
+        checksum=_opt_str(payload, "checksum"),
+        os_hash_algo=_opt_str(payload, "os_hash_algo"),
+        os_hash_value=_opt_str(payload, "os_hash_value"),
+        properties={str(k): str(v) for k, v in props.items()},
+        tags=frozenset(tags),
+        updated_at=_opt_timestamp(payload.get("updated_at")),
+    )
+
+
+_CORE_FIELDS = frozenset({
+    "id", "name", "status", "disk_format", "container_format", "visibility",
+    "checksum", "os_hash_algo", "os_hash_value", "owner", "created_at",
+    "updated_at", "self", "file", "schema", "direct_url", "stores",
+    "os_glance_failed_import", "os_glance_importing_to_stores",
+})
+
+
+def _volume_created(payload: dict[str, Any], publisher_id: Any,
+                    ts: dt.datetime) -> VolumeCreatedFromImage | None:
+    volume_id = _id(payload, "volume_id")
+    rows = payload.get("glance_metadata")
+    if rows is None or rows == []:
+        return None  # not created from an image
+    if not isinstance(rows, list):
+        raise MalformedEvent("volume.create.end: glance_metadata is not a list of rows")
+    meta: dict[str, str] = {}
+    for row in rows:
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            raise MalformedEvent("volume.create.end: glance_metadata row without a key")
+        if row.get("deleted") in (True, 1, "1", "True", "true"):
+            continue
+        value = row.get("value")
+        if value is not None and not isinstance(value, str):
+            raise MalformedEvent(f"volume.create.end: glance_metadata {row['key']} "
+                                 "is not a string")
+        meta[row["key"]] = value or ""
+    if "image_id" not in meta:
+        return None
+    image_id = _valid_id(meta["image_id"], "glance_metadata image_id")
+    host = payload.get("host")
+    if not isinstance(host, str):
+        host = publisher_id.split(".", 1)[1] if (
+            isinstance(publisher_id, str) and "." in publisher_id) else ""
+    size = meta.get("size")
+    return VolumeCreatedFromImage(
+        volume_id=volume_id, image_id=image_id, backend_host=host,
+        disk_format=meta.get("disk_format") or None,
+        size=int(size) if size and size.isdigit() else None, timestamp=ts)
+
+
+def _check_size(event_type: str, payload: dict[str, Any], limit: int) -> None:
+    try:
+        size = len(json.dumps(payload, default=str))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise MalformedEvent(f"{event_type}: payload is not serialisable: {exc}") from exc
+    if size > limit:
+        raise MalformedEvent(f"{event_type}: payload is {size} bytes, over {limit}")
+
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+
+
+def _valid_id(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"{what} is missing or not a string")
+    if len(value) > MAX_ID_LEN or not _ID_RE.match(value):
+        raise MalformedEvent(f"{what} {value[:64]!r} is not a valid id")
+    return value
+
+
+def _id(payload: dict[str, Any], key: str) -> str:
+    return _valid_id(payload.get(key), key)
+
+
+def _str(payload: dict[str, Any], key: str) -> str:
+    value = payload.get(key)
+    if not isinstance(value, str):
+        raise MalformedEvent(f"{key} is missing or not a string")
+    return value
+
+
+def _opt_str(payload: dict[str, Any], key: str) -> str | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MalformedEvent(f"{key} is not a string")
+    return value
+
+
+def _opt_int(payload: dict[str, Any], key: str) -> int | None:
+    value = payload.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MalformedEvent(f"{key} is not a non-negative integer")
+    return value
+
+
+def _opt_timestamp(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    parsed = _parse_ts(value)
+    if parsed is None:
+        raise MalformedEvent(f"timestamp {str(value)[:40]!r} is not understood")
+    return parsed
+
+
+def _parse_ts(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str):
+        return None
+    text = value.strip().rstrip("Z")
+    if text.endswith("+00:00"):
+        text = text[:-6]
+    for fmt in _TS_FORMATS:
+        try:
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+    return None
+
+
+def _timestamp(value: Any, now: dt.datetime | None) -> dt.datetime:
+    """The notification's own time, never later than now: a sender with a
+    clock ahead must not make its demand outlive everyone else's."""
+    current = now or dt.datetime.now(dt.UTC)
+    parsed = _parse_ts(value)
+    if parsed is None:
+        return current
+    return min(parsed, current)

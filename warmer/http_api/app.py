@@ -1,0 +1,94 @@
+"""aiohttp app: ``/metrics``, ``/healthz``, ``/readyz`` and the admin API.
+
+Nothing here calls Ceph or Glance: every answer comes from state the
+daemon already holds, so a scrape or a status query is cheap and cannot
+hang on a sick cluster.
+
+Admin API (JSON, version 1):
+
+* ``GET /v1/images``: every tracked image with its score, verdict and
+  per-target state;
+* ``GET /v1/images/{id}``: one image (404 when untracked);
+* ``POST /v1/images/{id}/evaluate``: evaluate it now (202).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from warmer.metrics import Metrics
+from warmer.warming.engine import Engine
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
+
+
+def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | None:
+    tracker = engine.tracker
+    info = tracker.image(image_id)
+    if info is None:
+        return None
+    verdict = tracker.verdict(image_id, now)
+    return {
+        "id": image_id,
+        "name": info.name,
+        "status": info.status,
+        "disk_format": info.disk_format,
+        "size": info.size,
+        "score": round(verdict.score, 4) if verdict else 0.0,
+        "wanted": bool(verdict and verdict.wanted),
+        "why": verdict.reason if verdict else "unknown",
+        "pinned": tracker.policy.pinned(info),
+        "targets": [
+            {k: v for k, v in dataclasses.asdict(s).items() if k != "image_id"}
+            for s in engine.status(image_id)
+        ],
+    }
+
+
+def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
+             clock: Callable[[], float]) -> web.Application:
+    app = web.Application()
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        checks = ready()
+        ok = all(checks.values())
+        return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+    async def list_images(request: web.Request) -> web.Response:
+        now = clock()
+        views = [image_view(engine, i, now) for i in sorted(engine.tracker.image_ids())]
+        return web.json_response({"images": [v for v in views if v is not None]})
+
+    def _image_id(request: web.Request) -> str:
+        image_id = request.match_info["image_id"]
+        if not _ID.match(image_id):
+            raise web.HTTPBadRequest(text="invalid image id\n")
+        return image_id
+
+    async def show_image(request: web.Request) -> web.Response:
+        view = image_view(engine, _image_id(request), clock())
+        if view is None:
+            raise web.HTTPNotFound(text="image not tracked\n")
+        return web.json_response(view)
+
+    async def evaluate(request: web.Request) -> web.Response:
+        image_id = _image_id(request)
+        engine.enqueue(image_id)
+        return web.json_response({"queued": image_id}, status=202)
+
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/v1/images", list_images)
+    app.router.add_get("/v1/images/{image_id}", show_image)
+    app.router.add_post("/v1/images/{image_id}/evaluate", evaluate)
+    return app

@@ -1,0 +1,139 @@
+"""Demand scores that decay, the eligibility policy, and the wanted set.
+
+A score is a sum of weighted demand events, each halved every
+``half_life`` seconds since it happened. Each event is decayed from its own
+timestamp, so the result does not depend on the order in which events
+arrive: reordered notifications give the same scores (up to float
+rounding). Duplicates are filtered before they reach the model (see
+:class:`DedupWindow`).
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from dataclasses import dataclass
+
+from warmer.events import ImageInfo
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+class Scores:
+    """Decayed demand per image id. Not thread-safe: used on the loop."""
+
+    def __init__(self, half_life: float) -> None:
+        self.half_life = half_life
+        # image id -> (score at ref_time, ref_time in epoch seconds)
+        self._scores: dict[str, tuple[float, float]] = {}
+
+    def _decay(self, seconds: float) -> float:
+        return math.pow(2.0, -seconds / self.half_life)
+
+    def add(self, image_id: str, weight: float, at: float) -> None:
+        if weight <= 0:
+            return
+        value, ref = self._scores.get(image_id, (0.0, at))
+        if at >= ref:
+            self._scores[image_id] = (value * self._decay(at - ref) + weight, at)
+        else:
+            self._scores[image_id] = (value + weight * self._decay(ref - at), ref)
+
+    def score(self, image_id: str, now: float) -> float:
+        value, ref = self._scores.get(image_id, (0.0, now))
+        return value * self._decay(max(0.0, now - ref))
+
+    def forget(self, image_id: str) -> None:
+        self._scores.pop(image_id, None)
+
+    def known(self) -> list[str]:
+        return list(self._scores)
+
+    def __contains__(self, image_id: object) -> bool:
+        return image_id in self._scores
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Which images may be warmed at all (DESIGN.md §2.2)."""
+
+    disk_formats: frozenset[str] = frozenset({"raw"})
+    max_image_size: int = 0
+    visibilities: frozenset[str] = frozenset({"public", "community", "shared", "private"})
+    pin_property: str = "warmer_pin"
+    pin_tag: str = "warmer-pin"
+
+    def ineligible_reason(self, image: ImageInfo) -> str | None:
+        """``None`` when eligible, else a short machine-readable reason."""
+        if image.status != "active":
+            return "not_active"
+        if image.disk_format not in self.disk_formats:
+            return "disk_format_not_raw" if self.disk_formats == {"raw"} else "disk_format"
+        if self.max_image_size and (image.size is None or image.size > self.max_image_size):
+            return "too_large"
+        if image.visibility is not None and image.visibility not in self.visibilities:
+            return "visibility"
+        return None
+
+    def pinned(self, image: ImageInfo) -> bool:
+        if self.pin_tag and self.pin_tag in image.tags:
+            return True
+        if self.pin_property:
+            return image.properties.get(self.pin_property, "").strip().lower() in _TRUE
+        return False
+
+
+@dataclass(frozen=True)
+class Verdict:
+    wanted: bool
+    reason: str  # why (not) wanted: pinned, threshold, top_k, below_threshold, or ineligible reason
+    score: float
+
+
+def decide(images: dict[str, ImageInfo], scores: Scores, policy: Policy, *,
+           threshold: float, top_k: int, now: float) -> dict[str, Verdict]:
+    """The verdict for every image in ``images``.
+
+    Wanted = eligible and (pinned, or score >= threshold, or among the
+    ``top_k`` eligible images with a positive score). Ties at the top-k
+    boundary are broken by image id, so the result is deterministic.
+    """
+    scored = {i: scores.score(i, now) for i in images}
+    eligible = {i for i, image in images.items() if policy.ineligible_reason(image) is None}
+    ranked = sorted((i for i in eligible if scored[i] > 0), key=lambda i: (-scored[i], i))
+    top = set(ranked[:top_k])
+    verdicts: dict[str, Verdict] = {}
+    for image_id, image in images.items():
+        score = scored[image_id]
+        if image_id not in eligible:
+            reason = policy.ineligible_reason(image) or "ineligible"
+            verdicts[image_id] = Verdict(False, reason, score)
+        elif policy.pinned(image):
+            verdicts[image_id] = Verdict(True, "pinned", score)
+        elif score > 0 and score >= threshold:
+            verdicts[image_id] = Verdict(True, "threshold", score)
+        elif image_id in top:
+            verdicts[image_id] = Verdict(True, "top_k", score)
+        else:
+            verdicts[image_id] = Verdict(False, "below_threshold", score)
+    return verdicts
+
+
+class DedupWindow:
+    """Remembers the last ``size`` keys, so a redelivered demand event
+    (same volume id, same message id) is counted once."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        if self.size == 0:
+            return True
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.size:
+            self._seen.popitem(last=False)
+        return True

@@ -1,0 +1,199 @@
+"""The warmer daemon: builds the parts from config and supervises them.
+
+Start-up order: HTTP (so /healthz answers at once), Ceph connections
+(retried until they work), the engine, then the bus listener. READY=1 goes
+to systemd once the bus is consumed and every target's cluster answered.
+
+Shutdown (SIGTERM or SIGINT): stop taking events (the listener stops and
+waits for in-flight callbacks; anything not handed off is requeued), let
+the engine finish the evaluation in progress for up to ``drain_timeout``,
+then cancel, close Glance and Ceph connections, and return 0. SIGHUP
+re-reads the mutable options (the [popularity] group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import signal
+import time
+
+from aiohttp import web
+from oslo_config import cfg
+
+from warmer import systemd
+from warmer.bus.listener import Bridge, BusListener
+from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
+from warmer.glance.client import GlanceClient
+from warmer.http_api.app import make_app
+from warmer.metrics import Metrics
+from warmer.popularity import Policy
+from warmer.tracker import Tracker, Weights
+from warmer.warming.engine import Draining, Engine
+from warmer.warming.target import Target, TargetConfig
+
+LOG = logging.getLogger(__name__)
+DRAIN_TIMEOUT = 20.0
+
+
+def policy_from(conf: cfg.ConfigOpts) -> Policy:
+    p = conf.popularity
+    return Policy(disk_formats=frozenset(p.disk_formats), max_image_size=p.max_image_size,
+                  visibilities=frozenset(p.visibilities), pin_property=p.pin_property or "",
+                  pin_tag=p.pin_tag or "")
+
+
+def weights_from(conf: cfg.ConfigOpts) -> Weights:
+    p = conf.popularity
+    return Weights(volume_create=p.weight_volume_create, cache_miss=p.weight_cache_miss,
+                   cache_hit=p.weight_cache_hit, image_send=p.weight_image_send)
+
+
+def build_targets(conf: cfg.ConfigOpts,
+                  executor: concurrent.futures.Executor) -> list[Target]:
+    targets = []
+    for name in conf.enabled_targets:
+        group = conf[name]
+        ceph = CephClient(ClusterConfig(group.ceph_conf, group.rados_user, group.keyring,
+                                        group.connect_timeout), executor)
+        cinder = None
+        if group.cinder_user:
+            cinder = CephClient(ClusterConfig(group.ceph_conf, group.cinder_user,
+                                              group.cinder_keyring, group.connect_timeout),
+                                executor)
+        targets.append(Target(TargetConfig(name, group.pool, group.glance_store or name,
+                                           group.repair_glance_snapshots), ceph, cinder))
+    return targets
+
+
+class Service:
+    def __init__(self, conf: cfg.ConfigOpts) -> None:
+        self.conf = conf
+        self.metrics = Metrics()
+        self.executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
+        self.targets = build_targets(conf, self.executor)
+        if not self.targets:
+            raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
+        p = conf.popularity
+        self.tracker = Tracker(half_life=p.half_life, weights=weights_from(conf),
+                               policy=policy_from(conf), threshold=p.threshold,
+                               top_k=p.top_k, dedup_window=conf.bus.dedup_window)
+        self.glance = GlanceClient(conf.glance.endpoint, timeout=conf.glance.timeout,
+                                   max_connections=conf.glance.max_connections)
+        self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
+                             workers=conf.warming.workers,
+                             reconcile_interval=conf.warming.reconcile_interval,
+                             retry_delay=conf.warming.retry_delay)
+        self.metrics.add_state_collector(self.engine.status_rows,
+                                         lambda: len(self.tracker.image_ids()))
+        self.listener: BusListener | None = None
+        self.ceph_up: dict[str, bool] = {t.name: False for t in self.targets}
+        self._stop = asyncio.Event()
+        self._ceph_ready = asyncio.Event()
+        self.http_port: int | None = None
+
+    def ready(self) -> dict[str, bool]:
+        checks = {"bus": bool(self.listener and self.listener.running)}
+        checks.update({f"ceph:{name}": up for name, up in self.ceph_up.items()})
+        return checks
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read config files and apply the mutable options."""
+        self.conf.mutate_config_files()
+        p = self.conf.popularity
+        self.tracker.policy = policy_from(self.conf)
+        self.tracker.weights = weights_from(self.conf)
+        self.tracker.threshold, self.tracker.top_k = p.threshold, p.top_k
+        self.tracker.scores.half_life = p.half_life
+        LOG.info("configuration reloaded")
+        for image_id in self.tracker.image_ids():
+            self.engine.enqueue(image_id)
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        runner = web.AppRunner(make_app(self.engine, self.metrics, self.ready, time.time),
+                               access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.conf.http.host, self.conf.http.port)
+        await site.start()
+        self.http_port = runner.addresses[0][1]
+        LOG.info("HTTP on %s:%s", self.conf.http.host, self.http_port)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                main = tg.create_task(self._main(loop), name="main")
+                await self._stop.wait()
+                LOG.info("stopping: draining")
+                systemd.notify("STOPPING=1", "STATUS=draining")
+                await self._drain(loop)
+                main.cancel()
+        finally:
+            await runner.cleanup()
+            await self.glance.close()
+            for t in self.targets:
+                t.ceph.close()
+                if t.cinder_view is not t.ceph:
+                    t.cinder_view.close()
+            self.executor.shutdown(wait=True, cancel_futures=True)
+        LOG.info("stopped")
+        return 0
+
+    async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._probe_ceph(), name="ceph-probe")
+            await self._wait_for_ceph()
+            tg.create_task(self.engine.run(), name="engine")
+            bridge = Bridge(loop, self.engine.handle, self.metrics,
+                            max_payload_bytes=self.conf.bus.max_payload_bytes,
+                            handoff_timeout=self.conf.bus.handoff_timeout,
+                            transient=(Draining,))
+            self.listener = BusListener(self.conf, bridge)
+            await loop.run_in_executor(None, self.listener.start)
+            self.metrics.dependency_up.labels("bus").set(1)
+            LOG.info("consuming notifications (pool %s)", self.conf.bus.pool)
+            systemd.notify("READY=1", "STATUS=consuming notifications")
+            interval = systemd.watchdog_interval()
+            if interval:
+                tg.create_task(self._watchdog(interval), name="watchdog")
+
+    async def _wait_for_ceph(self) -> None:
+        await self._ceph_ready.wait()
+
+    async def _probe_ceph(self) -> None:
+        while True:
+            for t in self.targets:
+                try:
+                    await t.ceph.probe()
+                    up = True
+                except CephUnavailable as exc:
+                    up = False
+                    LOG.warning("target %s: Ceph unreachable: %s", t.name, exc)
+                self.ceph_up[t.name] = up
+                self.metrics.dependency_up.labels(f"ceph:{t.name}").set(1 if up else 0)
+            if all(self.ceph_up.values()):
+                self._ceph_ready.set()
+            await asyncio.sleep(self.conf.warming.ceph_probe_interval
+                                if all(self.ceph_up.values()) else 2.0)
+
+    async def _watchdog(self, interval: float) -> None:
+        # Pinged from the loop itself: a blocked loop stops the pings.
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    async def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine.stop_intake()
+        if self.listener is not None:
+            # Stop consuming; callbacks in flight finish or requeue.
+            await loop.run_in_executor(None, self.listener.stop)
+            self.metrics.dependency_up.labels("bus").set(0)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.engine.idle(), DRAIN_TIMEOUT)

@@ -1,0 +1,1 @@
+"""Making images cloneable where Cinder needs them."""
