@@ -10,7 +10,7 @@ from . import proc
 
 PACKAGES = ["rabbitmq-server", "ceph-mon", "ceph-osd", "ceph-common",
             "python3-rados", "python3-rbd", "python3-venv", "python3-dev",
-            "gcc", "qemu-utils"]
+            "gcc", "qemu-utils", "systemd"]
 
 
 def missing() -> list[str]:

@@ -1,0 +1,99 @@
+"""Fakes behind the same interfaces as the real Glance and Ceph clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from warmer.ceph.client import CephUnavailable, SnapshotCheck
+from warmer.events import ImageInfo
+from warmer.glance.client import GlanceImage
+from warmer.locations import Location
+
+
+@dataclass
+class FakeRbdImage:
+    snapshots: dict[str, bool] = field(default_factory=dict)  # name -> protected
+    data: bytes = b"data"
+
+
+class FakeCeph:
+    """A cluster with an fsid and RBD images keyed by (pool, name)."""
+
+    def __init__(self, fsid: str = "fsid-central") -> None:
+        self.fsid: str | None = fsid
+        self.images: dict[tuple[str, str], FakeRbdImage] = {}
+        self.calls: list[str] = []
+        self.down = False
+        self.readable = True
+
+    async def connect(self) -> str:
+        self.calls.append("connect")
+        assert self.fsid
+        return self.fsid
+
+    async def probe(self) -> None:
+        if self.down:
+            raise CephUnavailable("down")
+
+    async def ensure_protected_snapshot(self, pool: str, image: str, snapshot: str,
+                                        *, repair: bool) -> SnapshotCheck:
+        self.calls.append(f"ensure {pool}/{image}@{snapshot}")
+        if self.down:
+            raise CephUnavailable("down")
+        img = self.images.get((pool, image))
+        if img is None:
+            return SnapshotCheck("rbd_image_missing")
+        if img.snapshots.get(snapshot) is True:
+            return SnapshotCheck()
+        if not repair:
+            return SnapshotCheck("snapshot_missing" if snapshot not in img.snapshots
+                                 else "snapshot_unprotected")
+        actions = []
+        if snapshot not in img.snapshots:
+            actions.append("created_snapshot")
+        img.snapshots[snapshot] = True
+        actions.append("protected_snapshot")
+        return SnapshotCheck(None, tuple(actions))
+
+    async def check_snapshot_readable(self, pool: str, image: str, snapshot: str) -> str | None:
+        self.calls.append(f"read {pool}/{image}@{snapshot}")
+        if not self.readable:
+            return "cinder_user_cannot_read"
+        img = self.images.get((pool, image))
+        if img is None or snapshot not in img.snapshots:
+            return "snapshot_not_readable"
+        return None if img.snapshots[snapshot] else "snapshot_unprotected"
+
+    def close(self) -> None:
+        pass
+
+
+class FakeGlance:
+    def __init__(self) -> None:
+        self.images: dict[str, GlanceImage] = {}
+        self.gets: list[str] = []
+        self.down = False
+
+    def add(self, info: ImageInfo, *urls: str) -> None:
+        self.images[info.id] = GlanceImage(info, tuple(Location(u, "central") for u in urls))
+
+    async def get_image(self, image_id: str) -> GlanceImage | None:
+        from warmer.glance.client import GlanceUnavailable
+        self.gets.append(image_id)
+        if self.down:
+            raise GlanceUnavailable("down")
+        return self.images.get(image_id)
+
+    async def list_images(self, **filters: str) -> AsyncIterator[GlanceImage]:
+        for image in list(self.images.values()):
+            tag = filters.get("tag")
+            if tag is not None and tag not in image.info.tags:
+                continue
+            props = {k: v for k, v in filters.items() if k != "tag"}
+            if any(image.info.properties.get(k) != v for k, v in props.items()):
+                continue
+            yield image
+
+    async def close(self) -> None:
+        pass

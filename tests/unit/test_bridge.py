@@ -1,0 +1,121 @@
+"""Invariant 6 at the bus boundary: ack and requeue rules of the bridge."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
+from warmer.events import Event
+from warmer.metrics import Metrics
+from warmer.warming.engine import Draining
+
+IMAGE = {"id": "img-1", "status": "active", "disk_format": "raw", "size": 1}
+
+
+@pytest.fixture()
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
+def count(metrics: Metrics, event_type: str, outcome: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "warmer_notifications_total", {"event_type": event_type, "outcome": outcome})
+    return value or 0.0
+
+
+def make(loop: asyncio.AbstractEventLoop, sink: Any,
+         timeout: float = 2.0) -> tuple[Bridge, Metrics, list[Event]]:
+    seen: list[Event] = []
+    metrics = Metrics()
+
+    async def record(ev: Event) -> str:
+        seen.append(ev)
+        result: str = await sink(ev)
+        return result
+    return Bridge(loop, record, metrics, max_payload_bytes=4096, handoff_timeout=timeout,
+                  transient=(Draining,)), metrics, seen
+
+
+async def ok(ev: Event) -> str:
+    return "handled"
+
+
+def test_valid_event_is_handed_off_then_acked(loop: asyncio.AbstractEventLoop) -> None:
+    bridge, metrics, seen = make(loop, ok)
+    assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == HANDLED
+    assert len(seen) == 1 and count(metrics, "image.activate", "handled") == 1
+
+
+@pytest.mark.parametrize("payload", ["garbage", {"id": 5}, {"id": "x" * 5000}, None])
+def test_malformed_is_acked_counted_and_never_reaches_the_sink(
+        loop: asyncio.AbstractEventLoop, payload: Any) -> None:
+    bridge, metrics, seen = make(loop, ok)
+    assert bridge.deliver("image.h", "image.update", payload, {}) == HANDLED
+    assert seen == [] and count(metrics, "image.update", "malformed") == 1
+
+
+def test_unknown_events_are_acked_as_ignored(loop: asyncio.AbstractEventLoop) -> None:
+    bridge, metrics, seen = make(loop, ok)
+    assert bridge.deliver("compute.h", "compute.instance.exists", {}, {}) == HANDLED
+    assert seen == [] and count(metrics, "other", "ignored") == 1
+
+
+def test_draining_requeues(loop: asyncio.AbstractEventLoop) -> None:
+    async def draining(ev: Event) -> str:
+        raise Draining()
+    bridge, metrics, _ = make(loop, draining)
+    assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == REQUEUE
+    assert count(metrics, "image.activate", "requeued") == 1
+
+
+def test_a_loop_that_does_not_take_the_event_in_time_requeues(
+        loop: asyncio.AbstractEventLoop) -> None:
+    async def stuck(ev: Event) -> str:
+        await asyncio.sleep(5)
+        return "handled"
+    bridge, _, _ = make(loop, stuck, timeout=0.2)
+    assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == REQUEUE
+
+
+def test_a_bug_in_handling_is_acked_not_requeued_forever(
+        loop: asyncio.AbstractEventLoop) -> None:
+    async def buggy(ev: Event) -> str:
+        raise KeyError("bug")
+    bridge, metrics, _ = make(loop, buggy)
+    assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == HANDLED
+    assert count(metrics, "image.activate", "error") == 1
+
+
+class _Incoming:
+    def __init__(self, message: Any) -> None:
+        self.ctxt: dict[str, Any] = {}
+        self.message = message
+
+
+@pytest.mark.parametrize("message", [["not", "a", "dict"], "text", 42])
+def test_envelope_that_breaks_oslo_dispatch_is_acked_as_malformed(
+        loop: asyncio.AbstractEventLoop, message: Any) -> None:
+    bridge, metrics, seen = make(loop, ok)
+    result = _GuardedDispatcher(bridge).dispatch(_Incoming(message))
+    assert result == HANDLED and seen == []
+    assert count(metrics, "other", "malformed") == 1
+
+
+def test_well_formed_envelope_goes_through_the_dispatcher(
+        loop: asyncio.AbstractEventLoop) -> None:
+    bridge, _, seen = make(loop, ok)
+    message = {"priority": "INFO", "event_type": "image.activate", "publisher_id": "image.h",
+               "payload": IMAGE, "message_id": "m", "timestamp": "2026-11-25 10:00:00"}
+    assert _GuardedDispatcher(bridge).dispatch(_Incoming(message)) == HANDLED
+    assert len(seen) == 1

@@ -1,0 +1,164 @@
+"""The engine with fake Glance and Ceph behind the real interfaces."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+from tests.unit.fakes import FakeCeph, FakeGlance, FakeRbdImage
+from warmer.events import ImageChanged, ImageDeleted, ImageInfo, VolumeCreatedFromImage
+from warmer.metrics import Metrics
+from warmer.popularity import Policy
+from warmer.tracker import Tracker, Weights
+from warmer.warming.engine import Engine
+from warmer.warming.target import Target, TargetConfig
+
+FSID = "fsid-central"
+NOW = dt.datetime.now(dt.UTC)
+
+
+def info(image_id: str, **over: Any) -> ImageInfo:
+    fields: dict[str, Any] = {"id": image_id, "status": "active", "disk_format": "raw",
+                              "size": 10, "visibility": "public"}
+    fields.update(over)
+    return ImageInfo(**fields)
+
+
+def build(repair: bool = True) -> tuple[Engine, FakeGlance, FakeCeph]:
+    glance, ceph = FakeGlance(), FakeCeph(FSID)
+    tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
+                      top_k=0, dedup_window=100)
+    target = Target(TargetConfig("central", "volumes", "central", repair), ceph)  # type: ignore[arg-type]
+    engine = Engine(tracker, glance, [target], Metrics(), workers=2,  # type: ignore[arg-type]
+                    reconcile_interval=3600, retry_delay=0.05)
+    return engine, glance, ceph
+
+
+def demand(engine: Engine, image_id: str, n: int) -> None:
+    for i in range(n):
+        engine.tracker.apply(VolumeCreatedFromImage(f"{image_id}-v{i}", image_id, "h", "raw",
+                                                    10, NOW))
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def only_status(engine: Engine, image_id: str) -> tuple[str, str]:
+    [row] = engine.status(image_id)
+    return row.state, row.reason
+
+
+def test_popular_image_with_unprotected_snapshot_is_protected_and_warm() -> None:
+    engine, glance, ceph = build()
+    glance.add(info("a"), f"rbd://{FSID}/images/a/snap")
+    ceph.images[("images", "a")] = FakeRbdImage({"snap": False})
+    demand(engine, "a", 3)
+    run(engine.evaluate("a"))
+    assert only_status(engine, "a") == ("warm", "cloneable")
+    assert ceph.images[("images", "a")].snapshots == {"snap": True}
+    assert engine.status("a")[0].actions == ("protected_snapshot",)
+
+
+def test_without_repair_nothing_changes_and_the_reason_is_reported() -> None:
+    engine, glance, ceph = build(repair=False)
+    glance.add(info("a"), f"rbd://{FSID}/images/a/snap")
+    ceph.images[("images", "a")] = FakeRbdImage({})
+    demand(engine, "a", 3)
+    run(engine.evaluate("a"))
+    assert only_status(engine, "a") == ("cold", "snapshot_missing")
+    assert ceph.images[("images", "a")].snapshots == {}
+
+
+def test_unpopular_and_ineligible_images_never_touch_ceph() -> None:
+    engine, glance, ceph = build()
+    glance.add(info("q", disk_format="qcow2"), f"rbd://{FSID}/images/q/snap")
+    glance.add(info("cold"), f"rbd://{FSID}/images/cold/snap")
+    engine.tracker.observe(info("q", disk_format="qcow2"))
+    engine.tracker.observe(info("cold"))
+    demand(engine, "q", 5)
+    demand(engine, "cold", 1)
+    run(engine.evaluate("q"))
+    run(engine.evaluate("cold"))
+    assert only_status(engine, "q") == ("not_wanted", "disk_format_not_raw")
+    assert only_status(engine, "cold") == ("not_wanted", "below_threshold")
+    assert ceph.calls == []
+
+
+def test_location_in_another_cluster_is_cold_with_a_reason() -> None:
+    engine, glance, ceph = build()
+    glance.add(info("a"), "rbd://other-fsid/images/a/snap", "file:///var/lib/glance/a")
+    demand(engine, "a", 3)
+    run(engine.evaluate("a"))
+    assert only_status(engine, "a") == ("cold", "no_location_in_cluster")
+    assert not any(c.startswith("ensure") for c in ceph.calls)
+
+
+def test_cinder_user_that_cannot_read_makes_it_cold() -> None:
+    engine, glance, ceph = build()
+    glance.add(info("a"), f"rbd://{FSID}/images/a/snap")
+    ceph.images[("images", "a")] = FakeRbdImage({"snap": True})
+    ceph.readable = False
+    demand(engine, "a", 3)
+    run(engine.evaluate("a"))
+    assert only_status(engine, "a") == ("cold", "cinder_user_cannot_read")
+
+
+def test_image_gone_from_glance_is_forgotten() -> None:
+    engine, _, ceph = build()
+    demand(engine, "gone", 3)
+    run(engine.evaluate("gone"))
+    assert engine.tracker.image("gone") is None and engine.status("gone") == []
+    assert ceph.calls == []
+
+
+def test_ceph_outage_is_reported_and_retried_until_it_works() -> None:
+    async def scenario() -> None:
+        engine, glance, ceph = build()
+        glance.add(info("a"), f"rbd://{FSID}/images/a/snap")
+        ceph.images[("images", "a")] = FakeRbdImage({"snap": True})
+        demand(engine, "a", 3)
+        ceph.down = True
+        runner = asyncio.create_task(engine.run())
+        engine.enqueue("a")
+        await engine.idle()
+        assert only_status(engine, "a") == ("error", "ceph_unavailable")
+        ceph.down = False
+        for _ in range(100):
+            await asyncio.sleep(0.02)
+            if only_status(engine, "a")[0] == "warm":
+                break
+        assert only_status(engine, "a") == ("warm", "cloneable")
+        runner.cancel()
+    run(scenario())
+
+
+def test_events_queue_work_and_delete_drops_status() -> None:
+    async def scenario() -> None:
+        engine, glance, ceph = build()
+        pinned = info("p", tags=frozenset({"warmer-pin"}))
+        glance.add(pinned, f"rbd://{FSID}/images/p/snap")
+        ceph.images[("images", "p")] = FakeRbdImage({"snap": True})
+        runner = asyncio.create_task(engine.run())
+        assert await engine.handle(ImageChanged("image.update", pinned, NOW)) == "handled"
+        await engine.idle()
+        assert only_status(engine, "p") == ("warm", "cloneable")
+        await engine.handle(ImageDeleted("p", NOW))
+        assert engine.status("p") == [] and engine.tracker.is_deleted("p")
+        assert ceph.images[("images", "p")].snapshots == {"snap": True}  # Glance's data stays
+        runner.cancel()
+    run(scenario())
+
+
+def test_reconcile_discovers_pinned_images_missed_while_down() -> None:
+    async def scenario() -> None:
+        engine, glance, ceph = build()
+        glance.add(info("p", properties={"warmer_pin": "true"}), f"rbd://{FSID}/images/p/snap")
+        ceph.images[("images", "p")] = FakeRbdImage({"snap": False})
+        runner = asyncio.create_task(engine.run())
+        await engine.reconciled.wait()
+        await engine.idle()
+        assert only_status(engine, "p") == ("warm", "cloneable")
+        runner.cancel()
+    run(scenario())

@@ -1,0 +1,168 @@
+"""Parsing of every notification shape warmer uses (DESIGN.md §3)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from warmer import events
+
+IMAGE_ID = "4f3c7b8e-1d2a-4c5b-9e6f-0a1b2c3d4e5f"
+META = {"message_id": "m-1", "timestamp": "2026-11-25 10:00:00.123456"}
+
+
+def glance_payload(**over: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "id": IMAGE_ID, "name": "ubuntu", "status": "active", "created_at": "2026-11-25T09:59:00Z",
+        "updated_at": "2026-11-25T10:00:00Z", "min_disk": 0, "min_ram": 0, "protected": False,
+        "checksum": "abc", "owner": "p1", "disk_format": "raw", "container_format": "bare",
+        "size": 1 << 30, "virtual_size": None, "is_public": True, "visibility": "public",
+        "properties": {"warmer_pin": "true"}, "tags": ["gold"], "deleted": False,
+        "deleted_at": None,
+    }
+    payload.update(over)
+    return payload
+
+
+def cinder_rows(volume_id: str, meta: dict[str, str]) -> list[dict[str, Any]]:
+    return [{"id": n, "volume_id": volume_id, "snapshot_id": None, "key": k, "value": v,
+             "deleted": False, "deleted_at": None, "created_at": "2026-11-25T10:00:00",
+             "updated_at": None} for n, (k, v) in enumerate(meta.items())]
+
+
+def volume_payload(rows: Any) -> dict[str, Any]:
+    return {"tenant_id": "t", "user_id": "u", "host": "ctl@ceph#ceph",
+            "availability_zone": "nova", "volume_id": "vol-1", "volume_type": "type-id",
+            "display_name": "v", "status": "available", "size": 10, "metadata": [],
+            "volume_attachment": [], "glance_metadata": rows}
+
+
+@pytest.mark.parametrize("event_type", sorted(events.GLANCE_IMAGE_EVENTS))
+def test_glance_image_events_parse_to_image_changed(event_type: str) -> None:
+    ev = events.parse(event_type, glance_payload(), META)
+    assert isinstance(ev, events.ImageChanged)
+    assert ev.image.id == IMAGE_ID
+    assert ev.image.disk_format == "raw"
+    assert ev.image.size == 1 << 30
+    assert ev.image.tags == frozenset({"gold"})
+    assert ev.image.properties == {"warmer_pin": "true"}
+    assert ev.image.updated_at == dt.datetime(2026, 11, 25, 10, 0, tzinfo=dt.UTC)
+    assert ev.timestamp == dt.datetime(2026, 11, 25, 10, 0, 0, 123456, tzinfo=dt.UTC)
+
+
+def test_image_delete_and_send() -> None:
+    deleted = events.parse("image.delete", glance_payload(status="deleted", deleted=True), META)
+    assert deleted == events.ImageDeleted(IMAGE_ID, deleted.timestamp)  # type: ignore[union-attr]
+    sent = events.parse("image.send", {"bytes_sent": 10, "image_id": IMAGE_ID, "owner_id": "o",
+                                       "receiver_tenant_id": "t", "receiver_user_id": "u"}, META)
+    assert isinstance(sent, events.ImageSent)
+    assert sent.image_id == IMAGE_ID and sent.message_id == "m-1"
+
+
+def test_volume_create_end_takes_image_id_from_glance_metadata_rows() -> None:
+    rows = cinder_rows("vol-1", {"image_id": IMAGE_ID, "image_name": "ubuntu",
+                                 "disk_format": "raw", "size": "1073741824", "custom": "x"})
+    ev = events.parse("volume.create.end", volume_payload(rows), META,
+                      publisher_id="volume.ctl@ceph#ceph")
+    assert isinstance(ev, events.VolumeCreatedFromImage)
+    assert (ev.volume_id, ev.image_id, ev.disk_format, ev.size) == (
+        "vol-1", IMAGE_ID, "raw", 1 << 30)
+    assert ev.backend_host == "ctl@ceph#ceph"
+
+
+def test_volume_not_from_an_image_is_ignored() -> None:
+    assert events.parse("volume.create.end", volume_payload([]), META) is None
+
+
+def test_deleted_glance_metadata_rows_are_skipped() -> None:
+    rows = cinder_rows("vol-1", {"image_id": IMAGE_ID})
+    rows[0]["deleted"] = True
+    assert events.parse("volume.create.end", volume_payload(rows), META) is None
+
+
+@pytest.mark.parametrize("kind", ["hit", "miss"])
+def test_image_volume_cache_events(kind: str) -> None:
+    ev = events.parse(f"image_volume_cache.{kind}",
+                      {"image_id": IMAGE_ID, "host": "ctl@ceph#ceph"}, META)
+    assert isinstance(ev, events.ImageCacheUsed)
+    assert ev.kind == kind and ev.host == "ctl@ceph#ceph"
+
+
+def test_unknown_event_types_are_none() -> None:
+    assert events.parse("compute.instance.create.end", {"x": 1}, META) is None
+    assert events.parse(None, {}, META) is None
+    assert events.parse(["image.create"], {}, META) is None
+
+
+@pytest.mark.parametrize("event_type,payload,match", [
+    ("image.create", "not a dict", "payload is str"),
+    ("image.create", glance_payload(id=None), "id is missing"),
+    ("image.create", glance_payload(id=42), "id is missing"),
+    ("image.create", glance_payload(id="../../etc"), "not a valid id"),
+    ("image.create", glance_payload(status=None), "status"),
+    ("image.create", glance_payload(size="big"), "size"),
+    ("image.create", glance_payload(size=-1), "size"),
+    ("image.create", glance_payload(size=True), "size"),
+    ("image.create", glance_payload(tags="gold"), "tags"),
+    ("image.create", glance_payload(properties=[1]), "properties"),
+    ("image.create", glance_payload(updated_at="yesterday"), "timestamp"),
+    ("volume.create.end", volume_payload({"image_id": IMAGE_ID}), "not a list"),
+    ("volume.create.end", volume_payload([{"value": IMAGE_ID}]), "without a key"),
+    ("volume.create.end", volume_payload([{"key": "image_id", "value": 7}]), "not a string"),
+    ("image_volume_cache.miss", {"image_id": IMAGE_ID}, "host"),
+    ("image.send", {"bytes_sent": 1}, "image_id"),
+])
+def test_malformed_payloads_are_rejected(event_type: str, payload: Any, match: str) -> None:
+    with pytest.raises(events.MalformedEvent, match=match):
+        events.parse(event_type, payload, META)
+
+
+def test_huge_payload_is_rejected() -> None:
+    payload = glance_payload(properties={"blob": "x" * 5000})
+    with pytest.raises(events.MalformedEvent, match="over 4096"):
+        events.parse("image.update", payload, META, max_payload_bytes=4096)
+
+
+def test_future_timestamps_are_clamped_to_now() -> None:
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    ev = events.parse("image.send", {"image_id": IMAGE_ID},
+                      {"timestamp": "2099-01-01 00:00:00"}, now=now)
+    assert ev is not None and ev.timestamp == now
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10),
+                                                                      children, max_size=4),
+    max_leaves=20)
+
+
+@given(event_type=st.sampled_from(sorted(events.GLANCE_IMAGE_EVENTS | {
+    "image.delete", "image.send", "volume.create.end", "image_volume_cache.hit", "x.y"})),
+       payload=json_values, metadata=json_values)
+def test_arbitrary_input_never_escapes_as_another_exception(event_type: str, payload: Any,
+                                                            metadata: Any) -> None:
+    try:
+        result = events.parse(event_type, payload, metadata)
+    except events.MalformedEvent:
+        return
+    assert result is None or isinstance(result, (events.ImageChanged, events.ImageDeleted,
+                                                 events.ImageSent, events.ImageCacheUsed,
+                                                 events.VolumeCreatedFromImage))
+
+
+@given(payload=st.fixed_dictionaries(
+    {"id": st.just(IMAGE_ID), "status": st.sampled_from(["active", "queued"])},
+    optional={"size": json_values, "disk_format": json_values, "tags": json_values,
+              "properties": json_values, "updated_at": json_values}))
+def test_arbitrary_image_fields_either_parse_or_are_malformed(payload: dict[str, Any]) -> None:
+    try:
+        ev = events.parse("image.update", payload, META)
+    except events.MalformedEvent:
+        return
+    assert isinstance(ev, events.ImageChanged)
+    assert ev.image.size is None or (isinstance(ev.image.size, int) and ev.image.size >= 0)
