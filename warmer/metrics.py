@@ -75,6 +75,9 @@ class Metrics:
         self.reconciles = Counter(
             "warmer_reconciliations", "Full reconciliations run, by outcome",
             ["outcome"], registry=r)
+        self.ceph_operations = Counter(
+            "warmer_ceph_operations", "rados/rbd operations started, by cephx user and "
+            "operation", ["user", "operation"], registry=r)
         self.queue_depth = Gauge(
             "warmer_work_queue_depth", "Images waiting to be evaluated", registry=r)
         Info("warmer_build", "warmer build information", registry=r).info(

@@ -51,18 +51,21 @@ def weights_from(conf: cfg.ConfigOpts) -> Weights:
                    cache_hit=p.weight_cache_hit, image_send=p.weight_image_send)
 
 
-def build_targets(conf: cfg.ConfigOpts,
-                  executor: concurrent.futures.Executor) -> list[Target]:
+def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
+                  metrics: Metrics) -> list[Target]:
+    def observe(user: str, op: str) -> None:
+        metrics.ceph_operations.labels(user, op).inc()
+
     targets = []
     for name in conf.enabled_targets:
         group = conf[name]
         ceph = CephClient(ClusterConfig(group.ceph_conf, group.rados_user, group.keyring,
-                                        group.connect_timeout), executor)
+                                        group.connect_timeout), executor, observe)
         cinder = None
         if group.cinder_user:
             cinder = CephClient(ClusterConfig(group.ceph_conf, group.cinder_user,
                                               group.cinder_keyring, group.connect_timeout),
-                                executor)
+                                executor, observe)
         targets.append(Target(TargetConfig(name, group.pool, group.glance_store or name,
                                            group.repair_glance_snapshots), ceph, cinder))
     return targets
@@ -74,7 +77,7 @@ class Service:
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
-        self.targets = build_targets(conf, self.executor)
+        self.targets = build_targets(conf, self.executor, self.metrics)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
         p = conf.popularity

@@ -65,8 +65,9 @@ class Tracker:
         self.threshold = threshold
         self.top_k = top_k
         self._images: dict[str, ImageInfo] = {}
-        # Images known only from Cinder (no Glance view yet): ask Glance.
-        self._partial: set[str] = set()
+        # Images whose view came from notifications only (Cinder's copy of
+        # the metadata, or a Glance change): ask Glance's API before acting.
+        self._stale: set[str] = set()
         self._dedup = DedupWindow(dedup_window)
         self._tombstones: collections.OrderedDict[str, dt.datetime] = collections.OrderedDict()
 
@@ -75,8 +76,8 @@ class Tracker:
     def image(self, image_id: str) -> ImageInfo | None:
         return self._images.get(image_id)
 
-    def is_partial(self, image_id: str) -> bool:
-        return image_id in self._partial
+    def is_stale(self, image_id: str) -> bool:
+        return image_id in self._stale
 
     def image_ids(self) -> list[str]:
         return list(self._images)
@@ -97,7 +98,12 @@ class Tracker:
         if isinstance(event, ImageDeleted):
             return self.delete(event.image_id, event.timestamp)
         if isinstance(event, ImageChanged):
-            return self.observe(event.image)
+            applied = self.observe(event.image)
+            if applied.changed:
+                # Notifications say that something changed; Glance's API
+                # says what. Ask it before acting, whatever the order was.
+                self._stale.add(event.image.id)
+            return applied
 
         image_id = event.image_id
         if image_id in self._tombstones:
@@ -109,7 +115,7 @@ class Tracker:
                 self._images[image_id] = ImageInfo(
                     id=image_id, status="unknown", disk_format=event.disk_format,
                     size=event.size)
-                self._partial.add(image_id)
+                self._stale.add(image_id)
         elif isinstance(event, ImageCacheUsed):
             key = f"msg:{event.message_id}"
             weight = self.weights.cache_hit if event.kind == "hit" else self.weights.cache_miss
@@ -120,7 +126,7 @@ class Tracker:
             return Applied(image_id, False, "duplicate")
         if image_id not in self._images:
             self._images[image_id] = ImageInfo(id=image_id, status="unknown")
-            self._partial.add(image_id)
+            self._stale.add(image_id)
         self.scores.add(image_id, weight, event.timestamp.timestamp())
         return Applied(image_id, True, "handled")
 
@@ -132,12 +138,11 @@ class Tracker:
         if image.status in ("deleted", "pending_delete"):
             return self.delete(image.id, image.updated_at or dt.datetime.now(dt.UTC))
         current = self._images.get(image.id)
-        if (not authoritative and current is not None and image.id not in self._partial
-                and _newer(current, image)):
+        if not authoritative and current is not None and _newer(current, image):
             return Applied(image.id, False, "stale")
         changed = current != image
         self._images[image.id] = image
-        self._partial.discard(image.id)
+        self._stale.discard(image.id)
         return Applied(image.id, changed, "handled")
 
     def delete(self, image_id: str, when: dt.datetime) -> Applied:
@@ -152,7 +157,7 @@ class Tracker:
     def forget(self, image_id: str) -> None:
         """Drop an image without a tombstone (e.g. Glance says 404)."""
         self._images.pop(image_id, None)
-        self._partial.discard(image_id)
+        self._stale.discard(image_id)
         self.scores.forget(image_id)
 
 

@@ -110,11 +110,11 @@ def test_nothing_resurrects_a_deleted_image() -> None:
         assert t.scores.score("img", T0.timestamp()) == 0
 
 
-def test_api_view_replaces_a_partial_image_from_cinder() -> None:
+def test_api_view_replaces_a_stale_image_from_cinder() -> None:
     t = tracker()
     t.apply(volume(1))
-    assert t.is_partial("img")
+    assert t.is_stale("img")
     t.observe(image("active", 0, name="ubuntu"), authoritative=True)
-    assert not t.is_partial("img")
+    assert not t.is_stale("img")
     info = t.image("img")
     assert info is not None and info.name == "ubuntu"

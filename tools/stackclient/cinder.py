@@ -8,6 +8,7 @@ for ``volume.create.end``, and ``glance_metadata`` as a list of DB rows.
 from __future__ import annotations
 
 import datetime as dt
+import tempfile
 import uuid
 from typing import Any
 
@@ -70,3 +71,28 @@ def volume_payload(volume_id: str, host: str, image: dict[str, Any] | None,
         "replication_driver_data": None, "metadata": [], "volume_attachment": [],
         "glance_metadata": rows,
     }
+
+
+class GlanceNotifier:
+    """Glance-shaped notifications (exchange ``glance``), for replaying
+    duplicates and reorderings that a real Glance would only produce by
+    accident."""
+
+    def __init__(self, transport_url: str, host: str = "glance-api-1") -> None:
+        # control_exchange is registered by oslo.messaging when the transport
+        # is made; a config file sets it before that, as glance-api.conf would.
+        with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+            f.write("[DEFAULT]\ncontrol_exchange = glance\n")
+            f.flush()
+            self.conf = cfg.ConfigOpts()
+            self.conf(["--config-file", f.name], project="glance-stand-in")
+        self.transport = oslo_messaging.get_notification_transport(self.conf, url=transport_url)
+        self._notifier = oslo_messaging.Notifier(
+            self.transport, publisher_id=f"image.{host}", driver="messagingv2",
+            topics=["notifications"])
+
+    def send(self, event_type: str, image: dict[str, Any]) -> None:
+        self._notifier.info({}, event_type, image)
+
+    def close(self) -> None:
+        self.transport.cleanup()

@@ -17,9 +17,16 @@ take it. Ack and requeue rules (``allow_requeue=True``):
 * a bug while handling: ack, logged and counted as ``error`` (requeueing
   it would only repeat the bug forever).
 
-oslo.messaging requeues when the dispatcher itself raises, which happens
-on an envelope whose inner message is not an object; :class:`_GuardedDispatcher`
-turns that into a counted drop.
+Two kinds of bad input never reach the bridge, and are counted as
+``malformed`` here too:
+
+* a body that is not JSON, or an envelope oslo.messaging cannot turn into a
+  message: its rabbit driver logs "Failed to process message ... skipping
+  it" and rejects it (no requeue). :class:`_DriverDropCounter` counts those
+  log records;
+* a message without a valid priority, or whose fields break oslo's own
+  extraction: oslo.messaging would ack the first silently and *requeue*
+  the second forever. :class:`_GuardedDispatcher` acks and counts both.
 """
 
 from __future__ import annotations
@@ -123,11 +130,29 @@ class _GuardedDispatcher(notify_dispatcher.NotificationDispatcher):  # type: ign
 
     def dispatch(self, incoming: Any) -> Any:
         try:
-            self._extract_user_message(incoming)
+            priority, _, _ = self._extract_user_message(incoming)
         except Exception as exc:
             self._bridge.malformed_envelope(exc)
             return HANDLED
+        if priority not in notify_dispatcher.PRIORITIES:
+            self._bridge.malformed_envelope(ValueError(f"priority {priority!r}"))
+            return HANDLED
         return super().dispatch(incoming)
+
+
+class _DriverDropCounter(logging.Handler):
+    """Counts the messages oslo.messaging's rabbit driver rejects before
+    dispatch (it says so only in a log record)."""
+
+    MARK = "Failed to process message"
+
+    def __init__(self, bridge: Bridge) -> None:
+        super().__init__(logging.ERROR)
+        self._bridge = bridge
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if isinstance(record.msg, str) and record.msg.startswith(self.MARK):
+            self._bridge.malformed_envelope(ValueError("rejected by the rabbit driver"))
 
 
 class BusListener:
@@ -138,6 +163,7 @@ class BusListener:
         self._bridge = bridge
         self._transport: Any = None
         self._server: Any = None
+        self._drop_counter = _DriverDropCounter(bridge)
         self.running = False
 
     def start(self) -> None:
@@ -151,6 +177,7 @@ class BusListener:
         self._server = notify_listener.NotificationServer(
             self._transport, targets, _GuardedDispatcher(self._bridge), "threading",
             allow_requeue=True, pool=bus.pool)
+        logging.getLogger("oslo.messaging._drivers.impl_rabbit").addHandler(self._drop_counter)
         self._server.start()
         self.running = True
 
@@ -163,6 +190,8 @@ class BusListener:
         if self._transport is not None:
             self._transport.cleanup()
             self._transport = None
+        logging.getLogger("oslo.messaging._drivers.impl_rabbit").removeHandler(
+            self._drop_counter)
         self.running = False
 
 

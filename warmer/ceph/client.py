@@ -47,16 +47,21 @@ class ClusterConfig:
 class CephClient:
     """One cluster, one user. Safe to share between tasks."""
 
-    def __init__(self, config: ClusterConfig, executor: concurrent.futures.Executor) -> None:
+    def __init__(self, config: ClusterConfig, executor: concurrent.futures.Executor,
+                 observe: Callable[[str, str], None] | None = None) -> None:
         self.config = config
         self._executor = executor
+        # Called with (user, operation) for every operation, for metrics.
+        self._observe = observe
         self._lock = threading.Lock()
         self._cluster: Rados | None = None
         self.fsid: str | None = None
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _run(self, fn: Callable[[Rados], T]) -> T:
+    async def _run(self, op: str, fn: Callable[[Rados], T]) -> T:
+        if self._observe is not None:
+            self._observe(self.config.user, op)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._call, fn)
 
@@ -114,11 +119,11 @@ class CephClient:
 
     async def connect(self) -> str:
         """Connect (if needed) and return the cluster's fsid."""
-        return await self._run(lambda c: c.get_fsid())
+        return await self._run("connect", lambda c: c.get_fsid())
 
     async def probe(self) -> None:
         """Raise :class:`CephUnavailable` unless the cluster answers now."""
-        await self._run(lambda c: c.get_cluster_stats())
+        await self._run("probe", lambda c: c.get_cluster_stats())
 
     async def ensure_protected_snapshot(self, pool: str, image: str, snapshot: str,
                                         *, repair: bool) -> SnapshotCheck:
@@ -130,12 +135,14 @@ class CephClient:
         daemon doing the same (an existing or already protected snapshot
         is success).
         """
-        return await self._run(lambda c: _ensure_protected(c, pool, image, snapshot, repair))
+        return await self._run("ensure_protected_snapshot",
+                               lambda c: _ensure_protected(c, pool, image, snapshot, repair))
 
     async def check_snapshot_readable(self, pool: str, image: str, snapshot: str) -> str | None:
         """Open ``pool/image@snapshot`` read-only, as Cinder's clone path
         does. Returns ``None`` on success, else a reason."""
-        return await self._run(lambda c: _check_readable(c, pool, image, snapshot))
+        return await self._run("check_snapshot_readable",
+                               lambda c: _check_readable(c, pool, image, snapshot))
 
 
 def _open(cluster: Rados, pool: str, image: str, **kwargs: Any) -> tuple[Any, Image]:

@@ -139,7 +139,7 @@ class Engine:
             self._drop_status(image_id)
             return
         fresh: GlanceImage | None = None
-        if self.tracker.image(image_id) is None or self.tracker.is_partial(image_id):
+        if self.tracker.image(image_id) is None or self.tracker.is_stale(image_id):
             fresh = await self._refresh(image_id)
             if fresh is None:
                 return

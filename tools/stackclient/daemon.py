@@ -1,0 +1,126 @@
+"""Run warmer-daemon as a subprocess against the local stack, and read its
+admin API and metrics. Used by the demo and the functional tests."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from stackclient import Stack
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    def __init__(self, stack: Stack, *, pool: str | None = None, overrides: str = "",
+                 name: str = "warmer") -> None:
+        self.stack = stack
+        self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
+        self.port = free_port()
+        self.name = name
+        self.conf = stack.dir / f"{name}-{self.pool}.conf"
+        self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
+                             f"{overrides}\n")
+        self.log = stack.dir / "log" / f"daemon-{name}-{self.pool}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> Daemon:
+        exe = Path(sys.executable).parent / "warmer-daemon"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), "--config-file", str(ROOT / "config" / "warmer-local.conf"),
+                 "--config-file", self.stack["WARMER_STACK_CONF"],
+                 "--config-file", str(self.conf)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        self.wait_until(lambda: self._ready(), timeout, "daemon ready")
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"warmer-daemon exited with {self.proc.returncode}; "
+                               f"see {self.log}")
+        try:
+            return bool(self.get("/readyz")["ready"])
+        except (OSError, ValueError):
+            return False
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+            body = resp.read()
+            return json.loads(body) if path != "/metrics" else body.decode()
+
+    def image(self, image_id: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.get(f"/v1/images/{image_id}")
+            return result
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+
+    def target_state(self, image_id: str, target: str = "central") -> tuple[str, str] | None:
+        view = self.image(image_id)
+        for row in (view or {}).get("targets", []):
+            if row["target"] == target:
+                return row["state"], row["reason"]
+        return None
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        total = 0.0
+        for family in text_string_to_metric_families(self.get("/metrics")):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v
+                                               for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    @staticmethod
+    def wait_until(check: Callable[[], Any], timeout: float, what: str,
+                   interval: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            result = check()
+            if result:
+                return result
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not after {timeout}s")
+            time.sleep(interval)
+
