@@ -31,10 +31,10 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, stack: Stack, *, pool: str | None = None, overrides: str = "",
-                 name: str = "warmer") -> None:
+                 name: str = "warmer", port: int | None = None) -> None:
         self.stack = stack
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
-        self.port = free_port()
+        self.port = port or free_port()
         self.name = name
         self.conf = stack.dir / f"{name}-{self.pool}.conf"
         self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"

@@ -10,7 +10,6 @@ the stack's private broker.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import urllib.request

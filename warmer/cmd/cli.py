@@ -25,13 +25,13 @@ def _call(url: str, method: str = "GET") -> Any:
 
 
 def _status_lines(images: list[dict[str, Any]]) -> list[str]:
-    lines = [f"{'IMAGE':36}  {'FORMAT':6}  {'SCORE':>7}  {'WANTED':14}  TARGET STATES"]
+    lines = [f"{'IMAGE':36}  {'FORMAT':6}  {'SCORE':>7}  {'WANTED':25}  TARGET STATES"]
     for img in images:
         wanted = ("yes: " if img["wanted"] else "no: ") + img["why"]
         states = ", ".join(f"{t['target']}={t['state']}({t['reason']})"
                            for t in img["targets"]) or "-"
         lines.append(f"{img['id']:36}  {img['disk_format'] or '?':6}  {img['score']:7.2f}  "
-                     f"{wanted:14}  {states}")
+                     f"{wanted:25}  {states}")
     return lines
 
 
