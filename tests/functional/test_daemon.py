@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -260,5 +262,44 @@ def test_pins_set_while_down_are_found_on_restart(stack: Stack, glance: Glance) 
     d.start()
     try:
         d.wait_until(lambda: d.target_state(image_id) == WARM, 20, "warm after restart")
+    finally:
+        d.kill()
+
+
+def test_systemd_ready_watchdog_and_stopping(stack: Stack, tmp_path: Any) -> None:
+    sock_path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(sock_path)
+        sock.settimeout(30)
+        d = Daemon(stack, name="notify", env={"NOTIFY_SOCKET": sock_path,
+                                              "WATCHDOG_USEC": "1000000"})
+        d.start(wait=False)
+        try:
+            first = sock.recv(4096).decode()
+            assert "READY=1" in first
+            assert d.get("/readyz")["ready"]  # READY only once bus and Ceph are up
+            pings = [sock.recv(4096).decode() for _ in range(3)]
+            assert all(p == "WATCHDOG=1" for p in pings)
+            assert d.terminate() == 0
+            rest = []
+            while "STOPPING=1" not in "".join(rest):
+                rest.append(sock.recv(4096).decode())
+        finally:
+            d.kill()
+
+
+def test_sighup_reloads_popularity_options(stack: Stack, glance: Glance,
+                                           cinder: CinderNotifier) -> None:
+    d = Daemon(stack, name="sighup", overrides="[popularity]\nthreshold = 100\n").start()
+    try:
+        image_id = glance.create("reload")["id"]
+        glance.upload(image_id, os.urandom(1 << 20))
+        demand(cinder, glance, image_id)
+        d.wait_until(lambda: d.target_state(image_id) == ("not_wanted", "below_threshold"),
+                     10, "below the high threshold")
+        d.conf.write_text(d.conf.read_text().replace("threshold = 100", "threshold = 1"))
+        assert d.proc is not None
+        d.proc.send_signal(signal.SIGHUP)
+        d.wait_until(lambda: d.target_state(image_id) == WARM, 10, "warm after SIGHUP")
     finally:
         d.kill()

@@ -4,6 +4,7 @@ admin API and metrics. Used by the demo and the functional tests."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -31,7 +32,8 @@ def free_port() -> int:
 
 class Daemon:
     def __init__(self, stack: Stack, *, pool: str | None = None, overrides: str = "",
-                 name: str = "warmer", port: int | None = None) -> None:
+                 name: str = "warmer", port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.stack = stack
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
         self.port = port or free_port()
@@ -40,6 +42,7 @@ class Daemon:
         self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
                              f"{overrides}\n")
         self.log = stack.dir / "log" / f"daemon-{name}-{self.pool}.log"
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -53,7 +56,8 @@ class Daemon:
                 [str(exe), "--config-file", str(ROOT / "config" / "warmer-local.conf"),
                  "--config-file", self.stack["WARMER_STACK_CONF"],
                  "--config-file", str(self.conf)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(self.env or {})})
         if wait:
             self.wait_ready()
         return self
