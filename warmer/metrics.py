@@ -75,6 +75,10 @@ class Metrics:
         self.reconciles = Counter(
             "warmer_reconciliations", "Full reconciliations run, by outcome",
             ["outcome"], registry=r)
+        self.copied_bytes = Counter(
+            "warmer_copy_bytes", "Bytes of image copies, by what happened to them: "
+            "written, or skipped as a hole or an all-zero chunk", ["target", "kind"],
+            registry=r)
         self.ceph_operations = Counter(
             "warmer_ceph_operations", "rados/rbd operations started, by cephx user and "
             "operation", ["user", "operation"], registry=r)

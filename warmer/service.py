@@ -52,11 +52,11 @@ def weights_from(conf: cfg.ConfigOpts) -> Weights:
 
 
 def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
-                  metrics: Metrics) -> list[Target]:
+                  metrics: Metrics, glance: GlanceClient) -> list[Target]:
     def observe(user: str, op: str) -> None:
         metrics.ceph_operations.labels(user, op).inc()
 
-    targets = []
+    targets: list[Target] = []
     for name in conf.enabled_targets:
         group = conf[name]
         ceph = CephClient(ClusterConfig(group.ceph_conf, group.rados_user, group.keyring,
@@ -66,8 +66,13 @@ def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
             cinder = CephClient(ClusterConfig(group.ceph_conf, group.cinder_user,
                                               group.cinder_keyring, group.connect_timeout),
                                 executor, observe)
-        targets.append(Target(TargetConfig(name, group.pool, group.glance_store or name,
-                                           group.repair_glance_snapshots), ceph, cinder))
+        config = TargetConfig(name, group.pool, group.glance_store or name,
+                              group.repair_glance_snapshots, group.copy_images,
+                              group.copy_window, group.copy_lock_seconds,
+                              group.allow_unverified_copies)
+        targets.append(Target(config, ceph, cinder, glance=glance,
+                              sources=lambda: {t.ceph.fsid: t.ceph for t in targets
+                                               if t.ceph.fsid}))
     return targets
 
 
@@ -77,15 +82,15 @@ class Service:
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
-        self.targets = build_targets(conf, self.executor, self.metrics)
+        self.glance = GlanceClient(conf.glance.endpoint, timeout=conf.glance.timeout,
+                                   max_connections=conf.glance.max_connections)
+        self.targets = build_targets(conf, self.executor, self.metrics, self.glance)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
         p = conf.popularity
         self.tracker = Tracker(half_life=p.half_life, weights=weights_from(conf),
                                policy=policy_from(conf), threshold=p.threshold,
                                top_k=p.top_k, dedup_window=conf.bus.dedup_window)
-        self.glance = GlanceClient(conf.glance.endpoint, timeout=conf.glance.timeout,
-                                   max_connections=conf.glance.max_connections)
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
@@ -153,6 +158,9 @@ class Service:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             await self._wait_for_ceph()
+            for target in self.targets:
+                # What a crash left behind: finish or clean up before new work.
+                await target.clean_up()
             tg.create_task(self.engine.run(), name="engine")
             bridge = Bridge(loop, self.engine.handle, self.metrics,
                             max_payload_bytes=self.conf.bus.max_payload_bytes,

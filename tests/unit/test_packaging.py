@@ -26,7 +26,7 @@ def test_sample_config_matches_the_code(tmp_path: Path) -> None:
 
 def test_local_config_loads_with_its_target_group(tmp_path: Path) -> None:
     conf = warmer_conf.load(["--config-file", str(ROOT / "config/warmer-local.conf")])
-    assert conf.enabled_targets == ["central"]
+    assert conf.enabled_targets == ["central", "edge"]
     assert conf.central.rados_user == "warmer" and conf.central.pool == "volumes"
     assert {o.name for o in targets.TARGET_OPTS} <= set(conf.central.keys())
 

@@ -21,10 +21,10 @@ class Glance:
         self.url = url.rstrip("/")
 
     def _req(self, method: str, path: str, body: Any = None,
-             ctype: str = "application/json") -> Any:
+             ctype: str = "application/json", headers: dict[str, str] | None = None) -> Any:
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": ctype})
+                                     headers={"Content-Type": ctype, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
                 raw = resp.read()
@@ -37,8 +37,10 @@ class Glance:
         result: dict[str, Any] = self._req("POST", "/v2/images", body)
         return result
 
-    def upload(self, image_id: str, data: bytes) -> None:
-        self._req("PUT", f"/v2/images/{image_id}/file", data, "application/octet-stream")
+    def upload(self, image_id: str, data: bytes, store: str | None = None) -> None:
+        """Upload to Glance's default store, or to ``store``."""
+        self._req("PUT", f"/v2/images/{image_id}/file", data, "application/octet-stream",
+                  {"X-Image-Meta-Store": store} if store else None)
 
     def get(self, image_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", f"/v2/images/{image_id}")

@@ -16,18 +16,23 @@ from pathlib import Path
 
 from . import proc
 
-# Capabilities of the OpenStack users, as Ceph's OpenStack guide gives them.
-# warmer's are the least it needs: it creates and protects snapshots of
-# Glance's images (same-cluster repair), so it needs the rbd profile on the
-# images pool; it never writes anywhere else. See docs/cephx.md.
-USERS = {
+# Capabilities of the OpenStack users, as Ceph's OpenStack guide gives them,
+# and warmer's least privilege (docs/cephx.md). Every cluster is a Glance
+# store (pool images) and a Cinder backend (pool volumes) and a warmer
+# target: warmer repairs snapshots of Glance's images (rbd on images) and
+# writes verified copies into Cinder's pool (rbd on volumes). Glance's user
+# also reads and deletes those copies (Glance validates a new location, and
+# deletes the data at every location of an image it deletes), so it gets
+# volumes too.
+_CAPS = {
     "glance": ["mon", "profile rbd",
-               "osd", "profile rbd pool=images"],
+               "osd", "profile rbd pool=images, profile rbd pool=volumes"],
     "cinder": ["mon", "profile rbd",
                "osd", "profile rbd pool=volumes, profile rbd-read-only pool=images"],
     "warmer": ["mon", "profile rbd",
-               "osd", "profile rbd pool=images"],
+               "osd", "profile rbd pool=images, profile rbd pool=volumes"],
 }
+USERS = {"central": _CAPS, "edge": _CAPS}
 POOLS = ("images", "volumes")
 
 
@@ -87,7 +92,8 @@ osd op num threads per shard = 2
 """)
 
 
-def start(base: Path, name: str, memstore_bytes: int = 6 << 30) -> tuple[Cluster, dict[str, str]]:
+def start(base: Path, name: str,
+          memstore_bytes: int = 6 << 30) -> tuple[Cluster, dict[str, str]]:
     c = Cluster(name, base)
     for sub in ("run", "log", "mon/ceph-a", "osd/ceph-0"):
         (c.dir / sub).mkdir(parents=True)
@@ -125,13 +131,14 @@ def start(base: Path, name: str, memstore_bytes: int = 6 << 30) -> tuple[Cluster
     for pool in POOLS:
         c.ceph("osd", "pool", "create", pool, "8")
         c.ceph("osd", "pool", "application", "enable", pool, "rbd")
-    for user, caps in USERS.items():
+    users = USERS[name]
+    for user, caps in users.items():
         key = c.ceph("auth", "get-or-create", f"client.{user}", *caps)
         c.keyring(user).write_text(key)
     prefix = f"CEPH_{name.upper()}_"
     env = {prefix + "CONF": str(c.conf), prefix + "FSID": c.fsid,
            prefix + "MON_PORT": str(c.mon_port)}
-    for user in ("admin", *USERS):
+    for user in ("admin", *users):
         env[prefix + f"KEYRING_{user.upper()}"] = str(c.keyring(user))
     return c, env
 

@@ -20,13 +20,14 @@ from .ceph import Cluster
 from .venv import ensure_venv
 
 GLANCE_VERSION = "33.0.0"
+FILE_STORE = "local"
 FILES = Path(__file__).parent / "glance_files"
 
 
 def _conf(base: Path, port: int, transport_url: str,
           clusters: list[Cluster]) -> str:
     gdir = base / "glance"
-    backends = ",".join(f"{c.name}:rbd" for c in clusters)
+    backends = ",".join([*(f"{c.name}:rbd" for c in clusters), f"{FILE_STORE}:file"])
     stores = "".join(f"""
 [{c.name}]
 store_description = Ceph cluster {c.name} (fsid {c.fsid})
@@ -34,6 +35,7 @@ rbd_store_pool = images
 rbd_store_user = glance
 rbd_store_ceph_conf = {c.conf}
 rbd_store_chunk_size = 8
+rbd_thin_provisioning = True
 """ for c in clusters)
     return f"""[DEFAULT]
 enabled_backends = {backends}
@@ -49,6 +51,10 @@ debug = False
 [glance_store]
 default_backend = {clusters[0].name}
 {stores}
+[{FILE_STORE}]
+store_description = Local files (not cloneable: warmer copies these over HTTP)
+filesystem_store_datadir = {gdir}/images
+
 [os_glance_staging_store]
 filesystem_store_datadir = {gdir}/staging
 
@@ -87,7 +93,7 @@ def start(base: Path, cache: Path, transport_url: str,
     venv = ensure_venv(cache / f"glance-{GLANCE_VERSION}",
                        [f"glance=={GLANCE_VERSION}", "uwsgi"])
     gdir = base / "glance"
-    for sub in ("staging", "tasks", "locks", "cache"):
+    for sub in ("staging", "tasks", "locks", "cache", "images"):
         (gdir / sub).mkdir(parents=True)
     shutil.copy(FILES / "glance-api-paste.ini", gdir)
     shutil.copy(FILES / "stack_auth.py", gdir)
@@ -120,4 +126,5 @@ def start(base: Path, cache: Path, transport_url: str,
                   alive=lambda: proc.pid_alive(pid))
     return {"GLANCE_URL": f"http://127.0.0.1:{port}",
             "GLANCE_CONF": str(gdir / "glance-api.conf"),
-            "GLANCE_DEFAULT_STORE": clusters[0].name}
+            "GLANCE_DEFAULT_STORE": clusters[0].name,
+            "GLANCE_FILE_STORE": FILE_STORE}

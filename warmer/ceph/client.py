@@ -59,7 +59,7 @@ class CephClient:
 
     # -- plumbing -----------------------------------------------------------
 
-    async def _run(self, op: str, fn: Callable[[Rados], T]) -> T:
+    async def run(self, op: str, fn: Callable[[Rados], T]) -> T:
         if self._observe is not None:
             self._observe(self.config.user, op)
         loop = asyncio.get_running_loop()
@@ -112,6 +112,10 @@ class CephClient:
                 raise CephUnavailable(str(exc)) from exc
             raise
 
+    @property
+    def executor(self) -> concurrent.futures.Executor:
+        return self._executor
+
     def close(self) -> None:
         self._drop()
 
@@ -119,11 +123,11 @@ class CephClient:
 
     async def connect(self) -> str:
         """Connect (if needed) and return the cluster's fsid."""
-        return await self._run("connect", lambda c: c.get_fsid())
+        return await self.run("connect", lambda c: c.get_fsid())
 
     async def probe(self) -> None:
         """Raise :class:`CephUnavailable` unless the cluster answers now."""
-        await self._run("probe", lambda c: c.get_cluster_stats())
+        await self.run("probe", lambda c: c.get_cluster_stats())
 
     async def ensure_protected_snapshot(self, pool: str, image: str, snapshot: str,
                                         *, repair: bool) -> SnapshotCheck:
@@ -135,13 +139,13 @@ class CephClient:
         daemon doing the same (an existing or already protected snapshot
         is success).
         """
-        return await self._run("ensure_protected_snapshot",
+        return await self.run("ensure_protected_snapshot",
                                lambda c: _ensure_protected(c, pool, image, snapshot, repair))
 
     async def check_snapshot_readable(self, pool: str, image: str, snapshot: str) -> str | None:
         """Open ``pool/image@snapshot`` read-only, as Cinder's clone path
         does. Returns ``None`` on success, else a reason."""
-        return await self._run("check_snapshot_readable",
+        return await self.run("check_snapshot_readable",
                                lambda c: _check_readable(c, pool, image, snapshot))
 
 

@@ -38,6 +38,21 @@ TARGET_OPTS: list[cfg.Opt] = [
     cfg.StrOpt("cinder_keyring", help="Keyring of cinder_user."),
     cfg.IntOpt("connect_timeout", default=10, min=1, max=600,
                help="Seconds for connecting to the cluster."),
+    cfg.BoolOpt("copy_images", default=True,
+                help="Copy images that have no location in this cluster (another "
+                     "cluster, or a store that is not RBD) into the pool, verify "
+                     "them, and publish the copy as a Glance location. Needs the "
+                     "rbd profile on the pool."),
+    cfg.IntOpt("copy_window", default=8, min=1, max=64,
+               help="Chunks (4 MiB) of one copy in flight at once; bounds the "
+                    "memory of a copy to about window x 4 MiB."),
+    cfg.IntOpt("copy_lock_seconds", default=120, min=10, max=3600,
+               help="Lease of the per-image copy lock. A daemon that dies "
+                    "mid-copy blocks that image's copy for at most this long."),
+    cfg.BoolOpt("allow_unverified_copies", default=False,
+                help="Publish copies of images for which Glance records no "
+                     "checksum. Off: such images are reported as "
+                     "no_glance_checksum and never published."),
 ]
 
 EXAMPLE_GROUP = "target_example"

@@ -25,6 +25,14 @@ class GlanceUnavailable(Exception):
     """Glance did not answer usefully; the request may succeed later."""
 
 
+class GlanceRefused(Exception):
+    """Glance answered a change with an error (4xx/5xx)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass(frozen=True)
 class GlanceImage:
     info: ImageInfo
@@ -93,6 +101,42 @@ class GlanceClient:
             return parse_image(body)
         except MalformedEvent as exc:
             raise GlanceUnavailable(f"GET image {image_id}: {exc}") from exc
+
+    async def _patch(self, image_id: str, ops: list[dict[str, Any]]) -> None:
+        url = f"{self.endpoint}/v2/images/{image_id}"
+        try:
+            async with self._http().patch(
+                    url, json=ops,
+                    headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+            ) as resp:
+                if resp.status >= 400:
+                    text = (await resp.text())[:300]
+                    raise GlanceRefused(resp.status, f"PATCH image {image_id}: {text}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise GlanceUnavailable(f"PATCH image {image_id}: {exc!r}") from exc
+
+    async def add_location(self, image_id: str, url: str, store: str) -> None:
+        """Add ``url`` to the image's locations (JSON-patch on an active
+        image), with the Glance store that stands for its cluster."""
+        await self._patch(image_id, [{"op": "add", "path": "/locations/-",
+                                      "value": {"url": url, "metadata": {"store": store}}}])
+
+    async def remove_location(self, image_id: str, url: str) -> bool:
+        """Remove ``url`` from the image's locations. False when it was not there."""
+        image = await self.get_image(image_id)
+        if image is None:
+            return False
+        urls = [loc.url for loc in image.locations]
+        if url not in urls:
+            return False
+        await self._patch(image_id, [{"op": "remove", "path": f"/locations/{urls.index(url)}"}])
+        return True
+
+    def download(self, image_id: str) -> Any:
+        """``async with client.download(id) as resp``: the image data, streamed."""
+        return self._http().get(f"{self.endpoint}/v2/images/{image_id}/file",
+                                timeout=aiohttp.ClientTimeout(total=None, sock_read=300),
+                                headers={"Accept": "application/octet-stream"})
 
     async def list_images(self, **filters: str) -> AsyncIterator[GlanceImage]:
         """Every image matching Glance's list filters, following pagination."""

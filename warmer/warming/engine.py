@@ -164,6 +164,14 @@ class Engine:
             for action in result.actions:
                 self.metrics.repairs.labels(target.name, _pool_of(result), action).inc()
             self._record(image_id, target, result)
+            if result.copy is not None:
+                self.metrics.copied_bytes.labels(target.name, "written").inc(result.copy.written)
+                self.metrics.copied_bytes.labels(target.name, "hole").inc(
+                    result.copy.skipped_holes)
+                self.metrics.copied_bytes.labels(target.name, "zero").inc(
+                    result.copy.skipped_zeros)
+            if result.state == "busy":
+                self._retry_later(image_id)
 
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         fresh = await self.glance.get_image(image_id)

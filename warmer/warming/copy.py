@@ -1,0 +1,234 @@
+"""Copying an image's data into a target pool: sparse, streamed, verified.
+
+A source yields the image as ``(offset, length, data)`` chunks in order,
+with ``data`` ``None`` for a hole it already knows about (RBD extents that
+``diff_iterate`` says are unallocated). The pipeline:
+
+* hashes every chunk in order (holes as zeroes), on one dedicated thread,
+  with the algorithm Glance recorded (``os_hash_algo``) or MD5 for
+  ``checksum``;
+* writes chunks that are not all zero; holes and zero chunks are never
+  written, so the copy stays as sparse as the source, or sparser;
+* keeps at most ``window`` chunks in flight (read, hashed or written), so
+  memory stays bounded whatever the image size, with several I/Os going at
+  once on the Ceph thread pool.
+
+Nothing here publishes anything; the caller does that only after
+:meth:`Verifier.verify` succeeded and the copy is snapshotted and protected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import concurrent.futures
+import hashlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from warmer.events import ImageInfo
+
+LOG = logging.getLogger(__name__)
+CHUNK = 4 << 20
+_ZEROS = bytes(CHUNK)
+
+Chunk = tuple[int, int, bytes | None]
+
+
+class CopyError(Exception):
+    """The copy cannot be made or verified; ``reason`` says why."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class Source(Protocol):
+    size: int
+    description: str
+
+    def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]: ...
+
+
+@dataclass
+class CopyStats:
+    size: int
+    written: int = 0
+    skipped_holes: int = 0
+    skipped_zeros: int = 0
+    seconds: float = 0.0
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_holes + self.skipped_zeros
+
+
+class Verifier:
+    """Checks the copied bytes against what Glance recorded for the image."""
+
+    def __init__(self, image: ImageInfo, *, allow_unverified: bool = False) -> None:
+        algo, expected = None, None
+        if image.os_hash_algo and image.os_hash_value:
+            if image.os_hash_algo not in hashlib.algorithms_available:
+                raise CopyError("unsupported_hash", image.os_hash_algo)
+            algo, expected = image.os_hash_algo, image.os_hash_value
+        elif image.checksum:
+            algo, expected = "md5", image.checksum
+        elif not allow_unverified:
+            raise CopyError("no_glance_checksum",
+                            "Glance has neither os_hash_value nor checksum")
+        self.algo = algo
+        self.expected = expected.lower() if expected else None
+        self._hash: Any = hashlib.new(algo) if algo else None
+
+    def update(self, data: bytes | memoryview) -> None:
+        if self._hash is not None:
+            self._hash.update(data)
+
+    def verify(self) -> str:
+        """Return ``algo:digest`` when it matches; raise otherwise."""
+        if self._hash is None:
+            return "unverified"
+        digest = str(self._hash.hexdigest())
+        if digest != self.expected:
+            raise CopyError("checksum_mismatch",
+                            f"{self.algo} is {digest}, Glance says {self.expected}")
+        return f"{self.algo}:{digest}"
+
+
+async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Verifier,
+               executor: concurrent.futures.Executor, *, window: int = 8,
+               chunk_size: int = CHUNK,
+               progress: Callable[[int, int], None] | None = None) -> CopyStats:
+    """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
+    ``executor``), skipping holes and zero chunks, hashing everything."""
+    loop = asyncio.get_running_loop()
+    stats = CopyStats(source.size)
+    started = time.monotonic()
+    hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
+    slots = asyncio.Semaphore(window)
+    in_flight: set[asyncio.Future[Any]] = set()
+    zero_bytes = _ZEROS if chunk_size == CHUNK else bytes(chunk_size)
+    zeros = memoryview(zero_bytes)
+    done = 0
+    try:
+        async for offset, length, data in source.chunks(chunk_size):
+            await slots.acquire()
+            if data is None:
+                work = [loop.run_in_executor(hasher, verifier.update, zeros[:length])]
+                stats.skipped_holes += length
+            else:
+                # One thread, in submission order: the digest sees the bytes in order.
+                work = [loop.run_in_executor(hasher, verifier.update, data)]
+                # bytes == bytes is a memcmp; against a memoryview it is 60x slower.
+                if data == (zero_bytes if length == chunk_size else zero_bytes[:length]):
+                    stats.skipped_zeros += length
+                else:
+                    work.append(loop.run_in_executor(executor, write, data, offset))
+                    stats.written += length
+            chunk_done = asyncio.gather(*work)
+            chunk_done.add_done_callback(lambda _f: slots.release())
+            in_flight.add(chunk_done)
+            chunk_done.add_done_callback(in_flight.discard)
+            done += length
+            if progress is not None:
+                progress(done, source.size)
+            # Surface a failed write or hash now rather than at the end.
+            for fut in [f for f in in_flight if f.done()]:
+                fut.result()
+        if done != source.size:
+            raise CopyError("short_read", f"got {done} of {source.size} bytes")
+        await asyncio.gather(*in_flight)
+    finally:
+        for fut in in_flight:
+            fut.cancel()
+        hasher.shutdown(wait=True, cancel_futures=True)
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+class RbdSource:
+    """An RBD snapshot read directly from its cluster (read-only)."""
+
+    def __init__(self, image: Any, size: int, extents: list[tuple[int, int]],
+                 executor: concurrent.futures.Executor, description: str,
+                 read_ahead: int = 8) -> None:
+        self._image = image
+        self.size = size
+        self._starts = [start for start, _ in extents]
+        self._extents = extents
+        self._executor = executor
+        self.description = description
+        self._read_ahead = read_ahead
+
+    @classmethod
+    def open(cls, handle: Any, executor: concurrent.futures.Executor, description: str,
+             read_ahead: int = 8) -> RbdSource:
+        """Blocking: list the allocated extents of an open image (run it on
+        the Ceph pool)."""
+        size = int(handle.image.size())
+        extents: list[tuple[int, int]] = []
+
+        def collect(offset: int, length: int, exists: bool) -> int:
+            if exists:
+                if extents and extents[-1][0] + extents[-1][1] == offset:
+                    extents[-1] = (extents[-1][0], extents[-1][1] + length)
+                else:
+                    extents.append((offset, length))
+            return 0
+        handle.image.diff_iterate(0, size, None, collect)
+        extents.sort()
+        return cls(handle.image, size, extents, executor, description, read_ahead)
+
+    def allocated(self, offset: int, length: int) -> bool:
+        i = bisect.bisect_right(self._starts, offset) - 1
+        for start, ext_len in self._extents[max(i, 0):]:
+            if start >= offset + length:
+                return False
+            if start + ext_len > offset:
+                return True
+        return False
+
+    @property
+    def allocated_bytes(self) -> int:
+        return sum(length for _, length in self._extents)
+
+    async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+        loop = asyncio.get_running_loop()
+        pending: list[tuple[int, int, asyncio.Future[bytes] | None]] = []
+        offset = 0
+        while offset < self.size or pending:
+            while offset < self.size and len(pending) < self._read_ahead:
+                length = min(chunk_size, self.size - offset)
+                read = (loop.run_in_executor(self._executor, self._image.read, offset, length)
+                        if self.allocated(offset, length) else None)
+                pending.append((offset, length, read))
+                offset += length
+            start, length, read = pending.pop(0)
+            yield start, length, (await read if read is not None else None)
+
+
+class HttpSource:
+    """Glance's ``GET /v2/images/{id}/file``, for images in stores warmer
+    cannot read directly (file, swift, s3, http, another cluster)."""
+
+    def __init__(self, stream: Callable[[], Any], size: int, description: str) -> None:
+        self._stream = stream
+        self.size = size
+        self.description = description
+
+    async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+        offset = 0
+        buf = bytearray()
+        async with self._stream() as resp:
+            async for piece in resp.content.iter_chunked(1 << 20):
+                buf += piece
+                while len(buf) >= chunk_size:
+                    yield offset, chunk_size, bytes(buf[:chunk_size])
+                    del buf[:chunk_size]
+                    offset += chunk_size
+        if buf:
+            yield offset, len(buf), bytes(buf)
