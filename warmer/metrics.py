@@ -75,6 +75,10 @@ class Metrics:
         self.reconciles = Counter(
             "warmer_reconciliations", "Full reconciliations run, by outcome",
             ["outcome"], registry=r)
+        self.evictions = Counter(
+            "warmer_evictions", "Copies warmer tried to take out of a target, by reason "
+            "(budget, deleted) and result (removed, gone, has_children, glance_refused, "
+            "not_owned)", ["target", "reason", "result"], registry=r)
         self.copied_bytes = Counter(
             "warmer_copy_bytes", "Bytes of image copies, by what happened to them: "
             "written, or skipped as a hole or an all-zero chunk", ["target", "kind"],

@@ -69,10 +69,12 @@ def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
         config = TargetConfig(name, group.pool, group.glance_store or name,
                               group.repair_glance_snapshots, group.copy_images,
                               group.copy_window, group.copy_lock_seconds,
-                              group.allow_unverified_copies)
+                              group.allow_unverified_copies, group.capacity_bytes,
+                              group.capacity_images)
         targets.append(Target(config, ceph, cinder, glance=glance,
                               sources=lambda: {t.ceph.fsid: t.ceph for t in targets
-                                               if t.ceph.fsid}))
+                                               if t.ceph.fsid},
+                              owner=f"warmer@{conf.host}"))
     return targets
 
 

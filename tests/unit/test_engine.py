@@ -29,7 +29,8 @@ def build(repair: bool = True) -> tuple[Engine, FakeGlance, FakeCeph]:
     glance, ceph = FakeGlance(), FakeCeph(FSID)
     tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
                       top_k=0, dedup_window=100)
-    target = Target(TargetConfig("central", "volumes", "central", repair), ceph)  # type: ignore[arg-type]
+    config = TargetConfig("central", "volumes", "central", repair, copy_images=False)
+    target = Target(config, ceph)  # type: ignore[arg-type]
     engine = Engine(tracker, glance, [target], Metrics(), workers=2,  # type: ignore[arg-type]
                     reconcile_interval=3600, retry_delay=0.05)
     return engine, glance, ceph
@@ -160,5 +161,102 @@ def test_reconcile_discovers_pinned_images_missed_while_down() -> None:
         await engine.reconciled.wait()
         await engine.idle()
         assert only_status(engine, "p") == ("warm", "cloneable")
+        runner.cancel()
+    run(scenario())
+
+
+class FakeCopyTarget:
+    """A copy target's inventory and eviction, behind Target's interface."""
+
+    def __init__(self, capacity_bytes: int = 0, capacity_images: int = 0) -> None:
+        self.config = TargetConfig("edge", "volumes", "edge", True, copy_images=True,
+                                   capacity_bytes=capacity_bytes,
+                                   capacity_images=capacity_images)
+        self.name = "edge"
+        self.copies: dict[str, int] = {}
+        self.children: set[str] = set()
+        self.evicted: list[str] = []
+        self.admit: Any = None
+
+    async def inventory(self) -> list[Any]:
+        from warmer.ceph.images import Owned
+        return [Owned(i, True, i, "complete", True, size) for i, size in self.copies.items()]
+
+    async def evict(self, image_id: str) -> str:
+        if image_id in self.children:
+            return "has_children"
+        self.evicted.append(image_id)
+        return "removed" if self.copies.pop(image_id, None) is not None else "gone"
+
+    async def purge(self, image_id: str) -> str:
+        return await self.evict(image_id)
+
+
+def copy_engine(target: FakeCopyTarget) -> tuple[Engine, FakeGlance]:
+    glance = FakeGlance()
+    tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
+                      top_k=0, dedup_window=100)
+    engine = Engine(tracker, glance, [target], Metrics(), workers=1,  # type: ignore[list-item]
+                    reconcile_interval=3600, retry_delay=0.05)
+    return engine, glance
+
+
+def with_copies(engine: Engine, glance: FakeGlance, target: FakeCopyTarget,
+                scores: dict[str, int], pinned: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    for image_id, n in scores.items():
+        tags = frozenset({"warmer-pin"}) if image_id in pinned else frozenset()
+        engine.tracker.observe(info(image_id, tags=tags))
+        glance.add(info(image_id, tags=tags))
+        demand(engine, image_id, n)
+        target.copies[image_id] = 10
+
+
+def test_admit_evicts_the_lowest_scored_copies_first() -> None:
+    target = FakeCopyTarget(capacity_bytes=30)
+    engine, glance = copy_engine(target)
+    with_copies(engine, glance, target, {"low": 1, "mid": 2, "high": 3})
+    demand(engine, "new", 5)
+    assert run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert target.evicted == ["low"]
+
+
+def test_pinned_copies_are_never_evicted_and_worth_decides() -> None:
+    target = FakeCopyTarget(capacity_images=2)
+    engine, glance = copy_engine(target)
+    with_copies(engine, glance, target, {"pinned": 0, "hot": 9}, pinned={"pinned"})
+    demand(engine, "new", 1)
+    assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert target.evicted == []
+
+
+def test_a_copy_with_clones_is_skipped_not_removed() -> None:
+    target = FakeCopyTarget(capacity_images=2)
+    engine, glance = copy_engine(target)
+    with_copies(engine, glance, target, {"cloned": 1, "other": 2})
+    target.children.add("cloned")
+    demand(engine, "new", 5)
+    assert run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert "cloned" in target.copies and target.evicted == ["other"]
+
+
+def test_reconcile_removes_copies_of_deleted_images_and_honours_budgets() -> None:
+    target = FakeCopyTarget(capacity_images=1)
+    engine, glance = copy_engine(target)
+    with_copies(engine, glance, target, {"a": 1, "b": 3})
+    target.copies["orphan"] = 10  # Glance has no such image any more
+    run(engine.enforce_budgets())
+    assert set(target.copies) == {"b"}
+    assert set(target.evicted) == {"orphan", "a"}
+
+
+def test_image_delete_removes_warmers_copies() -> None:
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"d": 3})
+        runner = asyncio.create_task(engine.run())
+        await engine.handle(ImageDeleted("d", NOW))
+        await engine.idle()
+        assert "d" not in target.copies
         runner.cancel()
     run(scenario())

@@ -34,6 +34,12 @@ class Image(Protocol):
     def size(self) -> int: ...
 
 
+def errors() -> tuple[type[BaseException], ...]:
+    """The base exception classes of rados and rbd (they share none)."""
+    rados, rbd = modules()
+    return (rados.Error, rbd.Error)
+
+
 def modules() -> tuple[types.ModuleType, types.ModuleType]:
     """Return (rados, rbd), with a clear message when they are missing."""
     try:

@@ -44,6 +44,7 @@ class Owned:
     glance_image: str | None = None
     state: str | None = None
     protected: bool = False
+    size: int = 0
 
 
 def temp_name(image_id: str) -> str:
@@ -85,13 +86,14 @@ def inspect(cluster: Rados, pool: str, name: str) -> Owned | None:
         return None
     try:
         meta = dict(handle.image.metadata_list())
+        size = int(handle.image.size())
         protected = False
         if SNAPSHOT in {s["name"] for s in handle.image.list_snaps()}:
             protected = bool(handle.image.is_protected_snap(SNAPSHOT))
     finally:
         handle.close()
     return Owned(name, meta.get(OWNER_KEY) == OWNER, meta.get(GLANCE_IMAGE_KEY),
-                 meta.get(STATE_KEY), protected)
+                 meta.get(STATE_KEY), protected, size)
 
 
 def create_temp(cluster: Rados, pool: str, image_id: str, size: int, source: str) -> OpenImage:

@@ -49,6 +49,13 @@ TARGET_OPTS: list[cfg.Opt] = [
     cfg.IntOpt("copy_lock_seconds", default=120, min=10, max=3600,
                help="Lease of the per-image copy lock. A daemon that dies "
                     "mid-copy blocks that image's copy for at most this long."),
+    cfg.IntOpt("capacity_bytes", default=0, min=0,
+               help="Budget for warmer's copies in this pool, in bytes of image "
+                    "size. When a copy would exceed it, lower-scored copies are "
+                    "evicted first; pinned ones never are. 0: no limit."),
+    cfg.IntOpt("capacity_images", default=0, min=0,
+               help="Budget for the number of warmer's copies in this pool. "
+                    "0: no limit."),
     cfg.BoolOpt("allow_unverified_copies", default=False,
                 help="Publish copies of images for which Glance records no "
                      "checksum. Off: such images are reported as "

@@ -48,6 +48,9 @@ def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | No
             {k: v for k, v in dataclasses.asdict(s).items() if k != "image_id"}
             for s in engine.status(image_id)
         ],
+        "copying": {t.name: {"done_bytes": t.progress[image_id][0],
+                             "size_bytes": t.progress[image_id][1]}
+                    for t in engine.targets if image_id in t.progress},
     }
 
 

@@ -64,6 +64,8 @@ class Engine:
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.accepting = True
         self.reconciled = asyncio.Event()
+        for target in targets:
+            target.admit = self.admit
 
     # -- intake (on the loop, called by the bus bridge) -------------------------
 
@@ -76,6 +78,7 @@ class Engine:
         applied = self.tracker.apply(event)
         if isinstance(event, ImageDeleted):
             self._drop_status(event.image_id)
+            self.enqueue(event.image_id)  # to remove warmer's copies of it
         elif applied.changed:
             self.enqueue(applied.image_id)
         return applied.outcome
@@ -137,6 +140,7 @@ class Engine:
     async def _evaluate(self, image_id: str) -> None:
         if self.tracker.is_deleted(image_id):
             self._drop_status(image_id)
+            await self._purge_everywhere(image_id, "deleted")
             return
         fresh: GlanceImage | None = None
         if self.tracker.image(image_id) is None or self.tracker.is_stale(image_id):
@@ -179,9 +183,94 @@ class Engine:
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
             self._drop_status(image_id)
+            await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True)
         return fresh
+
+    async def _purge_everywhere(self, image_id: str, reason: str) -> None:
+        """Glance no longer has the image: remove warmer's copies of it.
+        Either order of events converges: if Glance deleted them first
+        (it deletes the data at every location), this finds them gone."""
+        deferred = False
+        for target in self.targets:
+            if not target.config.copy_images:
+                continue
+            result = await target.purge(image_id)
+            if result != "gone":
+                self.metrics.evictions.labels(target.name, reason, result).inc()
+            deferred = deferred or result == "has_children"
+        if deferred:
+            self._retry_later(image_id)
+
+    # -- budgets -------------------------------------------------------------------
+
+    def _keep_score(self, image_id: str, now: float) -> float:
+        """How much a copy is worth keeping: pinned copies are never evicted."""
+        info = self.tracker.image(image_id)
+        if info is not None and self.tracker.policy.pinned(info):
+            return float("inf")
+        return self.tracker.scores.score(image_id, now)
+
+    async def admit(self, target: Target, image_id: str, size: int) -> bool:
+        """Make room for a new copy of ``image_id`` (``size`` bytes) in
+        ``target``, evicting copies worth less than it. False when the
+        budget cannot hold it without evicting something worth more."""
+        config = target.config
+        if not config.capacity_bytes and not config.capacity_images:
+            return True
+        now = self.clock()
+        worth = self._keep_score(image_id, now)
+        copies = [c for c in await target.inventory() if c.name != image_id]
+        used_bytes, used_count = sum(c.size for c in copies), len(copies)
+
+        def over() -> bool:
+            return bool((config.capacity_bytes and used_bytes + size > config.capacity_bytes)
+                        or (config.capacity_images and used_count + 1 > config.capacity_images))
+        if config.capacity_bytes and size > config.capacity_bytes:
+            return False
+        for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now), c.name)):
+            if not over():
+                break
+            if self._keep_score(copy_.name, now) >= worth:
+                break
+            result = await target.evict(copy_.name)
+            self.metrics.evictions.labels(target.name, "budget", result).inc()
+            if result in ("removed", "gone"):
+                used_bytes -= copy_.size
+                used_count -= 1
+                self._status.pop((copy_.name, target.name), None)
+        return not over()
+
+    async def enforce_budgets(self) -> None:
+        """Reconciliation's half of eviction: copies of images Glance no
+        longer has go, and budgets that shrank (or scores that decayed) are
+        honoured, lowest-scored first, pinned never."""
+        now = self.clock()
+        for target in self.targets:
+            if not target.config.copy_images:
+                continue
+            copies = await target.inventory()
+            for copy_ in copies:
+                if self.tracker.image(copy_.name) is None and \
+                        await self.glance.get_image(copy_.name) is None:
+                    await self._purge_everywhere(copy_.name, "deleted")
+            config = target.config
+            if not config.capacity_bytes and not config.capacity_images:
+                continue
+            copies = await target.inventory()
+            used_bytes, used_count = sum(c.size for c in copies), len(copies)
+            for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now), c.name)):
+                within = ((not config.capacity_bytes or used_bytes <= config.capacity_bytes)
+                          and (not config.capacity_images or used_count <= config.capacity_images))
+                if within or self._keep_score(copy_.name, now) == float("inf"):
+                    break
+                result = await target.evict(copy_.name)
+                self.metrics.evictions.labels(target.name, "budget", result).inc()
+                if result in ("removed", "gone"):
+                    used_bytes -= copy_.size
+                    used_count -= 1
+                    self._status.pop((copy_.name, target.name), None)
 
     def _retry_later(self, image_id: str) -> None:
         if image_id in self._retries:
@@ -220,6 +309,7 @@ class Engine:
                 self.tracker.observe(image.info, authoritative=True)
         for image_id in self.tracker.image_ids():
             self.enqueue(image_id)
+        await self.enforce_budgets()
 
     # -- status (cached; read by scrapes and the admin API) -----------------------
 

@@ -26,12 +26,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from warmer.ceph import images as rbd_images
-from warmer.ceph.client import CephClient
+from warmer.ceph.bindings import errors as ceph_errors
+from warmer.ceph.client import CephClient, CephUnavailable
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceRefused
 from warmer.locations import RbdLocation, parse_rbd_url
 from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Source, Verifier
@@ -50,6 +51,8 @@ class TargetConfig:
     copy_window: int = 8
     copy_lock_seconds: int = 120
     allow_unverified_copies: bool = False
+    capacity_bytes: int = 0
+    capacity_images: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class Target:
     def __init__(self, config: TargetConfig, ceph: CephClient,
                  cinder_view: CephClient | None = None, *,
                  glance: GlanceClient | None = None,
-                 sources: Callable[[], dict[str, CephClient]] | None = None) -> None:
+                 sources: Callable[[], dict[str, CephClient]] | None = None,
+                 owner: str | None = None) -> None:
         self.config = config
         self.ceph = ceph
         # Cinder's own user, when configured, for the read-only open check.
@@ -73,8 +77,13 @@ class Target:
         self.glance = glance
         # fsid -> a client that can read Glance's RBD images in that cluster.
         self._sources = sources or (lambda: {})
-        self.cookie = uuid.uuid4().hex
+        # The lease cookie: stable per daemon name, so a restarted daemon
+        # can renew (take over) the leases its previous life left.
+        self.cookie = owner or uuid.uuid4().hex
         self.progress: dict[str, tuple[int, int]] = {}
+        # Asked before a new copy: may (image_id, size) have room? The engine
+        # answers, evicting lower-scored copies if it must.
+        self.admit: Callable[[Target, str, int], Awaitable[bool]] | None = None
 
     @property
     def name(self) -> str:
@@ -135,6 +144,9 @@ class Target:
         stats = None
         actions: list[str] = []
         if existing is None or existing.state != "complete" or not existing.protected:
+            size = image.info.size or 0
+            if self.admit is not None and not await self.admit(self, image_id, size):
+                return TargetResult("cold", "over_budget", None)
             if not await self._lock(image_id):
                 return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
             try:
@@ -152,6 +164,10 @@ class Target:
             try:
                 await self.glance.add_location(image_id, final.url, self.config.glance_store)
             except GlanceRefused as exc:
+                if await self.glance.get_image(image_id) is None:
+                    # Deleted while we copied: the copy is an orphan now.
+                    await self.purge(image_id)
+                    return TargetResult("cold", "image_deleted", None, tuple(actions), stats)
                 LOG.warning("target %s: Glance refused location %s: %s", self.name,
                             final.url, exc)
                 return TargetResult("cold", "publish_refused", final.url, tuple(actions),
@@ -209,13 +225,14 @@ class Target:
     async def _open_source(self, image: GlanceImage, rbd_locations: list[RbdLocation]
                            ) -> tuple[Source, rbd_images.OpenImage | None]:
         sources = self._sources()
+        unreadable: tuple[type[BaseException], ...] = (*ceph_errors(), CephUnavailable)
         for loc in rbd_locations:
             client = sources.get(loc.fsid)
             if client is None:
                 continue
             try:
                 return await self._open_rbd_source(client, loc)
-            except Exception as exc:  # not readable by us: try the next one
+            except unreadable as exc:  # try the next one
                 LOG.info("target %s: cannot read %s directly (%s)", self.name, loc, exc)
         assert self.glance is not None
         glance, image_id = self.glance, image.info.id
@@ -255,6 +272,68 @@ class Target:
             await asyncio.sleep(self.config.copy_lock_seconds / 3)
             if not await self._lock(image_id):
                 LOG.error("target %s: lost the copy lease for %s", self.name, image_id)
+
+    # -- inventory and eviction -----------------------------------------------
+
+    async def inventory(self) -> list[rbd_images.Owned]:
+        """warmer's complete copies in this target's pool."""
+        pool = self.config.pool
+        owned = await self.ceph.run("list_owned", lambda c: rbd_images.list_owned(c, pool))
+        return [o for o in owned if not o.name.startswith(rbd_images.TEMP_PREFIX)
+                and o.glance_image == o.name]
+
+    async def evict(self, image_id: str) -> str:
+        """Take warmer's copy of ``image_id`` out of this target.
+
+        Children always win: when the copy's snapshot has clones (or warmer
+        cannot tell), nothing changes and ``has_children`` is returned, to be
+        retried later. Otherwise the Glance location goes first (Glance then
+        deletes the data itself, as it does for every location it drops),
+        and whatever is left of warmer's copy is unprotected and removed.
+        Returns ``removed``, ``gone``, ``has_children``, ``not_owned`` or
+        ``glance_refused``.
+        """
+        pool = self.config.pool
+        existing = await self.ceph.run("inspect", lambda c: rbd_images.inspect(c, pool, image_id))
+        if existing is None:
+            return "gone"
+        if not existing.owned:
+            return "not_owned"
+        if existing.protected and await self._has_children(image_id):
+            return "has_children"
+        if self.glance is not None:
+            url = self.location_of(image_id, await self.fsid()).url
+            try:
+                await self.glance.remove_location(image_id, url)
+            except GlanceRefused as exc:
+                LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
+                return "glance_refused"
+        return await self.purge(image_id)
+
+    async def purge(self, image_id: str) -> str:
+        """Remove warmer's copy of ``image_id`` (no Glance call): for images
+        Glance no longer has. Children still win."""
+        pool = self.config.pool
+        try:
+            result: str = await self.ceph.run("remove_owned", lambda c: rbd_images.remove_owned(
+                c, pool, image_id))
+        except ceph_errors() as exc:  # e.g. clones in a pool warmer cannot see
+            LOG.warning("target %s: keeping %s/%s: %s", self.name, pool, image_id, exc)
+            return "has_children"
+        if result == "removed":
+            LOG.info("target %s: removed warmer's copy %s/%s", self.name, pool, image_id)
+        return result
+
+    async def _has_children(self, image_id: str) -> bool:
+        pool = self.config.pool
+        try:
+            kids = await self.ceph.run("children", lambda c: rbd_images.children(
+                c, pool, image_id))
+        except ceph_errors() as exc:  # cannot see every pool: assume there are clones
+            LOG.warning("target %s: cannot list clones of %s/%s@snap (%s); keeping it",
+                        self.name, pool, image_id, exc)
+            return True
+        return bool(kids)
 
     async def clean_up(self) -> list[str]:
         """Remove temporary images that no live copy holds (left by a crash).

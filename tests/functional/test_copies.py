@@ -1,0 +1,151 @@
+"""Copies into other clusters and from non-RBD stores, on the real stack:
+central and edge are independent Ceph clusters; Glance has both as RBD
+stores, plus a file store."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+
+import pytest
+import rbd
+from stackclient import Stack, ceph
+from stackclient.cinder import CinderNotifier
+from stackclient.daemon import Daemon
+from stackclient.glance import Glance
+
+from tests.functional.conftest import record_timing
+from tests.functional.test_daemon import WARM, demand
+
+MiB = 1 << 20
+
+
+def sparse(size: int, data_every: int = 4) -> bytes:
+    """Random 1 MiB blocks every ``data_every`` MiB, zeroes between."""
+    return b"".join(os.urandom(MiB) if i % data_every == 0 else bytes(MiB)
+                    for i in range(size // MiB))
+
+
+def edge_url(stack: Stack, image_id: str) -> str:
+    return f"rbd://{stack.fsid('edge')}/volumes/{image_id}/snap"
+
+
+def locations(glance: Glance, image_id: str) -> dict[str, str]:
+    return {loc["url"]: loc["metadata"].get("store", "") for loc in
+            glance.get(image_id)["locations"]}
+
+
+def edge_images(stack: Stack) -> list[str]:
+    with ceph.connect(stack.ceph_conf("edge"), "admin", stack.keyring("admin", "edge")) as c, \
+            c.open_ioctx("volumes") as ioctx:
+        return list(rbd.RBD().list(ioctx))
+
+
+def test_raw_image_on_central_becomes_cloneable_on_edge(
+        stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNotifier) -> None:
+    # Glance's RBD store writes 8 MiB chunks and, thin-provisioned, skips
+    # all-zero ones: 1 MiB of data every 16 MiB leaves real holes.
+    data = sparse(64 * MiB, data_every=16)
+    image_id = glance.create("central-raw")["id"]
+    glance.upload(image_id, data)
+    assert edge_url(stack, image_id) not in locations(glance, image_id)
+    holes_before = daemon.metric("warmer_copy_bytes_total", target="edge", kind="hole")
+
+    started = time.monotonic()
+    demand(cinder, glance, image_id)
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 30, "warm on edge")
+    record_timing("demand -> cloneable on edge (64 MiB, 1/16 data)",
+                  time.monotonic() - started)
+
+    assert locations(glance, image_id)[edge_url(stack, image_id)] == "edge"
+    view = daemon.image(image_id)
+    assert view is not None
+    edge = next(t for t in view["targets"] if t["target"] == "edge")
+    assert edge["location"] == edge_url(stack, image_id)
+    # Glance's thin-provisioned RBD store left holes; the copy skipped them.
+    assert daemon.metric("warmer_copy_bytes_total", target="edge", kind="hole") > holes_before
+    with ceph.connect(stack.ceph_conf("edge"), "cinder", stack.keyring("cinder", "edge")) as c:
+        assert ceph.snapshot_state(c, "volumes", image_id) == "protected"
+        assert ceph.read_all(c, "volumes", image_id, "snap") == data
+        clone = f"volume-{uuid.uuid4()}"
+        ceph.clone_v1(c, "volumes", image_id, "snap", "volumes", clone)
+        assert ceph.read_all(c, "volumes", clone) == data
+        ceph.remove(c, "volumes", clone)
+    with ceph.connect(stack.ceph_conf("edge"), "admin", stack.keyring("admin", "edge")) as c, \
+            c.open_ioctx("volumes") as ioctx, rbd.Image(ioctx, image_id, read_only=True) as img:
+        meta = dict(img.metadata_list())
+    assert meta["warmer.owner"] == "warmer" and meta["warmer.state"] == "complete"
+    assert meta["warmer.verified"] == "sha512:" + hashlib.sha512(data).hexdigest()
+
+
+def test_file_store_image_is_copied_over_http_into_both_clusters(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    data = sparse(16 * MiB, data_every=2)
+    image_id = glance.create("file-raw", tags=["warmer-pin"])["id"]
+    glance.upload(image_id, data, store=stack["GLANCE_FILE_STORE"])
+    assert all(url.startswith("file://") for url in locations(glance, image_id))
+    daemon.wait_until(lambda: (v := daemon.image(image_id)) and len(v["targets"]) == 2 and
+                      all((t["state"], t["reason"]) == WARM for t in v["targets"]),
+                      30, "warm in both clusters")
+    locs = locations(glance, image_id)
+    assert locs[f"rbd://{stack.fsid('central')}/volumes/{image_id}/snap"] == "central"
+    assert locs[edge_url(stack, image_id)] == "edge"
+    for cluster in ("central", "edge"):
+        with ceph.connect(stack.ceph_conf(cluster), "cinder",
+                          stack.keyring("cinder", cluster)) as c:
+            assert ceph.read_all(c, "volumes", image_id, "snap") == data
+
+
+def test_checksum_mismatch_publishes_nothing(
+        stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNotifier) -> None:
+    image_id = glance.create("tampered")["id"]
+    glance.upload(image_id, os.urandom(4 * MiB))
+    # Behind Glance's back, the snapshot's data changes: Glance's hash no
+    # longer describes it.
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as c, \
+            c.open_ioctx("images") as ioctx, rbd.Image(ioctx, image_id) as img:
+        img.unprotect_snap("snap")
+        img.remove_snap("snap")
+        img.write(os.urandom(MiB), 0)
+        img.create_snap("snap")
+        img.protect_snap("snap")
+    demand(cinder, glance, image_id)
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") ==
+                      ("cold", "checksum_mismatch"), 30, "mismatch reported")
+    assert edge_url(stack, image_id) not in locations(glance, image_id)
+    names = edge_images(stack)
+    assert image_id not in names and f"warmer-tmp.{image_id}" not in names
+
+
+def test_image_without_a_glance_checksum_is_never_published(
+        stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNotifier) -> None:
+    from tests.functional.test_daemon import register_unprotected
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    demand(cinder, glance, image_id)
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") ==
+                      ("cold", "no_glance_checksum"), 30, "refused")
+    assert daemon.target_state(image_id, "central") == WARM  # same cluster: no copy needed
+    assert edge_url(stack, image_id) not in locations(glance, image_id)
+
+
+@pytest.mark.parametrize("order", ["glance_deletes_first", "warmer_evicts_first"])
+def test_image_delete_converges_in_either_order(
+        stack: Stack, daemon: Daemon, glance: Glance, order: str) -> None:
+    image_id = glance.create(f"delete-{order}", tags=["warmer-pin"])["id"]
+    glance.upload(image_id, os.urandom(2 * MiB))
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 30, "warm on edge")
+    assert image_id in edge_images(stack)
+    if order == "warmer_evicts_first":
+        # Eviction's first step, as warmer does it: drop the Glance location
+        # (Glance deletes that copy's data itself).
+        url = edge_url(stack, image_id)
+        index = list(locations(glance, image_id)).index(url)
+        glance.patch(image_id, [{"op": "remove", "path": f"/locations/{index}"}])
+    glance.delete(image_id)
+    daemon.wait_until(lambda: daemon.image(image_id) is None, 15, "forgotten")
+    # A copy may have been under way when Glance deleted the image (warmer
+    # still wanted it); it must not survive either.
+    daemon.wait_until(lambda: not {image_id, f"warmer-tmp.{image_id}"} & set(edge_images(stack)),
+                      30, "nothing of it left on edge")

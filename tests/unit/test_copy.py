@@ -1,0 +1,173 @@
+"""The copy pipeline: sparse, ordered hashing, verification, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from warmer.events import ImageInfo
+from warmer.warming.copy import Chunk, CopyError, RbdSource, Verifier, copy
+
+CH = 64 * 1024  # small chunks keep the tests fast
+
+
+class ListSource:
+    def __init__(self, chunks: list[bytes | None], delay: float = 0.0) -> None:
+        self._chunks = chunks
+        self.size = sum(len(c) if c is not None else CH for c in chunks)
+        self.description = "test"
+        self._delay = delay
+
+    async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+        offset = 0
+        for c in self._chunks:
+            length = len(c) if c is not None else chunk_size
+            if self._delay:
+                await asyncio.sleep(self._delay)
+            yield offset, length, c
+            offset += length
+
+
+def expected_bytes(chunks: list[bytes | None]) -> bytes:
+    return b"".join(c if c is not None else bytes(CH) for c in chunks)
+
+
+def image_for(data: bytes, algo: str = "sha512") -> ImageInfo:
+    return ImageInfo(id="i", status="active", disk_format="raw", size=len(data),
+                     os_hash_algo=algo, os_hash_value=hashlib.new(algo, data).hexdigest(),
+                     checksum=hashlib.md5(data).hexdigest())
+
+
+def run_copy(chunks: list[bytes | None], info: ImageInfo | None = None, window: int = 4,
+             write_delay: float = 0.0) -> tuple[dict[int, bytes], object]:
+    written: dict[int, bytes] = {}
+    lock = threading.Lock()
+
+    def write(data: bytes, offset: int) -> None:
+        if write_delay:
+            time.sleep(write_delay)
+        with lock:
+            written[offset] = data
+    verifier = Verifier(info or image_for(expected_bytes(chunks)))
+
+    async def go() -> object:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            stats = await copy(ListSource(chunks), write, verifier, pool, window=window,
+                               chunk_size=CH)
+        verifier.verify()
+        return stats
+    return written, asyncio.run(go())
+
+
+def test_holes_and_zero_chunks_are_never_written_but_are_hashed() -> None:
+    data = os.urandom(CH)
+    chunks = [data, None, bytes(CH), data, None]
+    written, stats = run_copy(chunks)
+    assert written == {0: data, 3 * CH: data}
+    assert (stats.written, stats.skipped_holes, stats.skipped_zeros) == (2 * CH, 2 * CH, CH)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.sampled_from(["data", "hole", "zero"]), min_size=1, max_size=12))
+def test_digest_covers_every_byte_in_order(kinds: list[str]) -> None:
+    chunks: list[bytes | None] = [os.urandom(CH) if k == "data" else None if k == "hole"
+                                  else bytes(CH) for k in kinds]
+    written, _ = run_copy(chunks, write_delay=0.001)
+    image = expected_bytes(chunks)
+    rebuilt = bytearray(len(image))
+    for offset, data in written.items():
+        rebuilt[offset:offset + len(data)] = data
+    assert bytes(rebuilt) == image
+
+
+def test_mismatch_against_glance_hash_is_an_error() -> None:
+    chunks: list[bytes | None] = [os.urandom(CH)]
+    wrong = image_for(os.urandom(CH))
+    with pytest.raises(CopyError) as err:
+        run_copy(chunks, wrong)
+    assert err.value.reason == "checksum_mismatch"
+
+
+def test_md5_checksum_is_used_when_there_is_no_multihash() -> None:
+    data = os.urandom(CH)
+    info = ImageInfo(id="i", status="active", checksum=hashlib.md5(data).hexdigest())
+    v = Verifier(info)
+    v.update(data)
+    assert v.verify().startswith("md5:")
+
+
+def test_no_checksum_at_all_is_refused_unless_allowed() -> None:
+    info = ImageInfo(id="i", status="active")
+    with pytest.raises(CopyError, match="no_glance_checksum"):
+        Verifier(info)
+    assert Verifier(info, allow_unverified=True).verify() == "unverified"
+
+
+def test_short_source_is_an_error() -> None:
+    class Short(ListSource):
+        async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+            yield 0, CH, os.urandom(CH)
+
+    async def go() -> None:
+        src = Short([os.urandom(CH), os.urandom(CH)])
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            await copy(src, lambda d, o: None, Verifier(ImageInfo("i", "active"),
+                                                       allow_unverified=True),
+                       pool, chunk_size=CH)
+    with pytest.raises(CopyError, match="short_read"):
+        asyncio.run(go())
+
+
+def test_chunks_in_flight_are_bounded_by_the_window() -> None:
+    in_flight = 0
+    peak = 0
+    lock = threading.Lock()
+
+    def slow_write(data: bytes, offset: int) -> None:
+        nonlocal in_flight, peak
+        with lock:
+            in_flight += 1
+            peak = max(peak, in_flight)
+        time.sleep(0.01)
+        with lock:
+            in_flight -= 1
+
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(40)]
+
+    async def go() -> None:
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            await copy(ListSource(chunks), slow_write,
+                       Verifier(image_for(expected_bytes(chunks))), pool, window=3,
+                       chunk_size=CH)
+    asyncio.run(go())
+    assert 1 < peak <= 3
+
+
+def test_a_failed_write_fails_the_copy() -> None:
+    def broken(data: bytes, offset: int) -> None:
+        raise OSError("EIO")
+
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(3)]
+
+    async def go() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            await copy(ListSource(chunks), broken, Verifier(image_for(expected_bytes(chunks))),
+                       pool, chunk_size=CH)
+    with pytest.raises(OSError, match="EIO"):
+        asyncio.run(go())
+
+
+def test_rbd_source_knows_which_chunks_are_allocated() -> None:
+    src = RbdSource(None, 10 * CH, [(CH, 10), (5 * CH, 2 * CH)], None, "t")  # type: ignore[arg-type]
+    assert [src.allocated(i * CH, CH) for i in range(10)] == [
+        False, True, False, False, False, True, True, False, False, False]
+    assert src.allocated_bytes == 10 + 2 * CH
