@@ -177,6 +177,7 @@ class FakeCopyTarget:
         self.children: set[str] = set()
         self.evicted: list[str] = []
         self.admit: Any = None
+        self.reserved: dict[str, int] = {}
 
     async def inventory(self) -> list[Any]:
         from warmer.ceph.images import Owned
@@ -260,3 +261,15 @@ def test_image_delete_removes_warmers_copies() -> None:
         assert "d" not in target.copies
         runner.cancel()
     run(scenario())
+
+
+def test_two_copies_cannot_both_take_the_last_room() -> None:
+    target = FakeCopyTarget(capacity_images=1)
+    engine, _ = copy_engine(target)
+    demand(engine, "a", 3)
+    demand(engine, "b", 3)
+
+    async def both() -> list[bool]:
+        return list(await asyncio.gather(engine.admit(target, "a", 10),  # type: ignore[arg-type]
+                                         engine.admit(target, "b", 10)))  # type: ignore[arg-type]
+    assert sorted(run(both())) == [False, True]

@@ -62,7 +62,8 @@ filesystem_store_datadir = {gdir}/staging
 filesystem_store_datadir = {gdir}/tasks
 
 [database]
-connection = sqlite:///{gdir}/glance.sqlite
+# sqlite serialises writers; wait for the lock rather than fail with 500.
+connection = sqlite:///{gdir}/glance.sqlite?timeout=30
 
 [oslo_messaging_notifications]
 driver = messagingv2

@@ -32,6 +32,7 @@ VERIFIED_KEY = "warmer.verified"
 TEMP_PREFIX = "warmer-tmp."
 LOCK_PREFIX = "warmer.lock."
 LOCK_NAME = "warmer-copy"
+HOLDER_XATTR = "warmer.holder"
 SNAPSHOT = "snap"
 
 
@@ -217,18 +218,42 @@ def remove_owned(cluster: Rados, pool: str, name: str) -> str:
 
 
 def lock(cluster: Rados, pool: str, image_id: str, cookie: str, duration: int) -> bool:
-    """Take (or renew) the copy lease for ``image_id`` in ``pool``."""
+    """Take (or renew) the copy lease for ``image_id`` in ``pool``.
+
+    RADOS locks belong to a client instance, so a daemon that restarted (or
+    reconnected) cannot renew the lease its previous connection took. The
+    holder's name (``cookie``, one per daemon) is kept in an xattr of the
+    lock object: a lease held under our own name is our previous life's,
+    and we break it at once instead of waiting for it to run out.
+    """
     rados, _ = modules()
+    obj = f"{LOCK_PREFIX}{image_id}"
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
-        try:
-            ioctx.lock_exclusive(f"{LOCK_PREFIX}{image_id}", LOCK_NAME, cookie,
-                                 desc="warmer copy", duration=duration, flags=1)
-        except (rados.ObjectBusy, rados.ObjectExists):
-            return False
-        except OSError as exc:
-            if exc.errno in (errno.EBUSY, errno.EEXIST):
+        if not _try_lock(ioctx, obj, cookie, duration):
+            try:
+                holder = ioctx.get_xattr(obj, HOLDER_XATTR).decode()
+            except (rados.ObjectNotFound, rados.NoData):
+                holder = None
+            if holder != cookie:
                 return False
-            raise
+            ioctx.remove_object(obj)  # drops the stale lock with it
+            if not _try_lock(ioctx, obj, cookie, duration):
+                return False
+        ioctx.set_xattr(obj, HOLDER_XATTR, cookie.encode())
+    return True
+
+
+def _try_lock(ioctx: Any, obj: str, cookie: str, duration: int) -> bool:
+    rados, _ = modules()
+    try:
+        ioctx.lock_exclusive(obj, LOCK_NAME, cookie, desc="warmer copy", duration=duration,
+                             flags=1)  # LIBRADOS_LOCK_FLAG_MAY_RENEW
+    except (rados.ObjectBusy, rados.ObjectExists):
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EBUSY, errno.EEXIST):
+            return False
+        raise
     return True
 
 

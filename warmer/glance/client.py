@@ -26,7 +26,7 @@ class GlanceUnavailable(Exception):
 
 
 class GlanceRefused(Exception):
-    """Glance answered a change with an error (4xx/5xx)."""
+    """Glance refused a change (4xx); trying again will not help by itself."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -66,7 +66,11 @@ class GlanceClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                # No connection reuse: servers and proxies in front of Glance
+                # close idle connections (uwsgi after every response), and a
+                # request written into one that just closed fails. warmer's
+                # Glance traffic is light; a fresh connection each time is cheap.
+                connector=aiohttp.TCPConnector(limit=self._max_connections, force_close=True),
                 headers={"Accept": "application/json", "User-Agent": "warmer"})
         return self._session
 
@@ -109,6 +113,10 @@ class GlanceClient:
                     url, json=ops,
                     headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
             ) as resp:
+                if resp.status >= 500:
+                    text = (await resp.text())[:300]
+                    raise GlanceUnavailable(f"PATCH image {image_id}: HTTP {resp.status}: "
+                                            f"{text}")
                 if resp.status >= 400:
                     text = (await resp.text())[:300]
                     raise GlanceRefused(resp.status, f"PATCH image {image_id}: {text}")

@@ -59,6 +59,7 @@ class Engine:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._active: set[str] = set()
+        self._admission_locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._status: dict[tuple[str, str], ImageStatus] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
@@ -219,10 +220,26 @@ class Engine:
         config = target.config
         if not config.capacity_bytes and not config.capacity_images:
             return True
+        async with self._admission(target):
+            admitted = await self._admit(target, image_id, size)
+            if admitted:
+                target.reserved[image_id] = size
+            return admitted
+
+    def _admission(self, target: Target) -> asyncio.Lock:
+        # One admission at a time per target, so two copies cannot both take
+        # the last room.
+        return self._admission_locks.setdefault(target.name, asyncio.Lock())
+
+    async def _admit(self, target: Target, image_id: str, size: int) -> bool:
+        config = target.config
         now = self.clock()
         worth = self._keep_score(image_id, now)
-        copies = [c for c in await target.inventory() if c.name != image_id]
-        used_bytes, used_count = sum(c.size for c in copies), len(copies)
+        copies = [c for c in await target.inventory()
+                  if c.name != image_id and c.name not in target.reserved]
+        reserved = {i: s for i, s in target.reserved.items() if i != image_id}
+        used_bytes = sum(c.size for c in copies) + sum(reserved.values())
+        used_count = len(copies) + len(reserved)
 
         def over() -> bool:
             return bool((config.capacity_bytes and used_bytes + size > config.capacity_bytes)

@@ -84,6 +84,9 @@ class Target:
         # Asked before a new copy: may (image_id, size) have room? The engine
         # answers, evicting lower-scored copies if it must.
         self.admit: Callable[[Target, str, int], Awaitable[bool]] | None = None
+        # Copies under way (image id -> size): they count against the budget
+        # before they show up in the pool's inventory.
+        self.reserved: dict[str, int] = {}
 
     @property
     def name(self) -> str:
@@ -148,6 +151,7 @@ class Target:
             if self.admit is not None and not await self.admit(self, image_id, size):
                 return TargetResult("cold", "over_budget", None)
             if not await self._lock(image_id):
+                self.reserved.pop(image_id, None)
                 return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
             try:
                 if existing is not None:  # ours, but not finished: start over
@@ -159,6 +163,7 @@ class Target:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
                 return TargetResult("cold", exc.reason, None, tuple(actions))
             finally:
+                self.reserved.pop(image_id, None)
                 await self._unlock(image_id)
         if final.url not in {loc.url for loc in image.locations}:
             try:
@@ -308,7 +313,9 @@ class Target:
             except GlanceRefused as exc:
                 LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
                 return "glance_refused"
-        return await self.purge(image_id)
+        result = await self.purge(image_id)
+        # Dropping the location usually makes Glance delete the data itself.
+        return "removed" if result == "gone" else result
 
     async def purge(self, image_id: str) -> str:
         """Remove warmer's copy of ``image_id`` (no Glance call): for images

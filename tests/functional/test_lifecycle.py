@@ -1,0 +1,89 @@
+"""Crashes and eviction, each test with its own daemon and settings."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from stackclient import Stack, ceph
+from stackclient.cinder import CinderNotifier
+from stackclient.daemon import Daemon
+from stackclient.glance import Glance, GlanceError
+
+from tests.functional.test_copies import edge_images, edge_url, locations
+from tests.functional.test_daemon import WARM, demand
+
+MiB = 1 << 20
+
+
+def test_kill_9_mid_copy_publishes_nothing_and_restart_cleans_up(
+        stack: Stack, glance: Glance, cinder: CinderNotifier) -> None:
+    slow = "[central]\ncopy_images = false\n[edge]\ncopy_window = 1\ncopy_lock_seconds = 60\n"
+    d = Daemon(stack, name="crash", overrides=slow).start()
+    image_id = glance.create("big")["id"]
+    glance.upload(image_id, os.urandom(192 * MiB))
+    try:
+        demand(cinder, glance, image_id)
+        progress = d.wait_until(lambda: ((d.image(image_id) or {}).get("copying") or {})
+                                .get("edge"), 60, "copy under way", interval=0.01)
+        d.kill()  # SIGKILL, mid-copy
+        assert progress["done_bytes"] < progress["size_bytes"]
+        assert f"warmer-tmp.{image_id}" in edge_images(stack), "not killed mid-copy"
+        assert edge_url(stack, image_id) not in locations(glance, image_id)
+        assert image_id not in edge_images(stack)
+
+        d.start()  # same name: takes over its own lease, removes the leftover
+        d.wait_until(lambda: f"warmer-tmp.{image_id}" not in edge_images(stack), 30,
+                     "leftover removed")
+        assert edge_url(stack, image_id) not in locations(glance, image_id)
+        demand(cinder, glance, image_id)  # and the copy can be made again
+        d.wait_until(lambda: d.target_state(image_id, "edge") == WARM, 120, "warm")
+        assert locations(glance, image_id)[edge_url(stack, image_id)] == "edge"
+    finally:
+        d.kill()
+
+
+def test_eviction_never_removes_a_snapshot_that_has_a_clone(
+        stack: Stack, glance: Glance, cinder: CinderNotifier) -> None:
+    budget = "[central]\ncopy_images = false\n[edge]\ncapacity_images = 1\n"
+    # Copies left by earlier tests would count against the budget: delete
+    # their Glance images; the daemon's first reconciliation purges the copies.
+    def copies() -> list[str]:
+        return [n for n in edge_images(stack) if n.count("-") == 4 and "." not in n
+                and not n.startswith("volume-")]
+    for name in copies():
+        try:
+            glance.delete(name)
+        except GlanceError:
+            pass  # already gone
+    d = Daemon(stack, name="evict", overrides=budget).start()
+    try:
+        d.wait_until(lambda: not copies(), 30, "edge pool empty of copies")
+        first = glance.create("first")["id"]
+        glance.upload(first, os.urandom(2 * MiB))
+        demand(cinder, glance, first)
+        d.wait_until(lambda: d.target_state(first, "edge") == WARM, 30, "first warm")
+        clone = f"volume-{uuid.uuid4()}"
+        with ceph.connect(stack.ceph_conf("edge"), "cinder",
+                          stack.keyring("cinder", "edge")) as c:
+            ceph.clone_v1(c, "volumes", first, "snap", "volumes", clone)
+
+        second = glance.create("second")["id"]
+        glance.upload(second, os.urandom(2 * MiB))
+        demand(cinder, glance, second, n=6)  # worth more than the first
+        d.wait_until(lambda: d.target_state(second, "edge") == ("cold", "over_budget"), 30,
+                     "no room while the first has a clone")
+        assert d.metric("warmer_evictions_total", target="edge", result="has_children") >= 1
+        with ceph.connect(stack.ceph_conf("edge"), "cinder",
+                          stack.keyring("cinder", "edge")) as c:
+            assert ceph.snapshot_state(c, "volumes", first) == "protected"
+            assert edge_url(stack, first) in locations(glance, first)
+            ceph.remove(c, "volumes", clone)  # the clone goes (or is flattened)
+
+        demand(cinder, glance, second)
+        d.wait_until(lambda: d.target_state(second, "edge") == WARM, 30, "second warm")
+        assert first not in edge_images(stack)
+        assert edge_url(stack, first) not in locations(glance, first)
+        assert d.metric("warmer_evictions_total", target="edge", result="removed") >= 1
+    finally:
+        d.kill()
