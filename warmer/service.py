@@ -148,11 +148,13 @@ class Service:
         finally:
             await runner.cleanup()
             await self.glance.close()
+            # Threads first, connections last: shutting a rados connection
+            # down under a running call crashes the process.
+            self.executor.shutdown(wait=True, cancel_futures=True)
             for t in self.targets:
                 t.ceph.close()
                 if t.cinder_view is not t.ceph:
                     t.cinder_view.close()
-            self.executor.shutdown(wait=True, cancel_futures=True)
         LOG.info("stopped")
         return 0
 

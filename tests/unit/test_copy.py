@@ -8,7 +8,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import pytest
 from hypothesis import given, settings
@@ -27,7 +27,7 @@ class ListSource:
         self.description = "test"
         self._delay = delay
 
-    async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
         offset = 0
         for c in self._chunks:
             length = len(c) if c is not None else chunk_size
@@ -114,7 +114,7 @@ def test_no_checksum_at_all_is_refused_unless_allowed() -> None:
 
 def test_short_source_is_an_error() -> None:
     class Short(ListSource):
-        async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+        async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
             yield 0, CH, os.urandom(CH)
 
     async def go() -> None:

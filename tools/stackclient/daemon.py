@@ -78,7 +78,22 @@ class Daemon:
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.dump_stacks()
+            raise
+
+    def dump_stacks(self) -> None:
+        """Append every thread's stack to the daemon's log (needs py-spy)."""
+        spy = Path(sys.executable).parent / "py-spy"
+        if self.proc is None or not spy.exists():
+            return
+        with open(self.log, "ab") as log:
+            log.write(b"\n--- py-spy dump (stop timed out) ---\n")
+            log.flush()
+            subprocess.run([str(spy), "dump", "--pid", str(self.proc.pid)], stdout=log,
+                           stderr=subprocess.STDOUT, timeout=60, check=False)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -25,7 +25,7 @@ import concurrent.futures
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -50,7 +50,7 @@ class Source(Protocol):
     size: int
     description: str
 
-    def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]: ...
+    def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]: ...
 
 
 @dataclass
@@ -111,23 +111,32 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
     hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
     slots = asyncio.Semaphore(window)
     in_flight: set[asyncio.Future[Any]] = set()
+    running: set[concurrent.futures.Future[Any]] = set()
+
+    def submit(pool: concurrent.futures.Executor, fn: Callable[..., Any],
+               *args: Any) -> asyncio.Future[Any]:
+        fut = pool.submit(fn, *args)
+        running.add(fut)
+        fut.add_done_callback(running.discard)
+        return asyncio.wrap_future(fut, loop=loop)
     zero_bytes = _ZEROS if chunk_size == CHUNK else bytes(chunk_size)
     zeros = memoryview(zero_bytes)
     done = 0
+    chunks = source.chunks(chunk_size)
     try:
-        async for offset, length, data in source.chunks(chunk_size):
+        async for offset, length, data in chunks:
             await slots.acquire()
             if data is None:
-                work = [loop.run_in_executor(hasher, verifier.update, zeros[:length])]
+                work = [submit(hasher, verifier.update, zeros[:length])]
                 stats.skipped_holes += length
             else:
                 # One thread, in submission order: the digest sees the bytes in order.
-                work = [loop.run_in_executor(hasher, verifier.update, data)]
+                work = [submit(hasher, verifier.update, data)]
                 # bytes == bytes is a memcmp; against a memoryview it is 60x slower.
                 if data == (zero_bytes if length == chunk_size else zero_bytes[:length]):
                     stats.skipped_zeros += length
                 else:
-                    work.append(loop.run_in_executor(executor, write, data, offset))
+                    work.append(submit(executor, write, data, offset))
                     stats.written += length
             chunk_done = asyncio.gather(*work)
             chunk_done.add_done_callback(lambda _f: slots.release())
@@ -143,8 +152,13 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
             raise CopyError("short_read", f"got {done} of {source.size} bytes")
         await asyncio.gather(*in_flight)
     finally:
-        for fut in in_flight:
-            fut.cancel()
+        # Writes already running on threads cannot be stopped. Wait for them
+        # (a few chunks at most) before the caller closes the image they
+        # write to: closing it under them crashes librbd.
+        await chunks.aclose()  # its reads, too, must end before the source closes
+        for job in list(running):
+            job.cancel()
+        concurrent.futures.wait(list(running))
         hasher.shutdown(wait=True, cancel_futures=True)
     stats.seconds = time.monotonic() - started
     return stats
@@ -196,19 +210,29 @@ class RbdSource:
     def allocated_bytes(self) -> int:
         return sum(length for _, length in self._extents)
 
-    async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
-        loop = asyncio.get_running_loop()
-        pending: list[tuple[int, int, asyncio.Future[bytes] | None]] = []
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
+        pending: list[tuple[int, int, concurrent.futures.Future[bytes] | None]] = []
         offset = 0
-        while offset < self.size or pending:
-            while offset < self.size and len(pending) < self._read_ahead:
-                length = min(chunk_size, self.size - offset)
-                read = (loop.run_in_executor(self._executor, self._image.read, offset, length)
-                        if self.allocated(offset, length) else None)
-                pending.append((offset, length, read))
-                offset += length
-            start, length, read = pending.pop(0)
-            yield start, length, (await read if read is not None else None)
+        try:
+            while offset < self.size or pending:
+                while offset < self.size and len(pending) < self._read_ahead:
+                    length = min(chunk_size, self.size - offset)
+                    read = (self._executor.submit(self._image.read, offset, length)
+                            if self.allocated(offset, length) else None)
+                    pending.append((offset, length, read))
+                    offset += length
+                start, length, read = pending.pop(0)
+                data: bytes | None = None
+                if read is not None:
+                    data = await asyncio.wrap_future(read)
+                yield start, length, data
+        finally:
+            # Read-ahead still running on threads must end before the image
+            # is closed under it.
+            reads = [r for _, _, r in pending if r is not None]
+            for r in reads:
+                r.cancel()
+            concurrent.futures.wait(reads)
 
 
 class HttpSource:
@@ -220,7 +244,7 @@ class HttpSource:
         self.size = size
         self.description = description
 
-    async def chunks(self, chunk_size: int) -> AsyncIterator[Chunk]:
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
         offset = 0
         buf = bytearray()
         async with self._stream() as resp:

@@ -105,6 +105,9 @@ class Engine:
             image_id = await self._queue.get()
             self._pending.discard(image_id)
             self.metrics.queue_depth.set(self._queue.qsize())
+            if not self.accepting:  # draining: leave the backlog to the next start
+                self._queue.task_done()
+                continue
             try:
                 await self.evaluate(image_id)
             except asyncio.CancelledError:
@@ -116,7 +119,8 @@ class Engine:
                 self._queue.task_done()
 
     async def idle(self) -> None:
-        """Wait until the queue is empty and nothing is being evaluated."""
+        """Wait until the queue is empty and nothing is being evaluated
+        (once draining, queued images are dropped, not evaluated)."""
         await self._queue.join()
 
     async def evaluate(self, image_id: str) -> None:
