@@ -96,6 +96,14 @@ def glance_bus(stack: Stack) -> Iterator[GlanceNotifier]:
     notifier.close()
 
 
+@pytest.fixture(scope="session")
+def cinder_python() -> Path:
+    """Python of a virtualenv with cinder from PyPI, for its real RBD driver."""
+    out = subprocess.run([str(ROOT / "tools" / "stack"), "cinder-venv", "."],
+                         capture_output=True, text=True, check=True).stdout
+    return Path(out.strip().splitlines()[-1]) / "bin" / "python"
+
+
 @pytest.fixture(scope="module")
 def daemon(stack: Stack) -> Iterator[Daemon]:
     """One warmer-daemon for a test module, on its own pool queue."""

@@ -5,9 +5,13 @@ stores, plus a file store."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 
 import pytest
 import rbd
@@ -20,6 +24,7 @@ from tests.functional.conftest import record_timing
 from tests.functional.test_daemon import WARM, demand
 
 MiB = 1 << 20
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sparse(size: int, data_every: int = 4) -> bytes:
@@ -78,6 +83,35 @@ def test_raw_image_on_central_becomes_cloneable_on_edge(
         meta = dict(img.metadata_list())
     assert meta["warmer.owner"] == "warmer" and meta["warmer.state"] == "complete"
     assert meta["warmer.verified"] == "sha512:" + hashlib.sha512(data).hexdigest()
+
+
+def cinder_clone_image(cinder_python: Path, stack: Stack, image_id: str,
+                       cluster: str = "edge") -> dict[str, Any]:
+    """Cinder's own RBDDriver.clone_image, for ``cluster``, as client.cinder."""
+    out = subprocess.run([str(cinder_python), str(ROOT / "tools" / "cinder_clone.py"),
+                          "--ceph-conf", stack.ceph_conf(cluster),
+                          "--glance-url", stack["GLANCE_URL"], image_id],
+                         capture_output=True, text=True, check=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_cinders_rbd_driver_clones_on_edge_only_after_warmer_published(
+        stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNotifier,
+        cinder_python: Path) -> None:
+    image_id = glance.create("cinder-proof")["id"]
+    glance.upload(image_id, os.urandom(4 * MiB))
+    before = cinder_clone_image(cinder_python, stack, image_id)
+    assert before["cloned"] is False  # Cinder would download the image
+
+    demand(cinder, glance, image_id)
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 30, "warm on edge")
+    after = cinder_clone_image(cinder_python, stack, image_id)
+    assert after["cloned"] is True, after
+    assert edge_url(stack, image_id) in after["locations"]
+    record_timing("Cinder RBDDriver.clone_image on edge (incl. resize)", after["seconds"])
+    with ceph.connect(stack.ceph_conf("edge"), "cinder", stack.keyring("cinder", "edge")) as c:
+        ceph.remove(c, "volumes", after["volume"])
 
 
 def test_file_store_image_is_copied_over_http_into_both_clusters(

@@ -238,7 +238,10 @@ def test_image_delete_is_forgotten_and_glance_removes_its_own_data(
         stack: Stack, daemon: Daemon, glance: Glance) -> None:
     image_id = glance.create("to-delete", tags=["warmer-pin"])["id"]
     glance.upload(image_id, os.urandom(1 << 20))
-    daemon.wait_until(lambda: daemon.target_state(image_id) == WARM, 10, "warm")
+    # Both targets done (edge holds a copy), so the delete does not race the
+    # copy's publication (test_copies covers that race).
+    for target in ("central", "edge"):
+        daemon.wait_until(lambda t=target: daemon.target_state(image_id, t) == WARM, 30, "warm")
     glance.delete(image_id)
     daemon.wait_until(lambda: daemon.image(image_id) is None, 10, "forgotten")
     with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as cluster, \

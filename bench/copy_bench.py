@@ -1,0 +1,192 @@
+"""Benchmark: warmer's cross-cluster copy against Ceph's native tools.
+
+On the local stack (tools/stack), with the same 1 GiB RAW images in the
+same run:
+
+* warmer: its own pipeline (bench/copy_one.py, in a fresh process so peak
+  RSS is its own), RBD source in cluster central, target pool in cluster
+  edge, sha512 verification included;
+* ``rbd export-diff - | rbd import-diff -`` (central -> edge), the fastest
+  native pipeline: the floor;
+* ``rbd export - | rbd import -`` (central -> edge);
+* ``rbd deep cp`` (central -> central: it works within one cluster only).
+
+Images: "dense" (every byte random) and "sparse" (10% allocated: 1 MiB of
+data every 10 MiB, holes between). Each measurement is repeated and the
+median reported, with ratios to the floor, since this machine is noisy.
+
+  .venv/bin/python bench/copy_bench.py [--stack DIR] [--repeat 3] [--size-mib 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+import rbd  # noqa: E402
+from stackclient import Stack, ceph  # noqa: E402
+
+MiB = 1 << 20
+
+
+def make_source(stack: Stack, name: str, size: int, every: int) -> tuple[str, int]:
+    """Write ``images/<name>`` in central: 1 MiB of random data every
+    ``every`` MiB (1: dense). Returns its sha512 and allocated bytes."""
+    block = os.urandom(16 * MiB)
+    digest = hashlib.sha512()
+    allocated = 0
+    zero = bytes(MiB)
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as c, \
+            c.open_ioctx("images") as ioctx:
+        rbd.RBD().create(ioctx, name, size, old_format=False)
+        with rbd.Image(ioctx, name) as img:
+            for i in range(size // MiB):
+                if i % every == 0:
+                    off = (i * MiB) % (15 * MiB)
+                    data = block[off:off + MiB - 8] + i.to_bytes(8, "little")
+                    img.write(data, i * MiB)
+                    allocated += MiB
+                else:
+                    data = zero
+                digest.update(data)
+            img.create_snap("snap")
+            img.protect_snap("snap")
+    return digest.hexdigest(), allocated
+
+
+def remove(stack: Stack, cluster: str, pool: str, name: str) -> None:
+    with ceph.connect(stack.ceph_conf(cluster), "admin", stack.keyring("admin", cluster)) as c, \
+            c.open_ioctx(pool) as ioctx:
+        with rbd.Image(ioctx, name) as img:
+            for snap in img.list_snaps():
+                if img.is_protected_snap(snap["name"]):
+                    img.unprotect_snap(snap["name"])
+                img.remove_snap(snap["name"])
+        rbd.RBD().remove(ioctx, name)
+
+
+def rbd_cmd(stack: Stack, cluster: str) -> str:
+    return (f"rbd --conf {stack.ceph_conf(cluster)} --name client.admin "
+            f"--keyring {stack.keyring('admin', cluster)}")
+
+
+def timed_shell(script: str) -> tuple[float, dict[str, float]]:
+    """Run a bash pipeline; return wall seconds and each tool's peak RSS (MiB)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        started = time.monotonic()
+        subprocess.run(["bash", "-o", "pipefail", "-c", script.replace("RSS", rss.name)],
+                       check=True, stdout=subprocess.DEVNULL)
+        seconds = time.monotonic() - started
+        peaks = {}
+        for line in Path(rss.name).read_text().split("\n"):
+            if line.strip():
+                tool, kib = line.split()
+                peaks[tool] = int(kib) / 1024
+    return seconds, peaks
+
+
+def run_warmer(stack: Stack, source: str, sha: str) -> dict[str, float]:
+    image_id = str(uuid.uuid4())
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "copy_one.py"),
+         "--src-conf", stack.ceph_conf("central"),
+         "--src-keyring", stack.keyring("warmer", "central"),
+         "--dst-conf", stack.ceph_conf("edge"), "--dst-keyring", stack.keyring("warmer", "edge"),
+         "--source", source, "--image-id", image_id, "--sha512", sha],
+        check=True, capture_output=True, text=True).stdout
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    remove(stack, "edge", "volumes", image_id)
+    return result
+
+
+def run_native(stack: Stack, tool: str, source: str, size: int) -> tuple[float, dict[str, float]]:
+    dst = f"bench-{uuid.uuid4().hex[:8]}"
+    t = "/usr/bin/time -a -o RSS -f"
+    central, edge = rbd_cmd(stack, "central"), rbd_cmd(stack, "edge")
+    if tool == "export-diff|import-diff":
+        subprocess.run(f"{edge} create --size {size // MiB} volumes/{dst}", shell=True, check=True)
+        script = (f"{t} 'export-diff %M' {central} export-diff --no-progress images/{source}@snap - "
+                  f"| {t} 'import-diff %M' {edge} import-diff --no-progress - volumes/{dst}")
+        cluster, pool = "edge", "volumes"
+    elif tool == "export|import":
+        script = (f"{t} 'export %M' {central} export --no-progress images/{source}@snap - "
+                  f"| {t} 'import %M' {edge} import --no-progress - volumes/{dst}")
+        cluster, pool = "edge", "volumes"
+    else:
+        script = (f"{t} 'deep-cp %M' {central} deep cp --no-progress images/{source}@snap "
+                  f"images/{dst}")
+        cluster, pool = "central", "images"
+    result = timed_shell(script)
+    remove(stack, cluster, pool, dst)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stack", type=Path, help="an existing stack (default: start one)")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    base = args.stack
+    own = base is None
+    if own:
+        base = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+        subprocess.run([str(ROOT / "tools" / "stack"), "up", str(base)], check=True)
+    stack = Stack.load(base)
+    size = args.size_mib * MiB
+    results: dict[str, dict[str, object]] = {}
+    try:
+        for kind, every in (("dense", 1), ("sparse", 10)):
+            source = f"bench-src-{kind}-{uuid.uuid4().hex[:6]}"
+            sha, allocated = make_source(stack, source, size, every)
+            print(f"\n{kind}: {args.size_mib} MiB, {allocated // MiB} MiB allocated", flush=True)
+            rows: dict[str, object] = {}
+            for tool in ("warmer", "export-diff|import-diff", "export|import", "deep cp"):
+                seconds, rss = [], []
+                for _ in range(args.repeat):
+                    if tool == "warmer":
+                        r = run_warmer(stack, source, sha)
+                        seconds.append(float(r["seconds"]))
+                        rss.append(float(r["rss_growth_mib"]))
+                    else:
+                        s, peaks = run_native(stack, tool, source, size)
+                        seconds.append(s)
+                        rss.append(max(peaks.values()) if peaks else 0.0)
+                rows[tool] = {"median_s": statistics.median(seconds), "runs_s": seconds,
+                              "rss_mib": max(rss)}
+                print(f"  {tool:26} median {statistics.median(seconds):6.2f} s  "
+                      f"runs {', '.join(f'{s:.2f}' for s in seconds)}  "
+                      f"{'RSS growth' if tool == 'warmer' else 'peak RSS'} {max(rss):.0f} MiB",
+                      flush=True)
+            floor = rows["export-diff|import-diff"]["median_s"]  # type: ignore[index]
+            for tool, row in rows.items():
+                row["ratio_to_floor"] = row["median_s"] / floor  # type: ignore[index,operator]
+            print("  ratios to export-diff|import-diff: " + ", ".join(
+                f"{t} {r['ratio_to_floor']:.2f}x" for t, r in rows.items()))  # type: ignore[index]
+            results[kind] = rows
+            remove(stack, "central", "images", source)
+    finally:
+        if own:
+            subprocess.run([str(ROOT / "tools" / "stack"), "down", str(base)], check=True,
+                           stdout=subprocess.DEVNULL)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Copy one RBD snapshot into another cluster with warmer's own pipeline
+(the code the daemon runs: RbdSource, copy(), Verifier, create_temp and
+finish), and print a JSON line: seconds, bytes written and skipped, and the
+RSS growth of this process during the copy. Run by bench/copy_bench.py in a
+fresh process each time, so that RSS is measured cleanly."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import json
+import resource
+import time
+
+from warmer.ceph import images as rbd_images
+from warmer.ceph.client import CephClient, ClusterConfig
+from warmer.events import ImageInfo
+from warmer.warming.copy import RbdSource, Verifier, copy
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    pool = concurrent.futures.ThreadPoolExecutor(args.threads)
+    src = CephClient(ClusterConfig(args.src_conf, "warmer", args.src_keyring), pool)
+    dst = CephClient(ClusterConfig(args.dst_conf, "warmer", args.dst_keyring), pool)
+    await src.connect()
+    await dst.connect()
+    info = ImageInfo(id=args.image_id, status="active", disk_format="raw",
+                     os_hash_algo="sha512", os_hash_value=args.sha512)
+    rss_before = rss_kib()
+    started = time.monotonic()
+    handle = await src.run("open", lambda c: rbd_images.OpenImage(
+        c, "images", args.source, snapshot="snap", read_only=True))
+    source = await src.run("extents", lambda c: RbdSource.open(handle, pool, "bench",
+                                                                args.window))
+    target = await dst.run("create", lambda c: rbd_images.create_temp(
+        c, "volumes", args.image_id, source.size, "bench"))
+    verifier = Verifier(info)
+    stats = await copy(source, target.image.write, verifier, pool, window=args.window)
+    verified = verifier.verify()
+    await dst.run("finish", lambda c: rbd_images.finish(target, "volumes", args.image_id,
+                                                        verified))
+    seconds = time.monotonic() - started
+    handle.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    src.close()
+    dst.close()
+    pool.shutdown()
+    return {"seconds": seconds, "written": stats.written, "holes": stats.skipped_holes,
+            "zeros": stats.skipped_zeros, "rss_growth_mib": (peak - rss_before) / 1024}
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    for name in ("src_conf", "src_keyring", "dst_conf", "dst_keyring", "source", "image_id",
+                 "sha512"):
+        p.add_argument(f"--{name.replace('_', '-')}", required=True)
+    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--threads", type=int, default=8)
+    print(json.dumps(asyncio.run(main(p.parse_args()))))
