@@ -13,6 +13,7 @@ import json
 import resource
 import time
 
+from warmer import memory
 from warmer.ceph import images as rbd_images
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageInfo
@@ -40,7 +41,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     handle = await src.run("open", lambda c: rbd_images.OpenImage(
         c, "images", args.source, snapshot="snap", read_only=True))
     source = await src.run("extents", lambda c: RbdSource.open(handle, pool, "bench",
-                                                                args.window))
+                                                                max(1, args.window // 2)))
     target = await dst.run("create", lambda c: rbd_images.create_temp(
         c, "volumes", args.image_id, source.size, "bench"))
     verifier = Verifier(info)
@@ -63,6 +64,7 @@ if __name__ == "__main__":
     for name in ("src_conf", "src_keyring", "dst_conf", "dst_keyring", "source", "image_id",
                  "sha512"):
         p.add_argument(f"--{name.replace('_', '-')}", required=True)
-    p.add_argument("--window", type=int, default=8)
+    p.add_argument("--window", type=int, default=4)
     p.add_argument("--threads", type=int, default=8)
+    memory.pin_mmap_threshold()  # as warmer-daemon does
     print(json.dumps(asyncio.run(main(p.parse_args()))))

@@ -69,7 +69,9 @@ class CephClient:
         with self._lock:
             if self._cluster is None:
                 rados, _ = modules()
-                conf: dict[str, str] = {}
+                # warmer writes big aligned chunks and flushes before it
+                # snapshots: librbd's writeback cache would only add memory.
+                conf: dict[str, str] = {"rbd_cache": "false"}
                 if self.config.keyring:
                     conf["keyring"] = self.config.keyring
                 cluster = rados.Rados(conffile=self.config.conf_file,

@@ -8,12 +8,14 @@ import sys
 from oslo_log import log
 
 from warmer import conf as warmer_conf
+from warmer import memory
 from warmer.service import Service
 
 
 def main(argv: list[str] | None = None) -> int:
     conf = warmer_conf.load(sys.argv[1:] if argv is None else argv)
     log.setup(conf, "warmer")
+    memory.pin_mmap_threshold()
     return asyncio.run(Service(conf).run())
 
 

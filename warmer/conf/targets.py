@@ -43,9 +43,10 @@ TARGET_OPTS: list[cfg.Opt] = [
                      "cluster, or a store that is not RBD) into the pool, verify "
                      "them, and publish the copy as a Glance location. Needs the "
                      "rbd profile on the pool."),
-    cfg.IntOpt("copy_window", default=8, min=1, max=64,
-               help="Chunks (4 MiB) of one copy in flight at once; bounds the "
-                    "memory of a copy to about window x 4 MiB."),
+    cfg.IntOpt("copy_window", default=4, min=1, max=64,
+               help="Chunks (4 MiB) of one copy being hashed or written at once, "
+                    "with half as many more being read ahead: a copy holds about "
+                    "1.5 x window x 4 MiB."),
     cfg.IntOpt("copy_lock_seconds", default=120, min=10, max=3600,
                help="Lease of the per-image copy lock. A daemon that dies "
                     "mid-copy blocks that image's copy for at most this long."),

@@ -48,7 +48,7 @@ class TargetConfig:
     glance_store: str
     repair_glance_snapshots: bool
     copy_images: bool = True
-    copy_window: int = 8
+    copy_window: int = 4
     copy_lock_seconds: int = 120
     allow_unverified_copies: bool = False
     capacity_bytes: int = 0
@@ -255,7 +255,7 @@ class Target:
 
         def list_extents(cluster: Any) -> RbdSource:
             return RbdSource.open(handle, client.executor, f"rbd {loc}",
-                                  self.config.copy_window)
+                                  max(1, self.config.copy_window // 2))
         try:
             return await client.run("extents", list_extents), handle
         except Exception:
