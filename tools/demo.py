@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 import warnings
 from pathlib import Path
+from typing import Any
 
 warnings.filterwarnings("ignore", message=r"(?s).*Eventlet is deprecated")
 
@@ -36,6 +37,15 @@ def sparse_raw(size: int) -> bytes:
     return os.urandom(size // 8) + bytes(size - size // 8)
 
 
+def cinder_clone(cinder_python: Path, stack: Stack, image_id: str) -> dict[str, Any]:
+    out = subprocess.run([str(cinder_python), str(ROOT / "tools/cinder_clone.py"),
+                          "--ceph-conf", stack.ceph_conf("edge"),
+                          "--glance-url", stack["GLANCE_URL"], image_id],
+                         check=True, capture_output=True, text=True).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="warmer demo on the local stack")
     parser.add_argument("--dir", type=Path, default=ROOT / ".stack" / "demo")
@@ -46,7 +56,8 @@ def main() -> int:
 
     if (base / proc.PIDS_FILE).exists():
         subprocess.run([str(ROOT / "tools/stack"), "down", str(base)], check=True)
-    say(f"Starting the local stack in {base} (RabbitMQ, Ceph mon+OSD with cephx, Glance)")
+    say(f"Starting the local stack in {base}: RabbitMQ, two Ceph clusters ('central' and "
+        "'edge', mon+OSD with cephx), Glance with both as RBD stores plus a file store")
     subprocess.run([str(ROOT / "tools/stack"), "up", str(base)], check=True)
     stack = Stack.load(base)
     glance, cinder = Glance(stack["GLANCE_URL"]), CinderNotifier(stack["TRANSPORT_URL"])
@@ -59,9 +70,10 @@ def main() -> int:
     print(f"ready: {daemon.get('/readyz')}  log: {daemon.log}")
 
     try:
-        say("1. A RAW image uploaded through Glance's API (lands as images/<id>@snap)")
+        say("1. A RAW image uploaded through Glance's API to its default store, the "
+            "'central' Ceph cluster (it lands as images/<id>@snap, protected)")
         raw = glance.create("demo-ubuntu-raw")
-        glance.upload(raw["id"], sparse_raw(16 * MiB))
+        glance.upload(raw["id"], sparse_raw(64 * MiB))
         print(f"   {raw['id']}  status={glance.get(raw['id'])['status']}")
 
         say("2. A RAW image registered by location, whose RBD snapshot was never protected")
@@ -87,41 +99,59 @@ def main() -> int:
             glance.upload(qcow["id"], path.read_bytes())
         print(f"   {qcow['id']}")
 
-        say("4. Demand: Cinder volume.create.end notifications (a real oslo.messaging "
+        say("4. A RAW image in Glance's file store (not RBD at all)")
+        filed = glance.create("demo-file-raw")
+        glance.upload(filed["id"], sparse_raw(16 * MiB), store=stack["GLANCE_FILE_STORE"])
+        print(f"   {filed['id']}  locations: "
+              f"{[loc['url'] for loc in glance.get(filed['id'])['locations']]}")
+
+        say("5. Before warmer: Cinder's own RBD driver on the 'edge' cluster (cinder from "
+            "PyPI, RBDDriver.clone_image, as client.cinder)")
+        cinder_python = Path(subprocess.run(
+            [str(ROOT / "tools/stack"), "cinder-venv", "."], check=True, capture_output=True,
+            text=True).stdout.strip().splitlines()[-1]) / "bin" / "python"
+        before = cinder_clone(cinder_python, stack, raw["id"])
+        print(f"   clone_image({raw['name']}) -> cloned={before['cloned']}: every volume on "
+              "edge would be a full download")
+
+        say("6. Demand: Cinder volume.create.end notifications (a real oslo.messaging "
             "Notifier, exchange 'openstack')")
-        for image_id, n in ((raw["id"], 3), (reg_id, 3), (qcow["id"], 4)):
+        for image_id, n in ((raw["id"], 3), (reg_id, 3), (qcow["id"], 4), (filed["id"], 3)):
             image = glance.get(image_id)
             for _ in range(n):
                 cinder.volume_created(image)
             print(f"   {n} volumes from {image['name']}")
 
-        say("5. What warmer did")
-        ids = (raw["id"], reg_id, qcow["id"])
-        daemon.wait_until(lambda: all((daemon.target_state(i) or ("", ""))[0]
-                                      in ("warm", "not_wanted") for i in ids), 30,
-                          "all evaluated")
+        say("7. What warmer did")
+        ids = (raw["id"], reg_id, qcow["id"], filed["id"])
+        daemon.wait_until(lambda: all(
+            len((v := daemon.image(i) or {}).get("targets", [])) == 2 and
+            all(t["state"] in ("warm", "not_wanted", "cold") for t in v["targets"])
+            for i in ids) and daemon.target_state(raw["id"], "edge") == ("warm", "cloneable"),
+            60, "all evaluated")
         subprocess.run([sys.executable, "-m", "warmer.cmd.cli", "--url", daemon.url, "status"],
                        check=True)
-        for image_id in ids:
-            view = daemon.image(image_id) or {}
-            target = view["targets"][0]
-            actions = ", ".join(target["actions"]) or "nothing to change"
-            print(f"   {view['name']}: {target['state']} ({target['reason']}); "
-                  f"warmer did: {actions}")
         with ceph.connect(stack.ceph_conf(), "cinder", stack.keyring("cinder")) as c:
-            print(f"   images/{reg_id}@snap is now "
-                  f"{ceph.snapshot_state(c, 'images', reg_id)}")
-            clone = f"volume-{uuid.uuid4()}"
-            ceph.clone_v1(c, "images", reg_id, "snap", "volumes", clone)  # first in the pool
-            clone2 = f"volume-{uuid.uuid4()}"
-            started = time.monotonic()
-            ceph.clone_v1(c, "images", raw["id"], "snap", "volumes", clone2)
-            print(f"   a v1 clone as client.cinder took {1000 * (time.monotonic() - started):.1f}"
-                  " ms (what boot-from-volume costs when the image is warm)")
+            print(f"\n   images/{reg_id}@snap is now {ceph.snapshot_state(c, 'images', reg_id)}"
+                  " (warmer protected it; it changed nothing else)")
+        for image_id in (raw["id"], filed["id"]):
+            image = glance.get(image_id)
+            print(f"   {image['name']} locations in Glance now:")
+            for loc in image["locations"]:
+                print(f"     {loc['metadata'].get('store', '?'):8} {loc['url']}")
+        after = cinder_clone(cinder_python, stack, raw["id"])
+        print(f"   Cinder's driver on edge now: clone_image -> cloned={after['cloned']} in "
+              f"{1000 * after['seconds']:.0f} ms (clone + resize to 1 GiB)")
+        written = daemon.metric("warmer_copy_bytes_total", kind="written")
+        skipped = (daemon.metric("warmer_copy_bytes_total", kind="hole")
+                   + daemon.metric("warmer_copy_bytes_total", kind="zero"))
+        print(f"   copies so far: {written / MiB:.0f} MiB written, {skipped / MiB:.0f} MiB "
+              "skipped (holes and zeroes), every copy verified against Glance's sha512")
 
         say("Key metrics (curl http://127.0.0.1:9797/metrics)")
         for line in daemon.get("/metrics").splitlines():
-            if line.startswith(("warmer_images{", "warmer_snapshot_repairs_total",
+            if line.startswith(("warmer_images{", "warmer_changes_total",
+                                "warmer_copy_bytes_total",
                                 "warmer_notifications_total{event_type=\"volume",
                                 "warmer_dependency_up", "warmer_tracked_images")):
                 print("   " + line)

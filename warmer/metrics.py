@@ -66,9 +66,10 @@ class Metrics:
             "warmer_warm_duration_seconds", "Time to make one image cloneable in one "
             "target (checks included)", ["target", "outcome"], buckets=DURATION_BUCKETS,
             registry=r)
-        self.repairs = Counter(
-            "warmer_snapshot_repairs", "Snapshots warmer created or protected on "
-            "Glance's own images", ["target", "pool", "action"], registry=r)
+        self.changes = Counter(
+            "warmer_changes", "Changes warmer made: created_snapshot and "
+            "protected_snapshot (on Glance's own images), copied, published_location",
+            ["target", "pool", "action"], registry=r)
         self.dependency_up = Gauge(
             "warmer_dependency_up", "1 when the dependency answered its last probe",
             ["dependency"], registry=r)
@@ -79,6 +80,9 @@ class Metrics:
             "warmer_evictions", "Copies warmer tried to take out of a target, by reason "
             "(budget, deleted) and result (removed, gone, has_children, glance_refused, "
             "not_owned)", ["target", "reason", "result"], registry=r)
+        self.copy_duration = Histogram(
+            "warmer_copy_duration_seconds", "Time of one verified copy into a target",
+            ["target"], buckets=DURATION_BUCKETS, registry=r)
         self.copied_bytes = Counter(
             "warmer_copy_bytes", "Bytes of image copies, by what happened to them: "
             "written, or skipped as a hole or an all-zero chunk", ["target", "kind"],

@@ -26,6 +26,7 @@ from oslo_config import cfg
 from warmer import systemd
 from warmer.bus.listener import Bridge, BusListener
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
+from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient
 from warmer.http_api.app import make_app
 from warmer.metrics import Metrics
@@ -84,7 +85,7 @@ class Service:
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
-        self.glance = GlanceClient(conf.glance.endpoint, timeout=conf.glance.timeout,
+        self.glance = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf),
                                    max_connections=conf.glance.max_connections)
         self.targets = build_targets(conf, self.executor, self.metrics, self.glance)
         if not self.targets:

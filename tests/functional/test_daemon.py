@@ -86,7 +86,7 @@ def test_unprotected_snapshot_is_protected_and_cinder_can_then_clone(
             assert ceph.read_all(as_cinder, "images", image_id) == data
         finally:
             ceph.remove(as_cinder, "volumes", clone)
-    assert daemon.metric("warmer_snapshot_repairs_total", action="protected_snapshot") >= 1
+    assert daemon.metric("warmer_changes_total", action="protected_snapshot") >= 1
 
 
 def test_snapshot_missing_entirely_is_created_then_protected(

@@ -8,6 +8,7 @@ lists every location; otherwise only ``direct_url`` is there.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 import aiohttp
 
 from warmer.events import ImageInfo, MalformedEvent, image_info
+from warmer.glance.auth import GlanceAuth
 from warmer.locations import Location
 
 LOG = logging.getLogger(__name__)
@@ -55,12 +57,23 @@ def parse_image(body: dict[str, Any]) -> GlanceImage:
 
 
 class GlanceClient:
-    def __init__(self, endpoint: str, *, timeout: float = 30.0,
-                 max_connections: int = 8) -> None:
-        self.endpoint = endpoint.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+    """Glance's v2 API over aiohttp, authenticated by :class:`GlanceAuth`
+    (or not at all, with a plain ``endpoint``). A 401 drops the cached token
+    and the request is tried once more with a new one."""
+
+    def __init__(self, endpoint: str | None = None, *, auth: GlanceAuth | None = None,
+                 timeout: float = 30.0, max_connections: int = 8) -> None:
+        if auth is None and not endpoint:
+            raise ValueError("GlanceClient needs an endpoint or an auth")
+        self._fixed_endpoint = endpoint.rstrip("/") if endpoint else None
+        self._auth = auth
+        self._timeout = aiohttp.ClientTimeout(total=auth.timeout if auth else timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return self._fixed_endpoint or "(from the service catalog)"
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -70,7 +83,9 @@ class GlanceClient:
                 # close idle connections (uwsgi after every response), and a
                 # request written into one that just closed fails. warmer's
                 # Glance traffic is light; a fresh connection each time is cheap.
-                connector=aiohttp.TCPConnector(limit=self._max_connections, force_close=True),
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_connections, force_close=True,
+                    ssl=self._auth.ssl if self._auth else True),
                 headers={"Accept": "application/json", "User-Agent": "warmer"})
         return self._session
 
@@ -79,18 +94,50 @@ class GlanceClient:
             await self._session.close()
             self._session = None
 
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        url = f"{self.endpoint}{path}"
+    async def _base(self) -> str:
+        if self._fixed_endpoint:
+            return self._fixed_endpoint
+        assert self._auth is not None
         try:
-            async with self._http().get(url, params=params) as resp:
-                if resp.status == 404:
-                    return None
-                if resp.status >= 400:
-                    text = (await resp.text())[:300]
-                    raise GlanceUnavailable(f"GET {path}: HTTP {resp.status}: {text}")
-                return await resp.json()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise GlanceUnavailable(f"GET {path}: {exc!r}") from exc
+            return await self._auth.endpoint()
+        except Exception as exc:  # keystone unreachable, no catalog entry
+            raise GlanceUnavailable(f"cannot find Glance's endpoint: {exc!r}") from exc
+
+    async def _headers(self) -> dict[str, str]:
+        if self._auth is None:
+            return {}
+        try:
+            return await self._auth.headers()
+        except Exception as exc:  # keystone unreachable or refusing
+            raise GlanceUnavailable(f"cannot get a token for Glance: {exc!r}") from exc
+
+    @contextlib.asynccontextmanager
+    async def _request(self, method: str, path: str, **kwargs: Any
+                       ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One request, retried once with a fresh token after a 401."""
+        extra = kwargs.pop("headers", {})
+        for attempt in (1, 2):
+            url = f"{await self._base()}{path}"
+            headers = {**await self._headers(), **extra}
+            try:
+                async with self._http().request(method, url, headers=headers,
+                                                **kwargs) as resp:
+                    if resp.status == 401 and attempt == 1 and self._auth is not None:
+                        self._auth.invalidate()
+                        continue
+                    yield resp
+                    return
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                raise GlanceUnavailable(f"{method} {path}: {exc!r}") from exc
+
+    async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
+        async with self._request("GET", path, params=params) as resp:
+            if resp.status == 404:
+                return None
+            if resp.status >= 400:
+                text = (await resp.text())[:300]
+                raise GlanceUnavailable(f"GET {path}: HTTP {resp.status}: {text}")
+            return await resp.json()
 
     async def get_image(self, image_id: str) -> GlanceImage | None:
         """The image as Glance has it now, or ``None`` when it is gone."""
@@ -107,21 +154,16 @@ class GlanceClient:
             raise GlanceUnavailable(f"GET image {image_id}: {exc}") from exc
 
     async def _patch(self, image_id: str, ops: list[dict[str, Any]]) -> None:
-        url = f"{self.endpoint}/v2/images/{image_id}"
-        try:
-            async with self._http().patch(
-                    url, json=ops,
-                    headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
-            ) as resp:
-                if resp.status >= 500:
-                    text = (await resp.text())[:300]
-                    raise GlanceUnavailable(f"PATCH image {image_id}: HTTP {resp.status}: "
-                                            f"{text}")
-                if resp.status >= 400:
-                    text = (await resp.text())[:300]
-                    raise GlanceRefused(resp.status, f"PATCH image {image_id}: {text}")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise GlanceUnavailable(f"PATCH image {image_id}: {exc!r}") from exc
+        async with self._request(
+                "PATCH", f"/v2/images/{image_id}", json=ops,
+                headers={"Content-Type": "application/openstack-images-v2.1-json-patch"},
+        ) as resp:
+            if resp.status >= 500:
+                text = (await resp.text())[:300]
+                raise GlanceUnavailable(f"PATCH image {image_id}: HTTP {resp.status}: {text}")
+            if resp.status >= 400:
+                text = (await resp.text())[:300]
+                raise GlanceRefused(resp.status, f"PATCH image {image_id}: {text}")
 
     async def add_location(self, image_id: str, url: str, store: str) -> None:
         """Add ``url`` to the image's locations (JSON-patch on an active
@@ -140,11 +182,15 @@ class GlanceClient:
         await self._patch(image_id, [{"op": "remove", "path": f"/locations/{urls.index(url)}"}])
         return True
 
-    def download(self, image_id: str) -> Any:
+    @contextlib.asynccontextmanager
+    async def download(self, image_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """``async with client.download(id) as resp``: the image data, streamed."""
-        return self._http().get(f"{self.endpoint}/v2/images/{image_id}/file",
-                                timeout=aiohttp.ClientTimeout(total=None, sock_read=300),
-                                headers={"Accept": "application/octet-stream"})
+        async with self._request("GET", f"/v2/images/{image_id}/file",
+                                 timeout=aiohttp.ClientTimeout(total=None, sock_read=300),
+                                 headers={"Accept": "application/octet-stream"}) as resp:
+            if resp.status >= 400:
+                raise GlanceUnavailable(f"GET image {image_id} data: HTTP {resp.status}")
+            yield resp
 
     async def list_images(self, **filters: str) -> AsyncIterator[GlanceImage]:
         """Every image matching Glance's list filters, following pagination."""

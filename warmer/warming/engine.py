@@ -27,6 +27,7 @@ from warmer.events import Event, ImageDeleted
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable
 from warmer.metrics import Metrics
 from warmer.tracker import Tracker
+from warmer.warming.copy import CopyStats
 from warmer.warming.target import Target, TargetResult
 
 LOG = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Engine:
         self.reconciled = asyncio.Event()
         for target in targets:
             target.admit = self.admit
+            target.on_copied = self._count_copy
 
     # -- intake (on the loop, called by the bus bridge) -------------------------
 
@@ -171,14 +173,8 @@ class Engine:
             self.metrics.warm_duration.labels(target.name, result.state).observe(
                 time.monotonic() - started)
             for action in result.actions:
-                self.metrics.repairs.labels(target.name, _pool_of(result), action).inc()
+                self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
             self._record(image_id, target, result)
-            if result.copy is not None:
-                self.metrics.copied_bytes.labels(target.name, "written").inc(result.copy.written)
-                self.metrics.copied_bytes.labels(target.name, "hole").inc(
-                    result.copy.skipped_holes)
-                self.metrics.copied_bytes.labels(target.name, "zero").inc(
-                    result.copy.skipped_zeros)
             if result.state == "busy":
                 self._retry_later(image_id)
 
@@ -292,6 +288,13 @@ class Engine:
                     used_bytes -= copy_.size
                     used_count -= 1
                     self._status.pop((copy_.name, target.name), None)
+
+    def _count_copy(self, target: Target, stats: CopyStats) -> None:
+        # Counted when the copy completes, whatever happens to its publication.
+        self.metrics.copied_bytes.labels(target.name, "written").inc(stats.written)
+        self.metrics.copied_bytes.labels(target.name, "hole").inc(stats.skipped_holes)
+        self.metrics.copied_bytes.labels(target.name, "zero").inc(stats.skipped_zeros)
+        self.metrics.copy_duration.labels(target.name).observe(stats.seconds)
 
     def _retry_later(self, image_id: str) -> None:
         if image_id in self._retries:

@@ -84,6 +84,7 @@ class Target:
         # Asked before a new copy: may (image_id, size) have room? The engine
         # answers, evicting lower-scored copies if it must.
         self.admit: Callable[[Target, str, int], Awaitable[bool]] | None = None
+        self.on_copied: Callable[[Target, CopyStats], None] | None = None
         # Copies under way (image id -> size): they count against the budget
         # before they show up in the pool's inventory.
         self.reserved: dict[str, int] = {}
@@ -211,6 +212,8 @@ class Target:
             await self.ceph.run("finish", lambda c: rbd_images.finish(target, pool, info.id,
                                                                         verified))
             finished = True
+            if self.on_copied is not None:
+                self.on_copied(self, stats)
             LOG.info("target %s: image %s copied in %.1fs: %d bytes written, %d skipped "
                      "(holes %d, zeroes %d), %s", self.name, info.id, stats.seconds,
                      stats.written, stats.skipped, stats.skipped_holes, stats.skipped_zeros,

@@ -1,0 +1,64 @@
+"""keystoneauth1 for the Glance client: tokens, endpoint, TLS.
+
+keystoneauth1 is synchronous; its calls (token fetch, catalog lookup) run
+in a thread, and the plugin caches the token until it nears expiry, so that
+costs a round trip only when a token is (re)issued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from keystoneauth1 import loading as ks_loading
+from oslo_config import cfg
+
+from warmer.conf.glance import DEFAULT_TIMEOUT
+
+
+class GlanceAuth:
+    def __init__(self, conf: cfg.ConfigOpts, group: str = "glance") -> None:
+        section = conf[group]
+        self._auth: Any = ks_loading.load_auth_from_conf_options(conf, group)
+        self._session: Any = ks_loading.load_session_from_conf_options(
+            conf, group, auth=self._auth)
+        self._endpoint: str | None = section.endpoint
+        self._lookup = {"service_type": section.service_type,
+                        "interface": section.interface,
+                        "region_name": section.region_name}
+        if self._auth is None and not self._endpoint:
+            raise cfg.RequiredOptError("endpoint", cfg.OptGroup(group))
+        self.timeout = float(section.timeout or DEFAULT_TIMEOUT)
+        self.ssl = _ssl_context(section.cafile, section.insecure)
+
+    @property
+    def authenticated(self) -> bool:
+        return self._auth is not None
+
+    async def endpoint(self) -> str:
+        if self._endpoint:
+            return self._endpoint.rstrip("/")
+        found = await asyncio.to_thread(self._session.get_endpoint, **self._lookup)
+        if not found:
+            raise LookupError(f"no {self._lookup['service_type']} endpoint in the catalog")
+        return str(found).rstrip("/")
+
+    async def headers(self) -> dict[str, str]:
+        if self._auth is None:
+            return {}
+        token = await asyncio.to_thread(self._session.get_token)
+        return {"X-Auth-Token": str(token)}
+
+    def invalidate(self) -> None:
+        """After a 401: drop the cached token so the next call gets a new one."""
+        if self._auth is not None:
+            self._auth.invalidate()
+
+
+def _ssl_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    if insecure:
+        return False
+    if cafile:
+        return ssl.create_default_context(cafile=cafile)
+    return True
