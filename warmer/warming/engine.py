@@ -232,24 +232,30 @@ class Engine:
         return self._admission_locks.setdefault(target.name, asyncio.Lock())
 
     async def _admit(self, target: Target, image_id: str, size: int) -> bool:
+        if target.config.capacity_bytes and size > target.config.capacity_bytes:
+            return False
+        return await self._fit(target, size, 1, self._keep_score(image_id, self.clock()),
+                               exclude=image_id)
+
+    async def _fit(self, target: Target, extra_bytes: int, extra_count: int, worth: float,
+                   exclude: str | None = None) -> bool:
+        """Evict ``target``'s copies worth less than ``worth``, lowest first,
+        until what it holds (copies, copies under way, and ``extra``) fits
+        its budget. Pinned copies are worth infinitely much; a copy with
+        clones is skipped (children win). Returns whether it fits now."""
         config = target.config
         now = self.clock()
-        worth = self._keep_score(image_id, now)
         copies = [c for c in await target.inventory()
-                  if c.name != image_id and c.name not in target.reserved]
-        reserved = {i: s for i, s in target.reserved.items() if i != image_id}
-        used_bytes = sum(c.size for c in copies) + sum(reserved.values())
-        used_count = len(copies) + len(reserved)
+                  if c.name != exclude and c.name not in target.reserved]
+        reserved = [s for i, s in target.reserved.items() if i != exclude]
+        used_bytes = sum(c.size for c in copies) + sum(reserved) + extra_bytes
+        used_count = len(copies) + len(reserved) + extra_count
 
-        def over() -> bool:
-            return bool((config.capacity_bytes and used_bytes + size > config.capacity_bytes)
-                        or (config.capacity_images and used_count + 1 > config.capacity_images))
-        if config.capacity_bytes and size > config.capacity_bytes:
-            return False
+        def fits() -> bool:
+            return ((not config.capacity_bytes or used_bytes <= config.capacity_bytes)
+                    and (not config.capacity_images or used_count <= config.capacity_images))
         for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now), c.name)):
-            if not over():
-                break
-            if self._keep_score(copy_.name, now) >= worth:
+            if fits() or self._keep_score(copy_.name, now) >= worth:
                 break
             result = await target.evict(copy_.name)
             self.metrics.evictions.labels(target.name, "budget", result).inc()
@@ -257,37 +263,22 @@ class Engine:
                 used_bytes -= copy_.size
                 used_count -= 1
                 self._status.pop((copy_.name, target.name), None)
-        return not over()
+        return fits()
 
     async def enforce_budgets(self) -> None:
         """Reconciliation's half of eviction: copies of images Glance no
         longer has go, and budgets that shrank (or scores that decayed) are
         honoured, lowest-scored first, pinned never."""
-        now = self.clock()
         for target in self.targets:
             if not target.config.copy_images:
                 continue
-            copies = await target.inventory()
-            for copy_ in copies:
+            for copy_ in await target.inventory():
                 if self.tracker.image(copy_.name) is None and \
                         await self.glance.get_image(copy_.name) is None:
                     await self._purge_everywhere(copy_.name, "deleted")
-            config = target.config
-            if not config.capacity_bytes and not config.capacity_images:
-                continue
-            copies = await target.inventory()
-            used_bytes, used_count = sum(c.size for c in copies), len(copies)
-            for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now), c.name)):
-                within = ((not config.capacity_bytes or used_bytes <= config.capacity_bytes)
-                          and (not config.capacity_images or used_count <= config.capacity_images))
-                if within or self._keep_score(copy_.name, now) == float("inf"):
-                    break
-                result = await target.evict(copy_.name)
-                self.metrics.evictions.labels(target.name, "budget", result).inc()
-                if result in ("removed", "gone"):
-                    used_bytes -= copy_.size
-                    used_count -= 1
-                    self._status.pop((copy_.name, target.name), None)
+            if target.config.capacity_bytes or target.config.capacity_images:
+                async with self._admission(target):
+                    await self._fit(target, 0, 0, float("inf"))
 
     def _count_copy(self, target: Target, stats: CopyStats) -> None:
         # Counted when the copy completes, whatever happens to its publication.
