@@ -87,3 +87,27 @@ def test_eviction_never_removes_a_snapshot_that_has_a_clone(
         assert d.metric("warmer_evictions_total", target="edge", result="removed") >= 1
     finally:
         d.kill()
+
+
+def test_two_daemons_never_copy_the_same_image_into_the_same_target_at_once(
+        stack: Stack, glance: Glance) -> None:
+    # Each daemon on its own pool queue sees every notification, so both
+    # want the image at the same moment; the copy lease lets only one copy.
+    slow = "[central]\ncopy_images = false\n[edge]\ncopy_window = 1\n"
+    a = Daemon(stack, name="twin-a", overrides=f"[DEFAULT]\nhost = twin-a\n{slow}").start()
+    b = Daemon(stack, name="twin-b", overrides=f"[DEFAULT]\nhost = twin-b\n{slow}").start()
+    try:
+        image_id = glance.create("twins", tags=["warmer-pin"])["id"]
+        glance.upload(image_id, os.urandom(64 * MiB))
+        for d in (a, b):
+            d.wait_until(lambda d=d: d.target_state(image_id, "edge") == WARM, 60, "warm")
+        copies = sum(d.metric("warmer_changes_total", target="edge", action="copied")
+                     for d in (a, b))
+        assert copies == 1
+        busy = sum(d.metric("warmer_warm_duration_seconds_count", target="edge",
+                            outcome="busy") for d in (a, b))
+        assert busy >= 1, "the two daemons never overlapped; the test proved nothing"
+        assert list(locations(glance, image_id)).count(edge_url(stack, image_id)) == 1
+    finally:
+        a.kill()
+        b.kill()
