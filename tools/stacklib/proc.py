@@ -11,11 +11,13 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 PIDS_FILE = "pids"
+_RECORD_LOCK = threading.Lock()
 
 
 class StackError(RuntimeError):
@@ -42,7 +44,7 @@ def record(base: Path, name: str, pid: int) -> None:
     start = _start_time(pid)
     if start is None:
         raise StackError(f"{name} (pid {pid}) exited right after starting")
-    with open(base / PIDS_FILE, "a") as f:
+    with _RECORD_LOCK, open(base / PIDS_FILE, "a") as f:  # clusters boot in parallel
         f.write(f"{name} {pid} {start}\n")
 
 
