@@ -89,6 +89,11 @@ osd objectstore = memstore
 memstore device bytes = {memstore_bytes}
 osd op num shards = 2
 osd op num threads per shard = 2
+
+[mon]
+# A lone test mon: commit map changes at once instead of batching them for
+# a second (each self-managed snapshot id is such a change).
+paxos propose interval = 0.05
 """)
 
 
