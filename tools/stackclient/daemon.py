@@ -68,8 +68,9 @@ class Daemon:
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
+            tail = "".join(self.log.read_text(errors="replace").splitlines(True)[-40:])
             raise RuntimeError(f"warmer-daemon exited with {self.proc.returncode}; "
-                               f"see {self.log}")
+                               f"the end of {self.log}:\n{tail}")
         try:
             return bool(self.get("/readyz")["ready"])
         except (OSError, ValueError):
