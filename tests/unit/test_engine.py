@@ -192,6 +192,9 @@ class FakeCopyTarget:
     async def purge(self, image_id: str) -> str:
         return await self.evict(image_id)
 
+    async def clean_up(self) -> list[str]:
+        return []
+
 
 def copy_engine(target: FakeCopyTarget) -> tuple[Engine, FakeGlance]:
     glance = FakeGlance()

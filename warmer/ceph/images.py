@@ -143,7 +143,12 @@ def remove_temp(cluster: Rados, pool: str, image_id: str) -> bool:
     if owned is None or not owned.owned:
         return False
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
-        rbd.RBD().remove(ioctx, name)
+        try:
+            rbd.RBD().remove(ioctx, name)
+        except rbd.ImageBusy:
+            # A killed writer's watch outlives it (the OSD's watch timeout,
+            # 30 s by default); the next clean-up removes it.
+            return False
     return True
 
 

@@ -324,6 +324,10 @@ class Engine:
                 self.tracker.observe(image.info, authoritative=True)
         for image_id in self.tracker.image_ids():
             self.enqueue(image_id)
+        for target in self.targets:
+            # Leftovers a crash could not let go of at start-up (a dead
+            # writer's watch lingers for a while).
+            await target.clean_up()
         await self.enforce_budgets()
 
     # -- status (cached; read by scrapes and the admin API) -----------------------
