@@ -25,7 +25,6 @@ from oslo_config import cfg
 
 from warmer import systemd
 from warmer.bus.listener import Bridge, BusListener
-from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient
@@ -164,9 +163,8 @@ class Service:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             await self._wait_for_ceph()
-            for target in self.targets:
-                # What a crash left behind: clean up before new work.
-                await self._clean_up(target)
+            # What a crash left behind is cleaned up by the first
+            # reconciliation, which the engine starts at once.
             tg.create_task(self.engine.run(), name="engine")
             bridge = Bridge(loop, self.engine.handle, self.metrics,
                             max_payload_bytes=self.conf.bus.max_payload_bytes,
@@ -180,15 +178,6 @@ class Service:
             interval = systemd.watchdog_interval()
             if interval:
                 tg.create_task(self._watchdog(interval), name="watchdog")
-
-    async def _clean_up(self, target: Target) -> None:
-        failures: tuple[type[BaseException], ...] = (CephUnavailable, *ceph_errors())
-        try:
-            await target.clean_up()
-        except failures as exc:
-            # Best effort: whatever is left is retried at the next start, and
-            # a temporary image is never published anyway.
-            LOG.warning("target %s: clean-up of leftovers failed: %s", target.name, exc)
 
     async def _wait_for_ceph(self) -> None:
         await self._ceph_ready.wait()

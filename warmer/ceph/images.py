@@ -102,12 +102,13 @@ def create_temp(cluster: Rados, pool: str, image_id: str, size: int, source: str
     ours before any data goes in, and return it open for writing."""
     _, rbd = modules()
     name = temp_name(image_id)
+    existing = inspect(cluster, pool, name)
+    if existing is not None:
+        if not existing.owned:
+            raise PermissionError(f"{pool}/{name} exists and is not warmer's")
+        if not remove_temp(cluster, pool, image_id):
+            raise rbd.ImageBusy(f"{pool}/{name} is still in use")
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
-        existing = inspect(cluster, pool, name)
-        if existing is not None:
-            if not existing.owned:
-                raise PermissionError(f"{pool}/{name} exists and is not warmer's")
-            rbd.RBD().remove(ioctx, name)
         rbd.RBD().create(ioctx, name, size, old_format=False)
     handle = OpenImage(cluster, pool, name)
     img = handle.image
@@ -142,13 +143,21 @@ def remove_temp(cluster: Rados, pool: str, image_id: str) -> bool:
     owned = inspect(cluster, pool, name)
     if owned is None or not owned.owned:
         return False
+    # A killed writer still owns the image's exclusive lock, and removing
+    # the image would wait out its watch (30 s by default). The caller holds
+    # the copy lease, so that writer is dead: break its lock (librbd
+    # blocklists it) and remove at once.
+    handle = OpenImage(cluster, pool, name)
+    try:
+        for owner in list(handle.image.lock_get_owners()):
+            handle.image.lock_break(owner["mode"], owner["owner"])
+    finally:
+        handle.close()
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
         try:
             rbd.RBD().remove(ioctx, name)
         except rbd.ImageBusy:
-            # A killed writer's watch outlives it (the OSD's watch timeout,
-            # 30 s by default); the next clean-up removes it.
-            return False
+            return False  # still watched; the next clean-up tries again
     return True
 
 

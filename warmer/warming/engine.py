@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
 from warmer.events import Event, ImageDeleted
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable
@@ -325,10 +326,17 @@ class Engine:
         for image_id in self.tracker.image_ids():
             self.enqueue(image_id)
         for target in self.targets:
-            # Leftovers a crash could not let go of at start-up (a dead
-            # writer's watch lingers for a while).
-            await target.clean_up()
+            await self._clean_up(target)
         await self.enforce_budgets()
+
+    async def _clean_up(self, target: Target) -> None:
+        """Temporary images a crash left behind (never published). Best
+        effort: what fails now is tried again at the next reconciliation."""
+        failures: tuple[type[BaseException], ...] = (CephUnavailable, *ceph_errors())
+        try:
+            await target.clean_up()
+        except failures as exc:
+            LOG.warning("target %s: clean-up of leftovers failed: %s", target.name, exc)
 
     # -- status (cached; read by scrapes and the admin API) -----------------------
 
