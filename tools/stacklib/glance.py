@@ -25,7 +25,7 @@ FILES = Path(__file__).parent / "glance_files"
 
 
 def _conf(base: Path, port: int, transport_url: str,
-          clusters: list[Cluster]) -> str:
+          clusters: list[Cluster], default_store: str) -> str:
     gdir = base / "glance"
     backends = ",".join([*(f"{c.name}:rbd" for c in clusters), f"{FILE_STORE}:file"])
     stores = "".join(f"""
@@ -49,7 +49,7 @@ log_file = {base}/log/glance-api.log
 debug = False
 
 [glance_store]
-default_backend = {clusters[0].name}
+default_backend = {default_store}
 {stores}
 [{FILE_STORE}]
 store_description = Local files (not cloneable: warmer copies these over HTTP)
@@ -90,7 +90,10 @@ def _healthy(port: int) -> bool:
 
 
 def start(base: Path, cache: Path, transport_url: str,
-          clusters: list[Cluster]) -> dict[str, str]:
+          clusters: list[Cluster], default_store: str | None = None) -> dict[str, str]:
+    """Start Glance; its default store is the first cluster unless
+    ``default_store`` names another (``local``: the file store)."""
+    default_store = default_store or clusters[0].name
     venv = ensure_venv(cache / f"glance-{GLANCE_VERSION}",
                        [f"glance=={GLANCE_VERSION}", "uwsgi"])
     gdir = base / "glance"
@@ -100,7 +103,7 @@ def start(base: Path, cache: Path, transport_url: str,
     shutil.copy(FILES / "stack_auth.py", gdir)
     port = proc.free_port()
     (gdir / "glance-api.conf").write_text(
-        _conf(base, port, transport_url, clusters))
+        _conf(base, port, transport_url, clusters, default_store))
 
     # db_sync runs the whole migration history; do it once per cache and
     # copy the pristine database afterwards.
@@ -127,5 +130,5 @@ def start(base: Path, cache: Path, transport_url: str,
                   alive=lambda: proc.pid_alive(pid))
     return {"GLANCE_URL": f"http://127.0.0.1:{port}",
             "GLANCE_CONF": str(gdir / "glance-api.conf"),
-            "GLANCE_DEFAULT_STORE": clusters[0].name,
+            "GLANCE_DEFAULT_STORE": default_store,
             "GLANCE_FILE_STORE": FILE_STORE}
