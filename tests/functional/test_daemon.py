@@ -251,19 +251,22 @@ def test_image_delete_is_forgotten_and_glance_removes_its_own_data(
 
 def test_sigterm_drains_and_exits_zero(stack: Stack) -> None:
     d = Daemon(stack, name="sigterm").start()
-    started = time.monotonic()
-    assert d.terminate(timeout=60) == 0
-    record_timing("SIGTERM -> exit 0", time.monotonic() - started)
-    assert "stopped" in d.log.read_text()
+    try:
+        started = time.monotonic()
+        assert d.terminate(timeout=60) == 0
+        record_timing("SIGTERM -> exit 0", time.monotonic() - started)
+        assert "stopped" in d.log.read_text()
+    finally:
+        d.kill()
 
 
 def test_pins_set_while_down_are_found_on_restart(stack: Stack, glance: Glance) -> None:
     d = Daemon(stack, name="restart").start()
-    assert d.terminate() == 0
-    image_id = register_unprotected(stack, glance, os.urandom(1 << 20))
-    glance.add_tag(image_id, "warmer-pin")  # the notification goes to no one
-    d.start()
     try:
+        assert d.terminate() == 0
+        image_id = register_unprotected(stack, glance, os.urandom(1 << 20))
+        glance.add_tag(image_id, "warmer-pin")  # the notification goes to no one
+        d.start()
         d.wait_until(lambda: d.target_state(image_id) == WARM, 20, "warm after restart")
     finally:
         d.kill()
