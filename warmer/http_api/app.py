@@ -23,17 +23,21 @@ from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from warmer.metrics import Metrics
+from warmer.popularity import Verdict
 from warmer.warming.engine import Engine
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
 
 
-def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | None:
+def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
+               ) -> dict[str, Any] | None:
+    """One image's view; ``verdicts`` is ``tracker.verdicts(now)``, computed
+    once per request (each verdict depends on every image's score)."""
     tracker = engine.tracker
     info = tracker.image(image_id)
     if info is None:
         return None
-    verdict = tracker.verdict(image_id, now)
+    verdict = verdicts.get(image_id)
     return {
         "id": image_id,
         "name": info.name,
@@ -67,8 +71,8 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
     async def list_images(request: web.Request) -> web.Response:
-        now = clock()
-        views = [image_view(engine, i, now) for i in sorted(engine.tracker.image_ids())]
+        verdicts = engine.tracker.verdicts(clock())
+        views = [image_view(engine, i, verdicts) for i in sorted(engine.tracker.image_ids())]
         return web.json_response({"images": [v for v in views if v is not None]})
 
     def _image_id(request: web.Request) -> str:
@@ -78,7 +82,7 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
         return image_id
 
     async def show_image(request: web.Request) -> web.Response:
-        view = image_view(engine, _image_id(request), clock())
+        view = image_view(engine, _image_id(request), engine.tracker.verdicts(clock()))
         if view is None:
             raise web.HTTPNotFound(text="image not tracked\n")
         return web.json_response(view)

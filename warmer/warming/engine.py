@@ -26,6 +26,7 @@ from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
 from warmer.events import Event, ImageDeleted
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable
+from warmer.locations import parse_rbd_url
 from warmer.metrics import Metrics
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
@@ -378,6 +379,5 @@ def _error_reason(exc: Exception) -> str:
 
 
 def _pool_of(result: TargetResult) -> str:
-    from warmer.locations import parse_rbd_url
     loc = parse_rbd_url(result.location) if result.location else None
     return loc.pool if loc else ""
