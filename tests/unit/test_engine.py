@@ -276,3 +276,18 @@ def test_two_copies_cannot_both_take_the_last_room() -> None:
         return list(await asyncio.gather(engine.admit(target, "a", 10),  # type: ignore[arg-type]
                                          engine.admit(target, "b", 10)))  # type: ignore[arg-type]
     assert sorted(run(both())) == [False, True]
+
+
+def test_a_sick_target_fails_only_its_own_row() -> None:
+    engine, glance, ceph = build()
+    edge_ceph = FakeCeph("fsid-edge")
+    edge_ceph.down = True
+    engine.targets.append(Target(TargetConfig("edge", "volumes", "edge", True,  # type: ignore[arg-type]
+                                              copy_images=False), edge_ceph))
+    glance.add(info("a"), f"rbd://{FSID}/images/a/snap", "rbd://fsid-edge/images/a/snap")
+    ceph.images[("images", "a")] = FakeRbdImage({"snap": False})
+    demand(engine, "a", 3)
+    run(engine.evaluate("a"))
+    rows = {row.target: (row.state, row.reason) for row in engine.status("a")}
+    assert rows == {"central": ("warm", "cloneable"), "edge": ("error", "ceph_unavailable")}
+    assert ceph.images[("images", "a")].snapshots == {"snap": True}

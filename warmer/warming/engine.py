@@ -169,16 +169,32 @@ class Engine:
         if not verdict.wanted or fresh is None:
             self._record_all(image_id, "not_wanted", verdict.reason, None, ())
             return
-        for target in self.targets:
-            started = time.monotonic()
-            result = await target.warm(fresh)
-            self.metrics.warm_duration.labels(target.name, result.state).observe(
-                time.monotonic() - started)
-            for action in result.actions:
-                self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
-            self._record(image_id, target, result)
-            if result.state == "busy":
-                self._retry_later(image_id)
+        results = await asyncio.gather(*(self._warm_one(target, fresh)
+                                         for target in self.targets))
+        if any(r.state in ("busy", "error") for r in results):
+            self._retry_later(image_id)
+
+    async def _warm_one(self, target: Target, image: GlanceImage) -> TargetResult:
+        """Warm one target and record its result on its own: a sick cluster
+        fails only its own row, never the other targets' work or status."""
+        started = time.monotonic()
+        try:
+            result = await target.warm(image)
+        except asyncio.CancelledError:
+            raise
+        except (GlanceUnavailable, CephUnavailable) as exc:
+            LOG.warning("image %s, target %s: %s; retrying in %.0fs", image.info.id,
+                        target.name, exc, self.retry_delay)
+            result = TargetResult("error", _error_reason(exc))
+        except Exception:
+            LOG.exception("image %s, target %s: warming failed", image.info.id, target.name)
+            result = TargetResult("error", "internal_error")
+        self.metrics.warm_duration.labels(target.name, result.state).observe(
+            time.monotonic() - started)
+        for action in result.actions:
+            self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
+        self._record(image_id=image.info.id, target=target, result=result)
+        return result
 
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         fresh = await self.glance.get_image(image_id)

@@ -57,7 +57,7 @@ class TargetConfig:
 
 @dataclass(frozen=True)
 class TargetResult:
-    state: str  # warm, cold or busy
+    state: str  # warm, cold, busy or error
     reason: str  # "cloneable" when warm
     location: str | None = None
     actions: tuple[str, ...] = ()
