@@ -100,7 +100,7 @@ def timed_shell(script: str) -> tuple[float, dict[str, float]]:
 def warm_up(stack: Stack) -> None:
     """The first writes into a fresh pool of a fresh cluster cost ~2 s once;
     pay that before measuring anything."""
-    for cluster, pool in (("central", "images"), ("central", "volumes"), ("edge", "volumes")):
+    for cluster, pool in (("central", "images"), ("edge", "images")):
         with ceph.connect(stack.ceph_conf(cluster), "admin", stack.keyring("admin", cluster)) as c:
             name = f"warm-up-{uuid.uuid4().hex[:6]}"
             ceph.write_image(c, pool, name, os.urandom(8 * MiB), snapshot=None)
@@ -117,7 +117,7 @@ def run_warmer(stack: Stack, source: str, sha: str) -> dict[str, float]:
          "--source", source, "--image-id", image_id, "--sha512", sha],
         check=True, capture_output=True, text=True).stdout
     result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    remove(stack, "edge", "volumes", image_id)
+    remove(stack, "edge", "images", image_id)
     return result
 
 
@@ -126,15 +126,15 @@ def run_native(stack: Stack, tool: str, source: str, size: int) -> tuple[float, 
     t = "/usr/bin/time -a -o RSS -f"
     central, edge = rbd_cmd(stack, "central"), rbd_cmd(stack, "edge")
     if tool == "export-diff|import-diff":
-        subprocess.run(f"{edge} create --size {size // MiB} volumes/{dst}", shell=True, check=True)
+        subprocess.run(f"{edge} create --size {size // MiB} images/{dst}", shell=True, check=True)
         script = (f"{t} 'export-diff %M' {central} export-diff --no-progress "
                   f"images/{source}@snap - "
-                  f"| {t} 'import-diff %M' {edge} import-diff --no-progress - volumes/{dst}")
-        cluster, pool = "edge", "volumes"
+                  f"| {t} 'import-diff %M' {edge} import-diff --no-progress - images/{dst}")
+        cluster, pool = "edge", "images"
     elif tool == "export|import":
         script = (f"{t} 'export %M' {central} export --no-progress images/{source}@snap - "
-                  f"| {t} 'import %M' {edge} import --no-progress - volumes/{dst}")
-        cluster, pool = "edge", "volumes"
+                  f"| {t} 'import %M' {edge} import --no-progress - images/{dst}")
+        cluster, pool = "edge", "images"
     else:
         script = (f"{t} 'deep-cp %M' {central} deep cp --no-progress images/{source}@snap "
                   f"images/{dst}")

@@ -28,6 +28,10 @@ def rss_kib() -> int:
     return 0
 
 
+# Where warmer keeps copies: the pool of the edge cluster's Glance store.
+COPY_POOL = "images"
+
+
 async def main(args: argparse.Namespace) -> dict[str, object]:
     pool = concurrent.futures.ThreadPoolExecutor(args.threads)
     src = CephClient(ClusterConfig(args.src_conf, "warmer", args.src_keyring), pool)
@@ -43,12 +47,12 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
     source = await src.run("extents", lambda c: RbdSource.open(handle, pool, "bench",
                                                                 max(1, args.window // 2)))
     target = await dst.run("create", lambda c: rbd_images.create_temp(
-        c, "volumes", args.image_id, source.size, "bench"))
+        c, COPY_POOL, args.image_id, source.size, "bench", "bench"))
     verifier = Verifier(info)
     stats = await copy(source, target.image.write, verifier, pool, window=args.window)
     verified = verifier.verify()
-    await dst.run("finish", lambda c: rbd_images.finish(target, "volumes", args.image_id,
-                                                        verified))
+    await dst.run("finish", lambda c: rbd_images.finish(c, target, COPY_POOL, args.image_id,
+                                                        "bench", verified))
     seconds = time.monotonic() - started
     handle.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

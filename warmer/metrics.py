@@ -90,6 +90,12 @@ class Metrics:
         self.ceph_operations = Counter(
             "warmer_ceph_operations", "rados/rbd operations started, by cephx user and "
             "operation", ["user", "operation"], registry=r)
+        self.glance_refusals = Counter(
+            "warmer_glance_refusals", "Times Glance said something warmer did not act on: "
+            "publish_refused (a location refused), location_conflict (the locations list "
+            "changed under a removal: warmer stops touching that image), "
+            "unconfirmed_404 (a 404 while the endpoint could not be shown right: nothing "
+            "removed)", ["target", "kind"], registry=r)
         self.queue_depth = Gauge(
             "warmer_work_queue_depth", "Images waiting to be evaluated", registry=r)
         Info("warmer_build", "warmer build information", registry=r).info(

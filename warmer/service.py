@@ -27,13 +27,14 @@ from warmer import systemd
 from warmer.bus.listener import Bridge, BusListener
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.glance.auth import GlanceAuth
-from warmer.glance.client import GlanceClient
+from warmer.glance.client import GlanceClient, GlanceUnavailable
+from warmer.glance.stores import StoreCatalog
 from warmer.http_api.app import make_app
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
 from warmer.warming.engine import Draining, Engine
-from warmer.warming.target import Target, TargetConfig
+from warmer.warming.target import Target, TargetConfig, TargetProblem
 
 LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 20.0
@@ -53,7 +54,8 @@ def weights_from(conf: cfg.ConfigOpts) -> Weights:
 
 
 def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
-                  metrics: Metrics, glance: GlanceClient) -> list[Target]:
+                  metrics: Metrics, glance: GlanceClient,
+                  stores: StoreCatalog | None = None) -> list[Target]:
     def observe(user: str, op: str) -> None:
         metrics.ceph_operations.labels(user, op).inc()
 
@@ -71,8 +73,8 @@ def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
                               group.repair_glance_snapshots, group.copy_images,
                               group.copy_window, group.copy_lock_seconds,
                               group.allow_unverified_copies, group.capacity_bytes,
-                              group.capacity_images)
-        targets.append(Target(config, ceph, cinder, glance=glance,
+                              group.capacity_images, group.copy_pool or None)
+        targets.append(Target(config, ceph, cinder, glance=glance, stores=stores,
                               sources=lambda: {t.ceph.fsid: t.ceph for t in targets
                                                if t.ceph.fsid},
                               owner=f"warmer@{conf.host}"))
@@ -87,7 +89,9 @@ class Service:
             max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
         self.glance = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf),
                                    max_connections=conf.glance.max_connections)
-        self.targets = build_targets(conf, self.executor, self.metrics, self.glance)
+        self.stores = StoreCatalog(self.glance)
+        self.targets = build_targets(conf, self.executor, self.metrics, self.glance,
+                                     self.stores)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
         p = conf.popularity
@@ -97,7 +101,7 @@ class Service:
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
-                             retry_delay=conf.warming.retry_delay)
+                             retry_delay=conf.warming.retry_delay, stores=self.stores)
         self.metrics.add_state_collector(self.engine.status_rows,
                                          lambda: len(self.tracker.image_ids()))
         self.listener: BusListener | None = None
@@ -163,6 +167,7 @@ class Service:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             await self._wait_for_ceph()
+            await self._check_copy_pools()
             # What a crash left behind is cleaned up by the first
             # reconciliation, which the engine starts at once.
             tg.create_task(self.engine.run(), name="engine")
@@ -178,6 +183,32 @@ class Service:
             interval = systemd.watchdog_interval()
             if interval:
                 tg.create_task(self._watchdog(interval), name="watchdog")
+
+    async def _check_copy_pools(self) -> None:
+        """Say at start-up where each target's copies go, and loudly when the
+        config and Glance's stores disagree. Never fatal: a target that
+        cannot resolve its pool reports it per image and retries."""
+        for t in self.targets:
+            if not t.config.copy_images:
+                continue
+            try:
+                pool = await t.copy_pool()
+                store = await self.stores.store(t.config.glance_store)
+            except TargetProblem as exc:
+                LOG.error("target %s: copies are not possible: %s", t.name, exc)
+                continue
+            except (GlanceUnavailable, CephUnavailable) as exc:
+                LOG.warning("target %s: cannot check the copy pool now: %s", t.name, exc)
+                continue
+            if store is not None and store.pool and store.pool != pool:
+                LOG.error("target %s: copy_pool %s is not the pool of Glance store %s (%s); "
+                          "Glance's user may be unable to open or delete warmer's copies",
+                          t.name, pool, store.id, store.pool)
+            if pool == t.config.pool:
+                LOG.warning("target %s: copies go into Cinder's pool %s (explicit "
+                            "copy_pool): warmer then holds write caps on Cinder's volumes",
+                            t.name, pool)
+            LOG.info("target %s: copies go into pool %s", t.name, pool)
 
     async def _wait_for_ceph(self) -> None:
         await self._ceph_ready.wait()

@@ -34,7 +34,7 @@ def sparse(size: int, data_every: int = 4) -> bytes:
 
 
 def edge_url(stack: Stack, image_id: str) -> str:
-    return f"rbd://{stack.fsid('edge')}/volumes/{image_id}/snap"
+    return f"rbd://{stack.fsid('edge')}/images/{image_id}/snap"
 
 
 def locations(glance: Glance, image_id: str) -> dict[str, str]:
@@ -44,7 +44,7 @@ def locations(glance: Glance, image_id: str) -> dict[str, str]:
 
 def edge_images(stack: Stack) -> list[str]:
     with ceph.connect(stack.ceph_conf("edge"), "admin", stack.keyring("admin", "edge")) as c, \
-            c.open_ioctx("volumes") as ioctx:
+            c.open_ioctx("images") as ioctx:
         return list(rbd.RBD().list(ioctx))
 
 
@@ -72,14 +72,14 @@ def test_raw_image_on_central_becomes_cloneable_on_edge(
     # Glance's thin-provisioned RBD store left holes; the copy skipped them.
     assert daemon.metric("warmer_copy_bytes_total", target="edge", kind="hole") > holes_before
     with ceph.connect(stack.ceph_conf("edge"), "cinder", stack.keyring("cinder", "edge")) as c:
-        assert ceph.snapshot_state(c, "volumes", image_id) == "protected"
-        assert ceph.read_all(c, "volumes", image_id, "snap") == data
+        assert ceph.snapshot_state(c, "images", image_id) == "protected"
+        assert ceph.read_all(c, "images", image_id, "snap") == data
         clone = f"volume-{uuid.uuid4()}"
-        ceph.clone_v1(c, "volumes", image_id, "snap", "volumes", clone)
+        ceph.clone_v1(c, "images", image_id, "snap", "volumes", clone)
         assert ceph.read_all(c, "volumes", clone) == data
         ceph.remove(c, "volumes", clone)
     with ceph.connect(stack.ceph_conf("edge"), "admin", stack.keyring("admin", "edge")) as c, \
-            c.open_ioctx("volumes") as ioctx, rbd.Image(ioctx, image_id, read_only=True) as img:
+            c.open_ioctx("images") as ioctx, rbd.Image(ioctx, image_id, read_only=True) as img:
         meta = dict(img.metadata_list())
     assert meta["warmer.owner"] == "warmer" and meta["warmer.state"] == "complete"
     assert meta["warmer.verified"] == "sha512:" + hashlib.sha512(data).hexdigest()
@@ -124,12 +124,12 @@ def test_file_store_image_is_copied_over_http_into_both_clusters(
                       all((t["state"], t["reason"]) == WARM for t in v["targets"]),
                       30, "warm in both clusters")
     locs = locations(glance, image_id)
-    assert locs[f"rbd://{stack.fsid('central')}/volumes/{image_id}/snap"] == "central"
+    assert locs[f"rbd://{stack.fsid('central')}/images/{image_id}/snap"] == "central"
     assert locs[edge_url(stack, image_id)] == "edge"
     for cluster in ("central", "edge"):
         with ceph.connect(stack.ceph_conf(cluster), "cinder",
                           stack.keyring("cinder", cluster)) as c:
-            assert ceph.read_all(c, "volumes", image_id, "snap") == data
+            assert ceph.read_all(c, "images", image_id, "snap") == data
 
 
 def test_checksum_mismatch_publishes_nothing(

@@ -51,10 +51,10 @@ def test_images_in_a_file_store_default_become_cloneable_in_every_cluster(
                   for loc in glance.get(image_id)["locations"]}
         assert set(stores) == {"local", "central", "edge"}
         for cluster in ("central", "edge"):
-            assert stores[cluster] == f"rbd://{file_stack.fsid(cluster)}/volumes/{image_id}/snap"
+            assert stores[cluster] == f"rbd://{file_stack.fsid(cluster)}/images/{image_id}/snap"
             with ceph.connect(file_stack.ceph_conf(cluster), "cinder",
                               file_stack.keyring("cinder", cluster)) as c:
-                assert ceph.read_all(c, "volumes", image_id, "snap") == data
+                assert ceph.read_all(c, "images", image_id, "snap") == data
         assert d.metric("warmer_copy_bytes_total", kind="zero") > 0  # zeroes not written
     finally:
         d.kill()

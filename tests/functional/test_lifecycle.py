@@ -70,7 +70,7 @@ def test_eviction_never_removes_a_snapshot_that_has_a_clone(
         clone = f"volume-{uuid.uuid4()}"
         with ceph.connect(stack.ceph_conf("edge"), "cinder",
                           stack.keyring("cinder", "edge")) as c:
-            ceph.clone_v1(c, "volumes", first, "snap", "volumes", clone)
+            ceph.clone_v1(c, "images", first, "snap", "volumes", clone)
 
         second = glance.create("second")["id"]
         glance.upload(second, os.urandom(2 * MiB))
@@ -80,7 +80,7 @@ def test_eviction_never_removes_a_snapshot_that_has_a_clone(
         assert d.metric("warmer_evictions_total", target="edge", result="has_children") >= 1
         with ceph.connect(stack.ceph_conf("edge"), "cinder",
                           stack.keyring("cinder", "edge")) as c:
-            assert ceph.snapshot_state(c, "volumes", first) == "protected"
+            assert ceph.snapshot_state(c, "images", first) == "protected"
             assert edge_url(stack, first) in locations(glance, first)
             ceph.remove(c, "volumes", clone)  # the clone goes (or is flattened)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from warmer.ceph.client import CephUnavailable, SnapshotCheck
 from warmer.events import ImageInfo
@@ -70,10 +71,49 @@ class FakeCeph:
 
 
 class FakeGlance:
-    def __init__(self) -> None:
+    """Glance's API as warmer uses it. ``wrong_endpoint``: every request is
+    answered 404, as by a proxy or a misconfigured endpoint."""
+
+    def __init__(self, fsids: dict[str, str] | None = None) -> None:
         self.images: dict[str, GlanceImage] = {}
         self.gets: list[str] = []
         self.down = False
+        self.wrong_endpoint = False
+        self.fsids = fsids if fsids is not None else {"central": "fsid-central",
+                                                      "edge": "fsid-edge"}
+        self.added: list[tuple[str, str, str]] = []
+        self.removed: list[tuple[str, str]] = []
+        # Called with (image_id, url) before a location is added: lets a test
+        # look at Ceph at the moment of publication.
+        self.on_add: Any = None
+
+    async def stores_detail(self) -> list[dict[str, Any]] | None:
+        from warmer.glance.client import GlanceUnavailable
+        if self.down:
+            raise GlanceUnavailable("down")
+        if self.wrong_endpoint:
+            return None
+        return [{"id": store, "type": "rbd", "properties": {"pool": "images", "fsid": fsid}}
+                for store, fsid in self.fsids.items()]
+
+    async def answers_image_list(self) -> bool:
+        return not self.down and not self.wrong_endpoint
+
+    async def add_location(self, image_id: str, url: str, store: str) -> None:
+        if self.on_add is not None:
+            self.on_add(image_id, url)
+        self.added.append((image_id, url, store))
+        image = self.images[image_id]
+        self.images[image_id] = GlanceImage(image.info, (*image.locations, Location(url, store)))
+
+    async def remove_location(self, image_id: str, url: str) -> bool:
+        image = self.images.get(image_id)
+        if image is None or url not in {loc.url for loc in image.locations}:
+            return False
+        self.removed.append((image_id, url))
+        self.images[image_id] = GlanceImage(
+            image.info, tuple(loc for loc in image.locations if loc.url != url))
+        return True
 
     def add(self, info: ImageInfo, *urls: str) -> None:
         self.images[info.id] = GlanceImage(info, tuple(Location(u, "central") for u in urls))
@@ -83,6 +123,8 @@ class FakeGlance:
         self.gets.append(image_id)
         if self.down:
             raise GlanceUnavailable("down")
+        if self.wrong_endpoint:
+            return None
         return self.images.get(image_id)
 
     async def list_images(self, **filters: str) -> AsyncIterator[GlanceImage]:

@@ -8,6 +8,7 @@ from typing import Any
 
 from tests.unit.fakes import FakeCeph, FakeGlance, FakeRbdImage
 from warmer.events import ImageChanged, ImageDeleted, ImageInfo, VolumeCreatedFromImage
+from warmer.glance.stores import StoreCatalog
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
@@ -32,7 +33,8 @@ def build(repair: bool = True) -> tuple[Engine, FakeGlance, FakeCeph]:
     config = TargetConfig("central", "volumes", "central", repair, copy_images=False)
     target = Target(config, ceph)  # type: ignore[arg-type]
     engine = Engine(tracker, glance, [target], Metrics(), workers=2,  # type: ignore[arg-type]
-                    reconcile_interval=3600, retry_delay=0.05)
+                    reconcile_interval=3600, retry_delay=0.05,
+                    stores=StoreCatalog(glance))  # type: ignore[arg-type]
     return engine, glance, ceph
 
 
@@ -173,6 +175,8 @@ class FakeCopyTarget:
                                    capacity_bytes=capacity_bytes,
                                    capacity_images=capacity_images)
         self.name = "edge"
+        self.ceph = FakeCeph("fsid-edge")
+        self.progress: dict[str, tuple[int, int]] = {}
         self.copies: dict[str, int] = {}
         self.children: set[str] = set()
         self.evicted: list[str] = []
@@ -180,8 +184,9 @@ class FakeCopyTarget:
         self.reserved: dict[str, int] = {}
 
     async def inventory(self) -> list[Any]:
-        from warmer.ceph.images import Owned
-        return [Owned(i, True, i, "complete", True, size) for i, size in self.copies.items()]
+        from warmer.ceph.ownership import Inspection
+        return [Inspection(i, i, True, None, "complete", True, size)
+                for i, size in self.copies.items()]
 
     async def evict(self, image_id: str) -> str:
         if image_id in self.children:
@@ -201,7 +206,8 @@ def copy_engine(target: FakeCopyTarget) -> tuple[Engine, FakeGlance]:
     tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
                       top_k=0, dedup_window=100)
     engine = Engine(tracker, glance, [target], Metrics(), workers=1,  # type: ignore[list-item]
-                    reconcile_interval=3600, retry_delay=0.05)
+                    reconcile_interval=3600, retry_delay=0.05,
+                    stores=StoreCatalog(glance))  # type: ignore[arg-type]
     return engine, glance
 
 
@@ -244,13 +250,56 @@ def test_a_copy_with_clones_is_skipped_not_removed() -> None:
 
 
 def test_reconcile_removes_copies_of_deleted_images_and_honours_budgets() -> None:
-    target = FakeCopyTarget(capacity_images=1)
-    engine, glance = copy_engine(target)
-    with_copies(engine, glance, target, {"a": 1, "b": 3})
-    target.copies["orphan"] = 10  # Glance has no such image any more
-    run(engine.enforce_budgets())
-    assert set(target.copies) == {"b"}
-    assert set(target.evicted) == {"orphan", "a"}
+    async def scenario() -> None:
+        target = FakeCopyTarget(capacity_images=1)
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 1, "b": 3})
+        target.copies["orphan"] = 10  # Glance has no such image any more
+        runner = asyncio.create_task(engine.run())
+        await engine.reconciled.wait()
+        await engine.idle()
+        assert set(target.copies) == {"b"}
+        assert set(target.evicted) == {"orphan", "a"}
+        runner.cancel()
+    run(scenario())
+
+
+def test_a_404_from_a_wrong_endpoint_removes_nothing() -> None:
+    """Invariant 8: a 404 is not a delete unless a known-good request shows
+    the endpoint is right."""
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 3})
+        glance.wrong_endpoint = True  # every answer is a 404
+        runner = asyncio.create_task(engine.run())
+        await engine.reconciled.wait()
+        await engine.idle()
+        engine.enqueue("a")
+        await engine.idle()
+        assert target.copies == {"a": 10} and target.evicted == []
+        assert engine.tracker.image("a") is not None
+        assert {s.reason for s in engine.status("a")} == {"glance_404_unconfirmed"}
+        glance.wrong_endpoint = False
+        del glance.images["a"]  # now really gone, and Glance says so
+        engine.enqueue("a")
+        await engine.idle()
+        assert target.copies == {} and target.evicted == ["a"]
+        runner.cancel()
+    run(scenario())
+
+
+def test_image_delete_is_acted_on_only_when_glance_agrees() -> None:
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"d": 3})
+        runner = asyncio.create_task(engine.run())
+        await engine.handle(ImageDeleted("d", NOW))  # forged or replayed: Glance has it
+        await engine.idle()
+        assert target.copies == {"d": 10}
+        runner.cancel()
+    run(scenario())
 
 
 def test_image_delete_removes_warmers_copies() -> None:
@@ -259,6 +308,7 @@ def test_image_delete_removes_warmers_copies() -> None:
         engine, glance = copy_engine(target)
         with_copies(engine, glance, target, {"d": 3})
         runner = asyncio.create_task(engine.run())
+        del glance.images["d"]
         await engine.handle(ImageDeleted("d", NOW))
         await engine.idle()
         assert "d" not in target.copies

@@ -16,21 +16,19 @@ from pathlib import Path
 
 from . import proc
 
-# Capabilities of the OpenStack users, as Ceph's OpenStack guide gives them,
-# and warmer's least privilege (docs/cephx.md). Every cluster is a Glance
-# store (pool images) and a Cinder backend (pool volumes) and a warmer
-# target: warmer repairs snapshots of Glance's images (rbd on images) and
-# writes verified copies into Cinder's pool (rbd on volumes). Glance's user
-# also reads and deletes those copies (Glance validates a new location, and
-# deletes the data at every location of an image it deletes), so it gets
-# volumes too.
+# Capabilities of the OpenStack users exactly as Ceph's OpenStack guide
+# gives them (Glance: its pool only; Cinder: its pool, and read-only on
+# Glance's), and warmer's least privilege (docs/cephx.md): the rbd profile
+# on Glance's pool, where it repairs Glance's snapshots and keeps its copies
+# (where Glance's own copy-image writes), and read-only on Cinder's pool, to
+# list the clones of its copies. Never write on Cinder's pool (invariant 7).
 _CAPS = {
     "glance": ["mon", "profile rbd",
-               "osd", "profile rbd pool=images, profile rbd pool=volumes"],
+               "osd", "profile rbd pool=images"],
     "cinder": ["mon", "profile rbd",
                "osd", "profile rbd pool=volumes, profile rbd-read-only pool=images"],
     "warmer": ["mon", "profile rbd",
-               "osd", "profile rbd pool=images, profile rbd pool=volumes"],
+               "osd", "profile rbd pool=images, profile rbd-read-only pool=volumes"],
 }
 USERS = {"central": _CAPS, "edge": _CAPS}
 POOLS = ("images", "volumes")

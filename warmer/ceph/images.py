@@ -1,55 +1,43 @@
-"""Blocking RBD steps of a copy, each run on the Ceph thread pool.
+"""Blocking RBD steps of a copy and of its removal, each run on the Ceph
+thread pool. Ownership is decided by :mod:`warmer.ceph.ownership`, and
+nothing here removes, unprotects or breaks a lock on an image that fails
+that check.
 
-Everything warmer creates carries RBD image metadata (``warmer.*`` keys),
-so that warmer only ever removes or changes images it made:
+A copy, in order (a crash at any step leaves something clean-up handles):
 
-* ``warmer.owner`` = ``warmer``, set right after create, before any data;
-* ``warmer.glance_image`` = the Glance image id;
-* ``warmer.state`` = ``copying``, then ``complete`` once verified,
-  snapshotted and protected (and only then is the image renamed to its
-  final name ``<image_id>``);
-* ``warmer.verified`` = ``<algo>:<digest>`` that the data matched.
+1. the registry entry ``copying`` (before any image exists);
+2. ``warmer-tmp.<id>``, stamped as warmer's before any data goes in;
+3. data, verified by the caller;
+4. ``warmer.verified``, snapshot ``snap``, protect, ``warmer.state=complete``;
+5. rename to ``<id>``: the final name only ever holds a complete, protected
+   copy;
+6. the registry entry ``complete``.
 
 A copy holds an exclusive RADOS lock with a lease on a per-image lock
-object in the target pool, so two daemons never copy the same image into
-the same target at once; a crashed daemon's lease runs out.
+object (``warmer.lock.<id>``) in the copy pool, so two daemons never copy
+the same image into the same pool at once; a crashed daemon's lease runs
+out. The lock object goes when the copy goes.
 """
 
 from __future__ import annotations
 
 import errno
-import re
-from dataclasses import dataclass
 from typing import Any
 
+from warmer.ceph import ownership
 from warmer.ceph.bindings import Rados, modules
+from warmer.ceph.ownership import SNAPSHOT, TEMP_PREFIX, Entry, Inspection, temp_name
 
-OWNER_KEY = "warmer.owner"
-OWNER = "warmer"
-GLANCE_IMAGE_KEY = "warmer.glance_image"
-STATE_KEY = "warmer.state"
 VERIFIED_KEY = "warmer.verified"
-TEMP_PREFIX = "warmer-tmp."
 LOCK_PREFIX = "warmer.lock."
 LOCK_NAME = "warmer-copy"
 HOLDER_XATTR = "warmer.holder"
-SNAPSHOT = "snap"
+
+__all__ = ["SNAPSHOT", "TEMP_PREFIX", "Inspection", "temp_name"]
 
 
-@dataclass(frozen=True)
-class Owned:
-    """What the metadata of an RBD image says about warmer's ownership."""
-
-    name: str
-    owned: bool
-    glance_image: str | None = None
-    state: str | None = None
-    protected: bool = False
-    size: int = 0
-
-
-def temp_name(image_id: str) -> str:
-    return f"{TEMP_PREFIX}{image_id}"
+class NotOwned(Exception):
+    """warmer was about to change an image that is not provably its own."""
 
 
 class OpenImage:
@@ -78,76 +66,69 @@ class OpenImage:
                 ioctx.close()
 
 
-def inspect(cluster: Rados, pool: str, name: str) -> Owned | None:
-    """``None`` when there is no such image; else who owns it and its state."""
-    _, rbd = modules()
-    try:
-        handle = OpenImage(cluster, pool, name, read_only=True)
-    except rbd.ImageNotFound:
-        return None
-    try:
-        meta = dict(handle.image.metadata_list())
-        size = int(handle.image.size())
-        protected = False
-        if SNAPSHOT in {s["name"] for s in handle.image.list_snaps()}:
-            protected = bool(handle.image.is_protected_snap(SNAPSHOT))
-    finally:
-        handle.close()
-    return Owned(name, meta.get(OWNER_KEY) == OWNER, meta.get(GLANCE_IMAGE_KEY),
-                 meta.get(STATE_KEY), protected, size)
+inspect = ownership.inspect
 
 
-def create_temp(cluster: Rados, pool: str, image_id: str, size: int, source: str) -> OpenImage:
-    """Create (or re-create, after a crash) the temporary image, mark it
-    ours before any data goes in, and return it open for writing."""
+def create_temp(cluster: Rados, pool: str, image_id: str, size: int, source: str,
+                holder: str) -> OpenImage:
+    """Register the copy, create (or re-create, after a crash) the temporary
+    image, stamp it as warmer's before any data goes in, and return it open
+    for writing. The caller holds the copy lease."""
     _, rbd = modules()
     name = temp_name(image_id)
+    ownership.register(cluster, pool, Entry(image_id, "copying", holder, ownership.now()))
     existing = inspect(cluster, pool, name)
     if existing is not None:
         if not existing.owned:
-            raise PermissionError(f"{pool}/{name} exists and is not warmer's")
-        if not remove_temp(cluster, pool, image_id):
+            raise NotOwned(f"{pool}/{name} exists and is not warmer's ({existing.why_not})")
+        if not _remove_temp(cluster, pool, existing):
             raise rbd.ImageBusy(f"{pool}/{name} is still in use")
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
         rbd.RBD().create(ioctx, name, size, old_format=False)
     handle = OpenImage(cluster, pool, name)
-    img = handle.image
-    img.metadata_set(OWNER_KEY, OWNER)
-    img.metadata_set(GLANCE_IMAGE_KEY, image_id)
-    img.metadata_set(STATE_KEY, "copying")
-    img.metadata_set("warmer.source", source[:512])
+    ownership.stamp(handle.image, image_id, source)
     return handle
 
 
-def finish(handle: OpenImage, pool: str, image_id: str, verified: str) -> str:
-    """Snapshot, protect, mark complete, rename to ``image_id``. In that
-    order: the final name only ever holds a complete, protected copy."""
+def finish(cluster: Rados, handle: OpenImage, pool: str, image_id: str, holder: str,
+           verified: str) -> str:
+    """Snapshot, protect, mark complete, rename to ``image_id``, and record
+    it complete. In that order: the final name only ever holds a complete,
+    protected copy."""
     _, rbd = modules()
     img = handle.image
     img.metadata_set(VERIFIED_KEY, verified)
     img.create_snap(SNAPSHOT)
     img.protect_snap(SNAPSHOT)
-    img.metadata_set(STATE_KEY, "complete")
+    img.metadata_set(ownership.STATE_KEY, "complete")
     handle.close_image()
     try:
         rbd.RBD().rename(handle.ioctx, temp_name(image_id), image_id)
     finally:
         handle.close()
+    ownership.register(cluster, pool, Entry(image_id, "complete", holder, ownership.now()))
     return image_id
 
 
 def remove_temp(cluster: Rados, pool: str, image_id: str) -> bool:
-    """Remove the temporary image of ``image_id`` if it is warmer's."""
-    _, rbd = modules()
-    name = temp_name(image_id)
-    owned = inspect(cluster, pool, name)
-    if owned is None or not owned.owned:
+    """Remove the temporary image of ``image_id`` if it is warmer's. The
+    caller holds the copy lease. False when there is nothing of warmer's to
+    remove, or it is still in use."""
+    found = inspect(cluster, pool, temp_name(image_id))
+    if found is None or not found.owned:
         return False
+    return _remove_temp(cluster, pool, found)
+
+
+def _remove_temp(cluster: Rados, pool: str, temp: Inspection) -> bool:
+    _, rbd = modules()
+    if not temp.owned:  # the one check; callers passed it, this keeps it so
+        raise NotOwned(f"{pool}/{temp.name}: {temp.why_not}")
     # A killed writer still owns the image's exclusive lock, and removing
     # the image would wait out its watch (30 s by default). The caller holds
     # the copy lease, so that writer is dead: break its lock (librbd
     # blocklists it) and remove at once.
-    handle = OpenImage(cluster, pool, name)
+    handle = OpenImage(cluster, pool, temp.name)
     try:
         for owner in list(handle.image.lock_get_owners()):
             handle.image.lock_break(owner["mode"], owner["owner"])
@@ -155,35 +136,27 @@ def remove_temp(cluster: Rados, pool: str, image_id: str) -> bool:
         handle.close()
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
         try:
-            rbd.RBD().remove(ioctx, name)
+            rbd.RBD().remove(ioctx, temp.name)
+        except rbd.ImageNotFound:
+            pass
         except rbd.ImageBusy:
             return False  # still watched; the next clean-up tries again
     return True
 
 
-_CANDIDATE = re.compile(r"^(warmer-tmp\.)?[0-9a-fA-F-]{36}$")
+def inventory(cluster: Rados, pool: str) -> list[Inspection]:
+    """warmer's complete copies in ``pool``, from its registry (never by
+    listing the pool: it is Glance's, with every image in it)."""
+    found = []
+    for entry in ownership.entries(cluster, pool):
+        item = inspect(cluster, pool, entry.image_id)
+        if item is not None and item.owned and item.state == "complete":
+            found.append(item)
+    return found
 
 
-def list_owned(cluster: Rados, pool: str, *, temporary_only: bool = False) -> list[Owned]:
-    """Every image in ``pool`` that warmer made. Only names warmer could have
-    given (``<uuid>``, ``warmer-tmp.<uuid>``) are opened, so Cinder's own
-    ``volume-*`` images are never even inspected."""
-    _, rbd = modules()
-    with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
-        names = rbd.RBD().list(ioctx)
-    result = []
-    for name in names:
-        if not _CANDIDATE.match(name):
-            continue
-        if temporary_only and not name.startswith(TEMP_PREFIX):
-            continue
-        try:
-            info = inspect(cluster, pool, name)
-        except rbd.ImageNotFound:
-            continue
-        if info is not None and info.owned:
-            result.append(info)
-    return result
+def registered(cluster: Rados, pool: str) -> list[Entry]:
+    return ownership.entries(cluster, pool)
 
 
 def children(cluster: Rados, pool: str, name: str) -> list[str]:
@@ -196,19 +169,21 @@ def children(cluster: Rados, pool: str, name: str) -> list[str]:
         handle.close()
 
 
-def remove_owned(cluster: Rados, pool: str, name: str) -> str:
-    """Unprotect and remove a copy warmer made, unless it has children.
-    Returns ``removed``, ``has_children``, ``gone`` or ``not_owned``."""
+def remove_owned(cluster: Rados, pool: str, image_id: str) -> str:
+    """Unprotect and remove warmer's copy of ``image_id``, unless it has
+    children; then forget it. The caller holds the copy lease. Returns
+    ``removed``, ``has_children``, ``gone`` or ``not_owned``."""
     _, rbd = modules()
-    info = inspect(cluster, pool, name)
+    info = inspect(cluster, pool, image_id)
     if info is None:
+        release(cluster, pool, image_id)
         return "gone"
     if not info.owned:
         return "not_owned"
     if info.protected:
-        if children(cluster, pool, name):
+        if children(cluster, pool, image_id):
             return "has_children"
-        handle = OpenImage(cluster, pool, name)
+        handle = OpenImage(cluster, pool, image_id)
         try:
             try:
                 handle.image.unprotect_snap(SNAPSHOT)
@@ -218,17 +193,36 @@ def remove_owned(cluster: Rados, pool: str, name: str) -> str:
             handle.close()
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
         try:
-            rbd.RBD().remove(ioctx, name)
+            rbd.RBD().remove(ioctx, image_id)
         except rbd.ImageHasSnapshots:
-            handle = OpenImage(cluster, pool, name)
+            handle = OpenImage(cluster, pool, image_id)
             try:
                 handle.image.remove_snap(SNAPSHOT)
             finally:
                 handle.close()
-            rbd.RBD().remove(ioctx, name)
+            rbd.RBD().remove(ioctx, image_id)
         except rbd.ImageNotFound:
-            return "gone"
+            pass
+    release(cluster, pool, image_id)
     return "removed"
+
+
+def release(cluster: Rados, pool: str, image_id: str) -> bool:
+    """Forget ``image_id`` in ``pool`` (registry entry and lock object) once
+    nothing of warmer's is left under either of its names. The caller holds
+    the copy lease. Returns whether it forgot."""
+    for name in (temp_name(image_id), image_id):
+        found = inspect(cluster, pool, name)
+        if found is not None and found.owned:
+            return False  # warmer's copy (or a half-made one) is still there
+    ownership.unregister(cluster, pool, image_id)
+    rados, _ = modules()
+    with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
+        try:
+            ioctx.remove_object(f"{LOCK_PREFIX}{image_id}")
+        except rados.ObjectNotFound:
+            pass
+    return True
 
 
 def lock(cluster: Rados, pool: str, image_id: str, cookie: str, duration: int) -> bool:

@@ -23,10 +23,22 @@ TARGET_OPTS: list[cfg.Opt] = [
                help="warmer's cephx user in that cluster (without 'client.')."),
     cfg.StrOpt("keyring", help="Keyring of rados_user; default: what ceph_conf says."),
     cfg.StrOpt("pool", default="volumes",
-               help="Cinder's pool in that cluster (rbd_pool in cinder.conf)."),
+               help="Cinder's pool in that cluster (rbd_pool in cinder.conf). "
+                    "warmer never writes it: it needs at most read-only access "
+                    "there, to list the clones of its copies before it evicts "
+                    "them."),
     cfg.StrOpt("glance_store",
                help="Glance store id (enabled_backends) that stands for this "
                     "cluster; default: the group name."),
+    cfg.StrOpt("copy_pool",
+               help="Pool for warmer's copies in this cluster. Default: the pool "
+                    "of the Glance RBD store glance_store, as Glance's "
+                    "GET /v2/info/stores/detail gives it, which is where Glance's "
+                    "own copy-image writes; the Ceph-guide caps of Glance and "
+                    "Cinder then work unchanged. Setting it to Cinder's pool is "
+                    "the old layout: it needs Glance's user to have the rbd "
+                    "profile on that pool and warmer write access to every "
+                    "Cinder volume (docs/cephx.md); not recommended."),
     cfg.BoolOpt("repair_glance_snapshots", default=True,
                 help="Create or protect the snapshot that a Glance image's own "
                      "RBD location names, when it is missing or unprotected. "

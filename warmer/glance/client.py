@@ -8,6 +8,7 @@ lists every location; otherwise only ``direct_url`` is there.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -25,6 +26,16 @@ LOG = logging.getLogger(__name__)
 
 class GlanceUnavailable(Exception):
     """Glance did not answer usefully; the request may succeed later."""
+
+
+class LocationConflict(Exception):
+    """The image's location list changed in a way warmer did not make while
+    it removed its own location: hands off that image."""
+
+    def __init__(self, image_id: str, url: str, before: list[str], after: list[str]) -> None:
+        super().__init__(f"image {image_id}: removing {url} changed the locations from "
+                         f"{before} to {after}")
+        self.image_id = image_id
 
 
 class GlanceRefused(Exception):
@@ -70,6 +81,7 @@ class GlanceClient:
         self._timeout = aiohttp.ClientTimeout(total=auth.timeout if auth else timeout)
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._image_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @property
     def endpoint(self) -> str:
@@ -165,22 +177,91 @@ class GlanceClient:
                 text = (await resp.text())[:300]
                 raise GlanceRefused(resp.status, f"PATCH image {image_id}: {text}")
 
+    @contextlib.asynccontextmanager
+    async def _changing(self, image_id: str) -> AsyncIterator[None]:
+        """One change to an image's locations at a time from this daemon:
+        Glance applies a location PATCH as read-modify-write, and two at once
+        (two targets publishing) can lose one."""
+        lock, users = self._image_locks.get(image_id, (asyncio.Lock(), 0))
+        self._image_locks[image_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._image_locks[image_id]
+            if users == 1:
+                del self._image_locks[image_id]
+            else:
+                self._image_locks[image_id] = (lock, users - 1)
+
     async def add_location(self, image_id: str, url: str, store: str) -> None:
         """Add ``url`` to the image's locations (JSON-patch on an active
-        image), with the Glance store that stands for its cluster."""
-        await self._patch(image_id, [{"op": "add", "path": "/locations/-",
-                                      "value": {"url": url, "metadata": {"store": store}}}])
+        image), with the Glance store that stands for its cluster, and check
+        that it is there afterwards: a concurrent change (another daemon
+        publishing another target) can make Glance lose it. Raises
+        GlanceUnavailable when it did not stick, so the caller retries."""
+        op = [{"op": "add", "path": "/locations/-",
+               "value": {"url": url, "metadata": {"store": store}}}]
+        async with self._changing(image_id):
+            for _attempt in range(3):
+                await self._patch(image_id, op)
+                urls = await self._location_urls(image_id)
+                if urls is None or url in urls:
+                    return
+                LOG.warning("image %s: location %s was lost by a concurrent change; "
+                            "adding it again", image_id, url)
+        raise GlanceUnavailable(f"image {image_id}: location {url} does not stick")
 
     async def remove_location(self, image_id: str, url: str) -> bool:
-        """Remove ``url`` from the image's locations. False when it was not there."""
-        image = await self.get_image(image_id)
-        if image is None:
-            return False
-        urls = [loc.url for loc in image.locations]
-        if url not in urls:
-            return False
-        await self._patch(image_id, [{"op": "remove", "path": f"/locations/{urls.index(url)}"}])
+        """Remove ``url`` from the image's locations. False when it was not there.
+
+        Glance's JSON-patch removes a location by index, and Glance deletes
+        the data of every location it drops. So the list is read just before
+        the PATCH and again after it: if anything but ``url`` changed in
+        between, somebody else's location may have gone, and
+        :class:`LocationConflict` is raised for the caller to stop touching
+        the image. (The caller holds the image's copy lease, so no other
+        warmer daemon changes the list meanwhile.)
+        """
+        async with self._changing(image_id):
+            before = await self._location_urls(image_id)
+            if before is None or url not in before:
+                return False
+            index = before.index(url)
+            await self._patch(image_id, [{"op": "remove", "path": f"/locations/{index}"}])
+            after = await self._location_urls(image_id)
+        expected = before[:index] + before[index + 1:]
+        if after is not None and after != expected:
+            raise LocationConflict(image_id, url, before, after)
         return True
+
+    async def _location_urls(self, image_id: str) -> list[str] | None:
+        image = await self.get_image(image_id)
+        return None if image is None else [loc.url for loc in image.locations]
+
+    async def stores_detail(self) -> list[dict[str, Any]] | None:
+        """Glance's stores with their properties (``GET /v2/info/stores/detail``,
+        admin only). ``None`` when this Glance does not offer it (a single
+        store, or no admin role)."""
+        async with self._request("GET", "/v2/info/stores/detail") as resp:
+            if resp.status in (403, 404):
+                return None
+            if resp.status >= 400:
+                raise GlanceUnavailable(f"GET stores: HTTP {resp.status}")
+            body = await resp.json(content_type=None)
+        stores = body.get("stores") if isinstance(body, dict) else None
+        if not isinstance(stores, list):
+            raise GlanceUnavailable("GET stores: no list of stores in the answer")
+        return [s for s in stores if isinstance(s, dict)]
+
+    async def answers_image_list(self) -> bool:
+        """Whether the endpoint answers ``GET /v2/images`` the way Glance does
+        (a JSON object with a list of images): a known-good request."""
+        try:
+            body = await self._get("/v2/images", {"limit": "1"})
+        except GlanceUnavailable:
+            return False
+        return isinstance(body, dict) and isinstance(body.get("images"), list)
 
     @contextlib.asynccontextmanager
     async def download(self, image_id: str) -> AsyncIterator[aiohttp.ClientResponse]:

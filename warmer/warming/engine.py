@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
 from warmer.events import Event, ImageDeleted
-from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable
+from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable, LocationConflict
+from warmer.glance.stores import StoreCatalog
 from warmer.locations import parse_rbd_url
 from warmer.metrics import Metrics
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
-from warmer.warming.target import Target, TargetResult
+from warmer.warming.target import Target, TargetProblem, TargetResult
 
 LOG = logging.getLogger(__name__)
 
@@ -45,14 +46,19 @@ class ImageStatus:
     location: str | None
     actions: tuple[str, ...]
     checked_at: float
+    detail: str | None = None
 
 
 class Engine:
     def __init__(self, tracker: Tracker, glance: GlanceClient, targets: list[Target],
                  metrics: Metrics, *, workers: int, reconcile_interval: float,
-                 retry_delay: float, clock: Callable[[], float] = time.time) -> None:
+                 retry_delay: float, stores: StoreCatalog | None = None,
+                 max_retry_delay: float = 3600.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.tracker = tracker
         self.glance = glance
+        self.stores = stores
+        self.max_retry_delay = max_retry_delay
         self.targets = targets
         self.metrics = metrics
         self.workers = workers
@@ -66,6 +72,11 @@ class Engine:
         self._again: set[str] = set()
         self._status: dict[tuple[str, str], ImageStatus] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        # Consecutive refusals per image (publish_refused): the retry backs off.
+        self._refusals: dict[str, int] = {}
+        # Images warmer stopped touching (their Glance locations changed
+        # under a removal), with the reason; until an operator looks.
+        self.hands_off: dict[str, str] = {}
         self.accepting = True
         self.reconciled = asyncio.Event()
         for target in targets:
@@ -83,7 +94,7 @@ class Engine:
         applied = self.tracker.apply(event)
         if isinstance(event, ImageDeleted):
             self._drop_status(event.image_id)
-            self.enqueue(event.image_id)  # to remove warmer's copies of it
+            self.enqueue(event.image_id)  # to remove warmer's copies of it, once confirmed
         elif applied.changed:
             self.enqueue(applied.image_id)
         return applied.outcome
@@ -135,11 +146,16 @@ class Engine:
             return
         self._active.add(image_id)
         try:
+            if image_id in self.hands_off:
+                self._record_all(image_id, "error", self.hands_off[image_id], None, ())
+                return
             await self._evaluate(image_id)
         except (GlanceUnavailable, CephUnavailable) as exc:
             LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, self.retry_delay)
             self._record_all(image_id, "error", _error_reason(exc), None, ())
             self._retry_later(image_id)
+        except LocationConflict as exc:
+            self._let_go(image_id, exc)
         finally:
             self._active.discard(image_id)
             if image_id in self._again:
@@ -148,6 +164,13 @@ class Engine:
 
     async def _evaluate(self, image_id: str) -> None:
         if self.tracker.is_deleted(image_id):
+            # A notification said so; Glance has the last word (a replayed or
+            # forged image.delete must not remove a copy Glance still lists).
+            alive = await self.glance.get_image(image_id)
+            if alive is not None:
+                LOG.warning("image %s: image.delete received, but Glance still has it "
+                            "(%s); keeping its copies", image_id, alive.info.status)
+                return
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
@@ -171,8 +194,16 @@ class Engine:
             return
         results = await asyncio.gather(*(self._warm_one(target, fresh)
                                          for target in self.targets))
-        if any(r.state in ("busy", "error") for r in results):
-            self._retry_later(image_id)
+        refused = any(r.reason == "publish_refused" for r in results)
+        if refused:
+            # Glance refusing a location does not pass by itself: back off.
+            self._refusals[image_id] = self._refusals.get(image_id, 0) + 1
+            self._retry_later(image_id, self._backoff(self._refusals[image_id]))
+        else:
+            self._refusals.pop(image_id, None)
+            if any(r.state in ("busy", "error") or r.reason == "image_deleted"
+                   for r in results):
+                self._retry_later(image_id)
 
     async def _warm_one(self, target: Target, image: GlanceImage) -> TargetResult:
         """Warm one target and record its result on its own: a sick cluster
@@ -185,7 +216,9 @@ class Engine:
         except (GlanceUnavailable, CephUnavailable) as exc:
             LOG.warning("image %s, target %s: %s; retrying in %.0fs", image.info.id,
                         target.name, exc, self.retry_delay)
-            result = TargetResult("error", _error_reason(exc))
+            result = TargetResult("error", _error_reason(exc), detail=str(exc))
+        except LocationConflict:
+            raise
         except Exception:
             LOG.exception("image %s, target %s: warming failed", image.info.id, target.name)
             result = TargetResult("error", "internal_error")
@@ -193,12 +226,34 @@ class Engine:
             time.monotonic() - started)
         for action in result.actions:
             self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
+        if result.reason == "publish_refused":
+            self.metrics.glance_refusals.labels(target.name, "publish_refused").inc()
         self._record(image_id=image.info.id, target=target, result=result)
         return result
+
+    def _backoff(self, attempts: int) -> float:
+        return float(min(self.retry_delay * 2.0 ** min(attempts - 1, 30),
+                         self.max_retry_delay))
+
+    def _let_go(self, image_id: str, exc: LocationConflict) -> None:
+        """Glance's locations changed under a removal warmer made: somebody
+        else's location may be gone. Stop touching the image (no publish,
+        no eviction, no removal) until the daemon restarts or an operator
+        acts, and say so loudly."""
+        LOG.error("%s; warmer will not touch image %s again until restarted", exc, image_id)
+        self.hands_off[image_id] = "location_conflict"
+        self.metrics.glance_refusals.labels("", "location_conflict").inc()
+        self._record_all(image_id, "error", "location_conflict", None, ())
 
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         fresh = await self.glance.get_image(image_id)
         if fresh is None:
+            if not await self._endpoint_is_right():
+                # A 404 is not a delete (invariant 8): a wrong endpoint or a
+                # proxy's 404 says nothing about the image.
+                self.metrics.glance_refusals.labels("", "unconfirmed_404").inc()
+                raise UnconfirmedNotFound(f"GET image {image_id}: 404, and Glance's "
+                                          "endpoint could not be shown right")
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
             self._drop_status(image_id)
@@ -206,6 +261,14 @@ class Engine:
             return None
         self.tracker.observe(fresh.info, authoritative=True)
         return fresh
+
+    async def _endpoint_is_right(self) -> bool:
+        """A known-good request shows warmer talks to the right Glance."""
+        if self.stores is None:
+            return False
+        expected = {t.config.glance_store: t.ceph.fsid for t in self.targets
+                    if t.ceph.fsid is not None and t.config.copy_images}
+        return await self.stores.endpoint_is_right(expected)
 
     async def _purge_everywhere(self, image_id: str, reason: str) -> None:
         """Glance no longer has the image: remove warmer's copies of it.
@@ -215,10 +278,15 @@ class Engine:
         for target in self.targets:
             if not target.config.copy_images:
                 continue
-            result = await target.purge(image_id)
+            try:
+                result = await target.purge(image_id)
+            except (TargetProblem, CephUnavailable) as exc:
+                LOG.warning("target %s: cannot remove the copy of %s now: %s", target.name,
+                            image_id, exc)
+                result = "error"
             if result != "gone":
                 self.metrics.evictions.labels(target.name, reason, result).inc()
-            deferred = deferred or result == "has_children"
+            deferred = deferred or result in ("has_children", "busy", "error")
         if deferred:
             self._retry_later(image_id)
 
@@ -275,7 +343,13 @@ class Engine:
         for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now), c.name)):
             if fits() or self._keep_score(copy_.name, now) >= worth:
                 break
-            result = await target.evict(copy_.name)
+            if copy_.name in self.hands_off:
+                continue
+            try:
+                result = await target.evict(copy_.name)
+            except LocationConflict as exc:
+                self._let_go(copy_.name, exc)
+                continue
             self.metrics.evictions.labels(target.name, "budget", result).inc()
             if result in ("removed", "gone"):
                 used_bytes -= copy_.size
@@ -287,16 +361,22 @@ class Engine:
         """Reconciliation's half of eviction: copies of images Glance no
         longer has go, and budgets that shrank (or scores that decayed) are
         honoured, lowest-scored first, pinned never."""
+        failures: tuple[type[BaseException], ...] = (CephUnavailable, TargetProblem,
+                                                     *ceph_errors())
         for target in self.targets:
             if not target.config.copy_images:
                 continue
-            for copy_ in await target.inventory():
-                if self.tracker.image(copy_.name) is None and \
-                        await self.glance.get_image(copy_.name) is None:
-                    await self._purge_everywhere(copy_.name, "deleted")
-            if target.config.capacity_bytes or target.config.capacity_images:
-                async with self._admission(target):
-                    await self._fit(target, 0, 0, float("inf"))
+            try:
+                for copy_ in await target.inventory():
+                    if self.tracker.image(copy_.name) is None and \
+                            copy_.name not in self.hands_off:
+                        # Glance's current view decides, never a bare 404.
+                        self.enqueue(copy_.name)
+                if target.config.capacity_bytes or target.config.capacity_images:
+                    async with self._admission(target):
+                        await self._fit(target, 0, 0, float("inf"))
+            except failures as exc:
+                LOG.warning("target %s: budget enforcement skipped: %s", target.name, exc)
 
     def _count_copy(self, target: Target, stats: CopyStats) -> None:
         # Counted when the copy completes, whatever happens to its publication.
@@ -305,7 +385,7 @@ class Engine:
         self.metrics.copied_bytes.labels(target.name, "zero").inc(stats.skipped_zeros)
         self.metrics.copy_duration.labels(target.name).observe(stats.seconds)
 
-    def _retry_later(self, image_id: str) -> None:
+    def _retry_later(self, image_id: str, delay: float | None = None) -> None:
         if image_id in self._retries:
             return
         loop = asyncio.get_running_loop()
@@ -313,7 +393,8 @@ class Engine:
         def fire() -> None:
             self._retries.pop(image_id, None)
             self.enqueue(image_id)
-        self._retries[image_id] = loop.call_later(self.retry_delay, fire)
+        self._retries[image_id] = loop.call_later(
+            self.retry_delay if delay is None else delay, fire)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -349,7 +430,8 @@ class Engine:
     async def _clean_up(self, target: Target) -> None:
         """Temporary images a crash left behind (never published). Best
         effort: what fails now is tried again at the next reconciliation."""
-        failures: tuple[type[BaseException], ...] = (CephUnavailable, *ceph_errors())
+        failures: tuple[type[BaseException], ...] = (CephUnavailable, TargetProblem,
+                                                     *ceph_errors())
         try:
             await target.clean_up()
         except failures as exc:
@@ -359,8 +441,8 @@ class Engine:
 
     def _record(self, image_id: str, target: Target, result: TargetResult) -> None:
         self._status[(image_id, target.name)] = ImageStatus(
-            image_id, target.name, target.config.pool, result.state, result.reason,
-            result.location, result.actions, self.clock())
+            image_id, target.name, _pool_of(result) or target.config.pool, result.state,
+            result.reason, result.location, result.actions, self.clock(), result.detail)
 
     def _record_all(self, image_id: str, state: str, reason: str, location: str | None,
                     actions: tuple[str, ...]) -> None:
@@ -371,13 +453,24 @@ class Engine:
         for target in self.targets:
             self._status.pop((image_id, target.name), None)
 
+    def _rows(self) -> list[ImageStatus]:
+        """The status book, with copies under way shown as such: a copy
+        takes minutes, and the row of the evaluation before it is stale."""
+        rows = dict(self._status)
+        for target in self.targets:
+            for image_id in list(target.progress):
+                old = rows.get((image_id, target.name))
+                rows[(image_id, target.name)] = ImageStatus(
+                    image_id, target.name, old.pool if old else "", "busy", "copying",
+                    None, (), old.checked_at if old else self.clock())
+        return list(rows.values())
+
     def status(self, image_id: str | None = None) -> list[ImageStatus]:
-        rows = [s for s in self._status.values() if image_id is None or s.image_id == image_id]
+        rows = [s for s in self._rows() if image_id is None or s.image_id == image_id]
         return sorted(rows, key=lambda s: (s.image_id, s.target))
 
     def status_rows(self) -> list[tuple[str, str, str, str, str]]:
-        return [(s.image_id, s.target, s.pool, s.state, s.reason)
-                for s in list(self._status.values())]
+        return [(s.image_id, s.target, s.pool, s.state, s.reason) for s in self._rows()]
 
     def stop_intake(self) -> None:
         self.accepting = False
@@ -390,8 +483,17 @@ class Draining(Exception):
     """The daemon is stopping and takes no more events (the bus requeues)."""
 
 
+class UnconfirmedNotFound(GlanceUnavailable):
+    """Glance answered 404 for an image, but no known-good request showed
+    that the endpoint is the right Glance: nothing is removed, try later."""
+
+
 def _error_reason(exc: Exception) -> str:
-    return "ceph_unavailable" if isinstance(exc, CephUnavailable) else "glance_unavailable"
+    if isinstance(exc, CephUnavailable):
+        return "ceph_unavailable"
+    if isinstance(exc, UnconfirmedNotFound):
+        return "glance_404_unconfirmed"
+    return "glance_unavailable"
 
 
 def _pool_of(result: TargetResult) -> str:

@@ -1,4 +1,4 @@
-"""One target: a Ceph cluster and pool where Cinder's RBD backend clones.
+"""One target: a Ceph cluster where Cinder's RBD backend clones.
 
 A target is warm for an image when one of the image's Glance locations is
 in the target's cluster and passes Cinder's ``_is_cloneable`` checks
@@ -11,19 +11,27 @@ an unprotected snapshot fails and Cinder does not fall back.
   warmer makes to a Glance-owned RBD image is to create or protect the
   snapshot that location names (invariant 2).
 * **Elsewhere** (another cluster, or a store that is not RBD): copy the data
-  into ``<pool>/warmer-tmp.<image_id>`` (marked as warmer's), verify it
-  against Glance's hash, snapshot ``snap``, protect, mark complete, rename
-  to ``<pool>/<image_id>``, and only then add
-  ``rbd://<fsid>/<pool>/<image_id>/snap`` to the Glance image (invariant 1).
-  A kill -9 at any point leaves at worst a temporary image, which
-  :meth:`Target.clean_up` removes, or a complete unpublished copy, which the
-  next evaluation publishes.
+  into the *copy pool*, the pool of this cluster's Glance RBD store (where
+  Glance's own ``copy-image`` writes; warmer never writes Cinder's pool,
+  invariant 7): ``warmer-tmp.<image_id>`` (registered and stamped as
+  warmer's first), verified against Glance's hash, snapshot ``snap``,
+  protected, marked complete, renamed to ``<image_id>``, and only then
+  ``rbd://<fsid>/<copy pool>/<image_id>/snap`` is added to the Glance image
+  (invariant 1), after one more check that it is complete and protected.
+  A kill -9 at any point leaves at worst a temporary image or a registry
+  entry, which :meth:`Target.clean_up` removes, or a complete unpublished
+  copy, which the next evaluation publishes.
+
+Everything that removes or changes warmer's copies holds the image's copy
+lease in that pool, and goes through :mod:`warmer.ceph.ownership`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import errno
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,17 +42,21 @@ from warmer.ceph import images as rbd_images
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceRefused
+from warmer.glance.stores import StoreCatalog
 from warmer.locations import RbdLocation, parse_rbd_url
 from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Source, Verifier
 from warmer.warming.copy import copy as copy_data
 
 LOG = logging.getLogger(__name__)
 
+# errnos that mean "the pool is full": its quota (EDQUOT) or the cluster (ENOSPC).
+_FULL = (errno.EDQUOT, errno.ENOSPC)
+
 
 @dataclass(frozen=True)
 class TargetConfig:
     name: str
-    pool: str
+    pool: str  # Cinder's pool (rbd_pool): warmer only reads it, to list clones
     glance_store: str
     repair_glance_snapshots: bool
     copy_images: bool = True
@@ -53,6 +65,7 @@ class TargetConfig:
     allow_unverified_copies: bool = False
     capacity_bytes: int = 0
     capacity_images: int = 0
+    copy_pool: str | None = None  # None: the pool of the Glance store glance_store
 
 
 @dataclass(frozen=True)
@@ -62,12 +75,23 @@ class TargetResult:
     location: str | None = None
     actions: tuple[str, ...] = ()
     copy: CopyStats | None = None
+    detail: str | None = None  # what Glance or Ceph said, when it says more than reason
+
+
+class TargetProblem(Exception):
+    """This target cannot copy now; ``reason`` says why."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
 
 
 class Target:
     def __init__(self, config: TargetConfig, ceph: CephClient,
                  cinder_view: CephClient | None = None, *,
                  glance: GlanceClient | None = None,
+                 stores: StoreCatalog | None = None,
                  sources: Callable[[], dict[str, CephClient]] | None = None,
                  owner: str | None = None) -> None:
         self.config = config
@@ -75,6 +99,7 @@ class Target:
         # Cinder's own user, when configured, for the read-only open check.
         self.cinder_view = cinder_view or ceph
         self.glance = glance
+        self._stores = stores
         # fsid -> a client that can read Glance's RBD images in that cluster.
         self._sources = sources or (lambda: {})
         # The lease cookie: stable per daemon name, so a restarted daemon
@@ -99,8 +124,28 @@ class Target:
         assert self.ceph.fsid is not None
         return self.ceph.fsid
 
-    def location_of(self, image_id: str, fsid: str) -> RbdLocation:
-        return RbdLocation(fsid, self.config.pool, image_id, rbd_images.SNAPSHOT)
+    async def copy_pool(self) -> str:
+        """The pool warmer's copies live in: ``copy_pool`` when set, else
+        the pool of this cluster's Glance RBD store. Raises TargetProblem
+        when Glance does not say, or says the store is another cluster."""
+        if self.config.copy_pool:
+            return self.config.copy_pool
+        if self._stores is None:
+            raise TargetProblem("copy_pool_unknown", "no Glance store catalog")
+        store = await self._stores.store(self.config.glance_store)
+        if store is None or store.type != "rbd" or not store.pool:
+            raise TargetProblem("copy_pool_unknown",
+                                f"Glance has no RBD store {self.config.glance_store!r} with a "
+                                "pool (set copy_pool, or glance_store to the right store id)")
+        fsid = await self.fsid()
+        if store.fsid and store.fsid != fsid:
+            raise TargetProblem("glance_store_mismatch",
+                                f"Glance store {store.id} is cluster {store.fsid}, this "
+                                f"target's cluster is {fsid}")
+        return store.pool
+
+    def location_of(self, image_id: str, fsid: str, pool: str) -> RbdLocation:
+        return RbdLocation(fsid, pool, image_id, rbd_images.SNAPSHOT)
 
     async def warm(self, image: GlanceImage) -> TargetResult:
         """Make ``image`` cloneable here if it can be, and say why not."""
@@ -120,7 +165,10 @@ class Target:
             if not image.locations:
                 return TargetResult("cold", "no_locations_visible")
             return last
-        return await self._copy_and_publish(image, fsid, rbd_locations)
+        try:
+            return await self._copy_and_publish(image, fsid, rbd_locations)
+        except TargetProblem as exc:
+            return TargetResult("cold", exc.reason, detail=exc.detail)
 
     async def _warm_location(self, loc: RbdLocation) -> TargetResult:
         check = await self.ceph.ensure_protected_snapshot(
@@ -137,80 +185,124 @@ class Target:
 
     # -- copies ---------------------------------------------------------------
 
+    async def _inspect(self, pool: str, name: str) -> rbd_images.Inspection | None:
+        return await self.ceph.run("inspect", lambda c: rbd_images.inspect(c, pool, name))
+
     async def _copy_and_publish(self, image: GlanceImage, fsid: str,
                                 rbd_locations: list[RbdLocation]) -> TargetResult:
         assert self.glance is not None
-        image_id, pool = image.info.id, self.config.pool
-        final = self.location_of(image_id, fsid)
-        existing = await self.ceph.run("inspect", lambda c: rbd_images.inspect(c, pool, image_id))
+        image_id = image.info.id
+        pool = await self.copy_pool()
+        final = self.location_of(image_id, fsid, pool)
+        existing = await self._inspect(pool, image_id)
         if existing is not None and not existing.owned:
-            return TargetResult("cold", "name_taken_in_target", final.url)
+            return TargetResult("cold", "name_taken_in_target", final.url,
+                                detail=f"{pool}/{image_id}: {existing.why_not}")
         stats = None
         actions: list[str] = []
-        if existing is None or existing.state != "complete" or not existing.protected:
+        if not _complete(existing):
             size = image.info.size or 0
             if self.admit is not None and not await self.admit(self, image_id, size):
                 return TargetResult("cold", "over_budget", None)
-            if not await self._lock(image_id):
+            if not await self._lock(pool, image_id):
                 self.reserved.pop(image_id, None)
                 return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
             try:
-                if existing is not None:  # ours, but not finished: start over
-                    await self.ceph.run("remove", lambda c: rbd_images.remove_owned(
-                        c, pool, image_id))
-                stats = await self._copy(image, rbd_locations)
-                actions.append("copied")
+                # Under the lease now: another daemon may have finished it.
+                existing = await self._inspect(pool, image_id)
+                if not _complete(existing):
+                    if existing is not None:  # ours, but not finished: start over
+                        await self.ceph.run("remove", lambda c: rbd_images.remove_owned(
+                            c, pool, image_id))
+                    stats = await self._copy(image, pool, rbd_locations)
+                    actions.append("copied")
             except CopyError as exc:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
-                return TargetResult("cold", exc.reason, None, tuple(actions))
+                return TargetResult("cold", exc.reason, None, tuple(actions), detail=str(exc))
+            except rbd_images.NotOwned as exc:
+                LOG.error("target %s: %s", self.name, exc)
+                return TargetResult("cold", "name_taken_in_target", None, detail=str(exc))
+            except ceph_errors() as exc:
+                LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
+                return TargetResult("error", "ceph_error", None, tuple(actions),
+                                    detail=str(exc))
             finally:
                 self.reserved.pop(image_id, None)
-                await self._unlock(image_id)
+                await self._unlock(pool, image_id)
         if final.url not in {loc.url for loc in image.locations}:
-            try:
-                await self.glance.add_location(image_id, final.url, self.config.glance_store)
-            except GlanceRefused as exc:
-                if await self.glance.get_image(image_id) is None:
-                    # Deleted while we copied: the copy is an orphan now.
-                    await self.purge(image_id)
-                    return TargetResult("cold", "image_deleted", None, tuple(actions), stats)
-                LOG.warning("target %s: Glance refused location %s: %s", self.name,
-                            final.url, exc)
-                return TargetResult("cold", "publish_refused", final.url, tuple(actions),
-                                    stats)
+            refused = await self._publish(image_id, pool, final)
+            if refused is not None:
+                return dataclasses.replace(refused, actions=tuple(actions), copy=stats)
             actions.append("published_location")
-            LOG.info("target %s: published %s for image %s", self.name, final.url, image_id)
         problem = await self.cinder_view.check_snapshot_readable(pool, image_id,
                                                                  rbd_images.SNAPSHOT)
         if problem is not None:
             return TargetResult("cold", problem, final.url, tuple(actions), stats)
         return TargetResult("warm", "cloneable", final.url, tuple(actions), stats)
 
-    async def _copy(self, image: GlanceImage, rbd_locations: list[RbdLocation]) -> CopyStats:
-        """Copy into the temporary image, verify, finish. Raises CopyError;
-        whatever fails, the temporary image is removed."""
-        info, pool = image.info, self.config.pool
+    async def _publish(self, image_id: str, pool: str, final: RbdLocation) -> TargetResult | None:
+        """Add ``final`` to the Glance image, after checking once more that
+        what it names is warmer's, complete and protected (invariant 1).
+        None when published; else why not."""
+        assert self.glance is not None
+        copy_ = await self._inspect(pool, image_id)
+        if not _complete(copy_):
+            LOG.error("target %s: not publishing %s: the copy is not complete and protected "
+                      "(%s)", self.name, final.url, copy_)
+            return TargetResult("cold", "copy_incomplete", None)
+        try:
+            await self.glance.add_location(image_id, final.url, self.config.glance_store)
+        except GlanceRefused as exc:
+            if await self.glance.get_image(image_id) is None:
+                # Deleted while we copied (or a 404 from a wrong endpoint):
+                # the engine decides whether the copy goes.
+                return TargetResult("cold", "image_deleted", None)
+            LOG.warning("target %s: Glance refused location %s: %s", self.name,
+                        final.url, exc)
+            return TargetResult("cold", "publish_refused", final.url, detail=str(exc))
+        LOG.info("target %s: published %s for image %s", self.name, final.url, image_id)
+        return None
+
+    async def _copy(self, image: GlanceImage, pool: str,
+                    rbd_locations: list[RbdLocation]) -> CopyStats:
+        """Copy into the temporary image, verify, finish, under the copy
+        lease (held by the caller, renewed here). Raises CopyError; whatever
+        fails, the temporary image is removed. A lease that cannot be
+        renewed cancels the copy (``lease_lost``): another daemon may take
+        over, and two writers must never share an image."""
+        info = image.info
         verifier = Verifier(info, allow_unverified=self.config.allow_unverified_copies)
         source, source_handle = await self._open_source(image, rbd_locations)
         if info.size is not None and source.size != info.size:
             if source_handle is not None:
-                source_handle.close()
+                await self.ceph.run("close", lambda c: source_handle.close())
             raise CopyError("size_mismatch", f"source has {source.size} bytes, Glance says "
                                              f"{info.size}")
-        renew = asyncio.create_task(self._renew_lock(info.id))
-        target = await self.ceph.run("create", lambda c: rbd_images.create_temp(
-            c, pool, info.id, source.size, source.description))
+        target: rbd_images.OpenImage | None = None
         finished = False
+        lease = asyncio.create_task(self._keep_lease(pool, info.id))
         try:
-            LOG.info("target %s: copying image %s (%d bytes) from %s", self.name, info.id,
-                     source.size, source.description)
-            stats = await copy_data(
-                source, target.image.write, verifier, self.ceph.executor,
+            target = await self._ceph_step("create", lambda c: rbd_images.create_temp(
+                c, pool, info.id, source.size, source.description, self.cookie))
+            LOG.info("target %s: copying image %s (%d bytes) from %s into %s", self.name,
+                     info.id, source.size, source.description, pool)
+            opened = target
+            copying = asyncio.create_task(copy_data(
+                source, opened.image.write, verifier, self.ceph.executor,
                 window=self.config.copy_window,
-                progress=lambda done, size: self.progress.__setitem__(info.id, (done, size)))
+                progress=lambda done, size: self.progress.__setitem__(info.id, (done, size))))
+            await asyncio.wait({copying, lease}, return_when=asyncio.FIRST_COMPLETED)
+            if not copying.done():
+                copying.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await copying
+                raise CopyError("lease_lost", "the copy lease could not be renewed")
+            stats = await self._ceph_result(copying)
             verified = verifier.verify()
-            await self.ceph.run("finish", lambda c: rbd_images.finish(target, pool, info.id,
-                                                                        verified))
+            if lease.done() or not await self._lock(pool, info.id):
+                raise CopyError("lease_lost", "the copy lease could not be renewed")
+            await self._ceph_step("finish", lambda c: rbd_images.finish(
+                c, opened, pool, info.id, self.cookie, verified))
             finished = True
             if self.on_copied is not None:
                 self.on_copied(self, stats)
@@ -220,15 +312,45 @@ class Target:
                      verified)
             return stats
         finally:
-            renew.cancel()
+            lease.cancel()
             self.progress.pop(info.id, None)
             if source_handle is not None:
                 await self.ceph.run("close", lambda c: source_handle.close())
             if not finished:
+                await self._discard(pool, info.id, target)
+
+    async def _ceph_step(self, op: str, fn: Callable[[Any], Any]) -> Any:
+        """A copy step on Ceph: a full pool is ``target_full``, not an error."""
+        try:
+            return await self.ceph.run(op, fn)
+        except ceph_errors() as exc:
+            if getattr(exc, "errno", None) in _FULL:
+                raise CopyError("target_full", str(exc)) from exc
+            raise
+
+    async def _ceph_result(self, task: asyncio.Task[CopyStats]) -> CopyStats:
+        try:
+            return await task
+        except ceph_errors() as exc:
+            if getattr(exc, "errno", None) in _FULL:
+                raise CopyError("target_full", str(exc)) from exc
+            raise
+
+    async def _discard(self, pool: str, image_id: str,
+                       target: rbd_images.OpenImage | None) -> None:
+        """After a failed copy: close, remove the temporary image and the
+        registry entry (we still hold the lease). Best effort: what stays
+        is cleaned up by the next reconciliation."""
+        def remove(cluster: Any) -> None:
+            if target is not None:
                 target.close()
-                with contextlib.suppress(Exception):
-                    await self.ceph.run("remove_temp", lambda c: rbd_images.remove_temp(
-                        c, pool, info.id))
+            rbd_images.remove_temp(cluster, pool, image_id)
+            rbd_images.release(cluster, pool, image_id)
+        try:
+            await self.ceph.run("remove_temp", remove)
+        except Exception as exc:  # the cluster may be what failed
+            LOG.warning("target %s: leftover of %s stays for clean-up: %s", self.name,
+                        image_id, exc)
 
     async def _open_source(self, image: GlanceImage, rbd_locations: list[RbdLocation]
                            ) -> tuple[Source, rbd_images.OpenImage | None]:
@@ -262,68 +384,102 @@ class Target:
         try:
             return await client.run("extents", list_extents), handle
         except Exception:
-            handle.close()
+            await client.run("close", lambda c: handle.close())
             raise
 
-    async def _lock(self, image_id: str) -> bool:
+    # -- the copy lease ---------------------------------------------------------
+
+    async def _lock(self, pool: str, image_id: str) -> bool:
         seconds = self.config.copy_lock_seconds
         return bool(await self.ceph.run("lock", lambda c: rbd_images.lock(
-            c, self.config.pool, image_id, self.cookie, seconds)))
+            c, pool, image_id, self.cookie, seconds)))
 
-    async def _unlock(self, image_id: str) -> None:
+    async def _unlock(self, pool: str, image_id: str) -> None:
         with contextlib.suppress(Exception):
             await self.ceph.run("unlock", lambda c: rbd_images.unlock(
-                c, self.config.pool, image_id, self.cookie))
+                c, pool, image_id, self.cookie))
 
-    async def _renew_lock(self, image_id: str) -> None:
+    async def _keep_lease(self, pool: str, image_id: str) -> None:
+        """Renew the lease every third of its term; return when it cannot
+        be renewed (taken by another daemon, or the cluster does not
+        answer), which cancels the copy."""
+        failures: tuple[type[BaseException], ...] = (CephUnavailable, *ceph_errors())
         while True:
             await asyncio.sleep(self.config.copy_lock_seconds / 3)
-            if not await self._lock(image_id):
+            try:
+                renewed = await self._lock(pool, image_id)
+            except failures as exc:
+                LOG.error("target %s: cannot renew the copy lease for %s: %s", self.name,
+                          image_id, exc)
+                return
+            if not renewed:
                 LOG.error("target %s: lost the copy lease for %s", self.name, image_id)
+                return
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, pool: str, image_id: str) -> Any:
+        """Hold ``image_id``'s copy lease in ``pool`` for a removal. Yields
+        False (and changes nothing) when another daemon holds it."""
+        if not await self._lock(pool, image_id):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            await self._unlock(pool, image_id)
 
     # -- inventory and eviction -----------------------------------------------
 
-    async def inventory(self) -> list[rbd_images.Owned]:
-        """warmer's complete copies in this target's pool."""
-        pool = self.config.pool
-        owned = await self.ceph.run("list_owned", lambda c: rbd_images.list_owned(c, pool))
-        return [o for o in owned if not o.name.startswith(rbd_images.TEMP_PREFIX)
-                and o.glance_image == o.name]
+    async def inventory(self) -> list[rbd_images.Inspection]:
+        """warmer's complete copies in this target's copy pool (from the
+        registry, never by listing Glance's pool)."""
+        pool = await self.copy_pool()
+        return list(await self.ceph.run("inventory", lambda c: rbd_images.inventory(c, pool)))
 
     async def evict(self, image_id: str) -> str:
         """Take warmer's copy of ``image_id`` out of this target.
 
         Children always win: when the copy's snapshot has clones (or warmer
         cannot tell), nothing changes and ``has_children`` is returned, to be
-        retried later. Otherwise the Glance location goes first (Glance then
-        deletes the data itself, as it does for every location it drops),
-        and whatever is left of warmer's copy is unprotected and removed.
-        Returns ``removed``, ``gone``, ``has_children``, ``not_owned`` or
-        ``glance_refused``.
+        retried later. Otherwise, under the copy lease, the Glance location
+        goes first (Glance then deletes the data itself, as it does for
+        every location it drops), and whatever is left of warmer's copy is
+        unprotected and removed. Returns ``removed``, ``gone``,
+        ``has_children``, ``not_owned``, ``busy`` or ``glance_refused``;
+        raises LocationConflict when Glance's list changed under it.
         """
-        pool = self.config.pool
-        existing = await self.ceph.run("inspect", lambda c: rbd_images.inspect(c, pool, image_id))
+        pool = await self.copy_pool()
+        existing = await self._inspect(pool, image_id)
         if existing is None:
-            return "gone"
+            return await self.purge(image_id)
         if not existing.owned:
             return "not_owned"
-        if existing.protected and await self._has_children(image_id):
+        if existing.protected and await self._has_children(pool, image_id):
             return "has_children"
-        if self.glance is not None:
-            url = self.location_of(image_id, await self.fsid()).url
-            try:
-                await self.glance.remove_location(image_id, url)
-            except GlanceRefused as exc:
-                LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
-                return "glance_refused"
-        result = await self.purge(image_id)
+        async with self._leased(pool, image_id) as held:
+            if not held:
+                return "busy"
+            if self.glance is not None:
+                url = self.location_of(image_id, await self.fsid(), pool).url
+                try:
+                    await self.glance.remove_location(image_id, url)
+                except GlanceRefused as exc:
+                    LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
+                    return "glance_refused"
+            result = await self._remove(pool, image_id)
         # Dropping the location usually makes Glance delete the data itself.
         return "removed" if result == "gone" else result
 
     async def purge(self, image_id: str) -> str:
         """Remove warmer's copy of ``image_id`` (no Glance call): for images
-        Glance no longer has. Children still win."""
-        pool = self.config.pool
+        Glance confirmed gone. Children still win."""
+        pool = await self.copy_pool()
+        async with self._leased(pool, image_id) as held:
+            if not held:
+                return "busy"
+            return await self._remove(pool, image_id)
+
+    async def _remove(self, pool: str, image_id: str) -> str:
         try:
             result: str = await self.ceph.run("remove_owned", lambda c: rbd_images.remove_owned(
                 c, pool, image_id))
@@ -334,8 +490,7 @@ class Target:
             LOG.info("target %s: removed warmer's copy %s/%s", self.name, pool, image_id)
         return result
 
-    async def _has_children(self, image_id: str) -> bool:
-        pool = self.config.pool
+    async def _has_children(self, pool: str, image_id: str) -> bool:
         try:
             kids = await self.ceph.run("children", lambda c: rbd_images.children(
                 c, pool, image_id))
@@ -346,27 +501,31 @@ class Target:
         return bool(kids)
 
     async def clean_up(self) -> list[str]:
-        """Remove temporary images that no live copy holds (left by a crash).
-        Safe with several daemons: a temp is removed only under its lease."""
+        """Remove what a crash left behind: temporary images and registry
+        entries with no copy. Safe with several daemons: each image is
+        handled only under its lease, and only if it is warmer's."""
         if not self.config.copy_images:
             return []
-        pool = self.config.pool
-        owned = await self.ceph.run("list_owned", lambda c: rbd_images.list_owned(
-            c, pool, temporary_only=True))
-        removed = []
-        for item in owned:
-            if item.glance_image is None:
-                continue
-            image_id: str = item.glance_image
-            if not await self._lock(image_id):
-                continue  # another daemon is copying it right now
+        pool = await self.copy_pool()
+        entries = await self.ceph.run("registry", lambda c: rbd_images.registered(c, pool))
+        cleaned = []
+        for entry in entries:
+            image_id = entry.image_id
+            async with self._leased(pool, image_id) as held:
+                if not held:
+                    continue  # another daemon is copying it right now
 
-            def remove(cluster: Any, image_id: str = image_id) -> bool:
-                return rbd_images.remove_temp(cluster, pool, image_id)
-            try:
-                if await self.ceph.run("remove_temp", remove):
-                    removed.append(item.name)
-                    LOG.info("target %s: removed leftover %s/%s", self.name, pool, item.name)
-            finally:
-                await self._unlock(image_id)
-        return removed
+                def tidy(cluster: Any, image_id: str = image_id) -> bool:
+                    removed = rbd_images.remove_temp(cluster, pool, image_id)
+                    forgotten = rbd_images.release(cluster, pool, image_id)
+                    return removed or forgotten
+                if await self.ceph.run("clean_up", tidy):
+                    cleaned.append(image_id)
+                    LOG.info("target %s: cleaned up what a crash left of %s in %s",
+                             self.name, image_id, pool)
+        return cleaned
+
+
+def _complete(found: rbd_images.Inspection | None) -> bool:
+    return (found is not None and found.owned and found.state == "complete"
+            and found.protected)
