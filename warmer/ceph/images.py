@@ -132,6 +132,13 @@ def _remove_temp(cluster: Rados, pool: str, temp: Inspection) -> bool:
     try:
         for owner in list(handle.image.lock_get_owners()):
             handle.image.lock_break(owner["mode"], owner["owner"])
+        # A crash after the snapshot: take it away too, children first.
+        for snap in [s["name"] for s in handle.image.list_snaps()]:
+            if handle.image.is_protected_snap(snap):
+                if children(cluster, pool, temp.name, snap):
+                    return False
+                handle.image.unprotect_snap(snap)
+            handle.image.remove_snap(snap)
     finally:
         handle.close()
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
@@ -159,10 +166,10 @@ def registered(cluster: Rados, pool: str) -> list[Entry]:
     return ownership.entries(cluster, pool)
 
 
-def children(cluster: Rados, pool: str, name: str) -> list[str]:
-    """Clones of ``name@snap`` (``pool/image``). Raises when warmer cannot
-    see every pool that could hold one: unknown means "has children"."""
-    handle = OpenImage(cluster, pool, name, snapshot=SNAPSHOT, read_only=True)
+def children(cluster: Rados, pool: str, name: str, snapshot: str = SNAPSHOT) -> list[str]:
+    """Clones of ``name@snapshot`` (``pool/image``). Raises when warmer
+    cannot see every pool that could hold one: unknown means "has children"."""
+    handle = OpenImage(cluster, pool, name, snapshot=snapshot, read_only=True)
     try:
         return [f"{c['pool']}/{c['image']}" for c in handle.image.list_children2()]
     finally:

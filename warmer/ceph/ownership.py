@@ -14,6 +14,13 @@ only when **all** of these hold:
 * it has no parent (a clone, flattened or not, is never warmer's copy;
   flattened clones are caught by the name and the registry).
 
+One exception, for the instants between creating ``warmer-tmp.<uuid>`` and
+the end of stamping its metadata (a kill -9 there): a registered temporary
+image with no parent, no snapshot, no data, and no metadata but warmer's own
+keys with warmer's own values (some may be missing) is warmer's too.
+Removing it cannot lose anything, and without it such a leftover would block
+that image's copy until an operator came.
+
 Removal, eviction, clean-up and lock breaking all go through
 :func:`inspect`. Every function here blocks: run it on the Ceph thread pool.
 
@@ -40,6 +47,7 @@ OWNER_KEY = "warmer.owner"
 OWNER = "warmer"
 GLANCE_IMAGE_KEY = "warmer.glance_image"
 STATE_KEY = "warmer.state"
+SOURCE_KEY = "warmer.source"
 SNAPSHOT = "snap"
 _PAGE = 1000
 
@@ -174,21 +182,51 @@ def inspect(cluster: Rados, pool: str, name: str) -> Inspection | None:
         with image:
             meta = dict(image.metadata_list())
             size = int(image.size())
-            protected = False
-            if SNAPSHOT in {s["name"] for s in image.list_snaps()}:
-                protected = bool(image.is_protected_snap(SNAPSHOT))
+            snaps = {s["name"] for s in image.list_snaps()}
+            protected = SNAPSHOT in snaps and bool(image.is_protected_snap(SNAPSHOT))
             has_parent = _has_parent(image)
+            unstamped = (image_id is not None and name.startswith(TEMP_PREFIX)
+                         and _partial_stamp(meta, image_id) and not snaps
+                         and not has_parent and not _has_data(image, size))
         why_not: str | None = None
+        state = meta.get(STATE_KEY)
         if image_id is None:
             why_not = "bad_name"
         elif has_parent:
             why_not = "has_parent"
+        elif unstamped:
+            state = "unstamped"
         elif meta.get(OWNER_KEY) != OWNER or meta.get(GLANCE_IMAGE_KEY) != image_id:
             why_not = "metadata_mismatch"
-        elif _registered(ioctx, image_id) is None:
+        if why_not is None and image_id is not None and _registered(ioctx, image_id) is None:
             why_not = "not_registered"
-    return Inspection(name, image_id, why_not is None, why_not, meta.get(STATE_KEY),
-                      protected, size)
+    return Inspection(name, image_id, why_not is None, why_not, state, protected, size)
+
+
+def _partial_stamp(meta: dict[str, str], image_id: str) -> bool:
+    """Only what :func:`stamp` writes, with the values it writes, if any."""
+    mine = {OWNER_KEY: OWNER, GLANCE_IMAGE_KEY: image_id}
+    return all(mine.get(k, v) == v for k, v in meta.items()
+               if k not in (STATE_KEY, SOURCE_KEY)) and \
+        set(meta) <= {OWNER_KEY, GLANCE_IMAGE_KEY, STATE_KEY, SOURCE_KEY} and \
+        meta.get(STATE_KEY, "copying") == "copying"
+
+
+def _has_data(image: Any, size: int) -> bool:
+    found: list[bool] = []
+
+    def extent(offset: int, length: int, exists: bool) -> int:
+        if exists:
+            found.append(True)
+            return -1  # stop at the first allocated extent
+        return 0
+    try:
+        image.diff_iterate(0, size, None, extent)
+    except Exception:
+        if found:  # stopping early surfaces as an error from librbd
+            return True
+        raise
+    return bool(found)
 
 
 def _has_parent(image: Any) -> bool:
@@ -205,7 +243,7 @@ def stamp(image: Any, image_id: str, source: str) -> None:
     image.metadata_set(OWNER_KEY, OWNER)
     image.metadata_set(GLANCE_IMAGE_KEY, image_id)
     image.metadata_set(STATE_KEY, "copying")
-    image.metadata_set("warmer.source", source[:512])
+    image.metadata_set(SOURCE_KEY, source[:512])
 
 
 def now() -> float:

@@ -279,7 +279,7 @@ class Target:
             raise CopyError("size_mismatch", f"source has {source.size} bytes, Glance says "
                                              f"{info.size}")
         target: rbd_images.OpenImage | None = None
-        finished = False
+        finished = lease_lost = False
         lease = asyncio.create_task(self._keep_lease(pool, info.id))
         try:
             target = await self._ceph_step("create", lambda c: rbd_images.create_temp(
@@ -296,10 +296,12 @@ class Target:
                 copying.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await copying
+                lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
             stats = await self._ceph_result(copying)
             verified = verifier.verify()
             if lease.done() or not await self._lock(pool, info.id):
+                lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
             await self._ceph_step("finish", lambda c: rbd_images.finish(
                 c, opened, pool, info.id, self.cookie, verified))
@@ -317,7 +319,9 @@ class Target:
             if source_handle is not None:
                 await self.ceph.run("close", lambda c: source_handle.close())
             if not finished:
-                await self._discard(pool, info.id, target)
+                # Without the lease the temporary image may be another
+                # daemon's work now: close ours, touch nothing else.
+                await self._discard(pool, info.id, target, remove=not lease_lost)
 
     async def _ceph_step(self, op: str, fn: Callable[[Any], Any]) -> Any:
         """A copy step on Ceph: a full pool is ``target_full``, not an error."""
@@ -337,17 +341,18 @@ class Target:
             raise
 
     async def _discard(self, pool: str, image_id: str,
-                       target: rbd_images.OpenImage | None) -> None:
-        """After a failed copy: close, remove the temporary image and the
-        registry entry (we still hold the lease). Best effort: what stays
-        is cleaned up by the next reconciliation."""
-        def remove(cluster: Any) -> None:
+                       target: rbd_images.OpenImage | None, *, remove: bool) -> None:
+        """After a failed copy: close, and (``remove``, while we hold the
+        lease) remove the temporary image and the registry entry. Best
+        effort: what stays is cleaned up by the next reconciliation."""
+        def discard(cluster: Any) -> None:
             if target is not None:
                 target.close()
-            rbd_images.remove_temp(cluster, pool, image_id)
-            rbd_images.release(cluster, pool, image_id)
+            if remove:
+                rbd_images.remove_temp(cluster, pool, image_id)
+                rbd_images.release(cluster, pool, image_id)
         try:
-            await self.ceph.run("remove_temp", remove)
+            await self.ceph.run("discard", discard)
         except Exception as exc:  # the cluster may be what failed
             LOG.warning("target %s: leftover of %s stays for clean-up: %s", self.name,
                         image_id, exc)

@@ -1,0 +1,494 @@
+"""In-memory stand-ins for the ``rados`` and ``rbd`` modules, behind the same
+calls warmer makes, for unit tests of the code that drives them
+(:mod:`warmer.ceph.images`, :mod:`warmer.ceph.ownership`, Target).
+
+What it models, because warmer's safety depends on it:
+
+* librbd copies image metadata onto a clone, and a flatten keeps it;
+* a protected snapshot with clones cannot be unprotected (``ImageBusy``);
+  an image with snapshots cannot be removed (``ImageHasSnapshots``);
+* RADOS exclusive locks belong to one client instance and expire;
+* omap reads and writes through Read/WriteOpCtx, xattrs.
+
+It also records every call (``cluster.log``) so a test can assert what was
+never attempted, and can fail any named call (``cluster.fail[op] = exc``).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+# -- exceptions, as the real modules name them -----------------------------------
+
+
+class RadosError(Exception):
+    def __init__(self, message: str = "", errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+class ObjectNotFound(RadosError):
+    pass
+
+
+class NoData(RadosError):
+    pass
+
+
+class ObjectBusy(RadosError):
+    pass
+
+
+class ObjectExists(RadosError):
+    pass
+
+
+class RadosPermissionError(RadosError):
+    pass
+
+
+class ConnectionShutdown(RadosError):
+    pass
+
+
+class TimedOut(RadosError):
+    pass
+
+
+class RbdError(Exception):
+    def __init__(self, message: str = "", errno_: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno_
+
+
+class ImageNotFound(RbdError):
+    pass
+
+
+class ImageExists(RbdError):
+    pass
+
+
+class ImageBusy(RbdError):
+    pass
+
+
+class ImageHasSnapshots(RbdError):
+    pass
+
+
+class InvalidArgument(RbdError):
+    pass
+
+
+class RbdPermissionError(RbdError):
+    pass
+
+
+class RbdConnectionShutdown(RbdError):
+    pass
+
+
+class RbdTimeout(RbdError):
+    pass
+
+
+# -- the cluster ---------------------------------------------------------------------
+
+
+@dataclass
+class Snap:
+    data: dict[int, bytes]
+    protected: bool = False
+
+
+@dataclass
+class FakeImage:
+    size: int
+    data: dict[int, bytes] = field(default_factory=dict)  # offset -> bytes
+    meta: dict[str, str] = field(default_factory=dict)
+    snaps: dict[str, Snap] = field(default_factory=dict)
+    parent: tuple[str, str, str] | None = None
+    lock_owners: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FakeObject:
+    omap: dict[str, bytes] = field(default_factory=dict)
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+    lock: tuple[str, int, float] | None = None  # cookie, client id, expiry
+
+
+class FakeCluster:
+    """One Ceph cluster. ``clusters[conffile]`` finds it from a Rados()."""
+
+    registry: dict[str, FakeCluster] = {}
+
+    def __init__(self, conffile: str, fsid: str, pools: tuple[str, ...] = ("images", "volumes")
+                 ) -> None:
+        self.conffile = conffile
+        self.fsid = fsid
+        self.images: dict[str, dict[str, FakeImage]] = {p: {} for p in pools}
+        self.objects: dict[str, dict[str, FakeObject]] = {p: {} for p in pools}
+        self.log: list[str] = []
+        self.fail: dict[str, BaseException] = {}
+        self.write_delay = 0.0
+        self.crash_at: int | None = None
+        self.dead = False
+        self.clock: Callable[[], float] = time.monotonic
+        FakeCluster.registry[conffile] = self
+
+    def op(self, name: str) -> None:
+        """Every call goes through here. ``crash_at = n``: the n-th call (from
+        0) and every call after it fail, as if the client died at that
+        instant (kill -9): the cluster keeps exactly what it had then."""
+        if self.dead:
+            raise ConnectionShutdown("the client is dead")
+        if self.crash_at is not None and len(self.log) >= self.crash_at:
+            self.dead = True
+            raise ConnectionShutdown(f"killed before {name}")
+        self.log.append(name)
+        exc = self.fail.get(name)
+        if exc is not None:
+            raise exc
+
+    # helpers for tests
+    def put_image(self, pool: str, name: str, data: bytes, *, snapshot: str | None = "snap",
+                  protect: bool = True, meta: dict[str, str] | None = None) -> FakeImage:
+        img = FakeImage(len(data), meta=dict(meta or {}))
+        for off in range(0, len(data), 1 << 20):
+            piece = data[off:off + (1 << 20)]
+            if piece.strip(b"\0"):
+                img.data[off] = piece
+        if snapshot:
+            img.snaps[snapshot] = Snap(dict(img.data), protect)
+        self.images[pool][name] = img
+        return img
+
+    def clone(self, src_pool: str, name: str, snap: str, dst_pool: str, clone: str) -> None:
+        parent = self.images[src_pool][name]
+        if not parent.snaps[snap].protected:
+            raise InvalidArgument("parent snapshot must be protected (v1)")
+        self.images[dst_pool][clone] = FakeImage(
+            parent.size, dict(parent.snaps[snap].data), dict(parent.meta),
+            parent=(src_pool, name, snap))
+
+    def flatten(self, pool: str, name: str) -> None:
+        self.images[pool][name].parent = None
+
+    def children_of(self, pool: str, name: str, snap: str) -> list[tuple[str, str]]:
+        return [(p, n) for p, imgs in self.images.items() for n, img in imgs.items()
+                if img.parent == (pool, name, snap)]
+
+
+_client_ids = itertools.count(1)
+
+
+class Rados:
+    def __init__(self, conffile: str = "", name: str = "", conf: dict[str, str] | None = None,
+                 **_: Any) -> None:
+        self.cluster = FakeCluster.registry[conffile]
+        self.name = name
+        self.id = next(_client_ids)
+        self.connected = False
+
+    def connect(self, timeout: int = 0) -> None:
+        self.cluster.op("connect")
+        self.connected = True
+
+    def shutdown(self) -> None:
+        self.connected = False
+
+    def get_fsid(self) -> str:
+        return self.cluster.fsid
+
+    def get_cluster_stats(self) -> dict[str, int]:
+        self.cluster.op("stats")
+        return {"kb": 1}
+
+    def conf_set(self, key: str, value: str) -> None:
+        pass
+
+    def open_ioctx(self, pool: str) -> Ioctx:
+        self.cluster.op("open_ioctx")
+        if pool not in self.cluster.images:
+            raise ObjectNotFound(f"pool {pool}")
+        return Ioctx(self, pool)
+
+
+class Ioctx:
+    def __init__(self, client: Rados, pool: str) -> None:
+        self.client = client
+        self.cluster = client.cluster
+        self.pool = pool
+
+    def __enter__(self) -> Ioctx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def _objects(self) -> dict[str, FakeObject]:
+        return self.cluster.objects[self.pool]
+
+    # locks and xattrs
+    def lock_exclusive(self, obj: str, name: str, cookie: str, desc: str = "",
+                       duration: int | float | None = None, flags: int = 0) -> None:
+        self.cluster.op("lock_exclusive")
+        o = self._objects.setdefault(obj, FakeObject())
+        now = self.cluster.clock()
+        if o.lock is not None and o.lock[2] > now:
+            held_cookie, held_client, _ = o.lock
+            if not (held_cookie == cookie and held_client == self.client.id):
+                raise ObjectBusy(f"{obj} is locked", errno.EBUSY)
+        o.lock = (cookie, self.client.id, now + (duration or 1e9))
+
+    def unlock(self, obj: str, name: str, cookie: str) -> None:
+        o = self._objects.get(obj)
+        if o is None:
+            raise ObjectNotFound(obj)
+        if o.lock is not None and o.lock[0] == cookie and o.lock[1] == self.client.id:
+            o.lock = None
+
+    def get_xattr(self, obj: str, key: str) -> bytes:
+        o = self._objects.get(obj)
+        if o is None:
+            raise ObjectNotFound(obj)
+        if key not in o.xattrs:
+            raise NoData(key)
+        return o.xattrs[key]
+
+    def set_xattr(self, obj: str, key: str, value: bytes) -> None:
+        self._objects.setdefault(obj, FakeObject()).xattrs[key] = value
+
+    def remove_object(self, obj: str) -> None:
+        self.cluster.op("remove_object")
+        if self._objects.pop(obj, None) is None:
+            raise ObjectNotFound(obj)
+
+    # omap
+    def set_omap(self, op: WriteOpCtx, keys: tuple[str, ...], values: tuple[bytes, ...]) -> None:
+        op.steps.append(lambda o: o.omap.update(zip(keys, values, strict=True)))
+
+    def remove_omap_keys(self, op: WriteOpCtx, keys: tuple[str, ...]) -> None:
+        op.steps.append(lambda o: [o.omap.pop(k, None) for k in keys])
+
+    def operate_write_op(self, op: WriteOpCtx, obj: str) -> None:
+        self.cluster.op("omap_write")
+        if obj not in self._objects and op.steps and op.needs_object:
+            raise ObjectNotFound(obj)
+        o = self._objects.setdefault(obj, FakeObject())
+        for step in op.steps:
+            step(o)
+
+    def get_omap_vals_by_keys(self, op: ReadOpCtx, keys: tuple[str, ...]
+                              ) -> tuple[list[tuple[str, bytes]], int]:
+        out: list[tuple[str, bytes]] = []
+        op.steps.append(lambda o: out.extend((k, o.omap[k]) for k in keys if k in o.omap))
+        return out, 0
+
+    def get_omap_vals(self, op: ReadOpCtx, start_after: str, prefix: str, max_return: int
+                      ) -> tuple[list[tuple[str, bytes]], int]:
+        out: list[tuple[str, bytes]] = []
+        op.steps.append(lambda o: out.extend(
+            [(k, o.omap[k]) for k in sorted(o.omap) if k > start_after
+             and k.startswith(prefix)][:max_return]))
+        return out, 0
+
+    def operate_read_op(self, op: ReadOpCtx, obj: str) -> None:
+        self.cluster.op("omap_read")
+        o = self._objects.get(obj)
+        if o is None:
+            raise ObjectNotFound(obj)
+        for step in op.steps:
+            step(o)
+
+
+class WriteOpCtx:
+    def __init__(self) -> None:
+        self.steps: list[Callable[[FakeObject], Any]] = []
+        self.needs_object = False
+
+    def __enter__(self) -> WriteOpCtx:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class ReadOpCtx(WriteOpCtx):
+    pass
+
+
+# -- rbd -------------------------------------------------------------------------------
+
+
+class RBD:
+    def create(self, ioctx: Ioctx, name: str, size: int, old_format: bool = False,
+               features: int = 0, **_: Any) -> None:
+        ioctx.cluster.op("create")
+        images = ioctx.cluster.images[ioctx.pool]
+        if name in images:
+            raise ImageExists(name)
+        images[name] = FakeImage(size)
+
+    def list(self, ioctx: Ioctx) -> list[str]:
+        return list(ioctx.cluster.images[ioctx.pool])
+
+    def remove(self, ioctx: Ioctx, name: str) -> None:
+        ioctx.cluster.op(f"remove {ioctx.pool}/{name}")
+        images = ioctx.cluster.images[ioctx.pool]
+        if name not in images:
+            raise ImageNotFound(name)
+        if images[name].snaps:
+            raise ImageHasSnapshots(name)
+        del images[name]
+
+    def rename(self, ioctx: Ioctx, src: str, dst: str) -> None:
+        ioctx.cluster.op("rename")
+        images = ioctx.cluster.images[ioctx.pool]
+        if dst in images:
+            raise ImageExists(dst)
+        images[dst] = images.pop(src)
+
+
+class Image:
+    def __init__(self, ioctx: Ioctx, name: str, snapshot: str | None = None,
+                 read_only: bool = False) -> None:
+        self.cluster = ioctx.cluster
+        self.pool = ioctx.pool
+        self.name = name
+        self.cluster.op(f"open {self.pool}/{name}")
+        img = self.cluster.images[self.pool].get(name)
+        if img is None or (snapshot is not None and snapshot not in img.snaps):
+            raise ImageNotFound(name)
+        self.img = img
+        self.snapshot = snapshot
+        self.read_only = read_only
+
+    def __enter__(self) -> Image:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+    def _writable(self) -> None:
+        if self.read_only or self.snapshot is not None:
+            raise RbdPermissionError("read-only", errno.EROFS)
+
+    def size(self) -> int:
+        return self.img.size
+
+    def metadata_list(self) -> list[tuple[str, str]]:
+        return list(self.img.meta.items())
+
+    def metadata_set(self, key: str, value: str) -> None:
+        self._writable()
+        self.cluster.op(f"metadata_set {key}")
+        self.img.meta[key] = value
+
+    def list_snaps(self) -> list[dict[str, Any]]:
+        return [{"name": n} for n in self.img.snaps]
+
+    def is_protected_snap(self, name: str) -> bool:
+        return self.img.snaps[name].protected
+
+    def create_snap(self, name: str) -> None:
+        self._writable()
+        self.cluster.op("create_snap")
+        if name in self.img.snaps:
+            raise ImageExists(name)
+        self.img.snaps[name] = Snap(dict(self.img.data))
+
+    def protect_snap(self, name: str) -> None:
+        self._writable()
+        self.cluster.op("protect_snap")
+        if self.img.snaps[name].protected:
+            raise InvalidArgument("already protected")
+        self.img.snaps[name].protected = True
+
+    def unprotect_snap(self, name: str) -> None:
+        self._writable()
+        self.cluster.op(f"unprotect_snap {self.pool}/{self.name}")
+        if self.cluster.children_of(self.pool, self.name, name):
+            raise ImageBusy("snapshot has clones")
+        self.img.snaps[name].protected = False
+
+    def remove_snap(self, name: str) -> None:
+        self._writable()
+        self.cluster.op("remove_snap")
+        if self.img.snaps[name].protected:
+            raise ImageBusy("protected")
+        del self.img.snaps[name]
+
+    def list_children2(self) -> list[dict[str, str]]:
+        assert self.snapshot is not None
+        return [{"pool": p, "image": n}
+                for p, n in self.cluster.children_of(self.pool, self.name, self.snapshot)]
+
+    def parent_info(self) -> tuple[str, str, str]:
+        if self.img.parent is None:
+            raise ImageNotFound("no parent")
+        return self.img.parent
+
+    def lock_get_owners(self) -> list[dict[str, str]]:
+        return [{"mode": "exclusive", "owner": o} for o in self.img.lock_owners]
+
+    def lock_break(self, mode: str, owner: str) -> None:
+        self.cluster.op("lock_break")
+        self.img.lock_owners.remove(owner)
+
+    def write(self, data: bytes, offset: int) -> int:
+        self._writable()
+        self.cluster.op("write")
+        if self.cluster.write_delay:
+            time.sleep(self.cluster.write_delay)
+        self.img.data[offset] = bytes(data)
+        return len(data)
+
+    def _data(self) -> dict[int, bytes]:
+        return self.img.snaps[self.snapshot].data if self.snapshot else self.img.data
+
+    def read(self, offset: int, length: int) -> bytes:
+        out = bytearray(length)
+        for start, piece in self._data().items():
+            lo, hi = max(start, offset), min(start + len(piece), offset + length)
+            if lo < hi:
+                out[lo - offset:hi - offset] = piece[lo - start:hi - start]
+        return bytes(out)
+
+    def diff_iterate(self, offset: int, length: int, from_snapshot: str | None,
+                     cb: Callable[[int, int, bool], int]) -> None:
+        for start, piece in sorted(self._data().items()):
+            cb(start, len(piece), True)
+
+
+def modules() -> tuple[types.ModuleType, types.ModuleType]:
+    rados = types.ModuleType("rados")
+    for cls in (ObjectNotFound, NoData, ObjectBusy, ObjectExists, ConnectionShutdown,
+                TimedOut, Rados, WriteOpCtx, ReadOpCtx):
+        setattr(rados, cls.__name__, cls)
+    rados.Error = RadosError  # type: ignore[attr-defined]
+    rados.PermissionError = RadosPermissionError  # type: ignore[attr-defined]
+    rbd = types.ModuleType("rbd")
+    for cls in (ImageNotFound, ImageExists, ImageBusy, ImageHasSnapshots, InvalidArgument,
+                RBD, Image):
+        setattr(rbd, cls.__name__, cls)
+    rbd.Error = RbdError  # type: ignore[attr-defined]
+    rbd.PermissionError = RbdPermissionError  # type: ignore[attr-defined]
+    rbd.ConnectionShutdown = RbdConnectionShutdown  # type: ignore[attr-defined]
+    rbd.Timeout = RbdTimeout  # type: ignore[attr-defined]
+    return rados, rbd

@@ -1,0 +1,351 @@
+"""Target and the RBD steps under it (copy, publish, evict, clean up), run
+against in-memory rados/rbd modules (tests/unit/fake_rbd.py) through the
+real CephClient. Each test here fails if the invariant it names breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.unit import fake_rbd
+from tests.unit.fake_rbd import FakeCluster
+from tests.unit.fakes import FakeGlance
+from warmer.ceph import bindings, client, images, ownership
+from warmer.ceph.client import CephClient, ClusterConfig
+from warmer.events import ImageInfo
+from warmer.glance.stores import StoreCatalog
+from warmer.warming.target import Target, TargetConfig, TargetResult
+
+MiB = 1 << 20
+CENTRAL, EDGE = "fsid-central", "fsid-edge"
+
+
+@pytest.fixture
+def clusters(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeCluster, FakeCluster]:
+    for module in (bindings, client, images, ownership):
+        monkeypatch.setattr(module, "modules", fake_rbd.modules)
+    FakeCluster.registry.clear()
+    return FakeCluster("central.conf", CENTRAL), FakeCluster("edge.conf", EDGE)
+
+
+@pytest.fixture
+def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    yield pool
+    pool.shutdown(wait=True)
+
+
+def target(executor: concurrent.futures.Executor, glance: FakeGlance, *,
+           owner: str = "warmer@a", lock_seconds: int = 120) -> Target:
+    central = CephClient(ClusterConfig("central.conf", "warmer"), executor)
+    edge = CephClient(ClusterConfig("edge.conf", "warmer"), executor)
+    config = TargetConfig("edge", "volumes", "edge", True, copy_lock_seconds=lock_seconds)
+    return Target(config, edge, glance=glance, stores=StoreCatalog(glance),  # type: ignore[arg-type]
+                  sources=lambda: {CENTRAL: central}, owner=owner)
+
+
+def glance_image(central: FakeCluster, glance: FakeGlance, data: bytes) -> str:
+    """An image Glance's RBD store wrote in central (protected ``snap``)."""
+    image_id = str(uuid.uuid4())
+    central.put_image("images", image_id, data)
+    glance.add(ImageInfo(image_id, "active", "raw", len(data), "public",
+                         os_hash_algo="sha512", os_hash_value=hashlib.sha512(data).hexdigest()),
+               f"rbd://{CENTRAL}/images/{image_id}/snap")
+    return image_id
+
+
+def warm(t: Target, glance: FakeGlance, image_id: str) -> TargetResult:
+    return asyncio.run(t.warm(glance.images[image_id]))
+
+
+def edge_url(image_id: str) -> str:
+    return f"rbd://{EDGE}/images/{image_id}/snap"
+
+
+def sparse_data() -> bytes:
+    return os.urandom(MiB) + bytes(5 * MiB) + os.urandom(2 * MiB)
+
+
+# -- invariant 1: never publish a location that is not complete, verified, protected
+
+def test_a_copy_is_complete_verified_and_protected_when_it_is_published(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    data = sparse_data()
+    image_id = glance_image(central, glance, data)
+    seen: list[tuple[bool, str | None, bool]] = []
+
+    def at_publication(published_id: str, url: str) -> None:
+        img = edge.images["images"][published_id]
+        seen.append((img.snaps["snap"].protected, img.meta.get("warmer.state"),
+                     published_id in edge.objects["images"]["warmer.registry"].omap))
+    glance.on_add = at_publication
+    result = warm(target(executor, glance), glance, image_id)
+    assert (result.state, result.reason) == ("warm", "cloneable")
+    assert seen == [(True, "complete", True)]
+    copy_ = edge.images["images"][image_id]
+    assert copy_.meta["warmer.verified"] == "sha512:" + hashlib.sha512(data).hexdigest()
+    assert fake_rbd.Image(fake_rbd.Rados("edge.conf").open_ioctx("images"), image_id,
+                          snapshot="snap").read(0, len(data)) == data
+    assert glance.added == [(image_id, edge_url(image_id), "edge")]
+
+
+def test_a_copy_left_unprotected_is_never_published(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """If finish() ever forgot to protect, publication refuses all the same."""
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    real_finish = images.finish
+
+    def finish_without_protect(cluster: Any, handle: Any, *args: Any) -> str:
+        handle.image.protect_snap = lambda name: None
+        return real_finish(cluster, handle, *args)
+    monkeypatch.setattr(images, "finish", finish_without_protect)
+    result = warm(target(executor, glance), glance, image_id)
+    assert result.reason == "copy_incomplete"
+    assert glance.added == []
+
+
+def test_a_checksum_mismatch_publishes_nothing_and_leaves_nothing(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)  # tampered
+    result = warm(target(executor, glance), glance, image_id)
+    assert result.reason == "checksum_mismatch"
+    assert glance.added == []
+    assert edge.images["images"] == {}
+    assert image_id not in edge.objects["images"].get("warmer.registry",
+                                                      fake_rbd.FakeObject()).omap
+
+
+# -- invariant 4: a kill -9 at any instant leaves no published half-entry -------
+
+def test_a_crash_at_any_instant_publishes_nothing_and_the_next_life_finishes(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    data = os.urandom(MiB) + bytes(3 * MiB) + os.urandom(MiB)
+    probe_glance = FakeGlance()
+    probe_id = glance_image(central, probe_glance, data)
+    edge.log.clear()
+    warm(target(executor, probe_glance), probe_glance, probe_id)
+    steps = len(edge.log)
+    assert steps > 15
+    for crash_at in range(steps):
+        glance = FakeGlance()
+        image_id = glance_image(central, glance, data)
+        edge.log.clear()
+        edge.crash_at, edge.dead = crash_at, False
+        half_entries: list[str] = []
+
+        def at_publication(published_id: str, url: str,
+                           half_entries: list[str] = half_entries) -> None:
+            img = edge.images["images"].get(published_id)
+            if img is None or not img.snaps.get("snap", fake_rbd.Snap({})).protected or \
+                    img.meta.get("warmer.state") != "complete":
+                half_entries.append(url)
+        glance.on_add = at_publication
+        first = target(executor, glance)
+        try:
+            warm(first, glance, image_id)
+        except Exception:  # the dying daemon's view of its own death
+            pass
+        assert half_entries == [], f"half-entry published after a crash at step {crash_at}"
+        if crash_at < steps - 3:  # before the publication's own check
+            assert glance.added == [], f"published after a crash at step {crash_at}"
+        # The daemon restarts (same host, so it takes over its own leases).
+        edge.crash_at, edge.dead = None, False
+        second = target(executor, glance)
+        asyncio.run(second.clean_up())
+        result = warm(second, glance, image_id)
+        assert (result.state, result.reason) == ("warm", "cloneable"), crash_at
+        assert set(edge.images["images"]) >= {image_id}
+        assert f"warmer-tmp.{image_id}" not in edge.images["images"]
+        assert [a[:2] for a in glance.added] == [(image_id, edge_url(image_id))]
+
+
+# -- the copy lease ----------------------------------------------------------------
+
+def test_a_lost_lease_cancels_the_copy_and_leaves_the_temp_to_its_new_holder(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, os.urandom(8 * MiB))
+    edge.write_delay = 0.3
+    t = target(executor, glance, lock_seconds=1)
+
+    async def scenario() -> TargetResult:
+        warming = asyncio.create_task(t.warm(glance.images[image_id]))
+        while f"warmer-tmp.{image_id}" not in edge.images["images"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        # Another daemon takes the lease (as after a partition outlived it).
+        lock = edge.objects["images"][f"warmer.lock.{image_id}"]
+        lock.lock = ("warmer@b", -1, float("inf"))
+        lock.xattrs["warmer.holder"] = b"warmer@b"
+        return await warming
+    result = asyncio.run(scenario())
+    assert result.reason == "lease_lost"
+    assert glance.added == []
+    assert f"warmer-tmp.{image_id}" in edge.images["images"]  # the new holder's now
+
+
+def test_clean_up_leaves_a_temp_whose_lease_another_daemon_holds(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    other = fake_rbd.Rados("edge.conf")
+    ownership.register(other, "images", ownership.Entry(image_id, "copying", "warmer@b"))  # type: ignore[arg-type]
+    handle = images.create_temp(other, "images", image_id, MiB, "test", "warmer@b")  # type: ignore[arg-type]
+    handle.close()
+    assert images.lock(other, "images", image_id, "warmer@b", 120)  # type: ignore[arg-type]
+    assert asyncio.run(target(executor, glance).clean_up()) == []
+    assert f"warmer-tmp.{image_id}" in edge.images["images"]
+    assert image_id in edge.objects["images"]["warmer.registry"].omap
+
+
+def test_clean_up_removes_a_crashed_copy_and_forgets_it(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    dead = fake_rbd.Rados("edge.conf")
+    images.create_temp(dead, "images", image_id, MiB, "test", "warmer@b").close()  # type: ignore[arg-type]
+    assert asyncio.run(target(executor, glance).clean_up()) == [image_id]
+    assert edge.images["images"] == {}
+    assert image_id not in edge.objects["images"]["warmer.registry"].omap
+    assert f"warmer.lock.{image_id}" not in edge.objects["images"]
+
+
+# -- invariant 2: never remove what is not provably warmer's ---------------------
+
+def _warmers_copy(central: FakeCluster, edge: FakeCluster, executor: Any,
+                  glance: FakeGlance) -> str:
+    image_id = glance_image(central, glance, sparse_data())
+    assert warm(target(executor, glance), glance, image_id).state == "warm"
+    return image_id
+
+
+def test_remove_temp_refuses_an_image_without_warmers_metadata(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    image_id = str(uuid.uuid4())
+    c = fake_rbd.Rados("edge.conf")
+    ownership.register(c, "images", ownership.Entry(image_id, "copying"))  # type: ignore[arg-type]
+    edge.put_image("images", f"warmer-tmp.{image_id}", b"x" * 4096, snapshot=None)
+    assert images.remove_temp(c, "images", image_id) is False  # type: ignore[arg-type]
+    asyncio.run(target(executor, FakeGlance()).clean_up())  # may forget the entry
+    assert edge.images["images"][f"warmer-tmp.{image_id}"].data == {0: b"x" * 4096}
+    assert not [op for op in edge.log if op.startswith(("remove ", "lock_break", "write"))]
+
+
+@pytest.mark.parametrize("case", ["glance_own_image", "clone_named_as_a_registered_id",
+                                  "flattened_clone_named_as_a_registered_id",
+                                  "flattened_clone_in_cinders_pool",
+                                  "warmer_metadata_but_not_registered",
+                                  "same_name_clone_in_a_pool_where_that_id_is_registered"])
+def test_nothing_that_is_not_provably_warmers_is_ever_removed(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any, case: str) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    victim, pool = str(uuid.uuid4()), "images"
+    c = fake_rbd.Rados("edge.conf")
+    if case == "glance_own_image":
+        edge.put_image("images", victim, b"g" * 4096)
+        ownership.register(c, "images", ownership.Entry(victim, "complete"))  # type: ignore[arg-type]
+    elif case.startswith(("clone_named", "flattened_clone_named")):
+        edge.clone("images", copy_id, "snap", "images", victim)
+        ownership.register(c, "images", ownership.Entry(victim, "complete"))  # type: ignore[arg-type]
+        if case.startswith("flattened"):
+            edge.flatten("images", victim)
+    elif case == "flattened_clone_in_cinders_pool":
+        pool, victim = "volumes", f"volume-{uuid.uuid4()}"
+        edge.clone("images", copy_id, "snap", "volumes", victim)
+        edge.flatten("volumes", victim)
+        assert edge.images["volumes"][victim].meta["warmer.owner"] == "warmer"  # inherited
+    elif case == "same_name_clone_in_a_pool_where_that_id_is_registered":
+        # Only "no parent" tells this one apart: name, metadata (inherited)
+        # and registry all say warmer's.
+        pool, victim = "volumes", copy_id
+        edge.clone("images", copy_id, "snap", "volumes", victim)
+        ownership.register(c, "volumes", ownership.Entry(victim, "complete"))  # type: ignore[arg-type]
+    else:
+        edge.put_image("images", victim, b"w" * 4096, meta={
+            "warmer.owner": "warmer", "warmer.glance_image": victim, "warmer.state": "complete"})
+    before = len(edge.log)
+    assert images.remove_owned(c, pool, victim) == "not_owned"  # type: ignore[arg-type]
+    assert images.remove_temp(c, pool, victim) is False  # type: ignore[arg-type]
+    t = target(executor, glance)
+    # (The target works on its own copy pool; its real copy may answer.)
+    assert asyncio.run(t.evict(victim)) in ("not_owned", "gone", "has_children")
+    assert asyncio.run(t.purge(victim)) in ("not_owned", "gone", "has_children")
+    assert victim in edge.images[pool]
+    changes = [op for op in edge.log[before:] if op.startswith(
+        ("remove ", "unprotect_snap", "remove_snap", "lock_break", "metadata_set", "write"))]
+    assert changes == []
+
+
+def test_eviction_never_unprotects_a_snapshot_with_clones(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    edge.clone("images", copy_id, "snap", "volumes", f"volume-{uuid.uuid4()}")
+    before = len(edge.log)
+    c = fake_rbd.Rados("edge.conf")
+    assert images.remove_owned(c, "images", copy_id) == "has_children"  # type: ignore[arg-type]
+    assert asyncio.run(target(executor, glance).evict(copy_id)) == "has_children"
+    assert not [op for op in edge.log[before:] if op.startswith(("unprotect_snap", "remove "))]
+    assert edge.images["images"][copy_id].snaps["snap"].protected
+    assert edge_url(copy_id) in {loc.url for loc in glance.images[copy_id].locations}
+
+
+def test_eviction_without_clones_removes_location_copy_registry_and_lock(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    assert asyncio.run(target(executor, glance).evict(copy_id)) == "removed"
+    assert copy_id not in edge.images["images"]
+    assert edge_url(copy_id) not in {loc.url for loc in glance.images[copy_id].locations}
+    assert copy_id not in edge.objects["images"]["warmer.registry"].omap
+    assert f"warmer.lock.{copy_id}" not in edge.objects["images"]
+
+
+def test_eviction_waits_for_a_daemon_that_holds_the_lease(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    assert images.lock(fake_rbd.Rados("edge.conf"), "images", copy_id, "warmer@b", 120)  # type: ignore[arg-type]
+    assert asyncio.run(target(executor, glance).evict(copy_id)) == "busy"
+    assert copy_id in edge.images["images"]
+    assert glance.removed == []
+
+
+# -- where copies go ---------------------------------------------------------------
+
+def test_copies_go_to_the_glance_stores_pool_and_a_wrong_store_copies_nothing(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance(fsids={"edge": "fsid-of-another-cluster"})
+    image_id = glance_image(central, glance, sparse_data())
+    result = warm(target(executor, glance), glance, image_id)
+    assert (result.state, result.reason) == ("cold", "glance_store_mismatch")
+    assert edge.images["images"] == {} and edge.images["volumes"] == {}
+    glance.fsids = {"central": CENTRAL}  # Glance has no store "edge"
+    result = warm(target(executor, glance), glance, image_id)
+    assert result.reason == "copy_pool_unknown"
+    assert edge.images["images"] == {} and glance.added == []
