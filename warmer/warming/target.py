@@ -43,6 +43,7 @@ from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceRefused
 from warmer.glance.stores import StoreCatalog
+from warmer.ids import is_canonical_image_id
 from warmer.locations import RbdLocation, parse_rbd_url
 from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Source, Verifier
 from warmer.warming.copy import copy as copy_data
@@ -453,6 +454,8 @@ class Target:
         ``has_children``, ``not_owned``, ``busy`` or ``glance_refused``;
         raises LocationConflict when Glance's list changed under it.
         """
+        if not is_canonical_image_id(image_id):
+            return "not_owned"
         pool = await self.copy_pool()
         existing = await self._inspect(pool, image_id)
         if existing is None:
@@ -478,6 +481,8 @@ class Target:
     async def purge(self, image_id: str) -> str:
         """Remove warmer's copy of ``image_id`` (no Glance call): for images
         Glance confirmed gone. Children still win."""
+        if not is_canonical_image_id(image_id):
+            return "not_owned"  # no lock object, no lookup, for a crafted id
         pool = await self.copy_pool()
         async with self._leased(pool, image_id) as held:
             if not held:
