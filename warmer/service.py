@@ -131,7 +131,8 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        runner = web.AppRunner(make_app(self.engine, self.metrics, self.ready, time.time),
+        runner = web.AppRunner(make_app(self.engine, self.metrics, self.ready, time.time,
+                                        max_queue=self.conf.http.admin_max_queue),
                                access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.conf.http.host, self.conf.http.port)

@@ -12,6 +12,10 @@ OPTS = [
                        help="Address to bind. Loopback by default: the admin "
                             "API has no authentication of its own."),
     cfg.PortOpt("port", default=9797, help="Port to bind (0 picks a free one)."),
+    cfg.IntOpt("admin_max_queue", default=1000, min=1,
+               help="POST /v1/images/{id}/evaluate is refused with 429 while the work "
+                    "queue holds this many images. Work from notifications and "
+                    "reconciliation is not limited by it."),
 ]
 
 

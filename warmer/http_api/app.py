@@ -9,7 +9,8 @@ Admin API (JSON, version 1):
 * ``GET /v1/images``: every tracked image with its score, verdict and
   per-target state;
 * ``GET /v1/images/{id}``: one image (404 when untracked);
-* ``POST /v1/images/{id}/evaluate``: evaluate it now (202).
+* ``POST /v1/images/{id}/evaluate``: evaluate it now (202), or 429 while
+  the work queue holds ``max_queue`` images, 503 while the daemon stops.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
 
 
 def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
-             clock: Callable[[], float]) -> web.Application:
+             clock: Callable[[], float], *, max_queue: int = 1000) -> web.Application:
+    """``max_queue`` is ``[http] admin_max_queue``."""
     app = web.Application()
 
     async def healthz(request: web.Request) -> web.Response:
@@ -89,7 +91,12 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
 
     async def evaluate(request: web.Request) -> web.Response:
         image_id = _image_id(request)
-        engine.enqueue(image_id)
+        if not engine.accepting:
+            raise web.HTTPServiceUnavailable(text="the daemon is stopping\n")
+        if not engine.request(image_id, max_queue):
+            raise web.HTTPTooManyRequests(
+                text=f"work queue full (limit {max_queue} images, [http] "
+                     "admin_max_queue); try again later\n")
         return web.json_response({"queued": image_id}, status=202)
 
     app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
