@@ -1,6 +1,6 @@
-"""The HTTP surface: the work queue bound. Real aiohttp servers on
-127.0.0.1, an engine with fakes behind it (its workers do not run, so what
-is queued stays queued)."""
+"""The HTTP surface: the work queue bound, request sizes and image ids.
+Real aiohttp servers on 127.0.0.1, an engine with fakes behind it (its
+workers do not run, so what is queued stays queued)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from tests.unit.fakes import FakeCeph, FakeGlance
@@ -92,4 +93,44 @@ def test_evaluate_while_stopping_is_503() -> None:
         return (await client.post(evaluate_path())).status
 
     assert with_client(app_for(engine), go) == 503
+    assert engine._queue.qsize() == 0
+
+
+# -- request sizes and ids --------------------------------------------------------------
+
+def test_oversize_body_is_413() -> None:
+    engine = build_engine()
+
+    async def go(client: TestClient[Any, Any]) -> list[int]:
+        big = b"x" * (64 * 1024 + 1)  # the documented limit, plus one
+
+        async def chunked() -> Any:
+            for i in range(0, len(big), 4096):
+                yield big[i:i + 4096]
+
+        return [(await client.post(evaluate_path(), data=big)).status,
+                (await client.post(evaluate_path(), data=chunked())).status,
+                (await client.get("/healthz", data=big)).status,
+                (await client.post(evaluate_path(), data=b"{}")).status]
+
+    assert with_client(app_for(engine), go) == [413, 413, 413, 202]
+    assert engine._queue.qsize() == 1
+
+
+NON_CANONICAL = [
+    f"volume-{uuid.UUID(int=1)}", f"warmer-tmp.{uuid.UUID(int=1)}", "a..b",
+    str(uuid.UUID(int=0xABCDEF)).upper(), f"{{{uuid.UUID(int=2)}}}", uuid.UUID(int=3).hex,
+    f"urn:uuid:{uuid.UUID(int=4)}", "x" * 300, " ",
+]
+
+
+@pytest.mark.parametrize("bad", NON_CANONICAL)
+def test_non_canonical_image_ids_are_400(bad: str) -> None:
+    engine = build_engine()
+
+    async def go(client: TestClient[Any, Any]) -> list[int]:
+        return [(await client.get(f"/v1/images/{bad}")).status,
+                (await client.post(evaluate_path(bad))).status]
+
+    assert with_client(app_for(engine), go) == [400, 400]
     assert engine._queue.qsize() == 0

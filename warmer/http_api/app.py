@@ -11,23 +11,37 @@ Admin API (JSON, version 1):
 * ``GET /v1/images/{id}``: one image (404 when untracked);
 * ``POST /v1/images/{id}/evaluate``: evaluate it now (202), or 429 while
   the work queue holds ``max_queue`` images, 503 while the daemon stops.
+
+Request bodies are at most :data:`MAX_BODY` bytes (413), and ids must be
+canonical UUIDs (400).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from warmer.metrics import Metrics
 from warmer.popularity import Verdict
 from warmer.warming.engine import Engine
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
+MAX_BODY = 64 * 1024
+
+
+def _canonical_image_id(value: str) -> str:
+    """``value`` when it is a canonical UUID, exactly as ``str(uuid.UUID(x))``
+    writes it (lowercase 8-4-4-4-12); ValueError otherwise. Glance image ids
+    are such UUIDs, so ``volume-<uuid>``, ``warmer-tmp.<uuid>``, braces or
+    upper case never name one."""
+    if len(value) != 36 or str(uuid.UUID(value)) != value:
+        raise ValueError(f"not a canonical UUID: {value!r}")
+    return value
 
 
 def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
@@ -59,10 +73,20 @@ def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
     }
 
 
+@web.middleware
+async def _limit_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A declared oversize body is refused before anyone reads it; a chunked
+    # one is refused by request.read() (client_max_size) in the handler.
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY,
+                                            actual_size=request.content_length)
+    return await handler(request)
+
+
 def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
              clock: Callable[[], float], *, max_queue: int = 1000) -> web.Application:
     """``max_queue`` is ``[http] admin_max_queue``."""
-    app = web.Application()
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_limit_body])
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -78,10 +102,12 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
         return web.json_response({"images": [v for v in views if v is not None]})
 
     def _image_id(request: web.Request) -> str:
-        image_id = request.match_info["image_id"]
-        if not _ID.match(image_id):
-            raise web.HTTPBadRequest(text="invalid image id\n")
-        return image_id
+        try:
+            return _canonical_image_id(request.match_info["image_id"])
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text="invalid image id: expected a canonical UUID "
+                     "(lowercase 8-4-4-4-12)\n") from None
 
     async def show_image(request: web.Request) -> web.Response:
         view = image_view(engine, _image_id(request), engine.tracker.verdicts(clock()))
@@ -91,6 +117,7 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
 
     async def evaluate(request: web.Request) -> web.Response:
         image_id = _image_id(request)
+        await request.read()  # no body is expected; 413 beyond client_max_size
         if not engine.accepting:
             raise web.HTTPServiceUnavailable(text="the daemon is stopping\n")
         if not engine.request(image_id, max_queue):
@@ -103,6 +130,6 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/v1/images", list_images)
-    app.router.add_get("/v1/images/{image_id}", show_image)
-    app.router.add_post("/v1/images/{image_id}/evaluate", evaluate)
+    app.router.add_get("/v1/images/{image_id:[^/]+}", show_image)
+    app.router.add_post("/v1/images/{image_id:[^/]+}/evaluate", evaluate)
     return app
