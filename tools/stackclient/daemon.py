@@ -38,9 +38,10 @@ class Daemon:
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
         self.port = port or free_port()
         self.name = name
+        self.socket = stack.dir / f"{name}-{self.pool}.sock"  # [http] admin_socket
         self.conf = stack.dir / f"{name}-{self.pool}.conf"
         self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
-                             f"{overrides}\n")
+                             f"admin_socket = {self.socket}\n{overrides}\n")
         self.log = stack.dir / "log" / f"daemon-{name}-{self.pool}.log"
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

@@ -1,10 +1,10 @@
-"""aiohttp app: ``/metrics``, ``/healthz``, ``/readyz`` and the admin API.
+"""aiohttp apps: ``/metrics``, ``/healthz``, ``/readyz`` and the admin API.
 
 Nothing here calls Ceph or Glance: every answer comes from state the
 daemon already holds, so a scrape or a status query is cheap and cannot
 hang on a sick cluster.
 
-Admin API (JSON, version 1):
+Admin API (JSON, version 1), under ``/v1``:
 
 * ``GET /v1/images``: every tracked image with its score, verdict and
   per-target state;
@@ -12,26 +12,37 @@ Admin API (JSON, version 1):
 * ``POST /v1/images/{id}/evaluate``: evaluate it now (202), or 429 while
   the work queue holds ``max_queue`` images, 503 while the daemon stops.
 
-Request bodies are at most :data:`MAX_BODY` bytes (413), and ids must be
-canonical UUIDs (400).
+One app per listener (:class:`Listener`): the metrics listener has no
+admin API at all (404), the admin socket serves it to whoever may open
+the socket, and TCP serves it behind a bearer token
+(:mod:`warmer.http_api.auth`). Every app takes bodies of at most
+:data:`MAX_BODY` bytes (413) and ids that are canonical UUIDs (400).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from warmer.http_api import auth
 from warmer.metrics import Metrics
 from warmer.popularity import Verdict
 from warmer.warming.engine import Engine
 
 MAX_BODY = 64 * 1024
+
+
+class Listener(enum.Enum):
+    METRICS = "metrics"  # /metrics, /healthz, /readyz only
+    TCP = "tcp"          # and the admin API, behind the bearer token
+    UNIX = "unix"        # and the admin API; the socket's file mode authorizes
 
 
 def _canonical_image_id(value: str) -> str:
@@ -84,8 +95,10 @@ async def _limit_body(request: web.Request, handler: Handler) -> web.StreamRespo
 
 
 def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
-             clock: Callable[[], float], *, max_queue: int = 1000) -> web.Application:
-    """``max_queue`` is ``[http] admin_max_queue``."""
+             clock: Callable[[], float], *, listener: Listener = Listener.TCP,
+             token: str | None = None, max_queue: int = 1000) -> web.Application:
+    """The app for one listener. ``token`` is ``[http] admin_token`` (TCP
+    only); ``max_queue`` is ``[http] admin_max_queue``."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_limit_body])
 
     async def healthz(request: web.Request) -> web.Response:
@@ -95,6 +108,20 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
         checks = ready()
         ok = all(checks.values())
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
+
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if listener is not Listener.METRICS:
+        middleware = (auth.bearer_token(token) if listener is Listener.TCP
+                      else auth.socket_peer())
+        app.add_subapp("/v1", _admin_app(engine, clock, middleware, max_queue))
+    return app
+
+
+def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middleware,
+               max_queue: int) -> web.Application:
+    admin = web.Application(middlewares=[middleware])
 
     async def list_images(request: web.Request) -> web.Response:
         verdicts = engine.tracker.verdicts(clock())
@@ -126,10 +153,7 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
                      "admin_max_queue); try again later\n")
         return web.json_response({"queued": image_id}, status=202)
 
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/v1/images", list_images)
-    app.router.add_get("/v1/images/{image_id:[^/]+}", show_image)
-    app.router.add_post("/v1/images/{image_id:[^/]+}/evaluate", evaluate)
-    return app
+    admin.router.add_get("/images", list_images)
+    admin.router.add_get("/images/{image_id:[^/]+}", show_image)
+    admin.router.add_post("/images/{image_id:[^/]+}/evaluate", evaluate)
+    return admin
