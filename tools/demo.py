@@ -129,8 +129,10 @@ def main() -> int:
             all(t["state"] in ("warm", "not_wanted", "cold") for t in v["targets"])
             for i in ids) and daemon.target_state(raw["id"], "edge") == ("warm", "cloneable"),
             60, "all evaluated")
-        subprocess.run([sys.executable, "-m", "warmer.cmd.cli", "--url", daemon.url, "status"],
-                       check=True)
+        status = daemon.cli("status")  # over the admin socket, found from the config
+        print(status.stdout, end="")
+        if status.returncode:
+            raise SystemExit(f"warmer status failed: {status.stderr.strip()}")
         with ceph.connect(stack.ceph_conf(), "cinder", stack.keyring("cinder")) as c:
             print(f"\n   images/{reg_id}@snap is now {ceph.snapshot_state(c, 'images', reg_id)}"
                   " (warmer protected it; it changed nothing else)")
@@ -162,7 +164,7 @@ def main() -> int:
             subprocess.run([str(ROOT / "tools/stack"), "down", str(base)], check=True)
     if args.keep:
         say("Left running")
-        print(f"   warmer: .venv/bin/warmer --url {daemon.url} status")
+        print(f"   warmer: .venv/bin/warmer {' '.join(daemon.config_args)} status")
         print(f"   stack env: source {base}/env")
         print(f"   stop it all: tools/stack down {base}")
     return 0

@@ -20,7 +20,6 @@ import logging
 import signal
 import time
 
-from aiohttp import web
 from oslo_config import cfg
 
 from warmer import systemd
@@ -29,7 +28,7 @@ from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient, GlanceUnavailable
 from warmer.glance.stores import StoreCatalog
-from warmer.http_api.app import make_app
+from warmer.http_api.server import ListenerError, serve
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
@@ -135,13 +134,13 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
-        runner = web.AppRunner(make_app(self.engine, self.metrics, self.ready, time.time),
-                               access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, self.conf.http.host, self.conf.http.port)
-        await site.start()
-        self.http_port = runner.addresses[0][1]
-        LOG.info("HTTP on %s:%s", self.conf.http.host, self.http_port)
+        try:
+            http = await serve(self.conf.http, self.engine, self.metrics, self.ready,
+                               time.time)
+        except ListenerError as exc:
+            await self.glance.close()
+            raise SystemExit(f"warmer-daemon: {exc}") from None
+        self.http_port = http.port
         try:
             async with asyncio.TaskGroup() as tg:
                 main = tg.create_task(self._main(loop), name="main")
@@ -151,7 +150,7 @@ class Service:
                 await self._drain(loop)
                 main.cancel()
         finally:
-            await runner.cleanup()
+            await http.close()
             await self.glance.close()
             # Threads first, connections last: shutting a rados connection
             # down under a running call crashes the process.

@@ -10,8 +10,10 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import time
+import urllib.error
 import uuid
 from typing import Any
 
@@ -247,6 +249,55 @@ def test_image_delete_is_forgotten_and_glance_removes_its_own_data(
     with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as cluster, \
             cluster.open_ioctx("images") as ioctx:
         assert image_id not in rbd.RBD().list(ioctx)
+
+
+def test_admin_writes_need_the_socket_or_the_token(daemon: Daemon, glance: Glance) -> None:
+    image_id = glance.create("admin-evaluate", tags=["warmer-pin"])["id"]
+    glance.upload(image_id, os.urandom(1 << 20))
+    daemon.wait_until(lambda: daemon.target_state(image_id) == WARM, 15, "warm")
+
+    def checked_at() -> float:
+        view = daemon.image(image_id)
+        assert view is not None
+        return float(view["targets"][0]["checked_at"])
+
+    evaluate = f"/v1/images/{image_id}/evaluate"
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o660
+    before = checked_at()
+
+    # TCP: refused without the token, or with a wrong one; reads need it too.
+    status, body = daemon.request("POST", evaluate, via="tcp")
+    assert status == 403 and "bearer token is required" in body
+    assert daemon.request("POST", evaluate, via="tcp", token="guess")[0] == 403
+    assert daemon.request("GET", "/v1/images", via="tcp")[0] == 403
+    assert daemon.request("GET", "/metrics", via="tcp")[0] == 200
+    assert daemon.request("POST", f"/v1/images/volume-{image_id}/evaluate")[0] == 400
+
+    # The metrics listener: no admin API at all.
+    for path in ("/v1/images", f"/v1/images/{image_id}"):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            daemon.get(path, daemon.metrics_url)
+        assert err.value.code == 404
+    assert "warmer_build_info" in daemon.get("/metrics", daemon.metrics_url)
+
+    # The admin socket: no token, and the daemon evaluates the image again.
+    status, body = daemon.request("POST", evaluate, via="socket")
+    assert (status, json.loads(body)) == (202, {"queued": image_id})
+    daemon.wait_until(lambda: checked_at() > before, 15, "evaluated again")
+    assert daemon.request("POST", evaluate, via="tcp", token=daemon.token)[0] == 202
+
+    # The CLI finds the daemon from its config files (the admin socket) ...
+    res = daemon.cli("status")
+    assert res.returncode == 0 and image_id in res.stdout, res.stderr
+    res = daemon.cli("evaluate", image_id)
+    assert res.returncode == 0 and json.loads(res.stdout) == {"queued": image_id}, res.stderr
+    # ... or TCP with --url, the token still from the config ...
+    res = daemon.cli("--url", daemon.url, "show", image_id)
+    assert res.returncode == 0 and json.loads(res.stdout)["id"] == image_id, res.stderr
+    # ... and without a token, TCP refuses it in one line.
+    res = daemon.cli("--url", daemon.url, "evaluate", image_id, config=False)
+    assert res.returncode == 1 and res.stdout == ""
+    assert res.stderr.startswith("warmer: 403 ") and res.stderr.count("\n") == 1, res.stderr
 
 
 def test_sigterm_drains_and_exits_zero(stack: Stack) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from warmer import conf as warmer_conf
-from warmer.conf import targets
+from warmer.conf import http, targets
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +44,13 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "warmer.service" not in res.stderr, res.stderr
+
+
+def test_systemd_unit_creates_the_admin_socket_directory() -> None:
+    unit = (ROOT / "systemd/warmer.service").read_text().splitlines()
+    [opt] = [o for o in http.OPTS if o.name == "admin_socket"]
+    assert f"RuntimeDirectory={Path(opt.default).parent.name}" in unit
+    assert Path(opt.default).parent.parent == Path("/run")
 
 
 @pytest.mark.parametrize("bad", [["--config-file", "/nonexistent.conf"]])

@@ -1,10 +1,16 @@
 """Run warmer-daemon as a subprocess against the local stack, and read its
-admin API and metrics. Used by the demo and the functional tests."""
+admin API and metrics. Used by the demo and the functional tests.
+
+Each daemon gets an admin socket in the stack's directory, a random admin
+token, and a separate metrics-only listener (where :meth:`Daemon.metric`
+scrapes, as a remote Prometheus would)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -33,14 +39,21 @@ def free_port() -> int:
 class Daemon:
     def __init__(self, stack: Stack, *, pool: str | None = None, overrides: str = "",
                  name: str = "warmer", port: int | None = None,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, admin_token: str | None = None) -> None:
+        """``admin_token``: ``[http] admin_token`` (default: a random one;
+        empty: none)."""
         self.stack = stack
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
         self.port = port or free_port()
+        self.metrics_port = free_port()
         self.name = name
+        self.token = secrets.token_urlsafe(24) if admin_token is None else admin_token
+        self.socket = stack.dir / f"{name}-{self.pool}.sock"
         self.conf = stack.dir / f"{name}-{self.pool}.conf"
         self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
-                             f"{overrides}\n")
+                             f"metrics_port = {self.metrics_port}\n"
+                             f"admin_socket = {self.socket}\n"
+                             f"admin_token = {self.token}\n{overrides}\n")
         self.log = stack.dir / "log" / f"daemon-{name}-{self.pool}.log"
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
@@ -49,13 +62,22 @@ class Daemon:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def config_args(self) -> list[str]:
+        """The daemon's ``--config-file`` arguments (the CLI takes them too)."""
+        return ["--config-file", str(ROOT / "config" / "warmer-local.conf"),
+                "--config-file", self.stack["WARMER_STACK_CONF"],
+                "--config-file", str(self.conf)]
+
     def start(self, wait: bool = True) -> Daemon:
         exe = Path(sys.executable).parent / "warmer-daemon"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [str(exe), "--config-file", str(ROOT / "config" / "warmer-local.conf"),
-                 "--config-file", self.stack["WARMER_STACK_CONF"],
-                 "--config-file", str(self.conf)],
+                [str(exe), *self.config_args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(self.env or {})})
         if wait:
@@ -101,10 +123,38 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
-    def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+    def get(self, path: str, base: str | None = None) -> Any:
+        """GET over TCP; admin paths (``/v1/...``) carry the token."""
+        req = urllib.request.Request((base or self.url) + path)
+        if path.startswith("/v1/") and self.token:
+            req.add_header("Authorization", f"Bearer {self.token}")
+        with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
             return json.loads(body) if path != "/metrics" else body.decode()
+
+    def request(self, method: str, path: str, *, via: str = "socket",
+                token: str | None = None) -> tuple[int, str]:
+        """One admin request, over the admin socket (``via="socket"``) or
+        TCP (``"tcp"``, with ``token`` if given); returns status and body."""
+        conn: http.client.HTTPConnection
+        if via == "socket":
+            conn = _UnixConnection(str(self.socket))
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            conn.request(method, path, body=b"" if method == "POST" else None,
+                         headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def cli(self, *args: str, config: bool = True) -> subprocess.CompletedProcess[str]:
+        """The ``warmer`` CLI, finding this daemon from its config files."""
+        exe = Path(sys.executable).parent / "warmer"
+        return subprocess.run([str(exe), *(self.config_args if config else []), *args],
+                              capture_output=True, text=True, timeout=30)
 
     def image(self, image_id: str) -> dict[str, Any] | None:
         try:
@@ -125,7 +175,8 @@ class Daemon:
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
         total = 0.0
-        for family in text_string_to_metric_families(self.get("/metrics")):
+        for family in text_string_to_metric_families(self.get("/metrics",
+                                                                self.metrics_url)):
             for sample in family.samples:
                 if sample.name == name and all(sample.labels.get(k) == v
                                                for k, v in labels.items()):
@@ -144,3 +195,15 @@ class Daemon:
                 raise TimeoutError(f"{what}: not after {timeout}s")
             time.sleep(interval)
 
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str) -> None:
+        super().__init__("localhost", timeout=10)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock

@@ -1,27 +1,153 @@
 """``warmer``: the operator's CLI, a thin client of the daemon's admin API.
 
-  warmer [--url URL] status          every tracked image, one line each
-  warmer [--url URL] show IMAGE_ID   one image, in full (JSON)
-  warmer [--url URL] evaluate IMAGE_ID
-                                      ask the daemon to evaluate it now
+  warmer [--config-file FILE] status      every tracked image, one line each
+  warmer [--config-file FILE] show IMAGE_ID
+                                          one image, in full (JSON)
+  warmer [--config-file FILE] evaluate IMAGE_ID
+                                          ask the daemon to evaluate it now
+
+The daemon is found from its own config file, the way OpenStack CLIs do:
+--config-file (repeatable; default: oslo.config's search, which ends at
+/etc/warmer/warmer.conf). Its [http] admin_socket is used when that socket
+exists; otherwise [http] host:port over TCP, with [http] admin_token as
+the bearer token. --url (TCP) and --token override what the file says.
+Reading the config file and the admin socket needs the daemon's group.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import socket
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
+from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_URL = "http://127.0.0.1:9797"
+from oslo_config import cfg
+
+from warmer.conf import http as http_opts
+
+WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
-def _call(url: str, method: str = "GET") -> Any:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.load(resp)
+class CliError(Exception):
+    """One line for stderr, and the exit code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix stream socket (the daemon's admin socket)."""
+
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where the daemon is: a unix socket path, or a TCP host and port."""
+
+    socket_path: str | None = None
+    scheme: str = "http"
+    host: str = "127.0.0.1"
+    port: int = 9797
+    token: str | None = None
+    timeout: float = 10.0
+
+    def __str__(self) -> str:
+        if self.socket_path:
+            return f"the admin socket {self.socket_path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def call(self, path: str, method: str = "GET") -> Any:
+        if self.socket_path:
+            conn: http.client.HTTPConnection = UnixHTTPConnection(self.socket_path,
+                                                                  self.timeout)
+        elif self.scheme == "https":
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=self.timeout)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        headers = {"Accept": "application/json"}
+        if self.token and not self.socket_path:
+            headers["Authorization"] = f"Bearer {self.token}"
+        try:
+            try:
+                conn.request(method, path, body=b"" if method == "POST" else None,
+                             headers=headers)
+                resp = conn.getresponse()
+                body = resp.read()
+            except PermissionError as exc:
+                raise CliError(f"cannot open {self}: {exc.strerror} (the daemon's group "
+                               "may use it)", 2) from exc
+            except (OSError, http.client.HTTPException) as exc:
+                raise CliError(f"cannot reach the daemon at {self}: {exc}", 2) from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            text = body.decode("utf-8", "replace").strip().splitlines()
+            raise CliError(f"{resp.status} {text[0] if text else resp.reason}", 1)
+        try:
+            return json.loads(body)
+        except ValueError as exc:
+            raise CliError(f"{self} answered {resp.status} with a body that is not "
+                           "JSON", 1) from exc
+
+
+def _read_config(files: list[str], dirs: list[str]) -> Any:
+    """``[http]`` from warmer's own config files (oslo.config's search when
+    none are given)."""
+    conf = cfg.ConfigOpts()
+    http_opts.register_opts(conf)
+    args = [a for f in files for a in ("--config-file", f)]
+    args += [a for d in dirs for a in ("--config-dir", d)]
+    try:
+        conf(args, project="warmer", prog="warmer")
+        return conf.http
+    except cfg.ConfigFilesNotFoundError as exc:
+        raise CliError(f"config file not found: {', '.join(exc.config_files)}", 2) from exc
+    except cfg.ConfigFilesPermissionDeniedError as exc:
+        raise CliError(f"cannot read config file {', '.join(exc.config_files)}: permission "
+                       "denied (the daemon's group may read it)", 2) from exc
+    except (cfg.Error, ValueError) as exc:
+        raise CliError(f"bad configuration: {str(exc).splitlines()[0]}", 2) from exc
+
+
+def endpoint(args: argparse.Namespace) -> Endpoint:
+    """Where to send requests: --url, else the admin socket when it exists,
+    else TCP to [http] host:port; the token is --token, else [http]
+    admin_token (sent over TCP only)."""
+    opts = _read_config(args.config_file or [], args.config_dir or [])
+    try:
+        token = args.token or opts.admin_token or None
+        if args.url:
+            url = urllib.parse.urlsplit(args.url)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise CliError(f"--url must be http://HOST:PORT, not {args.url!r}", 2)
+            return Endpoint(scheme=url.scheme, host=url.hostname,
+                            port=url.port or (443 if url.scheme == "https" else 80),
+                            token=token)
+        if opts.admin_socket and os.path.exists(opts.admin_socket):
+            return Endpoint(socket_path=opts.admin_socket)
+        return Endpoint(host=WILDCARD.get(opts.host, opts.host), port=opts.port, token=token)
+    except (cfg.Error, ValueError) as exc:  # option values are checked when read
+        raise CliError(f"bad configuration: {str(exc).splitlines()[0]}", 2) from exc
 
 
 def _status_lines(images: list[dict[str, Any]]) -> list[str]:
@@ -38,26 +164,33 @@ def _status_lines(images: list[dict[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="warmer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--url", default=DEFAULT_URL, help="the daemon's HTTP endpoint")
+    parser.add_argument("--config-file", action="append", metavar="PATH",
+                        help="warmer's config file (repeatable); default: "
+                             "/etc/warmer/warmer.conf and oslo.config's other places")
+    parser.add_argument("--config-dir", action="append", metavar="DIR",
+                        help="a directory of *.conf files, read after --config-file")
+    parser.add_argument("--url", help="the daemon's TCP endpoint, e.g. http://127.0.0.1:9797 "
+                                      "(default: from the config file)")
+    parser.add_argument("--token", help="bearer token for TCP (default: [http] admin_token; "
+                                        "on the command line, other users can see it)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("status")
-    for name in ("show", "evaluate"):
-        sub.add_parser(name).add_argument("image_id")
+    sub.add_parser("status", help="every tracked image, one line each")
+    sub.add_parser("show", help="one image, in full (JSON)").add_argument("image_id")
+    sub.add_parser("evaluate", help="evaluate an image now").add_argument("image_id")
     args = parser.parse_args(argv)
-    base = args.url.rstrip("/")
     try:
+        daemon = endpoint(args)
         if args.command == "status":
-            print("\n".join(_status_lines(_call(f"{base}/v1/images")["images"])))
-        elif args.command == "show":
-            print(json.dumps(_call(f"{base}/v1/images/{args.image_id}"), indent=2))
+            print("\n".join(_status_lines(daemon.call("/v1/images")["images"])))
         else:
-            print(json.dumps(_call(f"{base}/v1/images/{args.image_id}/evaluate", "POST")))
-    except urllib.error.HTTPError as exc:
-        print(f"warmer: {exc.code} {exc.read().decode().strip()}", file=sys.stderr)
-        return 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"warmer: cannot reach the daemon at {base}: {exc}", file=sys.stderr)
-        return 2
+            path = f"/v1/images/{urllib.parse.quote(args.image_id, safe='')}"
+            if args.command == "show":
+                print(json.dumps(daemon.call(path), indent=2))
+            else:
+                print(json.dumps(daemon.call(f"{path}/evaluate", "POST")))
+    except CliError as exc:
+        print(f"warmer: {exc}", file=sys.stderr)
+        return exc.code
     return 0
 
 

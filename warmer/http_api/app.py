@@ -1,32 +1,58 @@
-"""aiohttp app: ``/metrics``, ``/healthz``, ``/readyz`` and the admin API.
+"""aiohttp apps: ``/metrics``, ``/healthz``, ``/readyz`` and the admin API.
 
 Nothing here calls Ceph or Glance: every answer comes from state the
 daemon already holds, so a scrape or a status query is cheap and cannot
 hang on a sick cluster.
 
-Admin API (JSON, version 1):
+Admin API (JSON, version 1), under ``/v1``:
 
 * ``GET /v1/images``: every tracked image with its score, verdict and
   per-target state;
 * ``GET /v1/images/{id}``: one image (404 when untracked);
-* ``POST /v1/images/{id}/evaluate``: evaluate it now (202).
+* ``POST /v1/images/{id}/evaluate``: evaluate it now (202), or 429 while
+  the work queue holds ``max_queue`` images, 503 while the daemon stops.
+
+One app per listener (:class:`Listener`): the metrics listener has no
+admin API at all (404), the admin socket serves it to whoever may open
+the socket, and TCP serves it behind a bearer token
+(:mod:`warmer.http_api.auth`). Every app takes bodies of at most
+:data:`MAX_BODY` bytes (413) and ids that are canonical UUIDs (400).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
+import enum
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from warmer.http_api import auth
 from warmer.metrics import Metrics
 from warmer.popularity import Verdict
 from warmer.warming.engine import Engine
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,254}$")
+MAX_BODY = 64 * 1024
+
+
+class Listener(enum.Enum):
+    METRICS = "metrics"  # /metrics, /healthz, /readyz only
+    TCP = "tcp"          # and the admin API, behind the bearer token
+    UNIX = "unix"        # and the admin API; the socket's file mode authorizes
+
+
+def _canonical_image_id(value: str) -> str:
+    """``value`` when it is a canonical UUID, exactly as ``str(uuid.UUID(x))``
+    writes it (lowercase 8-4-4-4-12); ValueError otherwise. Glance image ids
+    are such UUIDs, so ``volume-<uuid>``, ``warmer-tmp.<uuid>``, braces or
+    upper case never name one."""
+    if len(value) != 36 or str(uuid.UUID(value)) != value:
+        raise ValueError(f"not a canonical UUID: {value!r}")
+    return value
 
 
 def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
@@ -58,9 +84,22 @@ def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
     }
 
 
+@web.middleware
+async def _limit_body(request: web.Request, handler: Handler) -> web.StreamResponse:
+    # A declared oversize body is refused before anyone reads it; a chunked
+    # one is refused by request.read() (client_max_size) in the handler.
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY,
+                                            actual_size=request.content_length)
+    return await handler(request)
+
+
 def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
-             clock: Callable[[], float]) -> web.Application:
-    app = web.Application()
+             clock: Callable[[], float], *, listener: Listener = Listener.TCP,
+             token: str | None = None, max_queue: int = 1000) -> web.Application:
+    """The app for one listener. ``token`` is ``[http] admin_token`` (TCP
+    only); ``max_queue`` is ``[http] admin_max_queue``."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[_limit_body])
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -70,16 +109,32 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
         ok = all(checks.values())
         return web.json_response({"ready": ok, "checks": checks}, status=200 if ok else 503)
 
+    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if listener is not Listener.METRICS:
+        middleware = (auth.bearer_token(token) if listener is Listener.TCP
+                      else auth.socket_peer())
+        app.add_subapp("/v1", _admin_app(engine, clock, middleware, max_queue))
+    return app
+
+
+def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middleware,
+               max_queue: int) -> web.Application:
+    admin = web.Application(middlewares=[middleware])
+
     async def list_images(request: web.Request) -> web.Response:
         verdicts = engine.tracker.verdicts(clock())
         views = [image_view(engine, i, verdicts) for i in sorted(engine.tracker.image_ids())]
         return web.json_response({"images": [v for v in views if v is not None]})
 
     def _image_id(request: web.Request) -> str:
-        image_id = request.match_info["image_id"]
-        if not _ID.match(image_id):
-            raise web.HTTPBadRequest(text="invalid image id\n")
-        return image_id
+        try:
+            return _canonical_image_id(request.match_info["image_id"])
+        except ValueError:
+            raise web.HTTPBadRequest(
+                text="invalid image id: expected a canonical UUID "
+                     "(lowercase 8-4-4-4-12)\n") from None
 
     async def show_image(request: web.Request) -> web.Response:
         view = image_view(engine, _image_id(request), engine.tracker.verdicts(clock()))
@@ -89,13 +144,16 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
 
     async def evaluate(request: web.Request) -> web.Response:
         image_id = _image_id(request)
-        engine.enqueue(image_id)
+        await request.read()  # no body is expected; 413 beyond client_max_size
+        if not engine.accepting:
+            raise web.HTTPServiceUnavailable(text="the daemon is stopping\n")
+        if not engine.request(image_id, max_queue):
+            raise web.HTTPTooManyRequests(
+                text=f"work queue full (limit {max_queue} images, [http] "
+                     "admin_max_queue); try again later\n")
         return web.json_response({"queued": image_id}, status=202)
 
-    app.router.add_get("/metrics", make_aiohttp_handler(metrics.registry))
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/v1/images", list_images)
-    app.router.add_get("/v1/images/{image_id}", show_image)
-    app.router.add_post("/v1/images/{image_id}/evaluate", evaluate)
-    return app
+    admin.router.add_get("/images", list_images)
+    admin.router.add_get("/images/{image_id:[^/]+}", show_image)
+    admin.router.add_post("/images/{image_id:[^/]+}/evaluate", evaluate)
+    return admin

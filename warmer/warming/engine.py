@@ -106,6 +106,17 @@ class Engine:
         self._queue.put_nowait(image_id)
         self.metrics.queue_depth.set(self._queue.qsize())
 
+    def request(self, image_id: str, limit: int) -> bool:
+        """An operator asks for ``image_id`` to be evaluated (admin API).
+        Refused (False) while the queue holds ``limit`` images or more, so
+        requests cannot grow it without bound; an image already queued is
+        accepted without growing it. :meth:`enqueue`, used by events and
+        reconciliation, is not bounded."""
+        if image_id not in self._pending and self._queue.qsize() >= limit:
+            return False
+        self.enqueue(image_id)
+        return True
+
     # -- work --------------------------------------------------------------------
 
     async def run(self) -> None:
