@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +31,7 @@ from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from warmer.http_api import auth
+from warmer.ids import canonical_image_id
 from warmer.metrics import Metrics
 from warmer.popularity import Verdict
 from warmer.warming.engine import Engine
@@ -43,16 +43,6 @@ class Listener(enum.Enum):
     METRICS = "metrics"  # /metrics, /healthz, /readyz only
     TCP = "tcp"          # and the admin API, behind the bearer token
     UNIX = "unix"        # and the admin API; the socket's file mode authorizes
-
-
-def _canonical_image_id(value: str) -> str:
-    """``value`` when it is a canonical UUID, exactly as ``str(uuid.UUID(x))``
-    writes it (lowercase 8-4-4-4-12); ValueError otherwise. Glance image ids
-    are such UUIDs, so ``volume-<uuid>``, ``warmer-tmp.<uuid>``, braces or
-    upper case never name one."""
-    if len(value) != 36 or str(uuid.UUID(value)) != value:
-        raise ValueError(f"not a canonical UUID: {value!r}")
-    return value
 
 
 def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
@@ -130,7 +120,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
 
     def _image_id(request: web.Request) -> str:
         try:
-            return _canonical_image_id(request.match_info["image_id"])
+            return canonical_image_id(request.match_info["image_id"])
         except ValueError:
             raise web.HTTPBadRequest(
                 text="invalid image id: expected a canonical UUID "
