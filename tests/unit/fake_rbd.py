@@ -140,6 +140,7 @@ class FakeCluster:
         self.fail: dict[str, BaseException] = {}
         self.write_delay = 0.0
         self.crash_at: int | None = None
+        self.full_pools: set[str] = set()
         self.dead = False
         self.clock: Callable[[], float] = time.monotonic
         FakeCluster.registry[conffile] = self
@@ -214,6 +215,16 @@ class Rados:
 
     def conf_set(self, key: str, value: str) -> None:
         pass
+
+    def mon_command(self, cmd: str, inbuf: bytes, timeout: int = 0) -> tuple[int, bytes, str]:
+        import json
+        self.cluster.op("mon_command")
+        if json.loads(cmd).get("prefix") != "osd dump":
+            return -errno.EINVAL, b"", "unsupported"
+        pools = [{"pool_name": p, "flags_names": "hashpspool,full_quota"
+                  if p in self.cluster.full_pools else "hashpspool"}
+                 for p in self.cluster.images]
+        return 0, json.dumps({"flags": "sortbitwise", "pools": pools}).encode(), ""
 
     def open_ioctx(self, pool: str) -> Ioctx:
         self.cluster.op("open_ioctx")

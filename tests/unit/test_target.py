@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
 import hashlib
 import os
 import uuid
@@ -349,3 +350,29 @@ def test_copies_go_to_the_glance_stores_pool_and_a_wrong_store_copies_nothing(
     result = warm(target(executor, glance), glance, image_id)
     assert result.reason == "copy_pool_unknown"
     assert edge.images["images"] == {} and glance.added == []
+
+
+# -- a full pool ---------------------------------------------------------------------
+
+def test_a_full_pool_is_target_full_with_no_copy_attempt_and_no_leftovers(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    edge.full_pools.add("images")
+    result = warm(target(executor, glance), glance, image_id)
+    assert (result.state, result.reason) == ("cold", "target_full")
+    assert "create" not in edge.log and edge.images["images"] == {}
+    assert glance.added == []
+
+
+def test_a_pool_that_fills_up_mid_copy_is_target_full_and_the_temp_goes(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    edge.fail["write"] = fake_rbd.RbdError("quota", errno.EDQUOT)
+    result = warm(target(executor, glance), glance, image_id)
+    assert (result.state, result.reason) == ("cold", "target_full")
+    assert edge.images["images"] == {} and glance.added == []
+    assert image_id not in edge.objects["images"]["warmer.registry"].omap

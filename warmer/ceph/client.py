@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -127,6 +128,11 @@ class CephClient:
         """Connect (if needed) and return the cluster's fsid."""
         return await self.run("connect", lambda c: c.get_fsid())
 
+    async def pool_full(self, pool: str) -> bool:
+        """Whether the OSD map marks ``pool`` (or the whole cluster) full:
+        its quota reached, or no space left. Writes to it would block."""
+        return await self.run("pool_full", lambda c: _pool_full(c, pool))
+
     async def probe(self) -> None:
         """Raise :class:`CephUnavailable` unless the cluster answers now."""
         await self.run("probe", lambda c: c.get_cluster_stats())
@@ -233,3 +239,18 @@ def _check_readable(cluster: Rados, pool: str, image: str, snapshot: str) -> str
     finally:
         ioctx.close()
     return None
+
+
+def _pool_full(cluster: Rados, pool: str) -> bool:
+    ret, out, err = cluster.mon_command(  # type: ignore[attr-defined]
+        json.dumps({"prefix": "osd dump", "format": "json"}), b"")
+    if ret != 0:
+        raise CephUnavailable(f"osd dump: {err or ret}")
+    osdmap = json.loads(out)
+    if "full" in str(osdmap.get("flags", "")).split(","):
+        return True
+    for item in osdmap.get("pools", []):
+        if item.get("pool_name") == pool:
+            flags = set(item.get("flags_names", "").split(","))
+            return bool(flags & {"full", "full_quota"})
+    return False

@@ -202,6 +202,11 @@ class Target:
         stats = None
         actions: list[str] = []
         if not _complete(existing):
+            if await self.ceph.pool_full(pool):
+                # Writes would only block: no copy, no leftovers, no loop
+                # (the next try comes with new demand or reconciliation).
+                return TargetResult("cold", "target_full", None,
+                                    detail=f"pool {pool} is full (quota or space)")
             size = image.info.size or 0
             if self.admit is not None and not await self.admit(self, image_id, size):
                 return TargetResult("cold", "over_budget", None)
@@ -283,7 +288,7 @@ class Target:
         finished = lease_lost = False
         lease = asyncio.create_task(self._keep_lease(pool, info.id))
         try:
-            target = await self._ceph_step("create", lambda c: rbd_images.create_temp(
+            target = await self._ceph_step(pool, "create", lambda c: rbd_images.create_temp(
                 c, pool, info.id, source.size, source.description, self.cookie))
             LOG.info("target %s: copying image %s (%d bytes) from %s into %s", self.name,
                      info.id, source.size, source.description, pool)
@@ -299,12 +304,12 @@ class Target:
                     await copying
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
-            stats = await self._ceph_result(copying)
+            stats = await self._ceph_result(pool, copying)
             verified = verifier.verify()
             if lease.done() or not await self._lock(pool, info.id):
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
-            await self._ceph_step("finish", lambda c: rbd_images.finish(
+            await self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
                 c, opened, pool, info.id, self.cookie, verified))
             finished = True
             if self.on_copied is not None:
@@ -324,22 +329,33 @@ class Target:
                 # daemon's work now: close ours, touch nothing else.
                 await self._discard(pool, info.id, target, remove=not lease_lost)
 
-    async def _ceph_step(self, op: str, fn: Callable[[Any], Any]) -> Any:
+    async def _ceph_step(self, pool: str, op: str, fn: Callable[[Any], Any]) -> Any:
         """A copy step on Ceph: a full pool is ``target_full``, not an error."""
         try:
             return await self.ceph.run(op, fn)
-        except ceph_errors() as exc:
-            if getattr(exc, "errno", None) in _FULL:
-                raise CopyError("target_full", str(exc)) from exc
+        except _failures() as exc:
+            await self._raise_if_full(pool, exc)
             raise
 
-    async def _ceph_result(self, task: asyncio.Task[CopyStats]) -> CopyStats:
+    async def _ceph_result(self, pool: str, task: asyncio.Task[CopyStats]) -> CopyStats:
         try:
             return await task
-        except ceph_errors() as exc:
-            if getattr(exc, "errno", None) in _FULL:
-                raise CopyError("target_full", str(exc)) from exc
+        except _failures() as exc:
+            await self._raise_if_full(pool, exc)
             raise
+
+    async def _raise_if_full(self, pool: str, exc: BaseException) -> None:
+        """Writes to a full pool fail with EDQUOT or ENOSPC, or block until
+        the op timeout: either way, say ``target_full`` when the OSD map
+        says the pool is full."""
+        full = getattr(exc, "errno", None) in _FULL
+        if not full:
+            try:
+                full = await self.ceph.pool_full(pool)
+            except Exception:  # the cluster may be what failed
+                full = False
+        if full:
+            raise CopyError("target_full", f"pool {pool} is full: {exc}") from exc
 
     async def _discard(self, pool: str, image_id: str,
                        target: rbd_images.OpenImage | None, *, remove: bool) -> None:
@@ -534,6 +550,10 @@ class Target:
                     LOG.info("target %s: cleaned up what a crash left of %s in %s",
                              self.name, image_id, pool)
         return cleaned
+
+
+def _failures() -> tuple[type[BaseException], ...]:
+    return (CephUnavailable, *ceph_errors())
 
 
 def _complete(found: rbd_images.Inspection | None) -> bool:
