@@ -165,6 +165,7 @@ class Service:
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._probe_ceph(), name="ceph-probe")
+            tg.create_task(self._probe_glance(), name="glance-probe")
             await self._wait_for_ceph()
             await self._check_copy_pools()
             # What a crash left behind is cleaned up by the first
@@ -211,6 +212,20 @@ class Service:
 
     async def _wait_for_ceph(self) -> None:
         await self._ceph_ready.wait()
+
+    async def _probe_glance(self) -> None:
+        """``warmer_dependency_up{dependency="glance"}``: Glance answers, and
+        its stores are the ones the targets name (a known-good request)."""
+        while True:
+            expected = {t.config.glance_store: t.ceph.fsid for t in self.targets
+                        if t.ceph.fsid is not None and t.config.copy_images}
+            try:
+                up = await self.stores.endpoint_is_right(expected)
+            except GlanceUnavailable as exc:
+                LOG.warning("Glance unreachable: %s", exc)
+                up = False
+            self.metrics.dependency_up.labels("glance").set(1 if up else 0)
+            await asyncio.sleep(self.conf.warming.ceph_probe_interval)
 
     async def _probe_ceph(self) -> None:
         while True:

@@ -145,6 +145,8 @@ def test_a_wrong_glance_endpoint_removes_nothing(
                                                   outcome="ok") >= reconciled + 1, 30,
                              "a reconciliation with the wrong endpoint")
             assert wrong.metric("warmer_glance_refusals_total", kind="unconfirmed_404") >= 1
+            assert wrong.metric("warmer_dependency_up", dependency="glance") == 0
+            assert daemon.metric("warmer_dependency_up", dependency="glance") == 1
         finally:
             wrong.kill()
     assert image_id in edge_images(stack)

@@ -171,3 +171,36 @@ def test_rbd_source_knows_which_chunks_are_allocated() -> None:
     assert [src.allocated(i * CH, CH) for i in range(10)] == [
         False, True, False, False, False, True, True, False, False, False]
     assert src.allocated_bytes == 10 + 2 * CH
+
+
+def test_a_cancelled_copy_waits_for_its_running_writes_without_blocking_the_loop() -> None:
+    """Writes already on threads must end before the image is closed, and
+    the loop must keep running meanwhile (no blocking wait on it)."""
+    data = [os.urandom(CH) for _ in range(4)]
+    release = threading.Event()
+    finished: list[int] = []
+
+    def write(chunk: bytes, offset: int) -> None:
+        release.wait(5)
+        finished.append(offset)
+
+    async def scenario() -> tuple[int, list[int]]:
+        pool = concurrent.futures.ThreadPoolExecutor(4)
+        task = asyncio.create_task(copy(ListSource(data), write, Verifier(
+            image_for(expected_bytes(data))), pool, window=4, chunk_size=CH))
+        await asyncio.sleep(0.05)  # writes are running, blocked
+        task.cancel()
+        ticks = 0
+        while not task.done() and ticks < 100:
+            await asyncio.sleep(0.01)  # the loop runs while the copy waits
+            ticks += 1
+            if ticks == 20:
+                release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        done_at_cancel_end = list(finished)
+        pool.shutdown()
+        return ticks, done_at_cancel_end
+    ticks, done = asyncio.run(scenario())
+    assert ticks >= 20  # the loop ticked while the writes were held
+    assert len(done) == 4  # and the copy ended only after they finished

@@ -16,8 +16,9 @@ OPTS = [
                  help="Seconds between full reconciliations of desired and actual "
                       "state, which repair what missed notifications leave behind."),
     cfg.FloatOpt("ceph_probe_interval", default=15.0, min=1.0, max=3600.0,
-                 help="Seconds between Ceph reachability probes (for /readyz and "
-                      "warmer_dependency_up). Scrapes never call Ceph."),
+                 help="Seconds between Ceph and Glance reachability probes (for "
+                      "/readyz and warmer_dependency_up). Scrapes never call Ceph "
+                      "or Glance."),
     cfg.FloatOpt("retry_delay", default=30.0, min=0.1, max=3600.0,
                  help="Seconds before an image whose warming failed is tried again."),
 ]

@@ -158,10 +158,26 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
         await chunks.aclose()  # its reads, too, must end before the source closes
         for job in list(running):
             job.cancel()
-        concurrent.futures.wait(list(running))
-        hasher.shutdown(wait=True, cancel_futures=True)
+        await finish_threads(list(running))
+        hasher.shutdown(wait=False, cancel_futures=True)  # idle now: it ends by itself
     stats.seconds = time.monotonic() - started
     return stats
+
+
+async def finish_threads(jobs: list[concurrent.futures.Future[Any]]) -> None:
+    """Wait, without blocking the loop, until every job that is running on a
+    thread has ended (a job not started yet should have been cancelled).
+    A cancellation meanwhile is held back until they have: the caller is
+    about to close the image those threads use, and closing it under them
+    crashes librbd."""
+    cancelled = False
+    while pending := [job for job in jobs if not job.done()]:
+        try:
+            await asyncio.wait([asyncio.wrap_future(job) for job in pending])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
 
 
 class RbdSource:
@@ -232,7 +248,7 @@ class RbdSource:
             reads = [r for _, _, r in pending if r is not None]
             for r in reads:
                 r.cancel()
-            concurrent.futures.wait(reads)
+            await finish_threads(reads)
 
 
 class HttpSource:
