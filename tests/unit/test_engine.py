@@ -13,7 +13,7 @@ from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
 from warmer.warming.engine import Engine
-from warmer.warming.target import Target, TargetConfig
+from warmer.warming.target import Target, TargetConfig, TargetResult
 
 FSID = "fsid-central"
 NOW = dt.datetime.now(dt.UTC)
@@ -341,3 +341,27 @@ def test_a_sick_target_fails_only_its_own_row() -> None:
     rows = {row.target: (row.state, row.reason) for row in engine.status("a")}
     assert rows == {"central": ("warm", "cloneable"), "edge": ("error", "ceph_unavailable")}
     assert ceph.images[("images", "a")].snapshots == {"snap": True}
+
+
+def test_publish_refused_backs_off_exponentially_up_to_the_cap() -> None:
+    async def scenario() -> list[float]:
+        engine, glance, _ = build()
+        engine.max_retry_delay = 0.4
+        glance.add(info("r"))
+        demand(engine, "r", 3)
+        refused = TargetResult("cold", "publish_refused", detail="HTTP 500")
+        engine.targets[0].warm = lambda image: _result(refused)  # type: ignore[method-assign]
+        delays = []
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            await engine.evaluate("r")
+            handle = engine._retries.pop("r")
+            delays.append(round(handle.when() - loop.time(), 2))
+            handle.cancel()
+        return delays
+    delays = run(scenario())
+    assert delays == [0.05, 0.1, 0.2, 0.4, 0.4]
+
+
+async def _result(result: TargetResult) -> TargetResult:
+    return result
