@@ -154,6 +154,13 @@ class Tracker:
             self._tombstones.popitem(last=False)
         return Applied(image_id, existed, "handled")
 
+    def revive(self, image: ImageInfo) -> None:
+        """Glance still has an image a notification said was deleted (a
+        replayed or forged ``image.delete``): drop the tombstone and take
+        Glance's view. The demand counted before the delete is gone."""
+        self._tombstones.pop(image.id, None)
+        self.observe(image, authoritative=True)
+
     def forget(self, image_id: str) -> None:
         """Drop an image without a tombstone (e.g. Glance says 404)."""
         self._images.pop(image_id, None)

@@ -86,6 +86,8 @@ class FakeGlance:
         # Called with (image_id, url) before a location is added: lets a test
         # look at Ceph at the moment of publication.
         self.on_add: Any = None
+        self.hidden = False  # show_multiple_locations off
+        self.add_error: Exception | None = None
 
     async def stores_detail(self) -> list[dict[str, Any]] | None:
         from warmer.glance.client import GlanceUnavailable
@@ -100,6 +102,13 @@ class FakeGlance:
         return not self.down and not self.wrong_endpoint
 
     async def add_location(self, image_id: str, url: str, store: str) -> None:
+        from warmer.glance.client import LocationsHidden
+        if self.hidden:
+            raise LocationsHidden("hidden")
+        if self.add_error is not None:
+            raise self.add_error
+        if url in {loc.url for loc in self.images[image_id].locations}:
+            return
         if self.on_add is not None:
             self.on_add(image_id, url)
         self.added.append((image_id, url, store))
@@ -107,6 +116,9 @@ class FakeGlance:
         self.images[image_id] = GlanceImage(image.info, (*image.locations, Location(url, store)))
 
     async def remove_location(self, image_id: str, url: str) -> bool:
+        from warmer.glance.client import LocationsHidden
+        if self.hidden:
+            raise LocationsHidden("hidden")
         image = self.images.get(image_id)
         if image is None or url not in {loc.url for loc in image.locations}:
             return False

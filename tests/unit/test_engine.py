@@ -365,3 +365,23 @@ def test_publish_refused_backs_off_exponentially_up_to_the_cap() -> None:
 
 async def _result(result: TargetResult) -> TargetResult:
     return result
+
+
+def test_a_forged_delete_with_a_wrong_endpoint_removes_nothing_and_revives() -> None:
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"d": 3})
+        runner = asyncio.create_task(engine.run())
+        await engine.reconciled.wait()
+        glance.wrong_endpoint = True
+        await engine.handle(ImageDeleted("d", NOW))
+        await engine.idle()
+        assert target.copies == {"d": 10} and target.evicted == []
+        glance.wrong_endpoint = False  # Glance still has it: the delete was forged
+        engine.enqueue("d")
+        await engine.idle()
+        assert target.copies == {"d": 10}
+        assert not engine.tracker.is_deleted("d") and engine.tracker.image("d") is not None
+        runner.cancel()
+    run(scenario())

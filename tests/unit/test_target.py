@@ -376,3 +376,93 @@ def test_a_pool_that_fills_up_mid_copy_is_target_full_and_the_temp_goes(
     assert (result.state, result.reason) == ("cold", "target_full")
     assert edge.images["images"] == {} and glance.added == []
     assert image_id not in edge.objects["images"]["warmer.registry"].omap
+
+
+# -- one daemon, several tasks and targets (the lease book) ----------------------
+
+def test_the_daemons_own_clean_up_evict_and_purge_never_touch_its_running_copy(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, os.urandom(8 * MiB))
+    edge.write_delay = 0.1
+    t = target(executor, glance)
+
+    async def scenario() -> tuple[TargetResult, list[str], str, str]:
+        warming = asyncio.create_task(t.warm(glance.images[image_id]))
+        while f"warmer-tmp.{image_id}" not in edge.images["images"]:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        cleaned = await t.clean_up()
+        evicted, purged = await t.evict(image_id), await t.purge(image_id)
+        return await warming, cleaned, evicted, purged
+    result, cleaned, evicted, purged = asyncio.run(scenario())
+    assert cleaned == [] and evicted == "busy" and purged == "busy"
+    assert (result.state, result.reason) == ("warm", "cloneable")
+    assert not [op for op in edge.log if op.startswith(("lock_break", "remove "))]
+
+
+def test_two_targets_on_one_pool_copy_an_image_once(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Two Cinder backends in one cluster share the Glance store's pool."""
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    edge.write_delay = 0.02
+    ssd, hdd = target(executor, glance), target(executor, glance)
+
+    async def both() -> list[TargetResult]:
+        return list(await asyncio.gather(ssd.warm(glance.images[image_id]),
+                                         hdd.warm(glance.images[image_id])))
+    results = asyncio.run(both())
+    assert sorted(r.reason for r in results) == ["cloneable", "copy_in_progress_elsewhere"]
+    assert edge.log.count("create") == 1 and "lock_break" not in edge.log
+    again = warm(hdd, glance, image_id)  # the retry finds the copy and its location
+    assert (again.state, again.reason) == ("warm", "cloneable")
+    assert glance.added == [(image_id, edge_url(image_id), "edge")]
+
+
+def test_nothing_is_published_while_another_daemon_holds_the_lease(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Publication holds the lease, so it cannot race an eviction."""
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    glance.images[copy_id] = glance.images[copy_id].__class__(
+        glance.images[copy_id].info, glance.images[copy_id].locations[:1])  # unpublished
+    glance.added.clear()
+    assert images.lock(fake_rbd.Rados("edge.conf"), "images", copy_id, "warmer@b", 120)  # type: ignore[arg-type]
+    result = warm(target(executor, glance), glance, copy_id)
+    assert (result.state, result.reason) == ("busy", "copy_in_progress_elsewhere")
+    assert glance.added == []
+
+
+def test_with_hidden_locations_a_copy_is_never_evicted(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    glance.hidden = True
+    assert asyncio.run(target(executor, glance).evict(copy_id)) == "locations_hidden"
+    assert edge.images["images"][copy_id].snaps["snap"].protected
+
+
+def test_a_500_from_glance_on_publication_is_publish_refused(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    from warmer.glance.client import GlanceServerError
+    central, edge = clusters
+    glance = FakeGlance()
+    glance.add_error = GlanceServerError("PATCH: HTTP 500: cannot open")
+    image_id = glance_image(central, glance, sparse_data())
+    result = warm(target(executor, glance), glance, image_id)
+    assert (result.state, result.reason) == ("cold", "publish_refused")
+    assert result.detail is not None and "500" in result.detail
+    assert image_id in edge.images["images"]  # the complete copy is kept for the retry
+
+
+def test_a_crafted_id_writes_nothing_into_the_pool(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    t = target(executor, FakeGlance())
+    for crafted in (str(uuid.uuid4()), f"volume-{uuid.uuid4()}", "a..b"):
+        assert asyncio.run(t.purge(crafted)) in ("gone", "not_owned")
+    assert edge.objects["images"] == {}

@@ -132,11 +132,12 @@ def _remove_temp(cluster: Rados, pool: str, temp: Inspection) -> bool:
     try:
         for owner in list(handle.image.lock_get_owners()):
             handle.image.lock_break(owner["mode"], owner["owner"])
-        # A crash after the snapshot: take it away too, children first.
+        # A crash after the snapshot: take it away too, children first
+        # (under clone v2 an unprotected snapshot can have clones as well).
         for snap in [s["name"] for s in handle.image.list_snaps()]:
+            if children(cluster, pool, temp.name, snap):
+                return False
             if handle.image.is_protected_snap(snap):
-                if children(cluster, pool, temp.name, snap):
-                    return False
                 handle.image.unprotect_snap(snap)
             handle.image.remove_snap(snap)
     finally:
@@ -164,6 +165,14 @@ def inventory(cluster: Rados, pool: str) -> list[Inspection]:
 
 def registered(cluster: Rados, pool: str) -> list[Entry]:
     return ownership.entries(cluster, pool)
+
+
+def known(cluster: Rados, pool: str, image_id: str) -> bool:
+    """Whether ``pool`` holds anything of ``image_id`` that warmer may have
+    to clean: a registry entry, or an image under either of its names."""
+    return (ownership.registered(cluster, pool, image_id) is not None
+            or inspect(cluster, pool, image_id) is not None
+            or inspect(cluster, pool, temp_name(image_id)) is not None)
 
 
 def children(cluster: Rados, pool: str, name: str, snapshot: str = SNAPSHOT) -> list[str]:
@@ -202,6 +211,9 @@ def remove_owned(cluster: Rados, pool: str, image_id: str) -> str:
         try:
             rbd.RBD().remove(ioctx, image_id)
         except rbd.ImageHasSnapshots:
+            # Unprotected (clone v2 needs no protection): children still win.
+            if children(cluster, pool, image_id):
+                return "has_children"
             handle = OpenImage(cluster, pool, image_id)
             try:
                 handle.image.remove_snap(SNAPSHOT)

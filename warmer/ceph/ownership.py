@@ -185,7 +185,12 @@ def inspect(cluster: Rados, pool: str, name: str) -> Inspection | None:
             snaps = {s["name"] for s in image.list_snaps()}
             protected = SNAPSHOT in snaps and bool(image.is_protected_snap(SNAPSHOT))
             has_parent = _has_parent(image)
-            unstamped = (image_id is not None and name.startswith(TEMP_PREFIX)
+            stamped = image_id is not None and meta.get(OWNER_KEY) == OWNER and \
+                meta.get(GLANCE_IMAGE_KEY) == image_id
+            # Reading extents can be slow on a big image: only for a temp
+            # whose stamp is incomplete (the crash window), never otherwise.
+            unstamped = (not stamped and image_id is not None
+                         and name.startswith(TEMP_PREFIX)
                          and _partial_stamp(meta, image_id) and not snaps
                          and not has_parent and not _has_data(image, size))
         why_not: str | None = None

@@ -28,6 +28,16 @@ class GlanceUnavailable(Exception):
     """Glance did not answer usefully; the request may succeed later."""
 
 
+class GlanceServerError(GlanceUnavailable):
+    """Glance answered a change with HTTP 5xx. For a location add that is
+    also how Glance says it cannot open the location (DESIGN.md §4)."""
+
+
+class LocationsHidden(Exception):
+    """Glance does not show this image's locations (``show_multiple_locations``
+    off): warmer cannot tell which are there, so it changes none."""
+
+
 class LocationConflict(Exception):
     """The image's location list changed in a way warmer did not make while
     it removed its own location: hands off that image."""
@@ -50,6 +60,9 @@ class GlanceRefused(Exception):
 class GlanceImage:
     info: ImageInfo
     locations: tuple[Location, ...]
+    # False when Glance showed no ``locations`` list (only ``direct_url``, or
+    # nothing): the list is then not the whole truth.
+    locations_visible: bool = True
 
 
 def parse_image(body: dict[str, Any]) -> GlanceImage:
@@ -64,7 +77,7 @@ def parse_image(body: dict[str, Any]) -> GlanceImage:
     direct = body.get("direct_url")
     if isinstance(direct, str) and all(loc.url != direct for loc in locations):
         locations.append(Location(direct, None))
-    return GlanceImage(info, tuple(locations))
+    return GlanceImage(info, tuple(locations), isinstance(body.get("locations"), list))
 
 
 class GlanceClient:
@@ -172,7 +185,7 @@ class GlanceClient:
         ) as resp:
             if resp.status >= 500:
                 text = (await resp.text())[:300]
-                raise GlanceUnavailable(f"PATCH image {image_id}: HTTP {resp.status}: {text}")
+                raise GlanceServerError(f"PATCH image {image_id}: HTTP {resp.status}: {text}")
             if resp.status >= 400:
                 text = (await resp.text())[:300]
                 raise GlanceRefused(resp.status, f"PATCH image {image_id}: {text}")
@@ -203,6 +216,9 @@ class GlanceClient:
         op = [{"op": "add", "path": "/locations/-",
                "value": {"url": url, "metadata": {"store": store}}}]
         async with self._changing(image_id):
+            urls = await self._location_urls(image_id)
+            if urls is None or url in urls:
+                return  # gone (the caller finds out), or already there
             for _attempt in range(3):
                 await self._patch(image_id, op)
                 urls = await self._location_urls(image_id)
@@ -230,14 +246,23 @@ class GlanceClient:
             index = before.index(url)
             await self._patch(image_id, [{"op": "remove", "path": f"/locations/{index}"}])
             after = await self._location_urls(image_id)
-        expected = before[:index] + before[index + 1:]
-        if after is not None and after != expected:
+        # Another daemon adding its own location meanwhile is harmless; a
+        # location that was there and is gone (not ours) is not.
+        lost = [u for u in before if u != url and u not in (after or [])]
+        if after is not None and (lost or url in after):
             raise LocationConflict(image_id, url, before, after)
         return True
 
     async def _location_urls(self, image_id: str) -> list[str] | None:
+        """The image's location URLs; None when the image is gone. Raises
+        LocationsHidden when Glance does not show the list."""
         image = await self.get_image(image_id)
-        return None if image is None else [loc.url for loc in image.locations]
+        if image is None:
+            return None
+        if not image.locations_visible:
+            raise LocationsHidden(f"image {image_id}: Glance shows no locations list "
+                                  "(show_multiple_locations is off)")
+        return [loc.url for loc in image.locations]
 
     async def stores_detail(self) -> list[dict[str, Any]] | None:
         """Glance's stores with their properties (``GET /v2/info/stores/detail``,

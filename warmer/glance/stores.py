@@ -48,6 +48,10 @@ def parse_stores(raw: list[dict[str, Any]]) -> dict[str, Store]:
     return stores
 
 
+# A confirmed endpoint stays confirmed this long: a burst of 404s asks once.
+_CONFIRMED_FOR = 30.0
+
+
 class StoreCatalog:
     """Glance's stores, cached for ``ttl`` seconds. Raises GlanceUnavailable
     when Glance cannot be asked; ``None`` answers mean Glance does not
@@ -60,6 +64,7 @@ class StoreCatalog:
         self._clock = clock
         self._stores: dict[str, Store] | None = None
         self._fetched_at = float("-inf")
+        self._confirmed_at = float("-inf")
 
     async def stores(self, *, fresh: bool = False) -> dict[str, Store] | None:
         if fresh or self._clock() - self._fetched_at > self._ttl:
@@ -76,13 +81,20 @@ class StoreCatalog:
         """A known-good request: Glance lists each RBD store in ``expected``
         (store id -> cluster fsid) with that fsid. Without the stores API,
         an image listing in Glance's shape has to do."""
+        now = self._clock()
+        if now - self._confirmed_at < _CONFIRMED_FOR:
+            return True
         stores = await self.stores(fresh=True)
         if stores is None:
-            return await self._glance.answers_image_list()
-        for store_id, fsid in expected.items():
-            store = stores.get(store_id)
-            if store is None or (store.fsid is not None and store.fsid != fsid):
-                LOG.error("Glance's store %s is %s, expected fsid %s: is [glance] "
-                          "pointing at the right Glance?", store_id, store, fsid)
-                return False
-        return True
+            right = await self._glance.answers_image_list()
+        else:
+            right = any(s.type == "rbd" for s in stores.values())
+            for store_id, fsid in expected.items():
+                store = stores.get(store_id)
+                if store is None or (store.fsid is not None and store.fsid != fsid):
+                    LOG.error("Glance's store %s is %s, expected fsid %s: is [glance] "
+                              "pointing at the right Glance?", store_id, store, fsid)
+                    right = False
+        if right:
+            self._confirmed_at = now
+        return right

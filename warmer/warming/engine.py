@@ -77,6 +77,8 @@ class Engine:
         # Images warmer stopped touching (their Glance locations changed
         # under a removal), with the reason; until an operator looks.
         self.hands_off: dict[str, str] = {}
+        # An image Glance showed recently: the positive control of a 404.
+        self._last_alive: str | None = None
         self.accepting = True
         self.reconciled = asyncio.Event()
         for target in targets:
@@ -181,7 +183,11 @@ class Engine:
             if alive is not None:
                 LOG.warning("image %s: image.delete received, but Glance still has it "
                             "(%s); keeping its copies", image_id, alive.info.status)
+                self._last_alive = image_id
+                self.tracker.revive(alive.info)
+                self.enqueue(image_id)
                 return
+            await self._confirm_gone(image_id)
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
@@ -259,27 +265,33 @@ class Engine:
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         fresh = await self.glance.get_image(image_id)
         if fresh is None:
-            if not await self._endpoint_is_right():
-                # A 404 is not a delete (invariant 8): a wrong endpoint or a
-                # proxy's 404 says nothing about the image.
-                self.metrics.glance_refusals.labels("", "unconfirmed_404").inc()
-                raise UnconfirmedNotFound(f"GET image {image_id}: 404, and Glance's "
-                                          "endpoint could not be shown right")
+            await self._confirm_gone(image_id)
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True)
+        self._last_alive = image_id
         return fresh
 
-    async def _endpoint_is_right(self) -> bool:
-        """A known-good request shows warmer talks to the right Glance."""
-        if self.stores is None:
-            return False
-        expected = {t.config.glance_store: t.ceph.fsid for t in self.targets
-                    if t.ceph.fsid is not None and t.config.copy_images}
-        return await self.stores.endpoint_is_right(expected)
+    async def _confirm_gone(self, image_id: str) -> None:
+        """Glance said 404 (or deleted) for ``image_id``. A 404 is not a
+        delete (invariant 8): raise UnconfirmedNotFound unless known-good
+        requests show this is the right Glance: its stores are the targets'
+        clusters, and an image it showed before still answers."""
+        right = self.stores is not None and await self.stores.endpoint_is_right(
+            {t.config.glance_store: t.ceph.fsid for t in self.targets
+             if t.ceph.fsid is not None and t.config.copy_images})
+        control = self._last_alive
+        if right and control is not None and control != image_id:
+            right = await self.glance.get_image(control) is not None
+            if not right:
+                self._last_alive = None  # it may really be gone; find another
+        if not right:
+            self.metrics.glance_refusals.labels("", "unconfirmed_404").inc()
+            raise UnconfirmedNotFound(f"GET image {image_id}: 404, and Glance's endpoint "
+                                      "could not be shown right")
 
     async def _purge_everywhere(self, image_id: str, reason: str) -> None:
         """Glance no longer has the image: remove warmer's copies of it.
@@ -373,6 +385,7 @@ class Engine:
         longer has go, and budgets that shrank (or scores that decayed) are
         honoured, lowest-scored first, pinned never."""
         failures: tuple[type[BaseException], ...] = (CephUnavailable, TargetProblem,
+                                                     GlanceUnavailable,
                                                      *ceph_errors())
         for target in self.targets:
             if not target.config.copy_images:

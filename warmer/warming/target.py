@@ -41,7 +41,13 @@ from typing import Any
 from warmer.ceph import images as rbd_images
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable
-from warmer.glance.client import GlanceClient, GlanceImage, GlanceRefused
+from warmer.glance.client import (
+    GlanceClient,
+    GlanceImage,
+    GlanceRefused,
+    GlanceServerError,
+    LocationsHidden,
+)
 from warmer.glance.stores import StoreCatalog
 from warmer.ids import is_canonical_image_id
 from warmer.locations import RbdLocation, parse_rbd_url
@@ -49,6 +55,11 @@ from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Sou
 from warmer.warming.copy import copy as copy_data
 
 LOG = logging.getLogger(__name__)
+
+# The copy leases this process holds, by (fsid, pool, image id). Every
+# target of a daemon uses one cookie, so RADOS alone cannot tell two tasks
+# of the same daemon apart; this book does.
+_PROCESS_LEASES: set[tuple[str, str, str]] = set()
 
 # errnos that mean "the pool is full": its quota (EDQUOT) or the cluster (ENOSPC).
 _FULL = (errno.EDQUOT, errno.ENOSPC)
@@ -94,7 +105,8 @@ class Target:
                  glance: GlanceClient | None = None,
                  stores: StoreCatalog | None = None,
                  sources: Callable[[], dict[str, CephClient]] | None = None,
-                 owner: str | None = None) -> None:
+                 owner: str | None = None,
+                 leases: set[tuple[str, str, str]] | None = None) -> None:
         self.config = config
         self.ceph = ceph
         # Cinder's own user, when configured, for the read-only open check.
@@ -114,6 +126,8 @@ class Target:
         # Copies under way (image id -> size): they count against the budget
         # before they show up in the pool's inventory.
         self.reserved: dict[str, int] = {}
+        # Copy leases held by this process, shared by all its targets.
+        self._leases = leases if leases is not None else _PROCESS_LEASES
 
     @property
     def name(self) -> str:
@@ -191,7 +205,9 @@ class Target:
 
     async def _copy_and_publish(self, image: GlanceImage, fsid: str,
                                 rbd_locations: list[RbdLocation]) -> TargetResult:
-        assert self.glance is not None
+        """Copy (if needed) and publish, holding the image's copy lease from
+        the copy through the publication, so that no eviction (by another
+        daemon, or by this one) can remove what is being published."""
         image_id = image.info.id
         pool = await self.copy_pool()
         final = self.location_of(image_id, fsid, pool)
@@ -199,29 +215,42 @@ class Target:
         if existing is not None and not existing.owned:
             return TargetResult("cold", "name_taken_in_target", final.url,
                                 detail=f"{pool}/{image_id}: {existing.why_not}")
+        try:
+            if not _complete(existing):
+                if await self.ceph.pool_full(pool):
+                    # Writes would only block: no copy, no leftovers, no loop
+                    # (the next try comes with new demand or reconciliation).
+                    return TargetResult("cold", "target_full", None,
+                                        detail=f"pool {pool} is full (quota or space)")
+                size = image.info.size or 0
+                if self.admit is not None and not await self.admit(self, image_id, size):
+                    return TargetResult("cold", "over_budget", None)
+            async with self._leased(pool, image_id) as held:
+                if not held:
+                    return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
+                return await self._copy_and_publish_leased(image, pool, final,
+                                                           rbd_locations)
+        finally:
+            self.reserved.pop(image_id, None)
+
+    async def _copy_and_publish_leased(self, image: GlanceImage, pool: str,
+                                       final: RbdLocation,
+                                       rbd_locations: list[RbdLocation]) -> TargetResult:
+        image_id = image.info.id
         stats = None
         actions: list[str] = []
+        # Under the lease now: another daemon may have finished it meanwhile.
+        existing = await self._inspect(pool, image_id)
+        if existing is not None and not existing.owned:
+            return TargetResult("cold", "name_taken_in_target", final.url,
+                                detail=f"{pool}/{image_id}: {existing.why_not}")
         if not _complete(existing):
-            if await self.ceph.pool_full(pool):
-                # Writes would only block: no copy, no leftovers, no loop
-                # (the next try comes with new demand or reconciliation).
-                return TargetResult("cold", "target_full", None,
-                                    detail=f"pool {pool} is full (quota or space)")
-            size = image.info.size or 0
-            if self.admit is not None and not await self.admit(self, image_id, size):
-                return TargetResult("cold", "over_budget", None)
-            if not await self._lock(pool, image_id):
-                self.reserved.pop(image_id, None)
-                return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
             try:
-                # Under the lease now: another daemon may have finished it.
-                existing = await self._inspect(pool, image_id)
-                if not _complete(existing):
-                    if existing is not None:  # ours, but not finished: start over
-                        await self.ceph.run("remove", lambda c: rbd_images.remove_owned(
-                            c, pool, image_id))
-                    stats = await self._copy(image, pool, rbd_locations)
-                    actions.append("copied")
+                if existing is not None:  # ours, but not finished: start over
+                    await self.ceph.run("remove", lambda c: rbd_images.remove_owned(
+                        c, pool, image_id))
+                stats = await self._copy(image, pool, rbd_locations)
+                actions.append("copied")
             except CopyError as exc:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
                 return TargetResult("cold", exc.reason, None, tuple(actions), detail=str(exc))
@@ -232,13 +261,10 @@ class Target:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
                 return TargetResult("error", "ceph_error", None, tuple(actions),
                                     detail=str(exc))
-            finally:
-                self.reserved.pop(image_id, None)
-                await self._unlock(pool, image_id)
+        refused = await self._publish(image_id, pool, final)
+        if refused is not None:
+            return dataclasses.replace(refused, actions=tuple(actions), copy=stats)
         if final.url not in {loc.url for loc in image.locations}:
-            refused = await self._publish(image_id, pool, final)
-            if refused is not None:
-                return dataclasses.replace(refused, actions=tuple(actions), copy=stats)
             actions.append("published_location")
         problem = await self.cinder_view.check_snapshot_readable(pool, image_id,
                                                                  rbd_images.SNAPSHOT)
@@ -258,6 +284,13 @@ class Target:
             return TargetResult("cold", "copy_incomplete", None)
         try:
             await self.glance.add_location(image_id, final.url, self.config.glance_store)
+        except LocationsHidden as exc:
+            return TargetResult("cold", "locations_hidden", None, detail=str(exc))
+        except GlanceServerError as exc:
+            # Glance answers 500 when its store user cannot open the copy
+            # (DESIGN.md §4): a refusal, backed off, not an outage.
+            LOG.warning("target %s: Glance failed to add %s: %s", self.name, final.url, exc)
+            return TargetResult("cold", "publish_refused", final.url, detail=str(exc))
         except GlanceRefused as exc:
             if await self.glance.get_image(image_id) is None:
                 # Deleted while we copied (or a 404 from a wrong endpoint):
@@ -306,7 +339,7 @@ class Target:
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
             stats = await self._ceph_result(pool, copying)
             verified = verifier.verify()
-            if lease.done() or not await self._lock(pool, info.id):
+            if lease.done() or not await self._renew(pool, info.id):
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
             await self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
@@ -411,15 +444,36 @@ class Target:
 
     # -- the copy lease ---------------------------------------------------------
 
-    async def _lock(self, pool: str, image_id: str) -> bool:
+    async def _renew(self, pool: str, image_id: str) -> bool:
+        """Renew a lease this task holds (RADOS lock with MAY_RENEW)."""
         seconds = self.config.copy_lock_seconds
         return bool(await self.ceph.run("lock", lambda c: rbd_images.lock(
             c, pool, image_id, self.cookie, seconds)))
 
-    async def _unlock(self, pool: str, image_id: str) -> None:
-        with contextlib.suppress(Exception):
-            await self.ceph.run("unlock", lambda c: rbd_images.unlock(
-                c, pool, image_id, self.cookie))
+    async def _acquire(self, pool: str, image_id: str) -> bool:
+        """Take the copy lease of ``image_id`` in ``pool``. Refused while any
+        task of this daemon holds it: RADOS would let our own client
+        "renew" it, and the second holder's release would free the first's."""
+        key = (await self.fsid(), pool, image_id)
+        if key in self._leases:
+            return False
+        self._leases.add(key)
+        try:
+            if await self._renew(pool, image_id):
+                return True
+        except BaseException:
+            self._leases.discard(key)
+            raise
+        self._leases.discard(key)
+        return False
+
+    async def _release(self, pool: str, image_id: str) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                await self.ceph.run("unlock", lambda c: rbd_images.unlock(
+                    c, pool, image_id, self.cookie))
+        finally:
+            self._leases.discard((await self.fsid(), pool, image_id))
 
     async def _keep_lease(self, pool: str, image_id: str) -> None:
         """Renew the lease every third of its term; return when it cannot
@@ -429,7 +483,7 @@ class Target:
         while True:
             await asyncio.sleep(self.config.copy_lock_seconds / 3)
             try:
-                renewed = await self._lock(pool, image_id)
+                renewed = await self._renew(pool, image_id)
             except failures as exc:
                 LOG.error("target %s: cannot renew the copy lease for %s: %s", self.name,
                           image_id, exc)
@@ -442,13 +496,13 @@ class Target:
     async def _leased(self, pool: str, image_id: str) -> Any:
         """Hold ``image_id``'s copy lease in ``pool`` for a removal. Yields
         False (and changes nothing) when another daemon holds it."""
-        if not await self._lock(pool, image_id):
+        if not await self._acquire(pool, image_id):
             yield False
             return
         try:
             yield True
         finally:
-            await self._unlock(pool, image_id)
+            await self._release(pool, image_id)
 
     # -- inventory and eviction -----------------------------------------------
 
@@ -490,6 +544,11 @@ class Target:
                 except GlanceRefused as exc:
                     LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
                     return "glance_refused"
+                except LocationsHidden as exc:
+                    # Glance may still list it: removing the data would leave a
+                    # location that points at nothing.
+                    LOG.warning("target %s: not evicting %s: %s", self.name, image_id, exc)
+                    return "locations_hidden"
             result = await self._remove(pool, image_id)
         # Dropping the location usually makes Glance delete the data itself.
         return "removed" if result == "gone" else result
@@ -500,10 +559,16 @@ class Target:
         if not is_canonical_image_id(image_id):
             return "not_owned"  # no lock object, no lookup, for a crafted id
         pool = await self.copy_pool()
+        if not await self._has_anything(pool, image_id):
+            return "gone"  # nothing registered, nothing to lock: write nothing
         async with self._leased(pool, image_id) as held:
             if not held:
                 return "busy"
             return await self._remove(pool, image_id)
+
+    async def _has_anything(self, pool: str, image_id: str) -> bool:
+        return bool(await self.ceph.run("lookup", lambda c: rbd_images.known(
+            c, pool, image_id)))
 
     async def _remove(self, pool: str, image_id: str) -> str:
         try:
