@@ -14,7 +14,8 @@ from warmer.events import Event
 from warmer.metrics import Metrics
 from warmer.warming.engine import Draining
 
-IMAGE = {"id": "img-1", "status": "active", "disk_format": "raw", "size": 1}
+IMAGE_ID = "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f"
+IMAGE = {"id": IMAGE_ID, "status": "active", "disk_format": "raw", "size": 1}
 
 
 @pytest.fixture()

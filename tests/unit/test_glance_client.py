@@ -15,8 +15,9 @@ from warmer.conf import glance as glance_conf
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient
 
-IMAGE = {"id": "img-1", "status": "active", "disk_format": "raw", "size": 1,
-         "locations": [{"url": "rbd://f/images/img-1/snap", "metadata": {"store": "c"}}]}
+IMAGE_ID = "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f"
+IMAGE = {"id": IMAGE_ID, "status": "active", "disk_format": "raw", "size": 1,
+         "locations": [{"url": f"rbd://f/images/{IMAGE_ID}/snap", "metadata": {"store": "c"}}]}
 
 
 class FakeCloud:
@@ -81,7 +82,7 @@ async def with_cloud(cloud: FakeCloud, options: dict[str, str]) -> Any:
     conf = conf_for(opts)
     client = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf))
     try:
-        return await client.get_image("img-1")
+        return await client.get_image(IMAGE_ID)
     finally:
         await client.close()
         await runner.cleanup()
@@ -95,7 +96,7 @@ PASSWORD = {"auth_type": "v3password", "auth_url": "BASE/v3", "username": "warme
 def test_password_auth_finds_glance_in_the_catalog_and_sends_the_token() -> None:
     cloud = FakeCloud()
     image = asyncio.run(with_cloud(cloud, PASSWORD))
-    assert image is not None and image.info.id == "img-1"
+    assert image is not None and image.info.id == IMAGE_ID
     assert cloud.seen_tokens == ["tok-1"]
 
 
