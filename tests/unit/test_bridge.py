@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -120,3 +121,21 @@ def test_well_formed_envelope_goes_through_the_dispatcher(
                "payload": IMAGE, "message_id": "m", "timestamp": "2026-11-25 10:00:00"}
     assert _GuardedDispatcher(bridge).dispatch(_Incoming(message)) == HANDLED
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("error", [KeyError("bug"), ValueError("x" * 100_000), RecursionError(),
+                                   TypeError("unhashable"), OverflowError()])
+def test_any_exception_while_parsing_is_acked_as_malformed_in_one_line(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, error: Exception) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise error
+    monkeypatch.setattr("warmer.bus.listener.events.parse", broken)
+    bridge, metrics, seen = make(loop, ok)
+    with caplog.at_level(logging.DEBUG, logger="warmer.bus.listener"):
+        assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == HANDLED
+    assert seen == [] and count(metrics, "image.activate", "malformed") == 1
+    assert len(caplog.records) == 1
+    record = caplog.records[0]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert len(record.getMessage()) <= 400

@@ -7,10 +7,13 @@ take it. Ack and requeue rules (``allow_requeue=True``):
 
 * handed off (the loop folded the event into its state): ack;
 * unknown event type: ack, counted as ``ignored``;
-* malformed (bad envelope, missing or mistyped fields, oversized
-  payload): ack, logged and counted as ``malformed``. Never requeued, so a
-  poison message cannot loop, and it never reaches the engine, so it never
-  touches Ceph;
+* malformed (bad envelope, missing or mistyped fields, an image id that
+  is not a canonical UUID, oversized payload), and *any* exception raised
+  while parsing, even one that is a bug of the parser: ack, logged in one
+  bounded line (no traceback) and counted as ``malformed``. Never requeued,
+  so a poison message cannot loop (oslo.messaging requeues whatever a
+  callback raises), and it never reaches the engine, so it never touches
+  Ceph;
 * the loop is draining or did not take the event within
   ``handoff_timeout``: requeue, so another daemon of the pool, or this one
   after a restart, gets it;
@@ -74,12 +77,14 @@ class Bridge:
 
     def deliver(self, publisher_id: Any, event_type: Any, payload: Any,
                 metadata: Any) -> str:
+        """Parse one notification and hand it to the loop; return HANDLED
+        (ack) or REQUEUE. Never raises for anything the message holds."""
         try:
             event = events.parse(event_type, payload, metadata, publisher_id=publisher_id,
                                  max_payload_bytes=self._max_payload_bytes)
-        except events.MalformedEvent as exc:
+        except Exception as exc:  # whatever the input does, ack it
             LOG.warning("dropping malformed notification %s from %s: %s",
-                        _short(event_type), _short(publisher_id), exc)
+                        _short(event_type), _short(publisher_id), _describe(exc))
             self._metrics.notification(event_type, "malformed")
             return HANDLED
         if event is None:
@@ -105,7 +110,7 @@ class Bridge:
         return HANDLED
 
     def malformed_envelope(self, exc: BaseException) -> None:
-        LOG.warning("dropping a notification with a malformed envelope: %r", exc)
+        LOG.warning("dropping a notification with a malformed envelope: %s", _describe(exc))
         self._metrics.notification(None, "malformed")
 
 
@@ -196,5 +201,22 @@ class BusListener:
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]
+    if isinstance(value, str):
+        return value[:80]
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:80]
+    return f"<{type(value).__name__}>"  # never repr() a container from the wire
+
+
+def _describe(exc: BaseException) -> str:
+    """One bounded line about ``exc``: a parser's own message for
+    :class:`~warmer.events.MalformedEvent`, the type and the start of the
+    message for anything else."""
+    try:
+        text = str(exc)
+    except Exception:  # a message that cannot even be shown
+        text = ""
+    text = " ".join(text.split())[:200]
+    if isinstance(exc, events.MalformedEvent):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
