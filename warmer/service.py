@@ -52,6 +52,11 @@ def weights_from(conf: cfg.ConfigOpts) -> Weights:
                    cache_hit=p.weight_cache_hit, image_send=p.weight_image_send)
 
 
+def own_users_from(conf: cfg.ConfigOpts) -> frozenset[str]:
+    """Configured Glance users whose downloads are not demand (invariant 9)."""
+    return frozenset(u for u in conf.popularity.ignored_download_users if u)
+
+
 def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
                   metrics: Metrics, glance: GlanceClient) -> list[Target]:
     def observe(user: str, op: str) -> None:
@@ -85,15 +90,19 @@ class Service:
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
-        self.glance = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf),
+        self.glance_auth = GlanceAuth(conf)
+        self.glance = GlanceClient(conf.glance.endpoint, auth=self.glance_auth,
                                    max_connections=conf.glance.max_connections)
+        # warmer's own Keystone user, once known: its downloads are not demand.
+        self.session_user: str | None = None
         self.targets = build_targets(conf, self.executor, self.metrics, self.glance)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
         p = conf.popularity
         self.tracker = Tracker(half_life=p.half_life, weights=weights_from(conf),
                                policy=policy_from(conf), threshold=p.threshold,
-                               top_k=p.top_k, dedup_window=conf.bus.dedup_window)
+                               top_k=p.top_k, dedup_window=conf.bus.dedup_window,
+                               own_users=own_users_from(conf))
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
@@ -122,6 +131,7 @@ class Service:
         self.tracker.weights = weights_from(self.conf)
         self.tracker.threshold, self.tracker.top_k = p.threshold, p.top_k
         self.tracker.scores.half_life = p.half_life
+        self.tracker.own_users = self._own_users()
         LOG.info("configuration reloaded")
         for image_id in self.tracker.image_ids():
             self.engine.enqueue(image_id)
@@ -159,8 +169,31 @@ class Service:
         LOG.info("stopped")
         return 0
 
+    def _own_users(self) -> frozenset[str]:
+        users = own_users_from(self.conf)
+        return users | {self.session_user} if self.session_user else users
+
+    async def _learn_session_user(self) -> None:
+        """Add warmer's own Keystone user to the users whose downloads are
+        not demand (invariant 9), as soon as Keystone tells it; retried with
+        back-off, since Keystone may be down when warmer starts. Without
+        keystoneauth ([glance] auth_type), only the configured list applies."""
+        if not self.glance_auth.authenticated:
+            return
+        delay = 5.0
+        while True:
+            user = await self.glance_auth.user_id()
+            if user:
+                self.session_user = user
+                self.tracker.own_users = self._own_users()
+                LOG.info("downloads by warmer's own Keystone user %s are not demand", user)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._learn_session_user(), name="session-user")
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             await self._wait_for_ceph()
             # What a crash left behind is cleaned up by the first

@@ -139,3 +139,27 @@ def test_any_exception_while_parsing_is_acked_as_malformed_in_one_line(
     record = caplog.records[0]
     assert record.levelno == logging.WARNING and record.exc_info is None
     assert len(record.getMessage()) <= 400
+
+
+def test_warmers_own_image_send_is_acked_counted_and_adds_no_score(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Invariant 9 through the bridge and the real engine and tracker."""
+    from tests.unit.test_engine import build
+
+    engine, _, _ = build()
+    engine.tracker.own_users = frozenset({"warmer-user"})
+    metrics = Metrics()
+    bridge = Bridge(loop, engine.handle, metrics, max_payload_bytes=4096, handoff_timeout=2.0)
+
+    def send(user: str, message_id: str) -> str:
+        return bridge.deliver("image.g1", "image.send", {
+            "bytes_sent": 1, "image_id": IMAGE_ID, "owner_id": "o",
+            "receiver_tenant_id": "service", "receiver_user_id": user},
+            {"message_id": message_id, "timestamp": None})
+
+    assert send("warmer-user", "m-1") == HANDLED
+    assert count(metrics, "image.send", "own_download") == 1
+    assert engine.tracker.image_ids() == [] and engine.tracker.scores.score(IMAGE_ID, 0) == 0
+    assert send("someone-else", "m-2") == HANDLED
+    assert count(metrics, "image.send", "handled") == 1
+    assert engine.tracker.image_ids() == [IMAGE_ID]

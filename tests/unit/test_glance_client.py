@@ -122,3 +122,30 @@ def test_neither_endpoint_nor_auth_is_a_config_error() -> None:
         assert "endpoint" in str(exc)
     else:
         raise AssertionError("expected RequiredOptError")
+
+
+def test_user_id_of_the_keystone_session_is_known_for_invariant_9() -> None:
+    async def scenario() -> str | None:
+        cloud = FakeCloud()
+        runner = web.AppRunner(cloud.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        cloud.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        conf = conf_for({k: v.replace("BASE", cloud.base) for k, v in PASSWORD.items()})
+        try:
+            return await GlanceAuth(conf).user_id()
+        finally:
+            await runner.cleanup()
+    assert asyncio.run(scenario()) == "u"
+
+
+def test_user_id_without_auth_is_none() -> None:
+    conf = conf_for({"endpoint": "http://127.0.0.1:9/glance"})
+    assert asyncio.run(GlanceAuth(conf).user_id()) is None
+
+
+def test_user_id_when_keystone_does_not_answer_is_none_not_an_error() -> None:
+    options = {**PASSWORD, "auth_url": "http://127.0.0.1:9/v3", "timeout": "2"}
+    conf = conf_for(options)
+    assert asyncio.run(GlanceAuth(conf).user_id()) is None
