@@ -37,6 +37,7 @@ from warmer.warming.target import Target, TargetConfig
 
 LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 20.0
+BUS_PROBE_INTERVAL = 1.0  # seconds; reading the connection state costs nothing
 
 
 def policy_from(conf: cfg.ConfigOpts) -> Policy:
@@ -111,12 +112,28 @@ class Service:
                                          lambda: len(self.tracker.image_ids()))
         self.listener: BusListener | None = None
         self.ceph_up: dict[str, bool] = {t.name: False for t in self.targets}
+        self._bus_state_visible = True
         self._stop = asyncio.Event()
         self._ceph_ready = asyncio.Event()
         self.http_port: int | None = None
 
+    def bus_up(self) -> bool:
+        """The listener consumes and its AMQP connection is up. If the
+        connection state cannot be seen (another oslo.messaging), only
+        whether the listener runs."""
+        if self.listener is None or not self.listener.running:
+            return False
+        connected = self.listener.connected()
+        if connected is None:
+            if self._bus_state_visible:
+                self._bus_state_visible = False
+                LOG.warning("cannot see the bus connection's state with this "
+                            "oslo.messaging; /readyz reports only that the listener runs")
+            return True
+        return connected
+
     def ready(self) -> dict[str, bool]:
-        checks = {"bus": bool(self.listener and self.listener.running)}
+        checks = {"bus": self.bus_up()}
         checks.update({f"ceph:{name}": up for name, up in self.ceph_up.items()})
         return checks
 
@@ -205,7 +222,8 @@ class Service:
                             transient=(Draining,))
             self.listener = BusListener(self.conf, bridge)
             await loop.run_in_executor(None, self.listener.start)
-            self.metrics.dependency_up.labels("bus").set(1)
+            self.metrics.dependency_up.labels("bus").set(1 if self.bus_up() else 0)
+            tg.create_task(self._probe_bus(), name="bus-probe")
             LOG.info("consuming notifications (pool %s)", self.conf.bus.pool)
             systemd.notify("READY=1", "STATUS=consuming notifications")
             interval = systemd.watchdog_interval()
@@ -230,6 +248,23 @@ class Service:
                 self._ceph_ready.set()
             await asyncio.sleep(self.conf.warming.ceph_probe_interval
                                 if all(self.ceph_up.values()) else 2.0)
+
+    async def _probe_bus(self) -> None:
+        """Keep ``warmer_dependency_up{dependency="bus"}`` current and log
+        when the listener's connection goes and comes back (the driver
+        reconnects by itself; /readyz reads the state live)."""
+        was_up = True
+        while not self._stop.is_set():  # once stopping, _drain says the bus is down
+            up = self.bus_up()
+            self.metrics.dependency_up.labels("bus").set(1 if up else 0)
+            if up != was_up:
+                if up:
+                    LOG.info("bus connection is back; consuming again")
+                else:
+                    LOG.warning("bus connection lost; not consuming until the "
+                                "driver reconnects")
+                was_up = up
+            await asyncio.sleep(BUS_PROBE_INTERVAL)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a blocked loop stops the pings.

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from oslo_config import cfg
 
-from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
+from warmer.bus.listener import HANDLED, REQUEUE, Bridge, BusListener, _GuardedDispatcher
+from warmer.conf import bus as bus_conf
 from warmer.events import Event
 from warmer.metrics import Metrics
 from warmer.warming.engine import Draining
@@ -163,3 +166,32 @@ def test_warmers_own_image_send_is_acked_counted_and_adds_no_score(
     assert send("someone-else", "m-2") == HANDLED
     assert count(metrics, "image.send", "handled") == 1
     assert engine.tracker.image_ids() == [IMAGE_ID]
+
+
+def test_listener_sees_its_connection_drop_and_come_back(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
+    """The private path to the rabbit driver's kombu connection exists in
+    this oslo.messaging, and its state follows a drop and the driver's own
+    reconnection (kombu's in-memory transport stands in for RabbitMQ)."""
+    conf_file = tmp_path / "warmer.conf"
+    conf_file.write_text("[DEFAULT]\ntransport_url = kombu+memory:////\n"
+                         "[oslo_messaging_rabbit]\nkombu_reconnect_delay = 0.5\n")
+    conf = cfg.ConfigOpts()
+    bus_conf.register_opts(conf)
+    conf(["--config-file", str(conf_file)])
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(conf, bridge)
+    assert listener.connected() is False  # not started
+    listener.start()
+    try:
+        assert listener.connected() is True
+        kombu_conn = listener._server.listener._poll_style_listener.conn.connection.connection
+        kombu_conn.collect()  # what kombu does when a read or write fails
+        assert listener.connected() is False
+        deadline = time.monotonic() + 15
+        while not listener.connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listener.connected() is True, "the driver did not reconnect"
+    finally:
+        listener.stop()
+    assert listener.connected() is False

@@ -161,7 +161,22 @@ class _DriverDropCounter(logging.Handler):
 
 
 class BusListener:
-    """One oslo.messaging listener on the Glance and Cinder exchanges."""
+    """One oslo.messaging listener on the Glance and Cinder exchanges.
+
+    Its queues are declared by oslo.messaging's rabbit driver with the
+    transport's ``[oslo_messaging_rabbit]`` options, as every OpenStack
+    service declares its own: ``amqp_durable_queues`` (durable exchanges
+    and queues), ``amqp_auto_delete``, ``rabbit_quorum_queue`` (and its
+    ``rabbit_quorum_*`` limits), ``rabbit_ha_queues``. They must match how
+    the deployment's services declared the same exchanges, or the declare
+    fails and the daemon does not start.
+
+    :meth:`connected` tells whether the listener's own AMQP connection is
+    up. The rabbit driver reconnects by itself (``rabbit_retry_interval``,
+    ``rabbit_retry_backoff``, ``rabbit_interval_max``) and then declares
+    the queues again; nothing is consumed meanwhile, and messages taken but
+    not yet acked when the connection broke are redelivered by the broker.
+    """
 
     def __init__(self, conf: cfg.ConfigOpts, bridge: Bridge) -> None:
         self._conf = conf
@@ -185,6 +200,30 @@ class BusListener:
         logging.getLogger("oslo.messaging._drivers.impl_rabbit").addHandler(self._drop_counter)
         self._server.start()
         self.running = True
+
+    def connected(self) -> bool | None:
+        """Whether the listener's AMQP connection is up right now: True or
+        False, or None when this oslo.messaging does not let it be seen.
+
+        It reads the state of the kombu connection the rabbit driver
+        consumes on (no I/O, no lock), so any thread may call it. kombu
+        drops that connection object as soon as a read or write fails (the
+        broker closed it, the socket broke, a heartbeat was missed) and sets
+        a new one only once a reconnection succeeded, just before the driver
+        declares its queues again. oslo.messaging has no public hook for
+        this, hence the private path, checked by a unit test."""
+        server = self._server
+        if server is None or not self.running:
+            return False
+        try:
+            conn = server.listener._poll_style_listener.conn.connection.connection
+        except AttributeError:
+            return None
+        # Only kombu's ``connected`` property, never ``connection``, which
+        # would connect.
+        if not isinstance(getattr(type(conn), "connected", None), property):
+            return None
+        return bool(conn.connected)
 
     def stop(self) -> None:
         """Stop consuming and wait for in-flight callbacks. Blocking."""
