@@ -10,11 +10,17 @@ Shapes (DESIGN.md §3):
 
 * Glance ``image.*``: the payload is the image (id, status, disk_format,
   size, visibility, properties, tags, updated_at, ...); no locations.
-* Glance ``image.send``: image_id, bytes_sent, receiver_*.
+* Glance ``image.send``: image_id, bytes_sent, receiver_user_id and
+  receiver_tenant_id (who downloaded it: warmer's own downloads are not
+  demand, invariant 9).
 * Cinder ``volume.create.end``: ``glance_metadata`` is a list of DB rows
   ``{key, value, ...}``; the source image is the row whose key is
   ``image_id``. An empty list means "not from an image".
 * Cinder ``image_volume_cache.hit|miss``: ``{image_id, host}``.
+
+Every image id must be a canonical UUID (:mod:`warmer.ids`); other ids,
+hosts and message ids are bounded. Numbers that arrive as strings
+(``glance_metadata`` ``size``) must be plain ASCII digits.
 """
 
 from __future__ import annotations
@@ -26,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from warmer.ids import MAX_ID_LEN, InvalidId, bounded_token, canonical_image_id
+
 GLANCE_IMAGE_EVENTS = frozenset({
     "image.create", "image.update", "image.upload", "image.activate",
     "image.prepare",
@@ -35,7 +43,8 @@ IMAGE_SEND = "image.send"
 VOLUME_CREATE_END = "volume.create.end"
 CACHE_EVENTS = {"image_volume_cache.hit": "hit", "image_volume_cache.miss": "miss"}
 
-MAX_ID_LEN = 255
+MAX_TEXT_LEN = 255  # hosts, user and project ids
+_DIGITS = re.compile(r"[0-9]{1,20}")
 _TS_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
                "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S")
 
@@ -80,6 +89,8 @@ class ImageSent:
     image_id: str
     message_id: str
     timestamp: dt.datetime
+    receiver_user_id: str | None = None
+    receiver_tenant_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -126,18 +137,23 @@ def parse(event_type: Any, payload: Any, metadata: Any,
     _check_size(event_type, payload, max_payload_bytes)
     meta = metadata if isinstance(metadata, dict) else {}
     ts = _timestamp(meta.get("timestamp"), now)
-    message_id = _opt_str(meta, "message_id") or str(uuid.uuid4())
+    message_id = meta.get("message_id")
+    message_id = (str(uuid.uuid4()) if message_id is None
+                  else _token(message_id, "message_id"))
 
     if event_type in GLANCE_IMAGE_EVENTS:
         return ImageChanged(event_type, image_info(payload), ts)
     if event_type == IMAGE_DELETE:
-        return ImageDeleted(_id(payload, "id"), ts)
+        return ImageDeleted(_image_id(payload.get("id"), "id"), ts)
     if event_type == IMAGE_SEND:
-        return ImageSent(_id(payload, "image_id"), message_id, ts)
+        return ImageSent(_image_id(payload.get("image_id"), "image_id"), message_id, ts,
+                         receiver_user_id=_opt_text(payload, "receiver_user_id"),
+                         receiver_tenant_id=_opt_text(payload, "receiver_tenant_id"))
     if event_type == VOLUME_CREATE_END:
         return _volume_created(payload, publisher_id, ts)
-    return ImageCacheUsed(CACHE_EVENTS[event_type], _id(payload, "image_id"),
-                          _str(payload, "host"), message_id, ts)
+    return ImageCacheUsed(CACHE_EVENTS[event_type],
+                          _image_id(payload.get("image_id"), "image_id"),
+                          _text(payload, "host"), message_id, ts)
 
 
 def image_info(payload: dict[str, Any]) -> ImageInfo:
@@ -154,7 +170,7 @@ def image_info(payload: dict[str, Any]) -> ImageInfo:
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise MalformedEvent("image tags is not a list of strings")
     return ImageInfo(
-        id=_id(payload, "id"),
+        id=_image_id(payload.get("id"), "id"),
         status=_str(payload, "status"),
         disk_format=_opt_str(payload, "disk_format"),
         size=_opt_int(payload, "size"),
@@ -179,7 +195,7 @@ _CORE_FIELDS = frozenset({
 
 def _volume_created(payload: dict[str, Any], publisher_id: Any,
                     ts: dt.datetime) -> VolumeCreatedFromImage | None:
-    volume_id = _id(payload, "volume_id")
+    volume_id = _token(payload.get("volume_id"), "volume_id")
     rows = payload.get("glance_metadata")
     if rows is None or rows == []:
         return None  # not created from an image
@@ -198,16 +214,31 @@ def _volume_created(payload: dict[str, Any], publisher_id: Any,
         meta[row["key"]] = value or ""
     if "image_id" not in meta:
         return None
-    image_id = _valid_id(meta["image_id"], "glance_metadata image_id")
+    image_id = _image_id(meta["image_id"], "glance_metadata image_id")
     host = payload.get("host")
     if not isinstance(host, str):
         host = publisher_id.split(".", 1)[1] if (
             isinstance(publisher_id, str) and "." in publisher_id) else ""
-    size = meta.get("size")
+    if len(host) > MAX_TEXT_LEN:
+        raise MalformedEvent("volume.create.end: host is too long")
+    disk_format = meta.get("disk_format") or None
+    if disk_format is not None and len(disk_format) > MAX_TEXT_LEN:
+        raise MalformedEvent("volume.create.end: glance_metadata disk_format is too long")
     return VolumeCreatedFromImage(
         volume_id=volume_id, image_id=image_id, backend_host=host,
-        disk_format=meta.get("disk_format") or None,
-        size=int(size) if size and size.isdigit() else None, timestamp=ts)
+        disk_format=disk_format, size=_digits(meta.get("size"), "glance_metadata size"),
+        timestamp=ts)
+
+
+def _digits(value: str | None, what: str) -> int | None:
+    """A non-negative integer written as a string: ASCII digits only, at most
+    20 of them (``str.isdigit`` also accepts "²", which ``int`` refuses).
+    Empty or absent means unknown."""
+    if not value:
+        return None
+    if not _DIGITS.fullmatch(value):
+        raise MalformedEvent(f"{what} {value[:32]!r} is not a non-negative integer")
+    return int(value)
 
 
 def _check_size(event_type: str, payload: dict[str, Any], limit: int) -> None:
@@ -219,19 +250,32 @@ def _check_size(event_type: str, payload: dict[str, Any], limit: int) -> None:
         raise MalformedEvent(f"{event_type}: payload is {size} bytes, over {limit}")
 
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+def _image_id(value: Any, what: str) -> str:
+    try:
+        return canonical_image_id(value, what)
+    except InvalidId as exc:
+        raise MalformedEvent(str(exc)) from None
 
 
-def _valid_id(value: Any, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise MalformedEvent(f"{what} is missing or not a string")
-    if len(value) > MAX_ID_LEN or not _ID_RE.match(value):
-        raise MalformedEvent(f"{what} {value[:64]!r} is not a valid id")
+def _token(value: Any, what: str) -> str:
+    try:
+        return bounded_token(value, what, MAX_ID_LEN)
+    except InvalidId as exc:
+        raise MalformedEvent(str(exc)) from None
+
+
+def _text(payload: dict[str, Any], key: str) -> str:
+    value = _str(payload, key)
+    if len(value) > MAX_TEXT_LEN:
+        raise MalformedEvent(f"{key} is longer than {MAX_TEXT_LEN} characters")
     return value
 
 
-def _id(payload: dict[str, Any], key: str) -> str:
-    return _valid_id(payload.get(key), key)
+def _opt_text(payload: dict[str, Any], key: str) -> str | None:
+    value = _opt_str(payload, key)
+    if value is not None and len(value) > MAX_TEXT_LEN:
+        raise MalformedEvent(f"{key} is longer than {MAX_TEXT_LEN} characters")
+    return value
 
 
 def _str(payload: dict[str, Any], key: str) -> str:

@@ -60,7 +60,8 @@ class Metrics:
         r = self.registry
         self.notifications = Counter(
             "warmer_notifications", "Notifications received, by event type and outcome "
-            "(handled, ignored, duplicate, stale, malformed, requeued, error)",
+            "(handled, ignored, duplicate, stale, deleted, own_download, malformed, requeued, "
+            "error)",
             ["event_type", "outcome"], registry=r)
         self.warm_duration = Histogram(
             "warmer_warm_duration_seconds", "Time to make one image cloneable in one "

@@ -37,6 +37,7 @@ from warmer.warming.target import Target, TargetConfig, TargetProblem
 
 LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 20.0
+BUS_PROBE_INTERVAL = 1.0  # seconds; reading the connection state costs nothing
 
 
 def policy_from(conf: cfg.ConfigOpts) -> Policy:
@@ -50,6 +51,11 @@ def weights_from(conf: cfg.ConfigOpts) -> Weights:
     p = conf.popularity
     return Weights(volume_create=p.weight_volume_create, cache_miss=p.weight_cache_miss,
                    cache_hit=p.weight_cache_hit, image_send=p.weight_image_send)
+
+
+def own_users_from(conf: cfg.ConfigOpts) -> frozenset[str]:
+    """Configured Glance users whose downloads are not demand (invariant 9)."""
+    return frozenset(u for u in conf.popularity.ignored_download_users if u)
 
 
 def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
@@ -86,8 +92,11 @@ class Service:
         self.metrics = Metrics()
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
-        self.glance = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf),
+        self.glance_auth = GlanceAuth(conf)
+        self.glance = GlanceClient(conf.glance.endpoint, auth=self.glance_auth,
                                    max_connections=conf.glance.max_connections)
+        # warmer's own Keystone user, once known: its downloads are not demand.
+        self.session_user: str | None = None
         self.stores = StoreCatalog(self.glance)
         self.targets = build_targets(conf, self.executor, self.metrics, self.glance,
                                      self.stores)
@@ -96,7 +105,8 @@ class Service:
         p = conf.popularity
         self.tracker = Tracker(half_life=p.half_life, weights=weights_from(conf),
                                policy=policy_from(conf), threshold=p.threshold,
-                               top_k=p.top_k, dedup_window=conf.bus.dedup_window)
+                               top_k=p.top_k, dedup_window=conf.bus.dedup_window,
+                               own_users=own_users_from(conf))
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
@@ -105,12 +115,28 @@ class Service:
                                          lambda: len(self.tracker.image_ids()))
         self.listener: BusListener | None = None
         self.ceph_up: dict[str, bool] = {t.name: False for t in self.targets}
+        self._bus_state_visible = True
         self._stop = asyncio.Event()
         self._ceph_ready = asyncio.Event()
         self.http_port: int | None = None
 
+    def bus_up(self) -> bool:
+        """The listener consumes and its AMQP connection is up. If the
+        connection state cannot be seen (another oslo.messaging), only
+        whether the listener runs."""
+        if self.listener is None or not self.listener.running:
+            return False
+        connected = self.listener.connected()
+        if connected is None:
+            if self._bus_state_visible:
+                self._bus_state_visible = False
+                LOG.warning("cannot see the bus connection's state with this "
+                            "oslo.messaging; /readyz reports only that the listener runs")
+            return True
+        return connected
+
     def ready(self) -> dict[str, bool]:
-        checks = {"bus": bool(self.listener and self.listener.running)}
+        checks = {"bus": self.bus_up()}
         checks.update({f"ceph:{name}": up for name, up in self.ceph_up.items()})
         return checks
 
@@ -125,6 +151,7 @@ class Service:
         self.tracker.weights = weights_from(self.conf)
         self.tracker.threshold, self.tracker.top_k = p.threshold, p.top_k
         self.tracker.scores.half_life = p.half_life
+        self.tracker.own_users = self._own_users()
         LOG.info("configuration reloaded")
         for image_id in self.tracker.image_ids():
             self.engine.enqueue(image_id)
@@ -162,8 +189,31 @@ class Service:
         LOG.info("stopped")
         return 0
 
+    def _own_users(self) -> frozenset[str]:
+        users = own_users_from(self.conf)
+        return users | {self.session_user} if self.session_user else users
+
+    async def _learn_session_user(self) -> None:
+        """Add warmer's own Keystone user to the users whose downloads are
+        not demand (invariant 9), as soon as Keystone tells it; retried with
+        back-off, since Keystone may be down when warmer starts. Without
+        keystoneauth ([glance] auth_type), only the configured list applies."""
+        if not self.glance_auth.authenticated:
+            return
+        delay = 5.0
+        while True:
+            user = await self.glance_auth.user_id()
+            if user:
+                self.session_user = user
+                self.tracker.own_users = self._own_users()
+                LOG.info("downloads by warmer's own Keystone user %s are not demand", user)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._learn_session_user(), name="session-user")
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             tg.create_task(self._probe_glance(), name="glance-probe")
             await self._wait_for_ceph()
@@ -177,7 +227,8 @@ class Service:
                             transient=(Draining,))
             self.listener = BusListener(self.conf, bridge)
             await loop.run_in_executor(None, self.listener.start)
-            self.metrics.dependency_up.labels("bus").set(1)
+            self.metrics.dependency_up.labels("bus").set(1 if self.bus_up() else 0)
+            tg.create_task(self._probe_bus(), name="bus-probe")
             LOG.info("consuming notifications (pool %s)", self.conf.bus.pool)
             systemd.notify("READY=1", "STATUS=consuming notifications")
             interval = systemd.watchdog_interval()
@@ -242,6 +293,23 @@ class Service:
                 self._ceph_ready.set()
             await asyncio.sleep(self.conf.warming.ceph_probe_interval
                                 if all(self.ceph_up.values()) else 2.0)
+
+    async def _probe_bus(self) -> None:
+        """Keep ``warmer_dependency_up{dependency="bus"}`` current and log
+        when the listener's connection goes and comes back (the driver
+        reconnects by itself; /readyz reads the state live)."""
+        was_up = True
+        while not self._stop.is_set():  # once stopping, _drain says the bus is down
+            up = self.bus_up()
+            self.metrics.dependency_up.labels("bus").set(1 if up else 0)
+            if up != was_up:
+                if up:
+                    LOG.info("bus connection is back; consuming again")
+                else:
+                    LOG.warning("bus connection lost; not consuming until the "
+                                "driver reconnects")
+                was_up = up
+            await asyncio.sleep(BUS_PROBE_INTERVAL)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a blocked loop stops the pings.

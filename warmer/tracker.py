@@ -10,7 +10,10 @@ duplicates and reorderings (DESIGN.md invariant 3):
   message id (others), within a bounded window, and are decayed from their
   own timestamps, so their order does not matter;
 * a deleted image leaves a tombstone; nothing that arrives after (or was
-  reordered behind) the delete brings it back.
+  reordered behind) the delete brings it back;
+* warmer's own downloads are not demand (invariant 9): an ``image.send``
+  whose receiver is one of :attr:`Tracker.own_users` is counted as
+  ``own_download`` and changes nothing, not even which images are tracked.
 
 All of it lives on the event loop, in memory.
 """
@@ -53,13 +56,16 @@ class Applied:
 
     image_id: str
     changed: bool
-    outcome: str  # handled, duplicate, stale, deleted
+    outcome: str  # handled, duplicate, stale, deleted, own_download
 
 
 class Tracker:
     def __init__(self, *, half_life: float, weights: Weights, policy: Policy,
-                 threshold: float, top_k: int, dedup_window: int) -> None:
+                 threshold: float, top_k: int, dedup_window: int,
+                 own_users: frozenset[str] = frozenset()) -> None:
         self.scores = Scores(half_life)
+        # Glance user ids whose downloads are warmer's own (its copies).
+        self.own_users = own_users
         self.weights = weights
         self.policy = policy
         self.threshold = threshold
@@ -121,6 +127,8 @@ class Tracker:
             weight = self.weights.cache_hit if event.kind == "hit" else self.weights.cache_miss
         else:
             assert isinstance(event, ImageSent)
+            if event.receiver_user_id is not None and event.receiver_user_id in self.own_users:
+                return Applied(image_id, False, "own_download")
             key, weight = f"msg:{event.message_id}", self.weights.image_send
         if not self._dedup.first_time(key):
             return Applied(image_id, False, "duplicate")

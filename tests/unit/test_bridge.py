@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from oslo_config import cfg
 
-from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
+from warmer.bus.listener import HANDLED, REQUEUE, Bridge, BusListener, _GuardedDispatcher
+from warmer.conf import bus as bus_conf
 from warmer.events import Event
 from warmer.metrics import Metrics
 from warmer.warming.engine import Draining
 
-IMAGE = {"id": "img-1", "status": "active", "disk_format": "raw", "size": 1}
+IMAGE_ID = "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f"
+IMAGE = {"id": IMAGE_ID, "status": "active", "disk_format": "raw", "size": 1}
 
 
 @pytest.fixture()
@@ -119,3 +124,74 @@ def test_well_formed_envelope_goes_through_the_dispatcher(
                "payload": IMAGE, "message_id": "m", "timestamp": "2026-11-25 10:00:00"}
     assert _GuardedDispatcher(bridge).dispatch(_Incoming(message)) == HANDLED
     assert len(seen) == 1
+
+
+@pytest.mark.parametrize("error", [KeyError("bug"), ValueError("x" * 100_000), RecursionError(),
+                                   TypeError("unhashable"), OverflowError()])
+def test_any_exception_while_parsing_is_acked_as_malformed_in_one_line(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture, error: Exception) -> None:
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise error
+    monkeypatch.setattr("warmer.bus.listener.events.parse", broken)
+    bridge, metrics, seen = make(loop, ok)
+    with caplog.at_level(logging.DEBUG, logger="warmer.bus.listener"):
+        assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == HANDLED
+    assert seen == [] and count(metrics, "image.activate", "malformed") == 1
+    assert len(caplog.records) == 1
+    record = caplog.records[0]
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert len(record.getMessage()) <= 400
+
+
+def test_warmers_own_image_send_is_acked_counted_and_adds_no_score(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Invariant 9 through the bridge and the real engine and tracker."""
+    from tests.unit.test_engine import build
+
+    engine, _, _ = build()
+    engine.tracker.own_users = frozenset({"warmer-user"})
+    metrics = Metrics()
+    bridge = Bridge(loop, engine.handle, metrics, max_payload_bytes=4096, handoff_timeout=2.0)
+
+    def send(user: str, message_id: str) -> str:
+        return bridge.deliver("image.g1", "image.send", {
+            "bytes_sent": 1, "image_id": IMAGE_ID, "owner_id": "o",
+            "receiver_tenant_id": "service", "receiver_user_id": user},
+            {"message_id": message_id, "timestamp": None})
+
+    assert send("warmer-user", "m-1") == HANDLED
+    assert count(metrics, "image.send", "own_download") == 1
+    assert engine.tracker.image_ids() == [] and engine.tracker.scores.score(IMAGE_ID, 0) == 0
+    assert send("someone-else", "m-2") == HANDLED
+    assert count(metrics, "image.send", "handled") == 1
+    assert engine.tracker.image_ids() == [IMAGE_ID]
+
+
+def test_listener_sees_its_connection_drop_and_come_back(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
+    """The private path to the rabbit driver's kombu connection exists in
+    this oslo.messaging, and its state follows a drop and the driver's own
+    reconnection (kombu's in-memory transport stands in for RabbitMQ)."""
+    conf_file = tmp_path / "warmer.conf"
+    conf_file.write_text("[DEFAULT]\ntransport_url = kombu+memory:////\n"
+                         "[oslo_messaging_rabbit]\nkombu_reconnect_delay = 0.5\n")
+    conf = cfg.ConfigOpts()
+    bus_conf.register_opts(conf)
+    conf(["--config-file", str(conf_file)])
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(conf, bridge)
+    assert listener.connected() is False  # not started
+    listener.start()
+    try:
+        assert listener.connected() is True
+        kombu_conn = listener._server.listener._poll_style_listener.conn.connection.connection
+        kombu_conn.collect()  # what kombu does when a read or write fails
+        assert listener.connected() is False
+        deadline = time.monotonic() + 15
+        while not listener.connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listener.connected() is True, "the driver did not reconnect"
+    finally:
+        listener.stop()
+    assert listener.connected() is False

@@ -102,7 +102,7 @@ def test_unknown_event_types_are_none() -> None:
     ("image.create", "not a dict", "payload is str"),
     ("image.create", glance_payload(id=None), "id is missing"),
     ("image.create", glance_payload(id=42), "id is missing"),
-    ("image.create", glance_payload(id="../../etc"), "not a valid id"),
+    ("image.create", glance_payload(id="../../etc"), "not a canonical UUID"),
     ("image.create", glance_payload(status=None), "status"),
     ("image.create", glance_payload(size="big"), "size"),
     ("image.create", glance_payload(size=-1), "size"),
@@ -166,3 +166,81 @@ def test_arbitrary_image_fields_either_parse_or_are_malformed(payload: dict[str,
         return
     assert isinstance(ev, events.ImageChanged)
     assert ev.image.size is None or (isinstance(ev.image.size, int) and ev.image.size >= 0)
+
+
+NOT_CANONICAL = [
+    f"volume-{IMAGE_ID}", f"warmer-tmp.{IMAGE_ID}", "a..b", "img-1", "../../etc",
+    "{" + IMAGE_ID + "}", IMAGE_ID.replace("-", ""), IMAGE_ID.upper(), f"urn:uuid:{IMAGE_ID}",
+    IMAGE_ID + "\n", " " + IMAGE_ID, IMAGE_ID[:-1] + "g", IMAGE_ID + "0",
+]
+
+
+def _with_image_id(event_type: str, image_id: str) -> Any:
+    if event_type in ("image.update", "image.delete"):
+        return glance_payload(id=image_id)
+    if event_type == "volume.create.end":
+        return volume_payload(cinder_rows("vol-1", {"image_id": image_id}))
+    if event_type == "image.send":
+        return {"image_id": image_id, "bytes_sent": 1}
+    return {"image_id": image_id, "host": "ctl@ceph#ceph"}
+
+
+@pytest.mark.parametrize("event_type", ["image.update", "image.delete", "image.send",
+                                        "volume.create.end", "image_volume_cache.miss"])
+@pytest.mark.parametrize("image_id", NOT_CANONICAL)
+def test_image_ids_that_are_not_canonical_uuids_are_malformed(event_type: str,
+                                                              image_id: str) -> None:
+    with pytest.raises(events.MalformedEvent, match="canonical UUID|not a string"):
+        events.parse(event_type, _with_image_id(event_type, image_id), META)
+
+
+@pytest.mark.parametrize("event_type", ["image.update", "image.delete", "image.send",
+                                        "volume.create.end", "image_volume_cache.miss"])
+def test_canonical_image_ids_parse(event_type: str) -> None:
+    ev = events.parse(event_type, _with_image_id(event_type, IMAGE_ID), META)
+    assert ev is not None
+    assert (ev.image.id if isinstance(ev, events.ImageChanged) else ev.image_id) == IMAGE_ID
+
+
+@pytest.mark.parametrize("size", ["²", "１２", "٣", "9" * 5000, "-1", "1e3", " 1", "1 ",
+                                  "0x10", "1_000", "1.0", "9" * 21])
+def test_glance_metadata_size_that_is_not_plain_digits_is_malformed(size: str) -> None:
+    rows = cinder_rows("vol-1", {"image_id": IMAGE_ID, "size": size})
+    with pytest.raises(events.MalformedEvent, match="size"):
+        events.parse("volume.create.end", volume_payload(rows), META)
+
+
+def test_glance_metadata_size_empty_is_unknown() -> None:
+    rows = cinder_rows("vol-1", {"image_id": IMAGE_ID, "size": ""})
+    ev = events.parse("volume.create.end", volume_payload(rows), META)
+    assert isinstance(ev, events.VolumeCreatedFromImage) and ev.size is None
+
+
+@pytest.mark.parametrize("volume_id", ["v" * 256, "vol\n", "", "-vol", "vol 1", 7])
+def test_volume_ids_are_bounded_tokens(volume_id: Any) -> None:
+    payload = volume_payload(cinder_rows("vol-1", {"image_id": IMAGE_ID}))
+    payload["volume_id"] = volume_id
+    with pytest.raises(events.MalformedEvent, match="volume_id"):
+        events.parse("volume.create.end", payload, META)
+
+
+@pytest.mark.parametrize("message_id", ["m" * 256, 5, ["m"]])
+def test_message_ids_are_bounded(message_id: Any) -> None:
+    with pytest.raises(events.MalformedEvent, match="message_id"):
+        events.parse("image.send", {"image_id": IMAGE_ID},
+                     {"message_id": message_id, "timestamp": None})
+
+
+def test_image_send_carries_the_receiver() -> None:
+    sent = events.parse("image.send", {"bytes_sent": 10, "image_id": IMAGE_ID,
+                                       "owner_id": "o", "receiver_tenant_id": "t-1",
+                                       "receiver_user_id": "u-1"}, META)
+    assert isinstance(sent, events.ImageSent)
+    assert (sent.receiver_user_id, sent.receiver_tenant_id) == ("u-1", "t-1")
+
+
+@pytest.mark.parametrize("field", ["receiver_user_id", "receiver_tenant_id"])
+@pytest.mark.parametrize("value", [5, ["u"], "u" * 256])
+def test_image_send_receiver_of_the_wrong_shape_is_malformed(field: str, value: Any) -> None:
+    with pytest.raises(events.MalformedEvent, match=field):
+        events.parse("image.send", {"image_id": IMAGE_ID, field: value}, META)

@@ -15,8 +15,9 @@ from warmer.conf import glance as glance_conf
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient
 
-IMAGE = {"id": "img-1", "status": "active", "disk_format": "raw", "size": 1,
-         "locations": [{"url": "rbd://f/images/img-1/snap", "metadata": {"store": "c"}}]}
+IMAGE_ID = "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f"
+IMAGE = {"id": IMAGE_ID, "status": "active", "disk_format": "raw", "size": 1,
+         "locations": [{"url": f"rbd://f/images/{IMAGE_ID}/snap", "metadata": {"store": "c"}}]}
 
 
 class FakeCloud:
@@ -81,7 +82,7 @@ async def with_cloud(cloud: FakeCloud, options: dict[str, str]) -> Any:
     conf = conf_for(opts)
     client = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf))
     try:
-        return await client.get_image("img-1")
+        return await client.get_image(IMAGE_ID)
     finally:
         await client.close()
         await runner.cleanup()
@@ -95,7 +96,7 @@ PASSWORD = {"auth_type": "v3password", "auth_url": "BASE/v3", "username": "warme
 def test_password_auth_finds_glance_in_the_catalog_and_sends_the_token() -> None:
     cloud = FakeCloud()
     image = asyncio.run(with_cloud(cloud, PASSWORD))
-    assert image is not None and image.info.id == "img-1"
+    assert image is not None and image.info.id == IMAGE_ID
     assert cloud.seen_tokens == ["tok-1"]
 
 
@@ -121,3 +122,30 @@ def test_neither_endpoint_nor_auth_is_a_config_error() -> None:
         assert "endpoint" in str(exc)
     else:
         raise AssertionError("expected RequiredOptError")
+
+
+def test_user_id_of_the_keystone_session_is_known_for_invariant_9() -> None:
+    async def scenario() -> str | None:
+        cloud = FakeCloud()
+        runner = web.AppRunner(cloud.app())
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        cloud.base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        conf = conf_for({k: v.replace("BASE", cloud.base) for k, v in PASSWORD.items()})
+        try:
+            return await GlanceAuth(conf).user_id()
+        finally:
+            await runner.cleanup()
+    assert asyncio.run(scenario()) == "u"
+
+
+def test_user_id_without_auth_is_none() -> None:
+    conf = conf_for({"endpoint": "http://127.0.0.1:9/glance"})
+    assert asyncio.run(GlanceAuth(conf).user_id()) is None
+
+
+def test_user_id_when_keystone_does_not_answer_is_none_not_an_error() -> None:
+    options = {**PASSWORD, "auth_url": "http://127.0.0.1:9/v3", "timeout": "2"}
+    conf = conf_for(options)
+    assert asyncio.run(GlanceAuth(conf).user_id()) is None

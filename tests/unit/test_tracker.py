@@ -118,3 +118,26 @@ def test_api_view_replaces_a_stale_image_from_cinder() -> None:
     assert not t.is_stale("img")
     info = t.image("img")
     assert info is not None and info.name == "ubuntu"
+
+
+def test_warmers_own_downloads_are_not_demand() -> None:
+    t = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0, top_k=0,
+                dedup_window=1000, own_users=frozenset({"warmer-user"}))
+    own = ImageSent("img", "msg-1", T0, receiver_user_id="warmer-user", receiver_tenant_id="p")
+    applied = t.apply(own)
+    assert applied.outcome == "own_download" and not applied.changed
+    # Not even tracked: warmer's download of an image nobody wants starts nothing.
+    assert t.image_ids() == [] and t.scores.score("img", T0.timestamp()) == 0
+
+    other = ImageSent("img", "msg-2", T0, receiver_user_id="someone", receiver_tenant_id="p")
+    assert t.apply(other).outcome == "handled"
+    assert t.scores.score("img", T0.timestamp()) == Weights().image_send
+
+
+def test_own_users_can_change_at_run_time() -> None:
+    t = tracker()
+    sent = ImageSent("img", "msg-1", T0, receiver_user_id="warmer-user")
+    t.own_users = frozenset({"warmer-user"})
+    assert t.apply(sent).outcome == "own_download"
+    t.own_users = frozenset()
+    assert t.apply(sent).outcome == "handled"  # the first was not remembered as a duplicate

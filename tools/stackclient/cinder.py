@@ -20,10 +20,29 @@ BACKEND = "ceph"
 
 
 class CinderNotifier:
-    def __init__(self, transport_url: str, *, host: str = HOST, backend: str = BACKEND) -> None:
-        self.conf = cfg.ConfigOpts()
-        self.conf([], project="cinder-stand-in")
-        self.transport = oslo_messaging.get_notification_transport(self.conf, url=transport_url)
+    """Publishes as Cinder does (exchange ``openstack``). ``durable`` stands
+    for ``[oslo_messaging_rabbit] amqp_durable_queues = true``: the exchange and
+    the default queue are then declared durable (they must match how the
+    listeners declared them) and messages are persistent (kombu's default
+    delivery mode), so a broker restart keeps what it had queued.
+
+    Every notification is published with publisher confirms (the rabbit
+    driver always asks for them) and retried until the broker confirms it
+    (``[oslo_messaging_notifications] retry = -1``, the default): it blocks
+    while the broker is down, and a publish whose confirm was lost is sent
+    again (a duplicate, with the same volume id)."""
+
+    def __init__(self, transport_url: str, *, host: str = HOST, backend: str = BACKEND,
+                 durable: bool = False) -> None:
+        # The rabbit driver registers its options when the transport is
+        # made; a config file sets them before that, as cinder.conf would.
+        with tempfile.NamedTemporaryFile("w", suffix=".conf") as f:
+            f.write(f"[oslo_messaging_rabbit]\namqp_durable_queues = {durable}\n")
+            f.flush()
+            self.conf = cfg.ConfigOpts()
+            self.conf(["--config-file", f.name], project="cinder-stand-in")
+            self.transport = oslo_messaging.get_notification_transport(
+                self.conf, url=transport_url)
         self.host = f"{host}@{backend}#{backend}"
         self._volume = oslo_messaging.Notifier(
             self.transport, publisher_id=f"volume.{self.host}", driver="messagingv2",

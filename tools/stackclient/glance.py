@@ -20,16 +20,21 @@ class Glance:
     def __init__(self, url: str) -> None:
         self.url = url.rstrip("/")
 
-    def _req(self, method: str, path: str, body: Any = None,
-             ctype: str = "application/json", headers: dict[str, str] | None = None) -> Any:
+    def _raw(self, method: str, path: str, body: Any = None,
+             ctype: str = "application/json", headers: dict[str, str] | None = None) -> bytes:
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": ctype, **(headers or {})})
         try:
             with urllib.request.urlopen(req, timeout=120) as resp:
-                raw = resp.read()
+                raw: bytes = resp.read()
         except urllib.error.HTTPError as exc:
             raise GlanceError(exc.code, exc.read().decode(errors="replace")) from exc
+        return raw
+
+    def _req(self, method: str, path: str, body: Any = None,
+             ctype: str = "application/json", headers: dict[str, str] | None = None) -> Any:
+        raw = self._raw(method, path, body, ctype, headers)
         return json.loads(raw) if raw else None
 
     def create(self, name: str, disk_format: str = "raw", **extra: Any) -> dict[str, Any]:
@@ -41,6 +46,13 @@ class Glance:
         """Upload to Glance's default store, or to ``store``."""
         self._req("PUT", f"/v2/images/{image_id}/file", data, "application/octet-stream",
                   {"X-Image-Meta-Store": store} if store else None)
+
+    def download(self, image_id: str, as_user: str | None = None) -> bytes:
+        """``GET /v2/images/{id}/file``; Glance then sends ``image.send``.
+        ``as_user`` makes the stack's auth stand-in treat the request as that
+        Keystone user's (the default is the stack's admin, warmer's user)."""
+        return self._raw("GET", f"/v2/images/{image_id}/file",
+                         headers={"X-Stack-User-Id": as_user} if as_user else None)
 
     def get(self, image_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._req("GET", f"/v2/images/{image_id}")

@@ -131,4 +131,6 @@ def start(base: Path, cache: Path, transport_url: str,
     return {"GLANCE_URL": f"http://127.0.0.1:{port}",
             "GLANCE_CONF": str(gdir / "glance-api.conf"),
             "GLANCE_DEFAULT_STORE": default_store,
-            "GLANCE_FILE_STORE": FILE_STORE}
+            "GLANCE_FILE_STORE": FILE_STORE,
+            # The user the stackauth filter makes of every request (warmer's too).
+            "GLANCE_USER_ID": "stack-admin"}

@@ -115,6 +115,25 @@ def recorded(base: Path) -> list[tuple[str, int, str]]:
     return rows
 
 
+def recorded_pid(base: Path, name: str) -> int | None:
+    """The PID recorded for ``name`` if that very process still runs (same
+    start time), else None."""
+    for row_name, pid, start in recorded(base):
+        if row_name == name and _start_time(pid) == start and pid_alive(pid):
+            return pid
+    return None
+
+
+def forget(base: Path, name: str, pid: int) -> None:
+    """Drop the record of ``name`` with ``pid`` (a process we stopped on
+    purpose and may start again, which records itself anew)."""
+    with _RECORD_LOCK:
+        path = base / PIDS_FILE
+        lines = path.read_text().splitlines(True) if path.exists() else []
+        kept = [line for line in lines if line.split()[:2] != [name, str(pid)]]
+        path.write_text("".join(kept))
+
+
 def stop_recorded(base: Path, timeout: float = 20) -> list[str]:
     """SIGTERM every recorded process still running (newest first), then
     SIGKILL what has not exited by ``timeout``. Returns what was stopped."""

@@ -7,10 +7,13 @@ take it. Ack and requeue rules (``allow_requeue=True``):
 
 * handed off (the loop folded the event into its state): ack;
 * unknown event type: ack, counted as ``ignored``;
-* malformed (bad envelope, missing or mistyped fields, oversized
-  payload): ack, logged and counted as ``malformed``. Never requeued, so a
-  poison message cannot loop, and it never reaches the engine, so it never
-  touches Ceph;
+* malformed (bad envelope, missing or mistyped fields, an image id that
+  is not a canonical UUID, oversized payload), and *any* exception raised
+  while parsing, even one that is a bug of the parser: ack, logged in one
+  bounded line (no traceback) and counted as ``malformed``. Never requeued,
+  so a poison message cannot loop (oslo.messaging requeues whatever a
+  callback raises), and it never reaches the engine, so it never touches
+  Ceph;
 * the loop is draining or did not take the event within
   ``handoff_timeout``: requeue, so another daemon of the pool, or this one
   after a restart, gets it;
@@ -74,12 +77,14 @@ class Bridge:
 
     def deliver(self, publisher_id: Any, event_type: Any, payload: Any,
                 metadata: Any) -> str:
+        """Parse one notification and hand it to the loop; return HANDLED
+        (ack) or REQUEUE. Never raises for anything the message holds."""
         try:
             event = events.parse(event_type, payload, metadata, publisher_id=publisher_id,
                                  max_payload_bytes=self._max_payload_bytes)
-        except events.MalformedEvent as exc:
+        except Exception as exc:  # whatever the input does, ack it
             LOG.warning("dropping malformed notification %s from %s: %s",
-                        _short(event_type), _short(publisher_id), exc)
+                        _short(event_type), _short(publisher_id), _describe(exc))
             self._metrics.notification(event_type, "malformed")
             return HANDLED
         if event is None:
@@ -105,7 +110,7 @@ class Bridge:
         return HANDLED
 
     def malformed_envelope(self, exc: BaseException) -> None:
-        LOG.warning("dropping a notification with a malformed envelope: %r", exc)
+        LOG.warning("dropping a notification with a malformed envelope: %s", _describe(exc))
         self._metrics.notification(None, "malformed")
 
 
@@ -156,7 +161,22 @@ class _DriverDropCounter(logging.Handler):
 
 
 class BusListener:
-    """One oslo.messaging listener on the Glance and Cinder exchanges."""
+    """One oslo.messaging listener on the Glance and Cinder exchanges.
+
+    Its queues are declared by oslo.messaging's rabbit driver with the
+    transport's ``[oslo_messaging_rabbit]`` options, as every OpenStack
+    service declares its own: ``amqp_durable_queues`` (durable exchanges
+    and queues), ``amqp_auto_delete``, ``rabbit_quorum_queue`` (and its
+    ``rabbit_quorum_*`` limits), ``rabbit_ha_queues``. They must match how
+    the deployment's services declared the same exchanges, or the declare
+    fails and the daemon does not start.
+
+    :meth:`connected` tells whether the listener's own AMQP connection is
+    up. The rabbit driver reconnects by itself (``rabbit_retry_interval``,
+    ``rabbit_retry_backoff``, ``rabbit_interval_max``) and then declares
+    the queues again; nothing is consumed meanwhile, and messages taken but
+    not yet acked when the connection broke are redelivered by the broker.
+    """
 
     def __init__(self, conf: cfg.ConfigOpts, bridge: Bridge) -> None:
         self._conf = conf
@@ -181,6 +201,30 @@ class BusListener:
         self._server.start()
         self.running = True
 
+    def connected(self) -> bool | None:
+        """Whether the listener's AMQP connection is up right now: True or
+        False, or None when this oslo.messaging does not let it be seen.
+
+        It reads the state of the kombu connection the rabbit driver
+        consumes on (no I/O, no lock), so any thread may call it. kombu
+        drops that connection object as soon as a read or write fails (the
+        broker closed it, the socket broke, a heartbeat was missed) and sets
+        a new one only once a reconnection succeeded, just before the driver
+        declares its queues again. oslo.messaging has no public hook for
+        this, hence the private path, checked by a unit test."""
+        server = self._server
+        if server is None or not self.running:
+            return False
+        try:
+            conn = server.listener._poll_style_listener.conn.connection.connection
+        except AttributeError:
+            return None
+        # Only kombu's ``connected`` property, never ``connection``, which
+        # would connect.
+        if not isinstance(getattr(type(conn), "connected", None), property):
+            return None
+        return bool(conn.connected)
+
     def stop(self) -> None:
         """Stop consuming and wait for in-flight callbacks. Blocking."""
         if self._server is not None:
@@ -196,5 +240,22 @@ class BusListener:
 
 
 def _short(value: Any) -> str:
-    text = value if isinstance(value, str) else repr(value)
-    return text[:80]
+    if isinstance(value, str):
+        return value[:80]
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)[:80]
+    return f"<{type(value).__name__}>"  # never repr() a container from the wire
+
+
+def _describe(exc: BaseException) -> str:
+    """One bounded line about ``exc``: a parser's own message for
+    :class:`~warmer.events.MalformedEvent`, the type and the start of the
+    message for anything else."""
+    try:
+        text = str(exc)
+    except Exception:  # a message that cannot even be shown
+        text = ""
+    text = " ".join(text.split())[:200]
+    if isinstance(exc, events.MalformedEvent):
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,16 +2,34 @@
 
 The transport itself is oslo.messaging's ``[DEFAULT] transport_url`` (or
 ``[oslo_messaging_notifications] transport_url``), with its
-``[oslo_messaging_rabbit]`` options for queue types and
-``[DEFAULT] executor_thread_pool_size`` for the listener's threads.
+``[oslo_messaging_rabbit]`` options and ``[DEFAULT]
+executor_thread_pool_size`` for the listener's threads. The rabbit
+driver declares warmer's exchanges and pool queue with those options
+(``amqp_durable_queues``, ``amqp_auto_delete``, ``rabbit_quorum_queue``
+and its limits, ``rabbit_ha_queues``), exactly as for any OpenStack
+service: they must match the deployment's, or the declare is refused.
+tests/functional/test_bus_faults.py checks durable and quorum queues.
 """
 
 from __future__ import annotations
 
 from oslo_config import cfg
 
-GROUP = cfg.OptGroup("bus", title="Notification bus",
-                     help="The Glance and Cinder notifications warmer listens to.")
+GROUP = cfg.OptGroup(
+    "bus", title="Notification bus",
+    help="The Glance and Cinder notifications warmer listens to. The connection "
+         "is oslo.messaging's: [DEFAULT] transport_url (or "
+         "[oslo_messaging_notifications] transport_url) and the "
+         "[oslo_messaging_rabbit] options, which apply to warmer's own "
+         "exchanges and pool queue as they do to any OpenStack service: set "
+         "amqp_durable_queues = true (durable exchanges and queues; messages "
+         "survive a broker restart) or rabbit_quorum_queue = true (quorum "
+         "queues, durable too) as the deployment's services do, or RabbitMQ "
+         "refuses the declare (inequivalent arg 'durable' or "
+         "'x-queue-type') and warmer does not start. While the listener's "
+         "connection is down, /readyz fails and warmer_dependency_up{"
+         "dependency=\"bus\"} is 0; the driver reconnects by itself "
+         "(rabbit_retry_interval, rabbit_retry_backoff, rabbit_interval_max).")
 
 OPTS = [
     cfg.StrOpt("glance_exchange", default="glance",

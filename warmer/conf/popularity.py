@@ -27,6 +27,16 @@ OPTS = [
                  help="Score added by a Cinder image_volume_cache.hit."),
     cfg.FloatOpt("weight_image_send", default=0.5, min=0.0, mutable=True,
                  help="Score added by a Glance image.send (a download)."),
+    cfg.ListOpt("ignored_download_users", default=[], mutable=True,
+                help="Keystone user ids whose Glance downloads (image.send, by "
+                     "receiver_user_id) are not demand: warmer's own downloads, "
+                     "when it copies an image out of a store that is not RBD, "
+                     "must not make that image more popular. When [glance] "
+                     "authenticates with keystoneauth, the user id of warmer's "
+                     "own session is added to this list automatically (once "
+                     "Keystone has answered); list it here too if warmer may "
+                     "download before that, or runs without auth_type. Such "
+                     "notifications are counted with outcome own_download."),
     cfg.ListOpt("disk_formats", default=["raw"], mutable=True,
                 help="Eligible disk formats. Cinder's RBD driver clones only raw."),
     cfg.IntOpt("max_image_size", default=0, min=0, mutable=True,

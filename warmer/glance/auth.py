@@ -8,6 +8,7 @@ costs a round trip only when a token is (re)issued.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from typing import Any
 
@@ -15,6 +16,8 @@ from keystoneauth1 import loading as ks_loading
 from oslo_config import cfg
 
 from warmer.conf.glance import DEFAULT_TIMEOUT
+
+LOG = logging.getLogger(__name__)
 
 
 class GlanceAuth:
@@ -49,6 +52,21 @@ class GlanceAuth:
             return {}
         token = await asyncio.to_thread(self._session.get_token)
         return {"X-Auth-Token": str(token)}
+
+    async def user_id(self) -> str | None:
+        """The Keystone user id warmer's session acts as, so that warmer can
+        tell its own downloads from demand (invariant 9). Best effort: None
+        without auth, for a plugin that has no user (e.g. an admin token),
+        or when Keystone cannot be asked now; it never raises. Costs a
+        token request only when no valid token is cached."""
+        if self._auth is None:
+            return None
+        try:
+            found = await asyncio.to_thread(self._auth.get_user_id, self._session)
+        except Exception as exc:  # keystoneauth raises many kinds; all mean "not now"
+            LOG.info("cannot tell warmer's own Keystone user id yet: %s", exc)
+            return None
+        return str(found) if found else None
 
     def invalidate(self) -> None:
         """After a 401: drop the cached token so the next call gets a new one."""

@@ -8,6 +8,11 @@ Glance's ``context`` filter builds an ordinary admin context from them.
 
 It is loaded by Glance's own virtualenv and is never used by warmer. Any
 identity headers the client sent are replaced, as auth_token does.
+
+Every request is the user ``stack-admin`` (the one warmer's stack config
+lists in ``[popularity] ignored_download_users``), unless it carries
+``X-Stack-User-Id``: then it is that user, as a request with another
+user's token would be. Tests use it to download an image as a tenant.
 """
 
 
@@ -24,6 +29,7 @@ class StackAuth:
         }
 
     def __call__(self, environ, start_response):
+        as_user = environ.pop("HTTP_X_STACK_USER_ID", None)
         for key in [k for k in environ if k.startswith("HTTP_X_") and
                     k != "HTTP_X_OPENSTACK_REQUEST_ID"]:
             if key.startswith(("HTTP_X_USER", "HTTP_X_PROJECT", "HTTP_X_ROLE",
@@ -31,6 +37,9 @@ class StackAuth:
                                "HTTP_X_SERVICE")):
                 del environ[key]
         environ.update(self.identity)
+        if as_user:
+            environ["HTTP_X_USER_ID"] = as_user
+            environ["HTTP_X_USER_NAME"] = as_user
         return self.app(environ, start_response)
 
 
