@@ -8,7 +8,7 @@ import sys
 
 from . import proc
 
-PACKAGES = ["rabbitmq-server", "ceph-mon", "ceph-osd", "ceph-common",
+PACKAGES = ["rabbitmq-server", "ceph-mon", "ceph-osd", "ceph-mgr", "ceph-common",
             "python3-rados", "python3-rbd", "python3-venv", "python3-dev",
             "gcc", "qemu-utils", "systemd"]
 

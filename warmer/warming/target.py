@@ -598,6 +598,8 @@ class Target:
         if not self.config.copy_images:
             return []
         pool = await self.copy_pool()
+        if await self.ceph.pool_full(pool):
+            return []  # every write (even a lease) would block until the op timeout
         entries = await self.ceph.run("registry", lambda c: rbd_images.registered(c, pool))
         cleaned = []
         for entry in entries:
