@@ -52,6 +52,15 @@ def weights_from(conf: cfg.ConfigOpts) -> Weights:
                    cache_hit=p.weight_cache_hit, image_send=p.weight_image_send)
 
 
+def cluster_config(group: cfg.ConfigOpts.GroupAttr, user: str,
+                   keyring: str | None) -> ClusterConfig:
+    """How to connect to a target's cluster as ``user``: the same timeouts
+    for warmer's and Cinder's user."""
+    return ClusterConfig(group.ceph_conf, user, keyring, group.connect_timeout,
+                         osd_op_timeout=group.rados_osd_op_timeout,
+                         mon_op_timeout=group.rados_mon_op_timeout)
+
+
 def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
                   metrics: Metrics, glance: GlanceClient) -> list[Target]:
     def observe(user: str, op: str) -> None:
@@ -60,12 +69,11 @@ def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
     targets: list[Target] = []
     for name in conf.enabled_targets:
         group = conf[name]
-        ceph = CephClient(ClusterConfig(group.ceph_conf, group.rados_user, group.keyring,
-                                        group.connect_timeout), executor, observe)
+        ceph = CephClient(cluster_config(group, group.rados_user, group.keyring),
+                          executor, observe)
         cinder = None
         if group.cinder_user:
-            cinder = CephClient(ClusterConfig(group.ceph_conf, group.cinder_user,
-                                              group.cinder_keyring, group.connect_timeout),
+            cinder = CephClient(cluster_config(group, group.cinder_user, group.cinder_keyring),
                                 executor, observe)
         config = TargetConfig(name, group.pool, group.glance_store or name,
                               group.repair_glance_snapshots, group.copy_images,

@@ -1,8 +1,10 @@
 """A connection to one Ceph cluster as one cephx user.
 
 Every rados/rbd call blocks (and releases the GIL), so each runs on the
-shared, bounded thread pool and never on the event loop. The connection is
-made lazily and rebuilt after it is shut down under us (for example when
+shared, bounded thread pool and never on the event loop. Every call is
+bounded too: the connection is made with ``rados_osd_op_timeout`` and
+``rados_mon_op_timeout``, without which a call to a sick cluster can block
+forever. The connection is made lazily and rebuilt after it is shut down under us (for example when
 the client is blocklisted), the way ceph-mgr's rbd_support rebuilds its
 handlers.
 """
@@ -42,6 +44,8 @@ class ClusterConfig:
     user: str
     keyring: str | None = None
     connect_timeout: int = 10
+    osd_op_timeout: int = 30
+    mon_op_timeout: int = 30
 
 
 class CephClient:
@@ -71,7 +75,13 @@ class CephClient:
                 rados, _ = modules()
                 # warmer writes big aligned chunks and flushes before it
                 # snapshots: librbd's writeback cache would only add memory.
-                conf: dict[str, str] = {"rbd_cache": "false"}
+                conf: dict[str, str] = {
+                    "rbd_cache": "false",
+                    # Bounded calls: an OSD or mon that does not answer makes
+                    # the call fail with ETIMEDOUT instead of blocking forever.
+                    "rados_osd_op_timeout": str(self.config.osd_op_timeout),
+                    "rados_mon_op_timeout": str(self.config.mon_op_timeout),
+                }
                 if self.config.keyring:
                     conf["keyring"] = self.config.keyring
                 cluster = rados.Rados(conffile=self.config.conf_file,
