@@ -14,17 +14,19 @@ re-reads the mutable options (the [popularity] group).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from aiohttp import web
 from oslo_config import cfg
 
 from warmer import systemd
 from warmer.bus.listener import Bridge, BusListener
+from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient
@@ -61,14 +63,19 @@ def cluster_config(group: cfg.ConfigOpts.GroupAttr, user: str,
                          mon_op_timeout=group.rados_mon_op_timeout)
 
 
-def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
+def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                   metrics: Metrics, glance: GlanceClient) -> list[Target]:
+    """One :class:`Target` per ``enabled_targets`` group. Each target's
+    calls (as warmer's and as Cinder's user) run on the executor
+    ``executor_for(name)`` gives it, so that a hung cluster holds only its
+    own threads."""
     def observe(user: str, op: str) -> None:
         metrics.ceph_operations.labels(user, op).inc()
 
     targets: list[Target] = []
     for name in conf.enabled_targets:
         group = conf[name]
+        executor = executor_for(name)
         ceph = CephClient(cluster_config(group, group.rados_user, group.keyring),
                           executor, observe)
         cinder = None
@@ -91,11 +98,12 @@ class Service:
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self.conf = conf
         self.metrics = Metrics()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
+        # One bounded pool of threads per target: blocking rados/rbd calls to
+        # a hung cluster can only exhaust that target's threads.
+        self.executors: dict[str, ThreadPoolExecutor] = {}
         self.glance = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf),
                                    max_connections=conf.glance.max_connections)
-        self.targets = build_targets(conf, self.executor, self.metrics, self.glance)
+        self.targets = build_targets(conf, self._executor_for, self.metrics, self.glance)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
         p = conf.popularity
@@ -113,6 +121,13 @@ class Service:
         self._stop = asyncio.Event()
         self._ceph_ready = asyncio.Event()
         self.http_port: int | None = None
+
+    def _executor_for(self, target: str) -> ThreadPoolExecutor:
+        if target not in self.executors:
+            self.executors[target] = ThreadPoolExecutor(
+                max_workers=self.conf.warming.ceph_threads,
+                thread_name_prefix=f"ceph-{target}")
+        return self.executors[target]
 
     def ready(self) -> dict[str, bool]:
         checks = {"bus": bool(self.listener and self.listener.running)}
@@ -157,15 +172,23 @@ class Service:
         finally:
             await runner.cleanup()
             await self.glance.close()
-            # Threads first, connections last: shutting a rados connection
-            # down under a running call crashes the process.
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            for t in self.targets:
-                t.ceph.close()
-                if t.cinder_view is not t.ceph:
-                    t.cinder_view.close()
+            self.close_ceph()
         LOG.info("stopped")
         return 0
+
+    def close_ceph(self) -> None:
+        """Threads first, connections last: shutting a rados connection down
+        under a running call crashes the process. Every target's queued calls
+        are cancelled at once, then the running ones are waited for (each is
+        bounded by the op timeouts), so the wait is the longest, not the sum."""
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self.executors.values():
+            executor.shutdown(wait=True)
+        for t in self.targets:
+            t.ceph.close()
+            if t.cinder_view is not t.ceph:
+                t.cinder_view.close()
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -191,20 +214,39 @@ class Service:
         await self._ceph_ready.wait()
 
     async def _probe_ceph(self) -> None:
-        while True:
+        """Probe every target on its own: a cluster that does not answer
+        delays only its own verdict."""
+        async with asyncio.TaskGroup() as tg:
             for t in self.targets:
-                try:
-                    await t.ceph.probe()
-                    up = True
-                except CephUnavailable as exc:
-                    up = False
-                    LOG.warning("target %s: Ceph unreachable: %s", t.name, exc)
-                self.ceph_up[t.name] = up
-                self.metrics.dependency_up.labels(f"ceph:{t.name}").set(1 if up else 0)
+                tg.create_task(self._probe_target(t), name=f"ceph-probe-{t.name}")
+
+    async def _probe_target(self, t: Target) -> None:
+        group = self.conf[t.name]
+        # A probe is a connect, a mon and an OSD operation, each bounded by
+        # its own timeout; past their sum (threads all busy), it is down too.
+        limit = group.connect_timeout + group.rados_mon_op_timeout + group.rados_osd_op_timeout
+        while True:
+            up = await self._probe_once(t, limit)
+            if up != self.ceph_up[t.name]:
+                LOG.info("target %s: Ceph is %s", t.name, "up" if up else "down")
+            self.ceph_up[t.name] = up
+            self.metrics.dependency_up.labels(f"ceph:{t.name}").set(1 if up else 0)
             if all(self.ceph_up.values()):
                 self._ceph_ready.set()
-            await asyncio.sleep(self.conf.warming.ceph_probe_interval
-                                if all(self.ceph_up.values()) else 2.0)
+            await asyncio.sleep(self.conf.warming.ceph_probe_interval if up else 2.0)
+
+    @staticmethod
+    async def _probe_once(t: Target, limit: float) -> bool:
+        try:
+            await asyncio.wait_for(t.ceph.probe(t.config.pool), limit)
+            return True
+        except TimeoutError:
+            LOG.warning("target %s: Ceph did not answer within %.0fs", t.name, limit)
+        except CephUnavailable as exc:
+            LOG.warning("target %s: Ceph unreachable: %s", t.name, exc)
+        except ceph_errors() as exc:  # e.g. the pool is missing, or caps
+            LOG.warning("target %s: Ceph probe failed: %s", t.name, exc)
+        return False
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a blocked loop stops the pings.
