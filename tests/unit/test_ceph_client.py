@@ -181,3 +181,33 @@ def test_a_call_running_on_the_old_connection_keeps_it_until_it_returns(
         await c.connect()
     asyncio.run(scenario())
     assert FakeRados.made[0].shut_down
+
+
+def test_guarded_calls_map_a_lost_connection_like_run(bindings: Any) -> None:
+    """A copy's writes run on the client's threads outside run(): a write
+    that times out drops the connection and raises CephUnavailable too."""
+    rados, rbd = bindings
+    c = client()
+    asyncio.run(c.connect())
+    calls = []
+
+    def write(data: bytes, offset: int) -> None:
+        calls.append(offset)
+        if offset:
+            raise rbd.Timeout("RBD operation timeout (error writing)", errno=errno.ETIMEDOUT)
+    guarded = c.guarded(write)
+    guarded(b"x", 0)
+    with pytest.raises(CephUnavailable, match="error writing"):
+        guarded(b"x", 4096)
+    with pytest.raises(rbd.ImageNotFound):
+        c.guarded(raising(lambda: rbd.ImageNotFound("gone", errno=errno.ENOENT)))(None)
+    assert calls == [0, 4096]
+    asyncio.run(c.connect())
+    assert len(FakeRados.made) == 2  # the next call reconnected
+
+
+def test_offload_runs_on_the_clients_threads_without_connecting(bindings: Any) -> None:
+    c = client()
+    where = asyncio.run(c.offload(lambda: threading.current_thread().name))
+    assert where != threading.main_thread().name
+    assert FakeRados.made == []

@@ -27,12 +27,13 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from warmer.ceph.bindings import Image, Rados, modules
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class CephUnavailable(Exception):
@@ -163,6 +164,31 @@ class CephClient:
                                   f"({self.config.conf_file}): {exc}") from exc
         finally:
             del cluster  # this call no longer holds the connection
+
+    async def offload(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``, a blocking call on a handle opened earlier (closing an
+        image), on this client's threads without connecting: it may wait
+        for the op timeouts, and must never do so on the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    def guarded(self, fn: Callable[P, T]) -> Callable[P, T]:
+        """``fn``, a blocking call on a handle opened through this client and
+        run on its threads outside :meth:`run` (a copy's writes), with the
+        same errors as :meth:`run`: a lost connection is dropped and raises
+        :class:`CephUnavailable`."""
+        cluster = self._cluster
+
+        def call(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if not connection_lost(exc):
+                    raise
+                if cluster is not None:
+                    self._drop(cluster)
+                raise CephUnavailable(f"client.{self.config.user} "
+                                      f"({self.config.conf_file}): {exc}") from exc
+        return call
 
     @property
     def executor(self) -> concurrent.futures.Executor:

@@ -205,7 +205,7 @@ class Target:
             LOG.info("target %s: copying image %s (%d bytes) from %s", self.name, info.id,
                      source.size, source.description)
             stats = await copy_data(
-                source, target.image.write, verifier, self.ceph.executor,
+                source, self.ceph.guarded(target.image.write), verifier, self.ceph.executor,
                 window=self.config.copy_window,
                 progress=lambda done, size: self.progress.__setitem__(info.id, (done, size)))
             verified = verifier.verify()
@@ -222,10 +222,12 @@ class Target:
         finally:
             renew.cancel()
             self.progress.pop(info.id, None)
+            # Closes run off the loop (with a cluster gone, a close waits out
+            # its op timeouts) and need no new connection to this target.
             if source_handle is not None:
-                await self.ceph.run("close", lambda c: source_handle.close())
+                await self.ceph.offload(source_handle.close)
             if not finished:
-                target.close()
+                await self.ceph.offload(target.close)
                 with contextlib.suppress(Exception):
                     await self.ceph.run("remove_temp", lambda c: rbd_images.remove_temp(
                         c, pool, info.id))
