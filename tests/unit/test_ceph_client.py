@@ -40,6 +40,15 @@ def test_every_connection_is_made_with_osd_and_mon_op_timeouts(bindings: Any) ->
     assert cluster.conf["rados_mon_op_timeout"] == "9"
 
 
+def test_connecting_is_bounded_by_connect_timeout(bindings: Any) -> None:
+    """The bindings ignore connect(timeout=...); librados' own
+    client_mount_timeout (300 s by default) is what bounds a connect to a
+    cluster whose mons do not answer."""
+    c = client(connect_timeout=4)
+    asyncio.run(c.probe())
+    assert FakeRados.made[0].conf["client_mount_timeout"] == "4"
+
+
 def test_timeouts_default_to_thirty_seconds(bindings: Any) -> None:
     c = client()
     asyncio.run(c.probe())

@@ -93,6 +93,9 @@ class CephClient:
                     # the call fail with ETIMEDOUT instead of blocking forever.
                     "rados_osd_op_timeout": str(self.config.osd_op_timeout),
                     "rados_mon_op_timeout": str(self.config.mon_op_timeout),
+                    # What bounds connect(): the bindings ignore its timeout
+                    # argument, and librados waits 300 s by default.
+                    "client_mount_timeout": str(self.config.connect_timeout),
                 }
                 if self.config.keyring:
                     conf["keyring"] = self.config.keyring

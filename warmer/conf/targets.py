@@ -37,7 +37,8 @@ TARGET_OPTS: list[cfg.Opt] = [
                     "opening the snapshot read-only as this user, as Cinder does."),
     cfg.StrOpt("cinder_keyring", help="Keyring of cinder_user."),
     cfg.IntOpt("connect_timeout", default=10, min=1, max=600,
-               help="Seconds for connecting to the cluster."),
+               help="Seconds for connecting to the cluster (librados' "
+                    "client_mount_timeout on warmer's connections)."),
     cfg.IntOpt("rados_osd_op_timeout", default=30, min=1, max=3600,
                help="Seconds before an OSD operation (reads, writes, locks, "
                     "snapshots' header updates) that gets no answer fails with "
