@@ -236,7 +236,7 @@ def test_a_stopped_mon_is_bounded_isolated_and_recovered_without_a_restart(
             daemon.wait_until(lambda: daemon.target_state(image_id, "edge") ==
                               ("error", "ceph_unavailable"), 3 * MON_TIMEOUT + 10,
                               "edge reported ceph_unavailable")
-            record_timing("demand -> edge reported ceph_unavailable (mon down)",
+            record_timing("demand -> edge ceph_unavailable (mon down)",
                           time.monotonic() - demanded)
             assert edge_url(stack, image_id) not in locations(glance, image_id)
 
@@ -317,7 +317,7 @@ def test_an_osd_stopped_mid_copy_publishes_nothing_half_done_and_recovers(
                           faults.start(stack, "ceph-edge-osd"))
             daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 60,
                               "warm on edge after the OSD came back")
-            record_timing("edge OSD restarted -> 192 MiB image warm on edge",
+            record_timing("edge OSD restarted -> 192 MiB warm on edge",
                           time.monotonic() - restarted)
             daemon.wait_until(lambda: watch.first(restarted, "ceph:edge", True) is not None,
                               OSD_TIMEOUT + 15, "/readyz: ceph:edge up again")
