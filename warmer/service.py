@@ -14,16 +14,18 @@ re-reads the mutable options (the [popularity] group).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 
 from oslo_config import cfg
 
 from warmer import systemd
 from warmer.bus.listener import Bridge, BusListener
+from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient, GlanceUnavailable
@@ -58,21 +60,34 @@ def own_users_from(conf: cfg.ConfigOpts) -> frozenset[str]:
     return frozenset(u for u in conf.popularity.ignored_download_users if u)
 
 
-def build_targets(conf: cfg.ConfigOpts, executor: concurrent.futures.Executor,
+def cluster_config(group: cfg.ConfigOpts.GroupAttr, user: str,
+                   keyring: str | None) -> ClusterConfig:
+    """How to connect to a target's cluster as ``user``: the same timeouts
+    for warmer's and Cinder's user."""
+    return ClusterConfig(group.ceph_conf, user, keyring, group.connect_timeout,
+                         osd_op_timeout=group.rados_osd_op_timeout,
+                         mon_op_timeout=group.rados_mon_op_timeout)
+
+
+def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                   metrics: Metrics, glance: GlanceClient,
                   stores: StoreCatalog | None = None) -> list[Target]:
+    """One :class:`Target` per ``enabled_targets`` group. Each target's
+    calls (as warmer's and as Cinder's user) run on the executor
+    ``executor_for(name)`` gives it, so that a hung cluster holds only its
+    own threads."""
     def observe(user: str, op: str) -> None:
         metrics.ceph_operations.labels(user, op).inc()
 
     targets: list[Target] = []
     for name in conf.enabled_targets:
         group = conf[name]
-        ceph = CephClient(ClusterConfig(group.ceph_conf, group.rados_user, group.keyring,
-                                        group.connect_timeout), executor, observe)
+        executor = executor_for(name)
+        ceph = CephClient(cluster_config(group, group.rados_user, group.keyring),
+                          executor, observe)
         cinder = None
         if group.cinder_user:
-            cinder = CephClient(ClusterConfig(group.ceph_conf, group.cinder_user,
-                                              group.cinder_keyring, group.connect_timeout),
+            cinder = CephClient(cluster_config(group, group.cinder_user, group.cinder_keyring),
                                 executor, observe)
         config = TargetConfig(name, group.pool, group.glance_store or name,
                               group.repair_glance_snapshots, group.copy_images,
@@ -90,15 +105,16 @@ class Service:
     def __init__(self, conf: cfg.ConfigOpts) -> None:
         self.conf = conf
         self.metrics = Metrics()
-        self.executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=conf.warming.ceph_threads, thread_name_prefix="ceph")
+        # One bounded pool of threads per target: blocking rados/rbd calls to
+        # a hung cluster can only exhaust that target's threads.
+        self.executors: dict[str, ThreadPoolExecutor] = {}
         self.glance_auth = GlanceAuth(conf)
         self.glance = GlanceClient(conf.glance.endpoint, auth=self.glance_auth,
                                    max_connections=conf.glance.max_connections)
         # warmer's own Keystone user, once known: its downloads are not demand.
         self.session_user: str | None = None
         self.stores = StoreCatalog(self.glance)
-        self.targets = build_targets(conf, self.executor, self.metrics, self.glance,
+        self.targets = build_targets(conf, self._executor_for, self.metrics, self.glance,
                                      self.stores)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
@@ -134,6 +150,13 @@ class Service:
                             "oslo.messaging; /readyz reports only that the listener runs")
             return True
         return connected
+
+    def _executor_for(self, target: str) -> ThreadPoolExecutor:
+        if target not in self.executors:
+            self.executors[target] = ThreadPoolExecutor(
+                max_workers=self.conf.warming.ceph_threads,
+                thread_name_prefix=f"ceph-{target}")
+        return self.executors[target]
 
     def ready(self) -> dict[str, bool]:
         checks = {"bus": self.bus_up()}
@@ -179,13 +202,7 @@ class Service:
         finally:
             await http.close()
             await self.glance.close()
-            # Threads first, connections last: shutting a rados connection
-            # down under a running call crashes the process.
-            self.executor.shutdown(wait=True, cancel_futures=True)
-            for t in self.targets:
-                t.ceph.close()
-                if t.cinder_view is not t.ceph:
-                    t.cinder_view.close()
+            self.close_ceph()
         LOG.info("stopped")
         return 0
 
@@ -210,6 +227,20 @@ class Service:
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 300.0)
+
+    def close_ceph(self) -> None:
+        """Threads first, connections last: shutting a rados connection down
+        under a running call crashes the process. Every target's queued calls
+        are cancelled at once, then the running ones are waited for (each is
+        bounded by the op timeouts), so the wait is the longest, not the sum."""
+        for executor in self.executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        for executor in self.executors.values():
+            executor.shutdown(wait=True)
+        for t in self.targets:
+            t.ceph.close()
+            if t.cinder_view is not t.ceph:
+                t.cinder_view.close()
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -279,20 +310,39 @@ class Service:
             await asyncio.sleep(self.conf.warming.ceph_probe_interval)
 
     async def _probe_ceph(self) -> None:
-        while True:
+        """Probe every target on its own: a cluster that does not answer
+        delays only its own verdict."""
+        async with asyncio.TaskGroup() as tg:
             for t in self.targets:
-                try:
-                    await t.ceph.probe()
-                    up = True
-                except CephUnavailable as exc:
-                    up = False
-                    LOG.warning("target %s: Ceph unreachable: %s", t.name, exc)
-                self.ceph_up[t.name] = up
-                self.metrics.dependency_up.labels(f"ceph:{t.name}").set(1 if up else 0)
+                tg.create_task(self._probe_target(t), name=f"ceph-probe-{t.name}")
+
+    async def _probe_target(self, t: Target) -> None:
+        group = self.conf[t.name]
+        # A probe is a connect, a mon and an OSD operation, each bounded by
+        # its own timeout; past their sum (threads all busy), it is down too.
+        limit = group.connect_timeout + group.rados_mon_op_timeout + group.rados_osd_op_timeout
+        while True:
+            up = await self._probe_once(t, limit)
+            if up != self.ceph_up[t.name]:
+                LOG.info("target %s: Ceph is %s", t.name, "up" if up else "down")
+            self.ceph_up[t.name] = up
+            self.metrics.dependency_up.labels(f"ceph:{t.name}").set(1 if up else 0)
             if all(self.ceph_up.values()):
                 self._ceph_ready.set()
-            await asyncio.sleep(self.conf.warming.ceph_probe_interval
-                                if all(self.ceph_up.values()) else 2.0)
+            await asyncio.sleep(self.conf.warming.ceph_probe_interval if up else 2.0)
+
+    @staticmethod
+    async def _probe_once(t: Target, limit: float) -> bool:
+        try:
+            await asyncio.wait_for(t.ceph.probe(t.config.pool), limit)
+            return True
+        except TimeoutError:
+            LOG.warning("target %s: Ceph did not answer within %.0fs", t.name, limit)
+        except CephUnavailable as exc:
+            LOG.warning("target %s: Ceph unreachable: %s", t.name, exc)
+        except ceph_errors() as exc:  # e.g. the pool is missing, or caps
+            LOG.warning("target %s: Ceph probe failed: %s", t.name, exc)
+        return False
 
     async def _probe_bus(self) -> None:
         """Keep ``warmer_dependency_up{dependency="bus"}`` current and log

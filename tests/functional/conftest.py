@@ -61,6 +61,8 @@ def stack() -> Iterator[Stack]:
     record_timing("stack boot (tools/stack up)", float(st["STACK_BOOT_SECONDS"]))
     pids = [int(line.split()[1]) for line in (base / "pids").read_text().splitlines()]
     yield st
+    # Fault tests restart processes: their new PIDs must be stopped too.
+    pids += [int(line.split()[1]) for line in (base / "pids").read_text().splitlines()]
     subprocess.run([str(ROOT / "tools" / "stack"), "down", str(base)], check=True,
                    capture_output=True)
     survivors = [p for p in pids if _running(p)]

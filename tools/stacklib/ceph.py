@@ -9,7 +9,9 @@ daemons run in the foreground so that the PIDs recorded are theirs.
 from __future__ import annotations
 
 import json
+import re
 import socket
+import subprocess
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,3 +166,80 @@ def _mon_up(c: Cluster) -> bool:
 def _osd_up(c: Cluster) -> bool:
     stat = json.loads(c.ceph("osd", "stat", "--format", "json"))
     return int(stat.get("num_up_osds", 0)) >= 1
+
+
+# -- one daemon at a time, and quotas (fault tests) ------------------------------
+
+_DAEMON = re.compile(r"^ceph-(?P<cluster>[a-z0-9]+)-(?P<kind>mon|osd)$")
+
+
+def _cluster_of(base: Path, name: str) -> tuple[Cluster, str] | None:
+    """``ceph-<cluster>-mon|osd`` -> (its cluster, ``mon`` or ``osd``)."""
+    match = _DAEMON.match(name)
+    if match is None:
+        return None
+    cluster = Cluster(match["cluster"], base)
+    if not cluster.conf.exists():
+        raise proc.StackError(f"{name}: no cluster {match['cluster']!r} in {base}")
+    return cluster, match["kind"]
+
+
+def before_stop(base: Path, name: str, pid: int) -> None:
+    """Make a SIGTERM keep a daemon's data. A memstore OSD writes its store
+    to disk only on a full shutdown, and Ceph's default fast shutdown skips
+    it: without this, a restarted OSD would come back empty. Set through
+    the daemon's own admin socket (needs no mon)."""
+    found = _cluster_of(base, name)
+    if found is None or found[1] != "osd":
+        return
+    cluster, _ = found
+    asok = next((cluster.dir / "run").glob(f"ceph-osd.*.{pid}.asok"), None)
+    if asok is None:
+        raise proc.StackError(f"{name}: no admin socket for pid {pid} in {cluster.dir}/run")
+    proc.run(["ceph", "--admin-daemon", str(asok), "config", "set",
+              "osd_fast_shutdown", "false"], timeout=30)
+
+
+def wait_started(base: Path, name: str, pid: int, timeout: float = 60) -> None:
+    """Wait until a restarted daemon serves again: a mon answers; an OSD is
+    up and every pool takes a write (its PGs are active)."""
+    found = _cluster_of(base, name)
+    if found is None:
+        return
+    cluster, kind = found
+    alive = lambda: proc.pid_alive(pid)  # noqa: E731
+    if kind == "mon":
+        proc.wait_for(f"{name} answers", lambda: _answers(cluster), timeout, alive=alive)
+        return
+    proc.wait_for(f"{name} up", lambda: _answers(cluster) and _osd_up(cluster), timeout,
+                  alive=alive)
+    proc.wait_for(f"{name} serves every pool", lambda: all(
+        _pool_writable(cluster, pool) for pool in POOLS), timeout, alive=alive)
+
+
+def _answers(c: Cluster) -> bool:
+    try:
+        proc.run(["ceph", "--conf", str(c.conf), "--name", "client.admin",
+                  "--connect-timeout", "2", "mon", "stat"], timeout=10)
+        return True
+    except (proc.StackError, subprocess.TimeoutExpired):
+        return False
+
+
+def _pool_writable(c: Cluster, pool: str) -> bool:
+    rados = ["rados", "--conf", str(c.conf), "--name", "client.admin",
+             "--rados-osd-op-timeout", "2", "-p", pool]
+    try:
+        proc.run([*rados, "put", "stack-restart-probe", "/etc/hostname"], timeout=10)
+        proc.run([*rados, "rm", "stack-restart-probe"], timeout=10)
+        return True
+    except (proc.StackError, subprocess.TimeoutExpired):
+        return False
+
+
+def set_pool_quota(base: Path, cluster_name: str, pool: str, max_bytes: int) -> None:
+    """``ceph osd pool set-quota POOL max_bytes N`` as client.admin; 0 clears."""
+    cluster = Cluster(cluster_name, base)
+    if not cluster.conf.exists():
+        raise proc.StackError(f"no cluster {cluster_name!r} in {base}")
+    cluster.ceph("osd", "pool", "set-quota", pool, "max_bytes", str(max_bytes))

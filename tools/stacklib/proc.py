@@ -2,11 +2,15 @@
 
 Every process is recorded in ``DIR/pids`` with its start time as the kernel
 reports it, so that ``down`` stops exactly what ``up`` started and never a
-process that merely reused a PID.
+process that merely reused a PID. Its command (argv, the environment it was
+given, log, working directory) goes to ``DIR/cmds/<name>.json``, so that one
+process can be stopped and started again exactly as it was (fault tests):
+its line in ``DIR/pids`` then names the new PID and start time.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 PIDS_FILE = "pids"
+CMDS_DIR = "cmds"
 _RECORD_LOCK = threading.Lock()
 
 
@@ -51,15 +57,25 @@ def record(base: Path, name: str, pid: int) -> None:
 def spawn(base: Path, name: str, argv: Sequence[str], *,
           env: Mapping[str, str] | None = None,
           log: Path | None = None, cwd: Path | None = None) -> int:
-    """Start ``argv`` in its own session, detached from us, and record it."""
-    logfile = open(log or base / "log" / f"{name}.out", "ab")
+    """Start ``argv`` in its own session, detached from us, and record it
+    (PID and start time in ``DIR/pids``, the command in ``DIR/cmds``)."""
+    command: dict[str, Any] = {"argv": list(argv), "env": dict(env or {}),
+                               "log": str(log or base / "log" / f"{name}.out"),
+                               "cwd": str(cwd) if cwd else None}
+    (base / CMDS_DIR).mkdir(exist_ok=True)
+    (base / CMDS_DIR / f"{name}.json").write_text(json.dumps(command, indent=2) + "\n")
+    pid = _popen(command)
+    record(base, name, pid)
+    return pid
+
+
+def _popen(command: dict[str, Any]) -> int:
     full_env = dict(os.environ)
-    full_env.update(env or {})
-    proc = subprocess.Popen(
-        list(argv), env=full_env, stdin=subprocess.DEVNULL, stdout=logfile,
-        stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
-    logfile.close()
-    record(base, name, proc.pid)
+    full_env.update(command["env"])
+    with open(command["log"], "ab") as logfile:
+        proc = subprocess.Popen(
+            command["argv"], env=full_env, stdin=subprocess.DEVNULL, stdout=logfile,
+            stderr=subprocess.STDOUT, start_new_session=True, cwd=command["cwd"])
     return proc.pid
 
 
@@ -150,3 +166,63 @@ def stop_recorded(base: Path, timeout: float = 20) -> list[str]:
         stopped.append(f"{name} ({pid})")
     (base / PIDS_FILE).unlink(missing_ok=True)
     return stopped
+
+
+# -- one recorded process at a time (fault tests) ------------------------------
+
+def _recorded_one(base: Path, name: str) -> tuple[int, str]:
+    for rec_name, pid, start in recorded(base):
+        if rec_name == name:
+            return pid, start
+    known = ", ".join(n for n, _, _ in recorded(base)) or "none"
+    raise StackError(f"no process named {name!r} is recorded in {base / PIDS_FILE} "
+                     f"(recorded: {known})")
+
+
+def running_one(base: Path, name: str) -> int | None:
+    """The PID of the recorded process ``name`` if that very process runs."""
+    pid, start = _recorded_one(base, name)
+    return pid if pid_alive(pid) and _start_time(pid) == start else None
+
+
+def stop_one(base: Path, name: str, timeout: float = 20) -> int | None:
+    """Stop the recorded process ``name`` (SIGTERM, SIGKILL after
+    ``timeout``), by its recorded PID and start time only. It stays in
+    ``DIR/pids`` (stopped), so that :func:`start_one` can start it again.
+    Returns the PID stopped, or ``None`` when it was not running."""
+    pid = running_one(base, name)
+    if pid is None:
+        return None
+    _, start = _recorded_one(base, name)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid) and _start_time(pid) == start:
+        os.kill(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            time.sleep(0.05)
+    return pid
+
+
+def start_one(base: Path, name: str) -> int:
+    """Start the recorded process ``name`` again with exactly the command it
+    was spawned with, and record its new PID and start time in its line of
+    ``DIR/pids`` (so ``down`` stops exactly what runs)."""
+    if running_one(base, name) is not None:
+        raise StackError(f"{name} is still running; stop it first")
+    path = base / CMDS_DIR / f"{name}.json"
+    if not path.exists():
+        raise StackError(f"{name}: its command was not recorded ({path} is missing)")
+    pid = _popen(json.loads(path.read_text()))
+    start = _start_time(pid)
+    if start is None:
+        raise StackError(f"{name} (pid {pid}) exited right after starting")
+    with _RECORD_LOCK:
+        lines = (base / PIDS_FILE).read_text().splitlines()
+        out = [f"{name} {pid} {start}" if line.split()[0] == name else line
+               for line in lines]
+        tmp = base / f"{PIDS_FILE}.tmp"
+        tmp.write_text("".join(f"{line}\n" for line in out))
+        tmp.replace(base / PIDS_FILE)
+    return pid

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 class Ioctx(Protocol):
     def close(self) -> None: ...
+    def stat(self, key: str) -> tuple[int, Any]: ...
 
 
 class Rados(Protocol):

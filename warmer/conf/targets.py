@@ -49,7 +49,21 @@ TARGET_OPTS: list[cfg.Opt] = [
                     "opening the snapshot read-only as this user, as Cinder does."),
     cfg.StrOpt("cinder_keyring", help="Keyring of cinder_user."),
     cfg.IntOpt("connect_timeout", default=10, min=1, max=600,
-               help="Seconds for connecting to the cluster."),
+               help="Seconds for connecting to the cluster (librados' "
+                    "client_mount_timeout on warmer's connections)."),
+    cfg.IntOpt("rados_osd_op_timeout", default=30, min=1, max=3600,
+               help="Seconds before an OSD operation (reads, writes, locks, "
+                    "snapshots' header updates) that gets no answer fails with "
+                    "ETIMEDOUT. Set on every connection warmer makes to this "
+                    "cluster, as warmer's and as Cinder's user: without it a "
+                    "call to a sick cluster can block forever. After a timeout "
+                    "warmer reconnects, reports the target as ceph_unavailable "
+                    "and retries later."),
+    cfg.IntOpt("rados_mon_op_timeout", default=30, min=1, max=3600,
+               help="Seconds before a monitor operation (cluster stats, pool "
+                    "and snapshot id operations, blocklist) that gets no answer "
+                    "fails with ETIMEDOUT. Set on every connection warmer makes "
+                    "to this cluster, like rados_osd_op_timeout."),
     cfg.BoolOpt("copy_images", default=True,
                 help="Copy images that have no location in this cluster (another "
                      "cluster, or a store that is not RBD) into the pool, verify "

@@ -2,7 +2,10 @@
 
 keystoneauth1 is synchronous; its calls (token fetch, catalog lookup) run
 in a thread, and the plugin caches the token until it nears expiry, so that
-costs a round trip only when a token is (re)issued.
+costs a round trip only when a token is (re)issued. Those calls are bounded
+by the session's timeout (``[glance] timeout``, default 30 s), like every
+request to Glance. Tokens are never logged: error messages about Glance go
+through :mod:`warmer.glance.redact`.
 """
 
 from __future__ import annotations
@@ -23,16 +26,19 @@ LOG = logging.getLogger(__name__)
 class GlanceAuth:
     def __init__(self, conf: cfg.ConfigOpts, group: str = "glance") -> None:
         section = conf[group]
+        # keystoneauth's own ``timeout`` option defaults to none (wait
+        # forever): token and catalog requests get the same bound as
+        # warmer's requests to Glance.
+        self.timeout = float(section.timeout or DEFAULT_TIMEOUT)
         self._auth: Any = ks_loading.load_auth_from_conf_options(conf, group)
         self._session: Any = ks_loading.load_session_from_conf_options(
-            conf, group, auth=self._auth)
+            conf, group, auth=self._auth, timeout=self.timeout)
         self._endpoint: str | None = section.endpoint
         self._lookup = {"service_type": section.service_type,
                         "interface": section.interface,
                         "region_name": section.region_name}
         if self._auth is None and not self._endpoint:
             raise cfg.RequiredOptError("endpoint", cfg.OptGroup(group))
-        self.timeout = float(section.timeout or DEFAULT_TIMEOUT)
         self.ssl = _ssl_context(section.cafile, section.insecure)
 
     @property

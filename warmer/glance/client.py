@@ -19,6 +19,7 @@ import aiohttp
 
 from warmer.events import ImageInfo, MalformedEvent, image_info
 from warmer.glance.auth import GlanceAuth
+from warmer.glance.redact import describe
 from warmer.locations import Location
 
 LOG = logging.getLogger(__name__)
@@ -126,7 +127,7 @@ class GlanceClient:
         try:
             return await self._auth.endpoint()
         except Exception as exc:  # keystone unreachable, no catalog entry
-            raise GlanceUnavailable(f"cannot find Glance's endpoint: {exc!r}") from exc
+            raise GlanceUnavailable(f"cannot find Glance's endpoint: {describe(exc)}") from exc
 
     async def _headers(self) -> dict[str, str]:
         if self._auth is None:
@@ -134,7 +135,7 @@ class GlanceClient:
         try:
             return await self._auth.headers()
         except Exception as exc:  # keystone unreachable or refusing
-            raise GlanceUnavailable(f"cannot get a token for Glance: {exc!r}") from exc
+            raise GlanceUnavailable(f"cannot get a token for Glance: {describe(exc)}") from exc
 
     @contextlib.asynccontextmanager
     async def _request(self, method: str, path: str, **kwargs: Any
@@ -153,7 +154,8 @@ class GlanceClient:
                     yield resp
                     return
             except (TimeoutError, aiohttp.ClientError) as exc:
-                raise GlanceUnavailable(f"{method} {path}: {exc!r}") from exc
+                # Never {exc!r}: aiohttp's repr shows the request's headers.
+                raise GlanceUnavailable(f"{method} {path}: {describe(exc)}") from exc
 
     async def _get(self, path: str, params: dict[str, str] | None = None) -> Any:
         async with self._request("GET", path, params=params) as resp:

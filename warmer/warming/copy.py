@@ -112,6 +112,18 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
     slots = asyncio.Semaphore(window)
     in_flight: set[asyncio.Future[Any]] = set()
     running: set[concurrent.futures.Future[Any]] = set()
+    # A chunk whose write (or hash) failed. Kept apart from ``in_flight``,
+    # which forgets a chunk once it is done: a write that timed out while
+    # the next ones succeed would otherwise be lost, and the digest (of what
+    # was read) would still match.
+    failed: list[BaseException] = []
+
+    def settle(chunk: asyncio.Future[Any]) -> None:
+        slots.release()
+        in_flight.discard(chunk)
+        error = None if chunk.cancelled() else chunk.exception()
+        if error is not None:
+            failed.append(error)
 
     def submit(pool: concurrent.futures.Executor, fn: Callable[..., Any],
                *args: Any) -> asyncio.Future[Any]:
@@ -126,6 +138,8 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
     try:
         async for offset, length, data in chunks:
             await slots.acquire()
+            if failed:  # surface a failed write or hash now, not at the end
+                raise failed[0]
             if data is None:
                 work = [submit(hasher, verifier.update, zeros[:length])]
                 stats.skipped_holes += length
@@ -139,18 +153,16 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                     work.append(submit(executor, write, data, offset))
                     stats.written += length
             chunk_done = asyncio.gather(*work)
-            chunk_done.add_done_callback(lambda _f: slots.release())
             in_flight.add(chunk_done)
-            chunk_done.add_done_callback(in_flight.discard)
+            chunk_done.add_done_callback(settle)
             done += length
             if progress is not None:
                 progress(done, source.size)
-            # Surface a failed write or hash now rather than at the end.
-            for fut in [f for f in in_flight if f.done()]:
-                fut.result()
         if done != source.size:
             raise CopyError("short_read", f"got {done} of {source.size} bytes")
-        await asyncio.gather(*in_flight)
+        await asyncio.gather(*in_flight, return_exceptions=True)
+        if failed:
+            raise failed[0]
     finally:
         # Writes already running on threads cannot be stopped. Wait for them
         # (a few chunks at most) before the caller closes the image they

@@ -327,7 +327,7 @@ class Target:
                      info.id, source.size, source.description, pool)
             opened = target
             copying = asyncio.create_task(copy_data(
-                source, opened.image.write, verifier, self.ceph.executor,
+                source, self.ceph.guarded(opened.image.write), verifier, self.ceph.executor,
                 window=self.config.copy_window,
                 progress=lambda done, size: self.progress.__setitem__(info.id, (done, size))))
             await asyncio.wait({copying, lease}, return_when=asyncio.FIRST_COMPLETED)
@@ -355,8 +355,10 @@ class Target:
         finally:
             lease.cancel()
             self.progress.pop(info.id, None)
+            # Closes run off the loop (with a cluster gone, a close waits out
+            # its op timeouts) and need no new connection to this target.
             if source_handle is not None:
-                await self.ceph.run("close", lambda c: source_handle.close())
+                await self.ceph.offload(source_handle.close)
             if not finished:
                 # Without the lease the temporary image may be another
                 # daemon's work now: close ours, touch nothing else.
@@ -395,12 +397,17 @@ class Target:
         """After a failed copy: close, and (``remove``, while we hold the
         lease) remove the temporary image and the registry entry. Best
         effort: what stays is cleaned up by the next reconciliation."""
+        if target is not None:
+            # Off the loop, on the handle's own connection: with the
+            # cluster gone, a close waits out its op timeouts.
+            with contextlib.suppress(Exception):
+                await self.ceph.offload(target.close)
+        if not remove:
+            return
+
         def discard(cluster: Any) -> None:
-            if target is not None:
-                target.close()
-            if remove:
-                rbd_images.remove_temp(cluster, pool, image_id)
-                rbd_images.release(cluster, pool, image_id)
+            rbd_images.remove_temp(cluster, pool, image_id)
+            rbd_images.release(cluster, pool, image_id)
         try:
             await self.ceph.run("discard", discard)
         except Exception as exc:  # the cluster may be what failed

@@ -1,0 +1,166 @@
+"""The service's Ceph wiring: timeouts for every user, one bounded thread
+pool per target, probes that a hung cluster cannot hold up for the others.
+Fake rados modules stand in for the real bindings."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.fake_bindings import FakeRados, fake_bindings
+from warmer import conf as warmer_conf
+from warmer.ceph import client as ceph_client
+from warmer.service import Service
+
+CONF = """
+[DEFAULT]
+enabled_targets = central,edge
+[glance]
+endpoint = http://127.0.0.1:9
+[warming]
+ceph_threads = 2
+[central]
+ceph_conf = /etc/ceph/central.conf
+cinder_user = cinder
+[edge]
+ceph_conf = /etc/ceph/edge.conf
+cinder_user = cinder
+connect_timeout = 1
+rados_osd_op_timeout = 1
+rados_mon_op_timeout = 1
+"""
+
+
+@pytest.fixture
+def bindings(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, types.ModuleType]:
+    mods = fake_bindings()
+    FakeRados.made = []
+    FakeRados.on_call = None
+    monkeypatch.setattr(ceph_client, "modules", lambda: mods)
+    return mods
+
+
+@pytest.fixture
+def service(tmp_path: Path, bindings: object) -> Iterator[Service]:
+    path = tmp_path / "warmer.conf"
+    path.write_text(CONF)
+    svc = Service(warmer_conf.load(["--config-file", str(path)]))
+    yield svc
+    svc.close_ceph()
+
+
+async def until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(10):
+        while not check():  # noqa: ASYNC110 - polls plain state, no event to wait on
+            await asyncio.sleep(0.01)
+
+
+def test_op_timeouts_reach_warmers_and_cinders_connections(service: Service) -> None:
+    central, edge = service.targets
+    assert (edge.ceph.config.osd_op_timeout, edge.ceph.config.mon_op_timeout) == (1, 1)
+    assert (edge.cinder_view.config.osd_op_timeout,
+            edge.cinder_view.config.mon_op_timeout) == (1, 1)
+    assert edge.cinder_view.config.user == "cinder"
+    # The defaults: bounded, never "wait forever".
+    assert (central.ceph.config.osd_op_timeout, central.ceph.config.mon_op_timeout) == (30, 30)
+    assert central.cinder_view.config.osd_op_timeout == 30
+
+
+def test_each_target_has_its_own_bounded_thread_pool(service: Service) -> None:
+    central, edge = service.targets
+    assert central.ceph.executor is not edge.ceph.executor
+    # Cinder's user in a cluster shares that target's pool, not another's.
+    assert edge.cinder_view.executor is edge.ceph.executor
+    assert set(service.executors) == {"central", "edge"}
+    assert all(e._max_workers == 2 for e in service.executors.values())
+
+
+def test_a_hung_cluster_does_not_starve_the_other_targets(service: Service) -> None:
+    """Every thread edge has is stuck in a call that never returns (a sick
+    cluster without op timeouts): central's calls still run at once."""
+    central, edge = service.targets
+    release = threading.Event()
+
+    def hang_edge(conffile: str) -> None:
+        if "edge" in conffile:
+            release.wait(10)
+    FakeRados.on_call = hang_edge
+
+    async def scenario() -> float:
+        stuck = [asyncio.ensure_future(edge.ceph.probe()) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await asyncio.wait_for(central.ceph.probe("volumes"), 2)
+        await asyncio.wait_for(central.cinder_view.probe(), 2)
+        took = time.monotonic() - started
+        assert not any(f.done() for f in stuck)
+        release.set()
+        await asyncio.gather(*stuck)
+        return took
+    try:
+        assert asyncio.run(scenario()) < 1
+    finally:
+        release.set()
+
+
+def test_probes_are_independent_and_a_hung_probe_is_down_in_bounded_time(
+        service: Service) -> None:
+    central, edge = service.targets
+    release = threading.Event()
+
+    def hang_edge(conffile: str) -> None:
+        if "edge" in conffile:
+            release.wait(10)
+    FakeRados.on_call = hang_edge
+    service.ceph_up["edge"] = True  # it was up, then hung
+
+    async def scenario() -> tuple[float, float]:
+        started = time.monotonic()
+        probes = asyncio.ensure_future(service._probe_ceph())
+        await until(lambda: service.ceph_up["central"])
+        central_up = time.monotonic() - started
+        assert service.ceph_up["edge"]  # edge's probe is still waiting
+        await until(lambda: not service.ceph_up["edge"])
+        edge_down = time.monotonic() - started
+        probes.cancel()
+        release.set()
+        return central_up, edge_down
+    try:
+        central_up, edge_down = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert central_up < 0.5
+    # connect_timeout + mon + osd op timeouts = 3 s for edge.
+    assert 2.5 < edge_down < 4.5
+    assert service.ready() == {"bus": False, "ceph:central": True, "ceph:edge": False}
+
+
+def test_stop_shuts_down_every_pool_before_any_connection(service: Service) -> None:
+    central, edge = service.targets
+    order: list[str] = []
+    for t in service.targets:
+        for client in (t.ceph, t.cinder_view):
+            client.close = (lambda name=f"{t.name}/{client.config.user}":  # type: ignore[method-assign]
+                            order.append(f"close {name}"))
+    for name, executor in service.executors.items():
+        real = executor.shutdown
+
+        def shutdown(wait: bool = True, *, cancel_futures: bool = False,
+                     name: str = name, real: object = real) -> None:
+            order.append(f"pool {name} wait={wait}")
+            real(wait=wait, cancel_futures=cancel_futures)  # type: ignore[operator]
+        executor.shutdown = shutdown  # type: ignore[method-assign]
+    service.close_ceph()
+    pools = [i for i, step in enumerate(order) if step.startswith("pool")]
+    closes = [i for i, step in enumerate(order) if step.startswith("close")]
+    assert max(pools) < min(closes)
+    assert {s for s in order if s.startswith("close")} == {
+        "close central/warmer", "close central/cinder", "close edge/warmer", "close edge/cinder"}
+    # No pool waits for its threads before every pool was told to stop.
+    assert order[:2] == ["pool central wait=False", "pool edge wait=False"]
