@@ -74,7 +74,10 @@ class Watch:
     def _get(self, path: str) -> Any:
         started = time.monotonic()
         try:
-            with urllib.request.urlopen(self.daemon.url + path, timeout=5) as resp:
+            req = urllib.request.Request(self.daemon.url + path)
+            if path.startswith("/v1/") and self.daemon.token:
+                req.add_header("Authorization", f"Bearer {self.daemon.token}")
+            with urllib.request.urlopen(req, timeout=5) as resp:
                 body = json.loads(resp.read())
         except urllib.error.HTTPError as exc:  # /readyz answers 503 when not ready
             body = json.loads(exc.read())
