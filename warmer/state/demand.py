@@ -92,6 +92,7 @@ class DemandWriter:
         self._stop = asyncio.Event()
         self.started = False
         self.last_flush: float | None = None
+        self.writes = 0  # successful writes
 
     @property
     def epoch(self) -> int:
@@ -206,6 +207,7 @@ class DemandWriter:
                 if image_id not in self._forgotten:
                     self._base[image_id] = contribution
             self.last_flush = self._clock()
+            self.writes += 1
             return len(put) + len(removals)
 
     def _total(self, image_id: str, pending: float, epoch: int) -> float:
