@@ -24,6 +24,7 @@ from warmer.state.store import (
     CopyCost,
     Pin,
     Settings,
+    ShardLost,
     StateError,
     StateUnavailable,
     Tombstone,
@@ -195,3 +196,40 @@ def test_the_state_group_configures_the_store(executor: Any) -> None:
     asyncio.run(made.put_tombstone(Tombstone(ids(1)[0], T0)))
     assert set(FakeCluster.registry["/etc/ceph/ceph.conf"]
                .ns_objects[("images", "warmer")]) == {"warmer.tombstones"}
+
+
+def test_a_shard_claimed_in_the_middle_of_a_write_counts_nothing_twice(
+        executor: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write of many keys goes in several ops. When another process claims
+    the shard between two of them, the ops before are in the shard (and in
+    what the claimant read), the ones after are refused: the loser must
+    carry on with only what was refused."""
+    s = store(executor, write_batch=5)
+    images = ids(12)  # three ops of 5, 5 and 2 keys
+    real_op = FakeCluster.op
+    writes = {"n": 0}
+
+    def op(self: FakeCluster, name: str) -> None:
+        if name == "omap_write" and writes["n"] >= 0:
+            writes["n"] += 1
+            if writes["n"] == 2:  # just before the second op of the flush
+                shard = self.ns_objects[("images", "warmer")]["warmer.demand.ctl-1"]
+                shard.omap["_owner"] = b"other"
+                shard.version += 1
+        real_op(self, name)
+
+    async def go() -> float:
+        w = DemandWriter(s, "ctl-1", half_life=HOUR, flush_interval=1.0, clock=lambda: T0)
+        await w.start()
+        for image in images:
+            w.add(image, 1.0, T0)
+        monkeypatch.setattr(FakeCluster, "op", op)
+        with pytest.raises(ShardLost) as lost:
+            await w.flush()
+        writes["n"] = -1
+        assert len(lost.value.applied) == 5
+        assert w.pending == 7
+        await w.flush()
+        totals = await s.read_demand(HOUR)
+        return sum(totals.score(i, T0) for i in images) + 100 * (len(totals) - 12)
+    assert asyncio.run(go()) == pytest.approx(12.0)

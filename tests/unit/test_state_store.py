@@ -77,7 +77,8 @@ def test_values_round_trip_through_json() -> None:
 @pytest.mark.parametrize("raw", [
     b"", b"not json", b"[]", b'{"v": 1}', b'{"v": "1", "e": 5}', b'{"v": 1, "e": 5.5}',
     b'{"v": -1, "e": 5}', b'{"v": NaN, "e": 5}', b'{"v": Infinity, "e": 5}',
-    b'{"v": true, "e": 5}', b"\xff\xfe",
+    b'{"v": true, "e": 5}', b"\xff\xfe", b'{"v": 1, "e": 1' + b"0" * 400 + b"}",
+    b'{"v": 1' + b"0" * 400 + b', "e": 5}',
 ])
 def test_unreadable_contributions_are_a_value_error(raw: bytes) -> None:
     with pytest.raises(ValueError):

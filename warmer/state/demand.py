@@ -174,8 +174,8 @@ class DemandWriter:
 
     async def flush(self) -> int:
         """Write what is pending. Returns how many keys were written or
-        deleted. On failure everything stays pending and the error is
-        raised."""
+        deleted. On failure what was not written stays pending, and the
+        error is raised."""
         if not self.started:
             raise StateError("DemandWriter.flush() before start()")
         async with self._flush_lock:
@@ -189,8 +189,11 @@ class DemandWriter:
                    for image_id, value in batch.items()}
             try:
                 await self.store.write_shard(self.daemon, self.instance, put, removals)
-            except ShardLost:
-                self._restore(batch, epoch, removals)
+            except ShardLost as exc:
+                # What was applied before the refusal is in the shard, and
+                # comes back with it below: only the rest stays pending.
+                self._restore({k: v for k, v in batch.items() if k not in exc.applied},
+                              epoch, removals - exc.applied)
                 LOG.error("demand shard %s was claimed by another process: two daemons "
                           "use the name %s, or an old one is still running; claiming "
                           "it back", self.daemon, self.daemon)
@@ -228,8 +231,9 @@ class DemandWriter:
     async def run(self) -> None:
         """Write every ``flush_interval`` seconds and sweep every
         :data:`SWEEP_INTERVAL`, until :meth:`stop`; then write once more
-        and return. A failed write is logged and retried at the next tick.
-        Cancelled instead of stopped, it does not write again."""
+        and return. A failed write is logged and retried at the next tick;
+        if the last one fails, what it held is lost, and logged. Cancelled
+        instead of stopped, it does not write again."""
         next_sweep = self._clock() + SWEEP_INTERVAL
         while not self._stop.is_set():
             try:
@@ -247,7 +251,12 @@ class DemandWriter:
             except StateError as exc:
                 LOG.warning("demand shard %s: write failed, %d images stay pending: %s",
                             self.daemon, self.pending, exc)
-        await self.flush()
+        try:
+            await self.flush()
+        except StateError as exc:
+            LOG.error("demand shard %s: the last write failed, the demand of %d images "
+                      "counted since the previous one is lost: %s",
+                      self.daemon, self.pending, exc)
 
     def stop(self) -> None:
         """Ask :meth:`run` to write a last time and return."""

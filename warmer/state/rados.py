@@ -335,15 +335,17 @@ def _write(ioctx: Ioctx, obj: str, put: Sequence[tuple[str, bytes]], remove: Seq
            missing_ok: bool = False) -> None:
     """Set ``put`` and delete ``remove`` in ``obj``'s omap, ``batch`` keys
     per write op. With ``owner``, each op applies only if the object's
-    ``_owner`` is ``owner`` (else :class:`ShardLost`, and that op applies
-    nothing). With ``missing_ok``, an absent object is not an error (for
-    deletions only)."""
+    ``_owner`` is ``owner`` (else :class:`ShardLost`: that op and the
+    following ones apply nothing, the earlier ones are in its ``applied``).
+    With ``missing_ok``, an absent object is not an error (for deletions
+    only)."""
     rados, _ = modules()
     steps: list[tuple[Sequence[tuple[str, bytes]], Sequence[str]]] = []
     for at in range(0, len(put), batch):
         steps.append((put[at:at + batch], ()))
     for at in range(0, len(remove), batch):
         steps.append(((), remove[at:at + batch]))
+    applied: list[str] = []
     for items, keys in steps:
         with rados.WriteOpCtx() as op:
             if owner is not None:
@@ -356,11 +358,13 @@ def _write(ioctx: Ioctx, obj: str, put: Sequence[tuple[str, bytes]], remove: Seq
                 ioctx.operate_write_op(op, obj)
             except rados.ObjectNotFound:
                 if owner is not None:
-                    raise ShardLost(f"{obj} is gone") from None
+                    raise ShardLost(f"{obj} is gone", applied) from None
                 if not missing_ok:
                     raise
                 return
             except rados.Error as exc:
                 if owner is not None and getattr(exc, "errno", None) == errno.ECANCELED:
-                    raise ShardLost(f"{obj} is now held by another process") from None
+                    raise ShardLost(f"{obj} is now held by another process", applied) from None
                 raise
+        applied.extend(k for k, _ in items)
+        applied.extend(keys)

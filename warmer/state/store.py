@@ -50,6 +50,7 @@ REBASE_AFTER = 256.0
 # Exponents are capped here, so that nothing raises OverflowError, whatever
 # clocks and timestamps say.
 _MAX_EXPONENT = 1000.0
+_MAX_EPOCH = 2 ** 53  # unix seconds; any float arithmetic on it stays exact
 
 _COMPACT = (",", ":")
 
@@ -64,8 +65,14 @@ class StateUnavailable(StateError):
 
 class ShardLost(StateError):
     """Another process claimed this daemon's demand shard (a restart under
-    the same name, or two daemons configured with the same name). The write
-    was refused as a whole; nothing of it was applied."""
+    the same name, or two daemons configured with the same name), and the
+    write was refused. A write that goes in several steps may have been
+    refused part-way: ``applied`` names the keys that were written (or
+    deleted) before the refusal; nothing else was."""
+
+    def __init__(self, message: str, applied: Collection[str] = ()) -> None:
+        super().__init__(message)
+        self.applied = frozenset(applied)
 
 
 def pow2(exponent: float) -> float:
@@ -87,7 +94,10 @@ def _number(doc: dict[str, Any], key: str, *, minimum: float = 0.0) -> float:
     value = doc.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{key!r} is missing or not a number")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{key!r} is out of range") from None
     if not math.isfinite(value) or value < minimum:
         raise ValueError(f"{key!r} is out of range: {value!r}")
     return value
@@ -122,8 +132,8 @@ class Contribution:
     def from_json(cls, raw: bytes | str) -> Contribution:
         doc = _load(raw)
         epoch = doc.get("e")
-        if isinstance(epoch, bool) or not isinstance(epoch, int):
-            raise ValueError("'e' is missing or not an integer")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or abs(epoch) >= _MAX_EPOCH:
+            raise ValueError("'e' is missing, not an integer, or out of range")
         return cls(_number(doc, "v"), epoch)
 
     def relative_to(self, epoch: int, half_life: float) -> float:
@@ -332,9 +342,10 @@ class StateStore(Protocol):
     async def write_shard(self, daemon: str, instance: str, put: Mapping[str, Contribution],
                           remove: Collection[str]) -> None:
         """Set ``put`` and delete ``remove`` in ``daemon``'s shard, if
-        ``instance`` still holds it (else :class:`ShardLost`, and nothing of
-        this call is applied). A large write may go in several steps; a
-        failure part-way leaves each key either old or new."""
+        ``instance`` still holds it (else :class:`ShardLost`, whose
+        ``applied`` names what was written before the refusal). A large
+        write may go in several steps; a failure part-way leaves each key
+        either old or new."""
 
     async def shards(self) -> dict[str, ShardInfo]:
         """Every shard in the directory, by daemon name."""
