@@ -19,6 +19,7 @@ from warmer.state.store import (
     Settings,
     ShardInfo,
     ShardLost,
+    StateStore,
     Tombstone,
 )
 
@@ -106,3 +107,7 @@ class MemoryStore:
 
     async def close(self) -> None:
         pass
+
+
+def _implements_the_interface(store: MemoryStore) -> StateStore:
+    return store  # checked by mypy

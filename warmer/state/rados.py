@@ -56,6 +56,7 @@ from warmer.state.store import (
     ShardInfo,
     ShardLost,
     StateError,
+    StateStore,
     StateUnavailable,
     Tombstone,
 )
@@ -368,3 +369,7 @@ def _write(ioctx: Ioctx, obj: str, put: Sequence[tuple[str, bytes]], remove: Seq
                 raise
         applied.extend(k for k, _ in items)
         applied.extend(keys)
+
+
+def _implements_the_interface(store: RadosStore) -> StateStore:
+    return store  # checked by mypy
