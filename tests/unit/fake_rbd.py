@@ -8,7 +8,16 @@ What it models, because warmer's safety depends on it:
 * a protected snapshot with clones cannot be unprotected (``ImageBusy``);
   an image with snapshots cannot be removed (``ImageHasSnapshots``);
 * RADOS exclusive locks belong to one client instance and expire;
-* omap reads and writes through Read/WriteOpCtx, xattrs.
+* omap reads and writes through Read/WriteOpCtx, xattrs;
+* RADOS namespaces (``Ioctx.set_namespace``): the default namespace's
+  objects are ``cluster.objects[pool]``, the others' are
+  ``cluster.ns_objects[(pool, namespace)]``;
+* ``WriteOpCtx.omap_cmp`` (an unmet comparison fails the whole op with
+  ECANCELED, as the OSD does; a missing key compares as empty, a missing
+  object fails with ObjectNotFound) and ``WriteOpCtx.new``.
+
+Change omap only through write ops: pages are served from a sorted key list
+that a write op invalidates.
 
 It also records every call (``cluster.log``) so a test can assert what was
 never attempted, and can fail any named call (``cluster.fail[op] = exc``).
@@ -16,6 +25,7 @@ never attempted, and can fail any named call (``cluster.fail[op] = exc``).
 
 from __future__ import annotations
 
+import bisect
 import errno
 import itertools
 import time
@@ -123,6 +133,13 @@ class FakeObject:
     omap: dict[str, bytes] = field(default_factory=dict)
     xattrs: dict[str, bytes] = field(default_factory=dict)
     lock: tuple[str, int, float] | None = None  # cookie, client id, expiry
+    version: int = 0  # bumped by every write op
+    _sorted: tuple[int, list[str]] | None = None
+
+    def sorted_keys(self) -> list[str]:
+        if self._sorted is None or self._sorted[0] != self.version:
+            self._sorted = (self.version, sorted(self.omap))
+        return self._sorted[1]
 
 
 class FakeCluster:
@@ -136,6 +153,7 @@ class FakeCluster:
         self.fsid = fsid
         self.images: dict[str, dict[str, FakeImage]] = {p: {} for p in pools}
         self.objects: dict[str, dict[str, FakeObject]] = {p: {} for p in pools}
+        self.ns_objects: dict[tuple[str, str], dict[str, FakeObject]] = {}
         self.log: list[str] = []
         self.fail: dict[str, BaseException] = {}
         self.write_delay = 0.0
@@ -238,6 +256,7 @@ class Ioctx:
         self.client = client
         self.cluster = client.cluster
         self.pool = pool
+        self.namespace = ""
 
     def __enter__(self) -> Ioctx:
         return self
@@ -248,9 +267,17 @@ class Ioctx:
     def close(self) -> None:
         pass
 
+    def set_namespace(self, nspace: str) -> None:
+        self.namespace = nspace or ""
+
+    def get_namespace(self) -> str:
+        return self.namespace
+
     @property
     def _objects(self) -> dict[str, FakeObject]:
-        return self.cluster.objects[self.pool]
+        if not self.namespace:
+            return self.cluster.objects[self.pool]
+        return self.cluster.ns_objects.setdefault((self.pool, self.namespace), {})
 
     # locks and xattrs
     def lock_exclusive(self, obj: str, name: str, cookie: str, desc: str = "",
@@ -296,11 +323,17 @@ class Ioctx:
 
     def operate_write_op(self, op: WriteOpCtx, obj: str) -> None:
         self.cluster.op("omap_write")
-        if obj not in self._objects and op.steps and op.needs_object:
+        if obj not in self._objects and op.needs_object and (op.steps or op.asserts):
             raise ObjectNotFound(obj)
+        existing = self._objects.get(obj)
+        omap = existing.omap if existing is not None else {}
+        for key, value in op.asserts:
+            if omap.get(key, b"") != value:
+                raise RadosError(f"omap_cmp failed on {obj}", errno.ECANCELED)
         o = self._objects.setdefault(obj, FakeObject())
         for step in op.steps:
             step(o)
+        o.version += 1
 
     def get_omap_vals_by_keys(self, op: ReadOpCtx, keys: tuple[str, ...]
                               ) -> tuple[list[tuple[str, bytes]], int]:
@@ -311,9 +344,15 @@ class Ioctx:
     def get_omap_vals(self, op: ReadOpCtx, start_after: str, prefix: str, max_return: int
                       ) -> tuple[list[tuple[str, bytes]], int]:
         out: list[tuple[str, bytes]] = []
-        op.steps.append(lambda o: out.extend(
-            [(k, o.omap[k]) for k in sorted(o.omap) if k > start_after
-             and k.startswith(prefix)][:max_return]))
+        def page(o: FakeObject) -> None:
+            keys = o.sorted_keys()
+            at = bisect.bisect_right(keys, start_after)
+            for k in keys[at:]:
+                if len(out) >= max_return:
+                    break
+                if k.startswith(prefix):
+                    out.append((k, o.omap[k]))
+        op.steps.append(page)
         return out, 0
 
     def operate_read_op(self, op: ReadOpCtx, obj: str) -> None:
@@ -328,6 +367,21 @@ class Ioctx:
 class WriteOpCtx:
     def __init__(self) -> None:
         self.steps: list[Callable[[FakeObject], Any]] = []
+        self.asserts: list[tuple[str, bytes]] = []
+        self.needs_object = False
+        self.creates = False
+
+    def omap_cmp(self, key: str, val: str, cmp_op: int = 1) -> None:
+        if cmp_op != 1:  # LIBRADOS_CMPXATTR_OP_EQ, the only one modelled
+            raise NotImplementedError(f"omap_cmp op {cmp_op}")
+        self.asserts.append((key, val.encode()))
+        if not self.creates:
+            self.needs_object = True
+
+    def new(self, exclusive: int | None = None) -> None:
+        if exclusive:
+            raise NotImplementedError("exclusive create")
+        self.creates = True
         self.needs_object = False
 
     def __enter__(self) -> WriteOpCtx:
@@ -493,6 +547,8 @@ def modules() -> tuple[types.ModuleType, types.ModuleType]:
                 TimedOut, Rados, WriteOpCtx, ReadOpCtx):
         setattr(rados, cls.__name__, cls)
     rados.Error = RadosError  # type: ignore[attr-defined]
+    rados.LIBRADOS_CMPXATTR_OP_EQ = 1  # type: ignore[attr-defined]
+    rados.LIBRADOS_CREATE_IDEMPOTENT = 0  # type: ignore[attr-defined]
     rados.PermissionError = RadosPermissionError  # type: ignore[attr-defined]
     rbd = types.ModuleType("rbd")
     for cls in (ImageNotFound, ImageExists, ImageBusy, ImageHasSnapshots, InvalidArgument,

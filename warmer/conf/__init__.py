@@ -5,9 +5,9 @@ from __future__ import annotations
 from oslo_config import cfg
 from oslo_log import log
 
-from warmer.conf import bus, glance, http, popularity, service, targets, warming
+from warmer.conf import bus, glance, http, popularity, service, state, targets, warming
 
-_MODULES = (service, bus, glance, http, popularity, targets, warming)
+_MODULES = (service, bus, glance, http, popularity, targets, warming, state)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:
