@@ -48,6 +48,14 @@ MUTATIONS = {
     "delete_without_confirm": (
         ENGINE, "            await self._confirm_gone(image_id)\n            self._drop_status",
            "            self._drop_status"),
+    "positive_control_skipped": (
+        ENGINE, "        if right and not deleted:\n"
+                "            right = await self._a_known_image_answers(image_id)\n", ""),
+    "lease_loss_ignored_mid_copy": (
+        TARGET, "await asyncio.wait({copying, lost}, return_when=asyncio.FIRST_COMPLETED)",
+                "await asyncio.wait({copying})"),
+    "repair_anywhere": (TARGET, "            return loc.pool == await self.copy_pool()",
+                        "            return True"),
     "location_conflict_ignored": (
         GLANCE, "        if after is not None and (lost or url in after):", "        if False:"),
 }

@@ -35,7 +35,7 @@ from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
 from warmer.warming.engine import Draining, Engine
-from warmer.warming.target import Target, TargetConfig, TargetProblem
+from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
 
 LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 20.0
@@ -98,6 +98,11 @@ def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                               sources=lambda: {t.ceph.fsid: t.ceph for t in targets
                                                if t.ceph.fsid},
                               owner=f"warmer@{conf.host}"))
+    copying = [t for t in targets if t.config.copy_images]
+    if len(copying) > 1:
+        guard = LocationGuard(copying[0])
+        for t in targets:
+            t.location_guard = guard
     return targets
 
 

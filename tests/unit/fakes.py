@@ -79,6 +79,9 @@ class FakeGlance:
         self.gets: list[str] = []
         self.down = False
         self.wrong_endpoint = False
+        # Another region's Glance on the same Ceph clusters: the stores
+        # match, every image of ours is a 404.
+        self.other_region = False
         self.fsids = fsids if fsids is not None else {"central": "fsid-central",
                                                       "edge": "fsid-edge"}
         self.added: list[tuple[str, str, str]] = []
@@ -115,12 +118,14 @@ class FakeGlance:
         image = self.images[image_id]
         self.images[image_id] = GlanceImage(image.info, (*image.locations, Location(url, store)))
 
-    async def remove_location(self, image_id: str, url: str) -> bool:
+    async def remove_location(self, image_id: str, url: str) -> bool | None:
         from warmer.glance.client import LocationsHidden
         if self.hidden:
             raise LocationsHidden("hidden")
         image = self.images.get(image_id)
-        if image is None or url not in {loc.url for loc in image.locations}:
+        if image is None or self.wrong_endpoint:
+            return None
+        if url not in {loc.url for loc in image.locations}:
             return False
         self.removed.append((image_id, url))
         self.images[image_id] = GlanceImage(
@@ -135,7 +140,7 @@ class FakeGlance:
         self.gets.append(image_id)
         if self.down:
             raise GlanceUnavailable("down")
-        if self.wrong_endpoint:
+        if self.wrong_endpoint or self.other_region:
             return None
         return self.images.get(image_id)
 
@@ -144,7 +149,7 @@ class FakeGlance:
             tag = filters.get("tag")
             if tag is not None and tag not in image.info.tags:
                 continue
-            props = {k: v for k, v in filters.items() if k != "tag"}
+            props = {k: v for k, v in filters.items() if k not in ("tag", "limit")}
             if any(image.info.properties.get(k) != v for k, v in props.items()):
                 continue
             yield image

@@ -31,7 +31,7 @@ def build(repair: bool = True) -> tuple[Engine, FakeGlance, FakeCeph]:
     tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
                       top_k=0, dedup_window=100)
     config = TargetConfig("central", "volumes", "central", repair, copy_images=False)
-    target = Target(config, ceph)  # type: ignore[arg-type]
+    target = Target(config, ceph, stores=StoreCatalog(glance))  # type: ignore[arg-type]
     engine = Engine(tracker, glance, [target], Metrics(), workers=2,  # type: ignore[arg-type]
                     reconcile_interval=3600, retry_delay=0.05,
                     stores=StoreCatalog(glance))  # type: ignore[arg-type]
@@ -281,6 +281,7 @@ def test_a_404_from_a_wrong_endpoint_removes_nothing() -> None:
         assert engine.tracker.image("a") is not None
         assert {s.reason for s in engine.status("a")} == {"glance_404_unconfirmed"}
         glance.wrong_endpoint = False
+        glance.add(info("z"))  # another image this Glance holds: the control
         del glance.images["a"]  # now really gone, and Glance says so
         engine.enqueue("a")
         await engine.idle()
@@ -333,7 +334,8 @@ def test_a_sick_target_fails_only_its_own_row() -> None:
     edge_ceph = FakeCeph("fsid-edge")
     edge_ceph.down = True
     engine.targets.append(Target(TargetConfig("edge", "volumes", "edge", True,  # type: ignore[arg-type]
-                                              copy_images=False), edge_ceph))
+                                              copy_images=False), edge_ceph,
+                                 stores=StoreCatalog(glance)))  # type: ignore[arg-type]
     glance.add(info("a"), f"rbd://{FSID}/images/a/snap", "rbd://fsid-edge/images/a/snap")
     ceph.images[("images", "a")] = FakeRbdImage({"snap": False})
     demand(engine, "a", 3)
@@ -385,3 +387,38 @@ def test_a_forged_delete_with_a_wrong_endpoint_removes_nothing_and_revives() -> 
         assert not engine.tracker.is_deleted("d") and engine.tracker.image("d") is not None
         runner.cancel()
     run(scenario())
+
+
+def test_another_regions_glance_on_the_same_clusters_removes_nothing() -> None:
+    """The stores match (same Ceph clusters), every image is a 404: only a
+    positive control, an image this Glance must hold, tells them apart."""
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 3, "b": 3})
+        engine.tracker.forget("a")  # a restart: nothing known but the copies
+        engine.tracker.forget("b")
+        glance.other_region = True
+        runner = asyncio.create_task(engine.run())
+        await engine.reconciled.wait()
+        await engine.idle()
+        engine.enqueue("a")
+        await engine.idle()
+        assert target.copies == {"a": 10, "b": 10} and target.evicted == []
+        glance.other_region = False
+        del glance.images["a"]  # now the right Glance, and "a" really gone
+        engine.enqueue("a")
+        await engine.idle()
+        assert target.copies == {"b": 10} and target.evicted == ["a"]
+        runner.cancel()
+    run(scenario())
+
+
+def test_a_location_outside_the_glance_stores_pool_is_never_repaired() -> None:
+    engine, glance, ceph = build()
+    glance.add(info("a"), f"rbd://{FSID}/volumes/a/snap")  # e.g. a Cinder volume
+    ceph.images[("volumes", "a")] = FakeRbdImage({"snap": False})
+    demand(engine, "a", 3)
+    run(engine.evaluate("a"))
+    assert only_status(engine, "a") == ("cold", "snapshot_unprotected")
+    assert ceph.images[("volumes", "a")].snapshots == {"snap": False}

@@ -182,8 +182,8 @@ def test_a_lost_lease_cancels_the_copy_and_leaves_the_temp_to_its_new_holder(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
     central, edge = clusters
     glance = FakeGlance()
-    image_id = glance_image(central, glance, os.urandom(8 * MiB))
-    edge.write_delay = 0.3
+    image_id = glance_image(central, glance, os.urandom(64 * MiB))  # 16 chunks
+    edge.write_delay = 1.0
     t = target(executor, glance, lock_seconds=1)
 
     async def scenario() -> TargetResult:
@@ -197,6 +197,7 @@ def test_a_lost_lease_cancels_the_copy_and_leaves_the_temp_to_its_new_holder(
         return await warming
     result = asyncio.run(scenario())
     assert result.reason == "lease_lost"
+    assert edge.log.count("write") < 16  # cancelled mid-copy, not at the end
     assert glance.added == []
     assert f"warmer-tmp.{image_id}" in edge.images["images"]  # the new holder's now
 
@@ -466,3 +467,42 @@ def test_a_crafted_id_writes_nothing_into_the_pool(
     for crafted in (str(uuid.uuid4()), f"volume-{uuid.uuid4()}", "a..b"):
         assert asyncio.run(t.purge(crafted)) in ("gone", "not_owned")
     assert edge.objects["images"] == {}
+
+
+def test_location_changes_are_one_at_a_time_across_daemons(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Glance removes a location by index: two daemons changing one image's
+    list at once could remove a third party's location."""
+    from warmer.warming.target import LocationGuard
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = str(uuid.uuid4())
+    first, second = LocationGuard(target(executor, glance, owner="warmer@a"), attempts=2), \
+        LocationGuard(target(executor, glance, owner="warmer@b"), attempts=2)
+    order: list[str] = []
+
+    async def change(guard: LocationGuard, name: str, hold: float) -> bool:
+        async with guard.held(image_id) as held:
+            if held:
+                order.append(f"{name} in")
+                await asyncio.sleep(hold)
+                order.append(f"{name} out")
+            return held
+
+    async def scenario() -> tuple[bool, bool, bool]:
+        a = asyncio.create_task(change(first, "a", 1.0))
+        await asyncio.sleep(0.1)
+        b = await change(second, "b", 0)  # gives up while a holds it
+        a_held = await a
+        c = await change(second, "b2", 0)  # free again
+        return a_held, b, c
+    assert asyncio.run(scenario()) == (True, False, True)
+    assert order == ["a in", "a out", "b2 in", "b2 out"]
+    assert edge.log.count("lock_exclusive") >= 2  # the lock lived in the pool
+    assert f"warmer.locations.{image_id}" not in edge.objects["images"]  # no pile-up
+
+    async def same_daemon() -> None:  # two targets of one daemon: they wait
+        await asyncio.gather(change(first, "x", 0.2), change(first, "y", 0.2))
+    order.clear()
+    asyncio.run(same_daemon())
+    assert order in (["x in", "x out", "y in", "y out"], ["y in", "y out", "x in", "x out"])

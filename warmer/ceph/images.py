@@ -30,6 +30,8 @@ from warmer.ceph.ownership import SNAPSHOT, TEMP_PREFIX, Entry, Inspection, temp
 
 VERIFIED_KEY = "warmer.verified"
 LOCK_PREFIX = "warmer.lock."
+# One per Glance image, in one pool for all targets: location changes.
+LOCATIONS_PREFIX = "warmer.locations."
 LOCK_NAME = "warmer-copy"
 HOLDER_XATTR = "warmer.holder"
 
@@ -244,7 +246,8 @@ def release(cluster: Rados, pool: str, image_id: str) -> bool:
     return True
 
 
-def lock(cluster: Rados, pool: str, image_id: str, cookie: str, duration: int) -> bool:
+def lock(cluster: Rados, pool: str, image_id: str, cookie: str, duration: int,
+         prefix: str = LOCK_PREFIX) -> bool:
     """Take (or renew) the copy lease for ``image_id`` in ``pool``.
 
     RADOS locks belong to a client instance, so a daemon that restarted (or
@@ -254,7 +257,7 @@ def lock(cluster: Rados, pool: str, image_id: str, cookie: str, duration: int) -
     and we break it at once instead of waiting for it to run out.
     """
     rados, _ = modules()
-    obj = f"{LOCK_PREFIX}{image_id}"
+    obj = f"{prefix}{image_id}"
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
         if not _try_lock(ioctx, obj, cookie, duration):
             try:
@@ -284,10 +287,22 @@ def _try_lock(ioctx: Any, obj: str, cookie: str, duration: int) -> bool:
     return True
 
 
-def unlock(cluster: Rados, pool: str, image_id: str, cookie: str) -> None:
+def unlock(cluster: Rados, pool: str, image_id: str, cookie: str,
+           prefix: str = LOCK_PREFIX) -> None:
     rados, _ = modules()
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
         try:
-            ioctx.unlock(f"{LOCK_PREFIX}{image_id}", LOCK_NAME, cookie)
+            ioctx.unlock(f"{prefix}{image_id}", LOCK_NAME, cookie)
+        except rados.ObjectNotFound:
+            pass
+
+
+def drop_lock(cluster: Rados, pool: str, image_id: str, prefix: str) -> None:
+    """Remove a lock object we hold, and with it our lock (a waiter then
+    makes a new one): lock objects do not pile up in the pool."""
+    rados, _ = modules()
+    with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
+        try:
+            ioctx.remove_object(f"{prefix}{image_id}")
         except rados.ObjectNotFound:
             pass

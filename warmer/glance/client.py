@@ -230,8 +230,10 @@ class GlanceClient:
                             "adding it again", image_id, url)
         raise GlanceUnavailable(f"image {image_id}: location {url} does not stick")
 
-    async def remove_location(self, image_id: str, url: str) -> bool:
-        """Remove ``url`` from the image's locations. False when it was not there.
+    async def remove_location(self, image_id: str, url: str) -> bool | None:
+        """Remove ``url`` from the image's locations. False when it was not
+        there; None when Glance answered 404 for the image (which is not a
+        delete: the caller must not act on it as one).
 
         Glance's JSON-patch removes a location by index, and Glance deletes
         the data of every location it drops. So the list is read just before
@@ -243,7 +245,9 @@ class GlanceClient:
         """
         async with self._changing(image_id):
             before = await self._location_urls(image_id)
-            if before is None or url not in before:
+            if before is None:
+                return None
+            if url not in before:
                 return False
             index = before.index(url)
             await self._patch(image_id, [{"op": "remove", "path": f"/locations/{index}"}])

@@ -72,13 +72,17 @@ class Engine:
         self._again: set[str] = set()
         self._status: dict[tuple[str, str], ImageStatus] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
-        # Consecutive refusals per image (publish_refused): the retry backs off.
+        # Consecutive retries per image that do not pass by themselves
+        # (publish_refused, clones that keep a copy, an unconfirmed 404):
+        # each one waits longer, up to max_retry_delay.
         self._refusals: dict[str, int] = {}
         # Images warmer stopped touching (their Glance locations changed
         # under a removal), with the reason; until an operator looks.
         self.hands_off: dict[str, str] = {}
-        # An image Glance showed recently: the positive control of a 404.
+        # An image Glance showed recently, and images warmer keeps copies
+        # of: the positive controls of a 404.
         self._last_alive: str | None = None
+        self._copied: set[str] = set()
         self.accepting = True
         self.reconciled = asyncio.Event()
         for target in targets:
@@ -164,9 +168,11 @@ class Engine:
                 return
             await self._evaluate(image_id)
         except (GlanceUnavailable, CephUnavailable) as exc:
-            LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, self.retry_delay)
+            delay = (self._backoff(self._bump(image_id))
+                     if isinstance(exc, UnconfirmedNotFound) else self.retry_delay)
+            LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, delay)
             self._record_all(image_id, "error", _error_reason(exc), None, ())
-            self._retry_later(image_id)
+            self._retry_later(image_id, delay)
         except LocationConflict as exc:
             self._let_go(image_id, exc)
         finally:
@@ -187,7 +193,7 @@ class Engine:
                 self.tracker.revive(alive.info)
                 self.enqueue(image_id)
                 return
-            await self._confirm_gone(image_id)
+            await self._confirm_gone(image_id, deleted=True)
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
@@ -214,8 +220,7 @@ class Engine:
         refused = any(r.reason == "publish_refused" for r in results)
         if refused:
             # Glance refusing a location does not pass by itself: back off.
-            self._refusals[image_id] = self._refusals.get(image_id, 0) + 1
-            self._retry_later(image_id, self._backoff(self._refusals[image_id]))
+            self._retry_later(image_id, self._backoff(self._bump(image_id)))
         else:
             self._refusals.pop(image_id, None)
             if any(r.state in ("busy", "error") or r.reason == "image_deleted"
@@ -245,8 +250,14 @@ class Engine:
             self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
         if result.reason == "publish_refused":
             self.metrics.glance_refusals.labels(target.name, "publish_refused").inc()
+        if "copied" in result.actions or "published_location" in result.actions:
+            self._copied.add(image.info.id)
         self._record(image_id=image.info.id, target=target, result=result)
         return result
+
+    def _bump(self, image_id: str) -> int:
+        self._refusals[image_id] = self._refusals.get(image_id, 0) + 1
+        return self._refusals[image_id]
 
     def _backoff(self, attempts: int) -> float:
         return float(min(self.retry_delay * 2.0 ** min(attempts - 1, 30),
@@ -265,7 +276,17 @@ class Engine:
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         fresh = await self.glance.get_image(image_id)
         if fresh is None:
-            await self._confirm_gone(image_id)
+            try:
+                await self._confirm_gone(image_id)
+            except UnconfirmedNotFound:
+                if image_id not in self._copied:
+                    # No copy of it that warmer knows of: stop tracking it,
+                    # remove nothing. (Reconciliation brings back any image
+                    # whose copy it finds, and asks again.)
+                    self.tracker.forget(image_id)
+                    self._drop_status(image_id)
+                    return None
+                raise
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
             self._drop_status(image_id)
@@ -275,23 +296,40 @@ class Engine:
         self._last_alive = image_id
         return fresh
 
-    async def _confirm_gone(self, image_id: str) -> None:
+    async def _confirm_gone(self, image_id: str, *, deleted: bool = False) -> None:
         """Glance said 404 (or deleted) for ``image_id``. A 404 is not a
         delete (invariant 8): raise UnconfirmedNotFound unless known-good
         requests show this is the right Glance: its stores are the targets'
-        clusters, and an image it showed before still answers."""
+        clusters, and, unless an ``image.delete`` said so too, another image
+        that warmer knows this Glance holds (one it showed lately, or one
+        warmer keeps a copy of) still answers. Another region's Glance that
+        shares the Ceph clusters passes the first check, never the second."""
         right = self.stores is not None and await self.stores.endpoint_is_right(
             {t.config.glance_store: t.ceph.fsid for t in self.targets
              if t.ceph.fsid is not None and t.config.copy_images})
-        control = self._last_alive
-        if right and control is not None and control != image_id:
-            right = await self.glance.get_image(control) is not None
-            if not right:
-                self._last_alive = None  # it may really be gone; find another
+        if right and not deleted:
+            right = await self._a_known_image_answers(image_id)
         if not right:
             self.metrics.glance_refusals.labels("", "unconfirmed_404").inc()
             raise UnconfirmedNotFound(f"GET image {image_id}: 404, and Glance's endpoint "
                                       "could not be shown right")
+
+    async def _a_known_image_answers(self, image_id: str) -> bool:
+        candidates = [self._last_alive] if self._last_alive else []
+        candidates += sorted(self._copied - {image_id})[:3]
+        known = [c for c in dict.fromkeys(candidates) if c != image_id]
+        if not known:
+            # Nothing known yet (a fresh start, one copy): an image of its own
+            # listing must answer, which at least rules out a 404 for all.
+            async for listed in self.glance.list_images(limit="2"):
+                if listed.info.id != image_id:
+                    known = [listed.info.id]
+                    break
+        for control in known:
+            if await self.glance.get_image(control) is not None:
+                self._last_alive = control
+                return True
+        return False
 
     async def _purge_everywhere(self, image_id: str, reason: str) -> None:
         """Glance no longer has the image: remove warmer's copies of it.
@@ -311,7 +349,10 @@ class Engine:
                 self.metrics.evictions.labels(target.name, reason, result).inc()
             deferred = deferred or result in ("has_children", "busy", "error")
         if deferred:
-            self._retry_later(image_id)
+            self._retry_later(image_id, self._backoff(self._bump(image_id)))
+        else:
+            self._copied.discard(image_id)
+            self._refusals.pop(image_id, None)
 
     # -- budgets -------------------------------------------------------------------
 
@@ -392,6 +433,7 @@ class Engine:
                 continue
             try:
                 for copy_ in await target.inventory():
+                    self._copied.add(copy_.name)
                     if self.tracker.image(copy_.name) is None and \
                             copy_.name not in self.hands_off:
                         # Glance's current view decides, never a bare 404.

@@ -34,7 +34,7 @@ import dataclasses
 import errno
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ from warmer.glance.client import (
     GlanceImage,
     GlanceRefused,
     GlanceServerError,
+    GlanceUnavailable,
     LocationsHidden,
 )
 from warmer.glance.stores import StoreCatalog
@@ -128,6 +129,9 @@ class Target:
         self.reserved: dict[str, int] = {}
         # Copy leases held by this process, shared by all its targets.
         self._leases = leases if leases is not None else _PROCESS_LEASES
+        # Set by the service: one guard for location changes, shared by all
+        # targets (its lock lives in one target's pool).
+        self.location_guard: LocationGuard | None = None
 
     @property
     def name(self) -> str:
@@ -185,9 +189,21 @@ class Target:
         except TargetProblem as exc:
             return TargetResult("cold", exc.reason, detail=exc.detail)
 
+    async def _may_repair(self, loc: RbdLocation) -> bool:
+        """Repair (create or protect a snapshot) only in the pool of this
+        cluster's Glance store, where Glance keeps its images: a location may
+        name any pool, Cinder's included, and a protected snapshot on a
+        volume would keep Cinder from deleting it."""
+        if not self.config.repair_glance_snapshots:
+            return False
+        try:
+            return loc.pool == await self.copy_pool()
+        except (TargetProblem, GlanceUnavailable):
+            return False
+
     async def _warm_location(self, loc: RbdLocation) -> TargetResult:
         check = await self.ceph.ensure_protected_snapshot(
-            loc.pool, loc.image, loc.snapshot, repair=self.config.repair_glance_snapshots)
+            loc.pool, loc.image, loc.snapshot, repair=await self._may_repair(loc))
         for action in check.actions:
             LOG.info("target %s: %s on %s", self.name, action, loc)
         if check.problem is not None:
@@ -199,6 +215,14 @@ class Target:
         return TargetResult("warm", "cloneable", loc.url, check.actions)
 
     # -- copies ---------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _locations(self, image_id: str) -> AsyncIterator[bool]:
+        if self.location_guard is None:
+            yield True  # a single target: nothing else changes this image's list
+            return
+        async with self.location_guard.held(image_id) as held:
+            yield held
 
     async def _inspect(self, pool: str, name: str) -> rbd_images.Inspection | None:
         return await self.ceph.run("inspect", lambda c: rbd_images.inspect(c, pool, name))
@@ -225,17 +249,21 @@ class Target:
                 size = image.info.size or 0
                 if self.admit is not None and not await self.admit(self, image_id, size):
                     return TargetResult("cold", "over_budget", None)
-            async with self._leased(pool, image_id) as held:
-                if not held:
+            async with self._leased(pool, image_id) as lease:
+                if lease is None:
                     return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
-                return await self._copy_and_publish_leased(image, pool, final,
-                                                           rbd_locations)
+                try:
+                    return await self._copy_and_publish_leased(image, pool, final,
+                                                               rbd_locations, lease)
+                except LeaseLost:
+                    return TargetResult("cold", "lease_lost", None,
+                                        detail="the copy lease could not be renewed")
         finally:
             self.reserved.pop(image_id, None)
 
     async def _copy_and_publish_leased(self, image: GlanceImage, pool: str,
-                                       final: RbdLocation,
-                                       rbd_locations: list[RbdLocation]) -> TargetResult:
+                                       final: RbdLocation, rbd_locations: list[RbdLocation],
+                                       lease: Lease) -> TargetResult:
         image_id = image.info.id
         stats = None
         actions: list[str] = []
@@ -247,9 +275,13 @@ class Target:
         if not _complete(existing):
             try:
                 if existing is not None:  # ours, but not finished: start over
-                    await self.ceph.run("remove", lambda c: rbd_images.remove_owned(
+                    await self._confirm(lease)
+                    removed = await self.ceph.run("remove", lambda c: rbd_images.remove_owned(
                         c, pool, image_id))
-                stats = await self._copy(image, pool, rbd_locations)
+                    if removed not in ("removed", "gone"):
+                        return TargetResult("cold", "stale_copy_kept", None,
+                                            detail=f"{pool}/{image_id}: {removed}")
+                stats = await self._copy(image, pool, rbd_locations, lease)
                 actions.append("copied")
             except CopyError as exc:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
@@ -261,6 +293,7 @@ class Target:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
                 return TargetResult("error", "ceph_error", None, tuple(actions),
                                     detail=str(exc))
+        await self._confirm(lease)
         refused = await self._publish(image_id, pool, final)
         if refused is not None:
             return dataclasses.replace(refused, actions=tuple(actions), copy=stats)
@@ -283,7 +316,15 @@ class Target:
                       "(%s)", self.name, final.url, copy_)
             return TargetResult("cold", "copy_incomplete", None)
         try:
-            await self.glance.add_location(image_id, final.url, self.config.glance_store)
+            async with self._locations(image_id) as held:
+                if not held:
+                    return TargetResult("busy", "locations_busy", None)
+                async with asyncio.timeout(self.config.copy_lock_seconds / 2):
+                    await self.glance.add_location(image_id, final.url,
+                                                   self.config.glance_store)
+        except TimeoutError as exc:
+            return TargetResult("error", "glance_unavailable", None,
+                                detail=f"adding the location took too long: {exc!r}")
         except LocationsHidden as exc:
             return TargetResult("cold", "locations_hidden", None, detail=str(exc))
         except GlanceServerError as exc:
@@ -303,7 +344,7 @@ class Target:
         return None
 
     async def _copy(self, image: GlanceImage, pool: str,
-                    rbd_locations: list[RbdLocation]) -> CopyStats:
+                    rbd_locations: list[RbdLocation], lease: Lease) -> CopyStats:
         """Copy into the temporary image, verify, finish, under the copy
         lease (held by the caller, renewed here). Raises CopyError; whatever
         fails, the temporary image is removed. A lease that cannot be
@@ -314,12 +355,13 @@ class Target:
         source, source_handle = await self._open_source(image, rbd_locations)
         if info.size is not None and source.size != info.size:
             if source_handle is not None:
-                await self.ceph.run("close", lambda c: source_handle.close())
+                await self.ceph.offload(source_handle.close)
             raise CopyError("size_mismatch", f"source has {source.size} bytes, Glance says "
                                              f"{info.size}")
         target: rbd_images.OpenImage | None = None
         finished = lease_lost = False
-        lease = asyncio.create_task(self._keep_lease(pool, info.id))
+        copying: asyncio.Task[CopyStats] | None = None
+        lost = asyncio.create_task(lease.lost.wait())
         try:
             target = await self._ceph_step(pool, "create", lambda c: rbd_images.create_temp(
                 c, pool, info.id, source.size, source.description, self.cookie))
@@ -330,18 +372,18 @@ class Target:
                 source, self.ceph.guarded(opened.image.write), verifier, self.ceph.executor,
                 window=self.config.copy_window,
                 progress=lambda done, size: self.progress.__setitem__(info.id, (done, size))))
-            await asyncio.wait({copying, lease}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({copying, lost}, return_when=asyncio.FIRST_COMPLETED)
             if not copying.done():
-                copying.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await copying
+                await _settle(copying)
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
             stats = await self._ceph_result(pool, copying)
             verified = verifier.verify()
-            if lease.done() or not await self._renew(pool, info.id):
+            try:
+                await self._confirm(lease)
+            except LeaseLost:
                 lease_lost = True
-                raise CopyError("lease_lost", "the copy lease could not be renewed")
+                raise CopyError("lease_lost", "the copy lease could not be renewed") from None
             await self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
                 c, opened, pool, info.id, self.cookie, verified))
             finished = True
@@ -353,7 +395,11 @@ class Target:
                      verified)
             return stats
         finally:
-            lease.cancel()
+            lost.cancel()
+            if copying is not None and not copying.done():
+                # Cancelled from outside (a stop): its reads and writes must
+                # end before the images they use are closed.
+                await _settle(copying)
             self.progress.pop(info.id, None)
             # Closes run off the loop (with a cluster gone, a close waits out
             # its op timeouts) and need no new connection to this target.
@@ -362,6 +408,11 @@ class Target:
             if not finished:
                 # Without the lease the temporary image may be another
                 # daemon's work now: close ours, touch nothing else.
+                if not lease_lost:
+                    try:
+                        await self._confirm(lease)
+                    except LeaseLost:
+                        lease_lost = True
                 await self._discard(pool, info.id, target, remove=not lease_lost)
 
     async def _ceph_step(self, pool: str, op: str, fn: Callable[[Any], Any]) -> Any:
@@ -482,33 +533,53 @@ class Target:
         finally:
             self._leases.discard((await self.fsid(), pool, image_id))
 
-    async def _keep_lease(self, pool: str, image_id: str) -> None:
-        """Renew the lease every third of its term; return when it cannot
-        be renewed (taken by another daemon, or the cluster does not
-        answer), which cancels the copy."""
+    async def _keep_lease(self, lease: Lease) -> None:
+        """Renew the lease every third of its term for as long as it is held;
+        on the first renewal that fails (taken by another daemon, or the
+        cluster does not answer), mark it lost and stop: whatever runs
+        under it must then stop changing things."""
         failures: tuple[type[BaseException], ...] = (CephUnavailable, *ceph_errors())
         while True:
             await asyncio.sleep(self.config.copy_lock_seconds / 3)
             try:
-                renewed = await self._renew(pool, image_id)
+                renewed = await self._renew(lease.pool, lease.image_id)
             except failures as exc:
                 LOG.error("target %s: cannot renew the copy lease for %s: %s", self.name,
-                          image_id, exc)
-                return
+                          lease.image_id, exc)
+                renewed = False
             if not renewed:
-                LOG.error("target %s: lost the copy lease for %s", self.name, image_id)
+                LOG.error("target %s: lost the copy lease for %s", self.name, lease.image_id)
+                lease.lost.set()
                 return
 
-    @contextlib.asynccontextmanager
-    async def _leased(self, pool: str, image_id: str) -> Any:
-        """Hold ``image_id``'s copy lease in ``pool`` for a removal. Yields
-        False (and changes nothing) when another daemon holds it."""
-        if not await self._acquire(pool, image_id):
-            yield False
-            return
+    async def _confirm(self, lease: Lease) -> None:
+        """Renew now, before a step that must not run without the lease
+        (publish, remove, forget). Raises LeaseLost."""
+        if lease.lost.is_set():
+            raise LeaseLost(lease.image_id)
         try:
-            yield True
+            renewed = await self._renew(lease.pool, lease.image_id)
+        except (CephUnavailable, *ceph_errors()) as exc:  # type: ignore[misc]
+            lease.lost.set()
+            raise LeaseLost(lease.image_id) from exc
+        if not renewed:
+            lease.lost.set()
+            raise LeaseLost(lease.image_id)
+
+    @contextlib.asynccontextmanager
+    async def _leased(self, pool: str, image_id: str) -> AsyncIterator[Lease | None]:
+        """Hold ``image_id``'s copy lease in ``pool``, renewed in the
+        background for the whole block. Yields None (and changes nothing)
+        when another task or daemon holds it."""
+        if not await self._acquire(pool, image_id):
+            yield None
+            return
+        lease = Lease(pool, image_id)
+        renewer = asyncio.create_task(self._keep_lease(lease))
+        try:
+            yield lease
         finally:
+            renewer.cancel()
             await self._release(pool, image_id)
 
     # -- inventory and eviction -----------------------------------------------
@@ -541,13 +612,23 @@ class Target:
             return "not_owned"
         if existing.protected and await self._has_children(pool, image_id):
             return "has_children"
-        async with self._leased(pool, image_id) as held:
-            if not held:
+        async with self._leased(pool, image_id) as lease:
+            if lease is None:
                 return "busy"
             if self.glance is not None:
                 url = self.location_of(image_id, await self.fsid(), pool).url
                 try:
-                    await self.glance.remove_location(image_id, url)
+                    await self._confirm(lease)
+                    async with self._locations(image_id) as held:
+                        if not held:
+                            return "busy"
+                        async with asyncio.timeout(self.config.copy_lock_seconds / 2):
+                            removed = await self.glance.remove_location(image_id, url)
+                    if removed is None:
+                        # Glance says 404: a 404 is not a delete (invariant 8).
+                        return "glance_404"
+                except (LeaseLost, TimeoutError):
+                    return "busy"
                 except GlanceRefused as exc:
                     LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
                     return "glance_refused"
@@ -556,7 +637,7 @@ class Target:
                     # location that points at nothing.
                     LOG.warning("target %s: not evicting %s: %s", self.name, image_id, exc)
                     return "locations_hidden"
-            result = await self._remove(pool, image_id)
+            result = await self._remove(lease)
         # Dropping the location usually makes Glance delete the data itself.
         return "removed" if result == "gone" else result
 
@@ -568,16 +649,21 @@ class Target:
         pool = await self.copy_pool()
         if not await self._has_anything(pool, image_id):
             return "gone"  # nothing registered, nothing to lock: write nothing
-        async with self._leased(pool, image_id) as held:
-            if not held:
+        async with self._leased(pool, image_id) as lease:
+            if lease is None:
                 return "busy"
-            return await self._remove(pool, image_id)
+            return await self._remove(lease)
 
     async def _has_anything(self, pool: str, image_id: str) -> bool:
         return bool(await self.ceph.run("lookup", lambda c: rbd_images.known(
             c, pool, image_id)))
 
-    async def _remove(self, pool: str, image_id: str) -> str:
+    async def _remove(self, lease: Lease) -> str:
+        pool, image_id = lease.pool, lease.image_id
+        try:
+            await self._confirm(lease)
+        except LeaseLost:
+            return "busy"
         try:
             result: str = await self.ceph.run("remove_owned", lambda c: rbd_images.remove_owned(
                 c, pool, image_id))
@@ -611,8 +697,8 @@ class Target:
         cleaned = []
         for entry in entries:
             image_id = entry.image_id
-            async with self._leased(pool, image_id) as held:
-                if not held:
+            async with self._leased(pool, image_id) as lease:
+                if lease is None:
                     continue  # another daemon is copying it right now
 
                 def tidy(cluster: Any, image_id: str = image_id) -> bool:
@@ -624,6 +710,83 @@ class Target:
                     LOG.info("target %s: cleaned up what a crash left of %s in %s",
                              self.name, image_id, pool)
         return cleaned
+
+
+class LocationGuard:
+    """Changes to one Glance image's locations, one at a time across every
+    target and daemon. Glance removes a location by its index in the list,
+    so two removals at once (two daemons evicting two targets) can remove a
+    third party's location, whose data Glance then deletes. A RADOS lock per
+    image (``warmer.locations.<id>``) in the copy pool of one target that
+    every daemon configures alike (the first that copies) serialises them;
+    an asyncio lock does it within the daemon, where RADOS would let our
+    own client "renew" the lock another task holds."""
+
+    def __init__(self, target: Target, attempts: int = 20) -> None:
+        self._target = target
+        self._attempts = attempts
+        self._local: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def held(self, image_id: str) -> AsyncIterator[bool]:
+        """Yields whether the lock is held; False after a few tries while
+        another daemon holds it. The block must end within the lease."""
+        lock, users = self._local.get(image_id, (asyncio.Lock(), 0))
+        self._local[image_id] = (lock, users + 1)
+        try:
+            async with lock:
+                t = self._target
+                pool = await t.copy_pool()
+                seconds = t.config.copy_lock_seconds
+                for _ in range(self._attempts):
+                    if await t.ceph.run("location_lock", lambda c: rbd_images.lock(
+                            c, pool, image_id, t.cookie, seconds,
+                            prefix=rbd_images.LOCATIONS_PREFIX)):
+                        break
+                    await asyncio.sleep(0.25)
+                else:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    with contextlib.suppress(Exception):
+                        await t.ceph.run("location_unlock", lambda c: rbd_images.drop_lock(
+                            c, pool, image_id, rbd_images.LOCATIONS_PREFIX))
+        finally:
+            lock, users = self._local[image_id]
+            if users == 1:
+                del self._local[image_id]
+            else:
+                self._local[image_id] = (lock, users - 1)
+
+
+@dataclasses.dataclass
+class Lease:
+    """A copy lease this task holds; ``lost`` is set when a renewal failed."""
+
+    pool: str
+    image_id: str
+    lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+class LeaseLost(Exception):
+    """The copy lease could not be renewed: stop changing things."""
+
+
+async def _settle(task: asyncio.Task[Any]) -> None:
+    """Cancel ``task`` and wait until it has really ended (its threads
+    too), even if this task is cancelled meanwhile; re-raise that
+    cancellation afterwards."""
+    task.cancel()
+    cancelled = False
+    while not task.done():
+        try:
+            await asyncio.wait({task})
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError()
 
 
 def _failures() -> tuple[type[BaseException], ...]:
