@@ -162,6 +162,13 @@ class Tracker:
             self._tombstones.popitem(last=False)
         return Applied(image_id, existed, "handled")
 
+    def keep(self, image_id: str) -> None:
+        """Track ``image_id`` even with nothing known of it (a copy warmer
+        holds, whose image Glance cannot be asked about now)."""
+        if image_id not in self._images and image_id not in self._tombstones:
+            self._images[image_id] = ImageInfo(id=image_id, status="unknown")
+            self._stale.add(image_id)
+
     def revive(self, image: ImageInfo) -> None:
         """Glance still has an image a notification said was deleted (a
         replayed or forged ``image.delete``): drop the tombstone and take

@@ -152,8 +152,9 @@ def test_a_wrong_glance_endpoint_removes_nothing(
             "retry_delay = 1\n")).start()
         try:
             demand(cinder, glance, image_id)  # its own pool queue gets these
-            wrong.wait_until(lambda: wrong.target_state(image_id, "edge") ==
-                             ("error", "glance_404_unconfirmed"), 30, "404 not believed")
+            wrong.wait_until(lambda: wrong.metric("warmer_glance_refusals_total",
+                                                  kind="unconfirmed_404") >= 1,
+                             30, "404 not believed")
             reconciled = wrong.metric("warmer_reconciliations_total", outcome="ok")
             wrong.wait_until(lambda: wrong.metric("warmer_reconciliations_total",
                                                   outcome="ok") >= reconciled + 1, 30,

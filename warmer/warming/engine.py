@@ -286,6 +286,7 @@ class Engine:
                     self.tracker.forget(image_id)
                     self._drop_status(image_id)
                     return None
+                self.tracker.keep(image_id)  # shown, with why nothing happens
                 raise
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
