@@ -95,7 +95,9 @@ def test_url_and_token_override_the_config(daemon: Running,
     url = f"http://127.0.0.1:{daemon.surface.port}"
     code, _, err = run_cli(capsys, "--config-file", conf, "--url", url, "evaluate",
                            str(uuid.uuid4()))
-    assert code == 1 and err == "warmer: 403 invalid bearer token\n"
+    # The config's token is for the config's own daemon: not sent to a
+    # --url elsewhere.
+    assert code == 1 and err == "warmer: 403 a bearer token is required\n"
     code, _, err = run_cli(capsys, "--config-file", conf, "--url", url, "--token", TOKEN,
                            "evaluate", str(uuid.uuid4()))
     assert (code, err) == (0, "")

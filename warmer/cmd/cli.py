@@ -140,9 +140,13 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
             url = urllib.parse.urlsplit(args.url)
             if url.scheme not in ("http", "https") or not url.hostname:
                 raise CliError(f"--url must be http://HOST:PORT, not {args.url!r}", 2)
+            # The config's token goes only to the config's own daemon; to any
+            # other --url, only a token given on purpose (--token).
+            own = (url.hostname in (opts.host, WILDCARD.get(opts.host, opts.host))
+                   and (url.port or 80) == opts.port)
             return Endpoint(scheme=url.scheme, host=url.hostname,
                             port=url.port or (443 if url.scheme == "https" else 80),
-                            token=token)
+                            token=args.token or (token if own else None))
         if opts.admin_socket and os.path.exists(opts.admin_socket):
             return Endpoint(socket_path=opts.admin_socket)
         return Endpoint(host=WILDCARD.get(opts.host, opts.host), port=opts.port, token=token)
