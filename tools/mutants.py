@@ -46,7 +46,8 @@ MUTATIONS = {
     "evict_with_hidden_locations": (
         TARGET, "                    return \"locations_hidden\"", "                    pass"),
     "delete_without_confirm": (
-        ENGINE, "            await self._confirm_gone(image_id)\n            self._drop_status",
+        ENGINE, "            await self._confirm_gone(image_id, deleted=True)\n"
+                "            self._drop_status",
            "            self._drop_status"),
     "positive_control_skipped": (
         ENGINE, "        if right and not deleted:\n"
@@ -54,8 +55,12 @@ MUTATIONS = {
     "lease_loss_ignored_mid_copy": (
         TARGET, "await asyncio.wait({copying, lost}, return_when=asyncio.FIRST_COMPLETED)",
                 "await asyncio.wait({copying})"),
-    "repair_anywhere": (TARGET, "            return loc.pool == await self.copy_pool()",
-                        "            return True"),
+    "repair_anywhere": (TARGET, "and loc.pool == store.pool", ""),
+    "evict_after_404": (
+        TARGET, "                        return \"glance_404\"\n", "                        pass\n"),  # noqa: E501
+    "location_guard_ignored": (
+        TARGET, "                    return TargetResult(\"busy\", \"locations_busy\", None)\n",
+                "                    pass\n"),
     "location_conflict_ignored": (
         GLANCE, "        if after is not None and (lost or url in after):", "        if False:"),
 }

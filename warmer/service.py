@@ -98,8 +98,11 @@ def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                               sources=lambda: {t.ceph.fsid: t.ceph for t in targets
                                                if t.ceph.fsid},
                               owner=f"warmer@{conf.host}"))
+    # Location changes of every target, and of every daemon, take one lock
+    # per image in the first copying target's pool: all daemons must list
+    # the same targets in the same order.
     copying = [t for t in targets if t.config.copy_images]
-    if len(copying) > 1:
+    if copying:
         guard = LocationGuard(copying[0])
         for t in targets:
             t.location_guard = guard

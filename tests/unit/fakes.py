@@ -123,7 +123,7 @@ class FakeGlance:
         if self.hidden:
             raise LocationsHidden("hidden")
         image = self.images.get(image_id)
-        if image is None or self.wrong_endpoint:
+        if image is None or self.wrong_endpoint or self.other_region:
             return None
         if url not in {loc.url for loc in image.locations}:
             return False

@@ -108,9 +108,14 @@ def test_cinder_user_that_cannot_read_makes_it_cold() -> None:
     assert only_status(engine, "a") == ("cold", "cinder_user_cannot_read")
 
 
-def test_image_gone_from_glance_is_forgotten() -> None:
-    engine, _, ceph = build()
+def test_image_gone_from_glance_is_forgotten_once_confirmed() -> None:
+    engine, glance, ceph = build()
     demand(engine, "gone", 3)
+    run(engine.evaluate("gone"))  # no control image: a 404 proves nothing yet
+    assert engine.tracker.image("gone") is not None
+    assert {s.reason for s in engine.status("gone")} == {"glance_404_unconfirmed"}
+    glance.add(info("ctl"), f"rbd://{FSID}/images/ctl/snap")  # our copy of another image
+    engine._copied.add("ctl")
     run(engine.evaluate("gone"))
     assert engine.tracker.image("gone") is None and engine.status("gone") == []
     assert ceph.calls == []
@@ -216,7 +221,7 @@ def with_copies(engine: Engine, glance: FakeGlance, target: FakeCopyTarget,
     for image_id, n in scores.items():
         tags = frozenset({"warmer-pin"}) if image_id in pinned else frozenset()
         engine.tracker.observe(info(image_id, tags=tags))
-        glance.add(info(image_id, tags=tags))
+        glance.add(info(image_id, tags=tags), f"rbd://fsid-edge/images/{image_id}/snap")
         demand(engine, image_id, n)
         target.copies[image_id] = 10
 
@@ -281,11 +286,16 @@ def test_a_404_from_a_wrong_endpoint_removes_nothing() -> None:
         assert engine.tracker.image("a") is not None
         assert {s.reason for s in engine.status("a")} == {"glance_404_unconfirmed"}
         glance.wrong_endpoint = False
-        glance.add(info("z"))  # another image this Glance holds: the control
         del glance.images["a"]  # now really gone, and Glance says so
         engine.enqueue("a")
         await engine.idle()
-        assert target.copies == {} and target.evicted == ["a"]
+        # Alone, nothing can show this is our Glance: still kept.
+        assert target.copies == {"a": 10} and target.evicted == []
+        with_copies(engine, glance, target, {"z": 3})  # another copy: the control
+        engine._copied.add("z")
+        engine.enqueue("a")
+        await engine.idle()
+        assert target.copies == {"z": 10} and target.evicted == ["a"]
         runner.cancel()
     run(scenario())
 

@@ -506,3 +506,28 @@ def test_location_changes_are_one_at_a_time_across_daemons(
     order.clear()
     asyncio.run(same_daemon())
     assert order in (["x in", "x out", "y in", "y out"], ["y in", "y out", "x in", "x out"])
+
+
+def test_eviction_keeps_the_data_when_glance_answers_404(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    central, edge = clusters
+    glance = FakeGlance()
+    copy_id = _warmers_copy(central, edge, executor, glance)
+    glance.other_region = True  # the stores answer, the image is a 404
+    assert asyncio.run(target(executor, glance).evict(copy_id)) == "glance_404"
+    assert edge.images["images"][copy_id].snaps["snap"].protected
+
+
+def test_publication_waits_for_the_location_lock_another_daemon_holds(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    from warmer.warming.target import LocationGuard
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    t = target(executor, glance)
+    t.location_guard = LocationGuard(t, attempts=2)
+    assert images.lock(fake_rbd.Rados("edge.conf"), "images", image_id, "warmer@b", 120,  # type: ignore[arg-type]
+                       prefix=images.LOCATIONS_PREFIX)
+    result = warm(t, glance, image_id)
+    assert (result.state, result.reason) == ("busy", "locations_busy")
+    assert glance.added == []

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,7 +190,6 @@ class Engine:
             if alive is not None:
                 LOG.warning("image %s: image.delete received, but Glance still has it "
                             "(%s); keeping its copies", image_id, alive.info.status)
-                self._last_alive = image_id
                 self.tracker.revive(alive.info)
                 self.enqueue(image_id)
                 return
@@ -279,14 +279,9 @@ class Engine:
             try:
                 await self._confirm_gone(image_id)
             except UnconfirmedNotFound:
-                if image_id not in self._copied:
-                    # No copy of it that warmer knows of: stop tracking it,
-                    # remove nothing. (Reconciliation brings back any image
-                    # whose copy it finds, and asks again.)
-                    self.tracker.forget(image_id)
-                    self._drop_status(image_id)
-                    return None
-                self.tracker.keep(image_id)  # shown, with why nothing happens
+                # Keep it, and its demand: nothing is removed or forgotten
+                # on a 404 that could be the wrong Glance's.
+                self.tracker.keep(image_id)
                 raise
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
@@ -294,7 +289,6 @@ class Engine:
             await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True)
-        self._last_alive = image_id
         return fresh
 
     async def _confirm_gone(self, image_id: str, *, deleted: bool = False) -> None:
@@ -316,19 +310,27 @@ class Engine:
                                       "could not be shown right")
 
     async def _a_known_image_answers(self, image_id: str) -> bool:
-        candidates = [self._last_alive] if self._last_alive else []
-        candidates += sorted(self._copied - {image_id})[:3]
-        known = [c for c in dict.fromkeys(candidates) if c != image_id]
-        if not known:
-            # Nothing known yet (a fresh start, one copy): an image of its own
-            # listing must answer, which at least rules out a 404 for all.
-            async for listed in self.glance.list_images(limit="2"):
-                if listed.info.id != image_id:
-                    known = [listed.info.id]
-                    break
-        for control in known:
-            if await self.glance.get_image(control) is not None:
+        """A positive control: another image warmer copied, which this Glance
+        still lists with one of warmer's own locations. Only our Glance can
+        show that; another region's, sharing the clusters, cannot. Without
+        such an image the 404 stays unconfirmed (an image.delete still
+        confirms it)."""
+        others = list(self._copied - {image_id})
+        candidates = ([self._last_alive] if self._last_alive in others else [])
+        candidates += random.sample(others, min(3, len(others)))
+        for control in dict.fromkeys(candidates):
+            image = await self.glance.get_image(control)
+            if image is not None and self._lists_our_copy(image):
                 self._last_alive = control
+                return True
+        return False
+
+    def _lists_our_copy(self, image: GlanceImage) -> bool:
+        fsids = {t.ceph.fsid for t in self.targets if t.ceph.fsid is not None}
+        for loc in image.locations:
+            rbd = parse_rbd_url(loc.url)
+            if rbd is not None and rbd.fsid in fsids and rbd.image == image.info.id \
+                    and rbd.snapshot == "snap":
                 return True
         return False
 

@@ -194,12 +194,13 @@ class Target:
         cluster's Glance store, where Glance keeps its images: a location may
         name any pool, Cinder's included, and a protected snapshot on a
         volume would keep Cinder from deleting it."""
-        if not self.config.repair_glance_snapshots:
+        if not self.config.repair_glance_snapshots or self._stores is None:
             return False
         try:
-            return loc.pool == await self.copy_pool()
-        except (TargetProblem, GlanceUnavailable):
+            store = await self._stores.store(self.config.glance_store)
+        except GlanceUnavailable:
             return False
+        return store is not None and store.type == "rbd" and loc.pool == store.pool
 
     async def _warm_location(self, loc: RbdLocation) -> TargetResult:
         check = await self.ceph.ensure_protected_snapshot(
@@ -256,7 +257,7 @@ class Target:
                     return await self._copy_and_publish_leased(image, pool, final,
                                                                rbd_locations, lease)
                 except LeaseLost:
-                    return TargetResult("cold", "lease_lost", None,
+                    return TargetResult("busy", "lease_lost", None,
                                         detail="the copy lease could not be renewed")
         finally:
             self.reserved.pop(image_id, None)
@@ -293,8 +294,7 @@ class Target:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
                 return TargetResult("error", "ceph_error", None, tuple(actions),
                                     detail=str(exc))
-        await self._confirm(lease)
-        refused = await self._publish(image_id, pool, final)
+        refused = await self._publish(image_id, pool, final, lease)
         if refused is not None:
             return dataclasses.replace(refused, actions=tuple(actions), copy=stats)
         if final.url not in {loc.url for loc in image.locations}:
@@ -305,7 +305,8 @@ class Target:
             return TargetResult("cold", problem, final.url, tuple(actions), stats)
         return TargetResult("warm", "cloneable", final.url, tuple(actions), stats)
 
-    async def _publish(self, image_id: str, pool: str, final: RbdLocation) -> TargetResult | None:
+    async def _publish(self, image_id: str, pool: str, final: RbdLocation,
+                       lease: Lease) -> TargetResult | None:
         """Add ``final`` to the Glance image, after checking once more that
         what it names is warmer's, complete and protected (invariant 1).
         None when published; else why not."""
@@ -319,12 +320,8 @@ class Target:
             async with self._locations(image_id) as held:
                 if not held:
                     return TargetResult("busy", "locations_busy", None)
-                async with asyncio.timeout(self.config.copy_lock_seconds / 2):
-                    await self.glance.add_location(image_id, final.url,
-                                                   self.config.glance_store)
-        except TimeoutError as exc:
-            return TargetResult("error", "glance_unavailable", None,
-                                detail=f"adding the location took too long: {exc!r}")
+                await self._confirm(lease)  # right before the change
+                await self.glance.add_location(image_id, final.url, self.config.glance_store)
         except LocationsHidden as exc:
             return TargetResult("cold", "locations_hidden", None, detail=str(exc))
         except GlanceServerError as exc:
@@ -396,10 +393,15 @@ class Target:
             return stats
         finally:
             lost.cancel()
+            held_back: asyncio.CancelledError | None = None
             if copying is not None and not copying.done():
                 # Cancelled from outside (a stop): its reads and writes must
-                # end before the images they use are closed.
-                await _settle(copying)
+                # end before the images they use are closed; a second cancel
+                # meanwhile waits until the clean-up below is done.
+                try:
+                    await _settle(copying)
+                except asyncio.CancelledError as exc:
+                    held_back = exc
             self.progress.pop(info.id, None)
             # Closes run off the loop (with a cluster gone, a close waits out
             # its op timeouts) and need no new connection to this target.
@@ -414,6 +416,8 @@ class Target:
                     except LeaseLost:
                         lease_lost = True
                 await self._discard(pool, info.id, target, remove=not lease_lost)
+            if held_back is not None:
+                raise held_back
 
     async def _ceph_step(self, pool: str, op: str, fn: Callable[[Any], Any]) -> Any:
         """A copy step on Ceph: a full pool is ``target_full``, not an error."""
@@ -540,7 +544,10 @@ class Target:
         under it must then stop changing things."""
         failures: tuple[type[BaseException], ...] = (CephUnavailable, *ceph_errors())
         while True:
-            await asyncio.sleep(self.config.copy_lock_seconds / 3)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lease.done.wait(), self.config.copy_lock_seconds / 3)
+            if lease.done.is_set():
+                return  # released: never renew after that
             try:
                 renewed = await self._renew(lease.pool, lease.image_id)
             except failures as exc:
@@ -579,7 +586,11 @@ class Target:
         try:
             yield lease
         finally:
-            renewer.cancel()
+            # Stop the renewer and wait for it: a renewal still running on a
+            # thread after the release would take the lock again.
+            lease.done.set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(renewer)
             await self._release(pool, image_id)
 
     # -- inventory and eviction -----------------------------------------------
@@ -618,16 +629,17 @@ class Target:
             if self.glance is not None:
                 url = self.location_of(image_id, await self.fsid(), pool).url
                 try:
-                    await self._confirm(lease)
                     async with self._locations(image_id) as held:
                         if not held:
                             return "busy"
-                        async with asyncio.timeout(self.config.copy_lock_seconds / 2):
-                            removed = await self.glance.remove_location(image_id, url)
+                        await self._confirm(lease)  # right before the change
+                        # Bounded by Glance's own request timeouts; the lease
+                        # is renewed meanwhile, and the list is checked after.
+                        removed = await self.glance.remove_location(image_id, url)
                     if removed is None:
                         # Glance says 404: a 404 is not a delete (invariant 8).
                         return "glance_404"
-                except (LeaseLost, TimeoutError):
+                except LeaseLost:
                     return "busy"
                 except GlanceRefused as exc:
                     LOG.info("target %s: Glance kept %s: %s", self.name, url, exc)
@@ -737,7 +749,10 @@ class LocationGuard:
             async with lock:
                 t = self._target
                 pool = await t.copy_pool()
-                seconds = t.config.copy_lock_seconds
+                # Not renewed: long enough for a change's few Glance requests
+                # (each bounded by [glance] timeout); a crashed holder blocks
+                # this image's location changes for at most this long.
+                seconds = 3 * t.config.copy_lock_seconds
                 for _ in range(self._attempts):
                     if await t.ceph.run("location_lock", lambda c: rbd_images.lock(
                             c, pool, image_id, t.cookie, seconds,
@@ -768,6 +783,7 @@ class Lease:
     pool: str
     image_id: str
     lost: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    done: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
 
 
 class LeaseLost(Exception):
