@@ -55,12 +55,14 @@ def test_eviction_never_removes_a_snapshot_that_has_a_clone(
     def copies() -> list[str]:
         return [n for n in edge_images(stack) if n.count("-") == 4 and "." not in n
                 and not n.startswith("volume-")]
+    # Listening before Glance deletes: its image.delete notifications are
+    # what lets warmer remove the copies (a bare 404 proves nothing).
+    d = Daemon(stack, name="evict", overrides=budget).start()
     for name in copies():
         try:
             glance.delete(name)
         except GlanceError:
             pass  # already gone
-    d = Daemon(stack, name="evict", overrides=budget).start()
     try:
         d.wait_until(lambda: not copies(), 30, "edge pool empty of copies")
         first = glance.create("first")["id"]

@@ -432,3 +432,23 @@ def test_a_location_outside_the_glance_stores_pool_is_never_repaired() -> None:
     run(engine.evaluate("a"))
     assert only_status(engine, "a") == ("cold", "snapshot_unprotected")
     assert ceph.images[("volumes", "a")].snapshots == {"snap": False}
+
+
+def test_an_image_named_on_our_bus_and_shown_by_glance_confirms_a_404() -> None:
+    """With a single copy there is no other copy to check; an image our own
+    bus named, which this Glance showed, proves it is our Glance."""
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 3})
+        runner = asyncio.create_task(engine.run())
+        await engine.reconciled.wait()
+        glance.add(info("live"))
+        await engine.handle(VolumeCreatedFromImage("v1", "live", "h", "raw", 10, NOW))
+        await engine.idle()
+        del glance.images["a"]
+        engine.enqueue("a")
+        await engine.idle()
+        assert target.copies == {} and target.evicted == ["a"]
+        runner.cancel()
+    run(scenario())

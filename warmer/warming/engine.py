@@ -84,6 +84,7 @@ class Engine:
         # of: the positive controls of a 404.
         self._last_alive: str | None = None
         self._copied: set[str] = set()
+        self._from_bus: dict[str, None] = {}  # recent image ids from notifications
         self.accepting = True
         self.reconciled = asyncio.Event()
         for target in targets:
@@ -99,6 +100,12 @@ class Engine:
         if not self.accepting:
             raise Draining()
         applied = self.tracker.apply(event)
+        if not isinstance(event, ImageDeleted):
+            # An image our own bus spoke of: if Glance later shows it, that
+            # Glance is ours (a positive control for 404s).
+            self._from_bus[applied.image_id] = None
+            if len(self._from_bus) > 1000:
+                del self._from_bus[next(iter(self._from_bus))]
         if isinstance(event, ImageDeleted):
             self._drop_status(event.image_id)
             self.enqueue(event.image_id)  # to remove warmer's copies of it, once confirmed
@@ -289,6 +296,8 @@ class Engine:
             await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True)
+        if image_id in self._from_bus:
+            self._last_alive = image_id  # our bus named it, and this Glance has it
         return fresh
 
     async def _confirm_gone(self, image_id: str, *, deleted: bool = False) -> None:
@@ -310,15 +319,17 @@ class Engine:
                                       "could not be shown right")
 
     async def _a_known_image_answers(self, image_id: str) -> bool:
-        """A positive control: another image warmer copied, which this Glance
-        still lists with one of warmer's own locations. Only our Glance can
-        show that; another region's, sharing the clusters, cannot. Without
-        such an image the 404 stays unconfirmed (an image.delete still
-        confirms it)."""
+        """A positive control: another image that this Glance must hold and
+        still shows: one our own bus named that it showed before, or one warmer
+        copied, listed with warmer's own location. Another region's Glance,
+        sharing the clusters, can show neither. Without such an image the
+        404 stays unconfirmed (an image.delete still confirms it)."""
+        if self._last_alive not in (None, image_id):
+            assert self._last_alive is not None
+            if await self.glance.get_image(self._last_alive) is not None:
+                return True
         others = list(self._copied - {image_id})
-        candidates = ([self._last_alive] if self._last_alive in others else [])
-        candidates += random.sample(others, min(3, len(others)))
-        for control in dict.fromkeys(candidates):
+        for control in random.sample(others, min(3, len(others))):
             image = await self.glance.get_image(control)
             if image is not None and self._lists_our_copy(image):
                 self._last_alive = control
