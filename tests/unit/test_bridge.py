@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,17 +18,6 @@ from warmer.warming.engine import Draining
 
 IMAGE_ID = "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f"
 IMAGE = {"id": IMAGE_ID, "status": "active", "disk_format": "raw", "size": 1}
-
-
-@pytest.fixture()
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
 
 
 def count(metrics: Metrics, event_type: str, outcome: str) -> float:

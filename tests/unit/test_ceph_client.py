@@ -8,23 +8,12 @@ import concurrent.futures
 import errno
 import gc
 import threading
-import types
 from typing import Any
 
 import pytest
 
-from tests.unit.fake_bindings import FakeRados, fake_bindings
-from warmer.ceph import client as ceph_client
+from tests.unit.fake_bindings import FakeRados
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
-
-
-@pytest.fixture
-def bindings(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, types.ModuleType]:
-    mods = fake_bindings()
-    FakeRados.made = []
-    FakeRados.on_call = None
-    monkeypatch.setattr(ceph_client, "modules", lambda: mods)
-    return mods
 
 
 def client(**config: Any) -> CephClient:

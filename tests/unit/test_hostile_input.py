@@ -23,14 +23,11 @@ import asyncio
 import logging
 import math
 import random
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import pytest
 
 from warmer.bus import listener
 from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
@@ -281,17 +278,6 @@ class _LogCheck(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
-
-
-@pytest.fixture()
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join()
-    loop.close()
 
 
 def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_engine(

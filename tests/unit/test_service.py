@@ -7,15 +7,13 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.unit.fake_bindings import FakeRados, fake_bindings
+from tests.unit.fake_bindings import FakeRados
 from warmer import conf as warmer_conf
-from warmer.ceph import client as ceph_client
 from warmer.service import Service
 
 CONF = """
@@ -35,15 +33,6 @@ connect_timeout = 1
 rados_osd_op_timeout = 1
 rados_mon_op_timeout = 1
 """
-
-
-@pytest.fixture
-def bindings(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, types.ModuleType]:
-    mods = fake_bindings()
-    FakeRados.made = []
-    FakeRados.on_call = None
-    monkeypatch.setattr(ceph_client, "modules", lambda: mods)
-    return mods
 
 
 @pytest.fixture

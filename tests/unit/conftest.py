@@ -1,0 +1,36 @@
+"""Fixtures shared by several unit test modules."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import types
+from collections.abc import Iterator
+
+import pytest
+
+from tests.unit.fake_bindings import FakeRados, fake_bindings
+from warmer.ceph import client as ceph_client
+
+
+@pytest.fixture()
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """An event loop running in its own thread, as the daemon's loop runs
+    beside oslo.messaging's listener threads."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield loop
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join()
+    loop.close()
+
+
+@pytest.fixture
+def bindings(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, types.ModuleType]:
+    """Fake rados/rbd modules under CephClient."""
+    mods = fake_bindings()
+    FakeRados.made = []
+    FakeRados.on_call = None
+    monkeypatch.setattr(ceph_client, "modules", lambda: mods)
+    return mods
