@@ -307,10 +307,8 @@ class Service:
         """``warmer_dependency_up{dependency="glance"}``: Glance answers, and
         its stores are the ones the targets name (a known-good request)."""
         while True:
-            expected = {t.config.glance_store: t.ceph.fsid for t in self.targets
-                        if t.ceph.fsid is not None and t.config.copy_images}
             try:
-                up = await self.stores.endpoint_is_right(expected)
+                up = await self.stores.endpoint_is_right(self.engine.expected_stores())
             except GlanceUnavailable as exc:
                 LOG.warning("Glance unreachable: %s", exc)
                 up = False

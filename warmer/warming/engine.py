@@ -309,14 +309,19 @@ class Engine:
         warmer keeps a copy of) still answers. Another region's Glance that
         shares the Ceph clusters passes the first check, never the second."""
         right = self.stores is not None and await self.stores.endpoint_is_right(
-            {t.config.glance_store: t.ceph.fsid for t in self.targets
-             if t.ceph.fsid is not None and t.config.copy_images})
+            self.expected_stores())
         if right and not deleted:
             right = await self._a_known_image_answers(image_id)
         if not right:
             self.metrics.glance_refusals.labels("", "unconfirmed_404").inc()
             raise UnconfirmedNotFound(f"GET image {image_id}: 404, and Glance's endpoint "
                                       "could not be shown right")
+
+    def expected_stores(self) -> dict[str, str]:
+        """Glance store id -> cluster fsid, for each copying target whose
+        cluster answered: what the right Glance's stores must say."""
+        return {t.config.glance_store: t.ceph.fsid for t in self.targets
+                if t.ceph.fsid is not None and t.config.copy_images}
 
     async def _a_known_image_answers(self, image_id: str) -> bool:
         """A positive control: another image that this Glance must hold and
