@@ -90,9 +90,8 @@ class Daemon:
     def _ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            tail = "".join(self.log.read_text(errors="replace").splitlines(True)[-40:])
             raise RuntimeError(f"warmer-daemon exited with {self.proc.returncode}; "
-                               f"the end of {self.log}:\n{tail}")
+                               f"the end of {self.log}:\n{self.log_tail(40)}")
         try:
             return bool(self.get("/readyz")["ready"])
         except (OSError, ValueError):
@@ -183,17 +182,27 @@ class Daemon:
                     total += sample.value
         return total
 
-    @staticmethod
-    def wait_until(check: Callable[[], Any], timeout: float, what: str,
+    def wait_until(self, check: Callable[[], Any], timeout: float, what: str,
                    interval: float = 0.05) -> Any:
+        """Poll ``check`` until it is true; on a timeout, say what the daemon
+        logged last (CI keeps no stack directory to look at afterwards)."""
         deadline = time.monotonic() + timeout
         while True:
             result = check()
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not after {timeout}s")
+                raise TimeoutError(f"{what}: not after {timeout}s; the end of {self.log}:\n"
+                                   f"{self.log_tail()}")
             time.sleep(interval)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no log: {exc})"
+        return "".join(line[:400] + ("\n" if len(line) > 400 else "")
+                       for line in text.splitlines(True)[-lines:])
 
 
 

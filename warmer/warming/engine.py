@@ -201,6 +201,7 @@ class Engine:
                 self.enqueue(image_id)
                 return
             await self._confirm_gone(image_id, deleted=True)
+            LOG.info("image %s was deleted in Glance; removing warmer's copies of it", image_id)
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
@@ -368,7 +369,10 @@ class Engine:
                 self.metrics.evictions.labels(target.name, reason, result).inc()
             deferred = deferred or result in ("has_children", "busy", "error")
         if deferred:
-            self._retry_later(image_id, self._backoff(self._bump(image_id)))
+            delay = self._backoff(self._bump(image_id))
+            LOG.info("image %s: some copies cannot be removed yet; trying again in %.0fs",
+                     image_id, delay)
+            self._retry_later(image_id, delay)
         else:
             self._copied.discard(image_id)
             self._refusals.pop(image_id, None)
