@@ -131,6 +131,31 @@ def test_a_checksum_mismatch_publishes_nothing_and_leaves_nothing(
                                                       fake_rbd.FakeObject()).omap
 
 
+def test_a_copy_that_could_never_be_verified_asks_no_room_of_the_budget(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """A pinned image is worth more than any copy: if it has no checksum,
+    asking for room would evict a working copy every reconciliation, for a
+    copy that is then refused."""
+    central, edge = clusters
+    glance = FakeGlance()
+    data = sparse_data()
+    image_id = str(uuid.uuid4())
+    central.put_image("images", image_id, data)
+    glance.add(ImageInfo(image_id, "active", "raw", len(data), "public"),
+               f"rbd://{CENTRAL}/images/{image_id}/snap")
+    asked: list[str] = []
+
+    async def admit(t: Target, wanted: str, size: int) -> bool:
+        asked.append(wanted)
+        return True
+    t = target(executor, glance)
+    t.admit = admit
+    result = warm(t, glance, image_id)
+    assert (result.state, result.reason) == ("cold", "no_glance_checksum")
+    assert asked == []
+    assert edge.images["images"] == {} and glance.added == []
+
+
 # -- invariant 4: a kill -9 at any instant leaves no published half-entry -------
 
 def test_a_crash_at_any_instant_publishes_nothing_and_the_next_life_finishes(

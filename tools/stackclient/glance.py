@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -68,6 +69,19 @@ class Glance:
 
     def add_tag(self, image_id: str, tag: str) -> None:
         self._req("PUT", f"/v2/images/{image_id}/tags/{tag}")
+
+    def remove_tag(self, image_id: str, tag: str) -> None:
+        self._req("DELETE", f"/v2/images/{image_id}/tags/{tag}")
+
+    def ids(self, **filters: str) -> list[str]:
+        """Every image id Glance lists with ``filters`` (all pages)."""
+        query = urllib.parse.urlencode({"limit": "100", **filters})
+        path, found = f"/v2/images?{query}", []
+        while path:
+            page = self._req("GET", path)
+            found += [image["id"] for image in page["images"]]
+            path = page.get("next", "")
+        return found
 
     def delete(self, image_id: str) -> None:
         self._req("DELETE", f"/v2/images/{image_id}")

@@ -247,6 +247,12 @@ class Target:
                     # (the next try comes with new demand or reconciliation).
                     return TargetResult("cold", "target_full", None,
                                         detail=f"pool {pool} is full (quota or space)")
+                # A copy that could never be verified must not evict one
+                # that works (a pinned image is worth every other copy).
+                try:
+                    Verifier(image.info, allow_unverified=self.config.allow_unverified_copies)
+                except CopyError as exc:
+                    return TargetResult("cold", exc.reason, None, detail=str(exc))
                 size = image.info.size or 0
                 if self.admit is not None and not await self.admit(self, image_id, size):
                     return TargetResult("cold", "over_budget", None)
