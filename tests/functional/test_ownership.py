@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import os
 import threading
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -120,27 +119,11 @@ def test_a_cinder_clone_of_a_warmer_copy_survives_every_path(
     # Tidy up for the next case: Glance deletes both images (and their data
     # at every location); warmer forgets its copies, registry and leases.
     for gone in (image_id, hot):
-        delete_from_glance(glance, gone)
+        glance.delete_eventually(gone)
     d.wait_until(lambda: not {image_id, hot} & set(registry(stack)), 30,
                  "both forgotten in edge's registry")
     assert not [n for n in edge_images(stack) if n in (image_id, hot)
                 or n.startswith("warmer-tmp.")]
-
-
-def delete_from_glance(glance: Glance, image_id: str) -> None:
-    """Delete, tolerating Glance's own 500 when the delete races a location
-    change (seen with sqlite); a 404 means it is gone already."""
-    for _ in range(5):
-        try:
-            glance.delete(image_id)
-            return
-        except GlanceError as exc:
-            if exc.status == 404:
-                return
-            if exc.status != 500:
-                raise
-            time.sleep(1)
-    raise AssertionError(f"Glance would not delete {image_id}")
 
 
 def test_a_wrong_glance_endpoint_removes_nothing(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -85,3 +86,20 @@ class Glance:
 
     def delete(self, image_id: str) -> None:
         self._req("DELETE", f"/v2/images/{image_id}")
+
+    def delete_eventually(self, image_id: str, timeout: float = 30.0) -> None:
+        """Delete as a user would who tries again: Glance answers 409 ("in
+        use through the backend store") while any client, warmer's copy or
+        Cinder's clone included, has the RBD image open, and 500 when the
+        delete races a location change (seen with sqlite). 404: gone already."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.delete(image_id)
+                return
+            except GlanceError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status not in (409, 500) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
