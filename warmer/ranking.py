@@ -200,16 +200,26 @@ class Rankings:
             return 0.0
         return entry.value(image_id) * self._factor(now)
 
-    def peak(self, image_id: str, now: float) -> float:
-        """The best score of ``image_id`` over all sites."""
-        return max(entry.value(image_id) for entry in self._sites.values()) * self._factor(now)
+    def warm(self, now: float, floor: float) -> set[str]:
+        """The images whose score reaches ``floor`` in at least one site.
+        O(entries): for a periodic sweep."""
+        factor = self._factor(now)
+        warm: set[str] = set()
+        for entry in self._sites.values():
+            for image_id in entry.local.keys() | entry.remote.keys():
+                if entry.value(image_id) * factor >= floor:
+                    warm.add(image_id)
+        return warm
 
     def scores(self, site: str, now: float) -> dict[str, float]:
         """Every image with demand in ``site``, eligible or not. O(N)."""
         entry = self._sites[site]
         factor = self._factor(now)
-        return {image_id: entry.value(image_id) * factor
-                for image_id in entry.local.keys() | entry.remote.keys()}
+        # Summed in the order value() sums them, so that both give equal scores.
+        values = dict(entry.local)
+        for image_id, remote in entry.remote.items():
+            values[image_id] = values.get(image_id, 0.0) + remote
+        return {image_id: value * factor for image_id, value in values.items()}
 
     def position(self, image_id: str, site: str) -> int | None:
         """The rank of ``image_id`` in ``site`` (0 is the best), ``None``

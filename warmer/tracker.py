@@ -275,9 +275,10 @@ class Tracker:
         site, not pinned, and not kept by ``keep`` (the caller's "warmer has
         a copy of it"). Their tombstones, if any, stay. Returns how many
         were dropped. O(N): run it now and then, not per event."""
+        warm = self._rankings.warm(now, floor)
         cold = [image_id for image_id, image in self._images.items()
-                if self._rankings.peak(image_id, now) < floor
-                and not self._policy.pinned(image) and not keep(image_id)]
+                if image_id not in warm and not self._policy.pinned(image)
+                and not keep(image_id)]
         for image_id in cold:
             self.forget(image_id)
         return len(cold)

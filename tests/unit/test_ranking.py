@@ -48,7 +48,7 @@ def test_sites_count_only_what_happened_there() -> None:
     r.add("img", 4.0, T0)  # every site
     assert r.score("img", "central", T0) == pytest.approx(5.0)
     assert r.score("img", "edge", T0) == pytest.approx(6.0)
-    assert r.peak("img", T0) == pytest.approx(6.0)
+    assert r.warm(T0, 5.5) == {"img"} and r.warm(T0, 6.5) == set()
 
 
 def test_remote_demand_adds_to_local_and_replaces_itself() -> None:
@@ -130,7 +130,7 @@ def test_forget_drops_local_and_remote_everywhere() -> None:
     r.add("img", 1.0, T0)
     r.set_remote("b", "img", 1.0, T0)
     r.forget("img")
-    assert r.peak("img", T0) == 0.0
+    assert r.warm(T0, 0.0) == set()
     assert list(r.ranked("a")) == list(r.ranked("b")) == []
     assert r.scores("a", T0) == r.scores("b", T0) == {}
 
