@@ -87,7 +87,9 @@ class Rankings:
 
     Only images marked eligible (:meth:`set_eligible`) are ranked; demand of
     the others is kept, and ranks them as soon as they become eligible.
-    Sites not named at construction are ignored wherever a site is given.
+    Demand for sites not named at construction is ignored (it may come from
+    events or other daemons that know other sites); asking about such a
+    site raises ``KeyError``.
     """
 
     def __init__(self, sites: Sequence[str], half_life: float) -> None:
@@ -194,11 +196,14 @@ class Rankings:
             return 0.0
         return pow2((self.epoch - now) / self.half_life)
 
+    def _site(self, site: str) -> _Site:
+        try:
+            return self._sites[site]
+        except KeyError:
+            raise KeyError(f"no such site: {site!r}") from None
+
     def score(self, image_id: str, site: str, now: float) -> float:
-        entry = self._sites.get(site)
-        if entry is None:
-            return 0.0
-        return entry.value(image_id) * self._factor(now)
+        return self._site(site).value(image_id) * self._factor(now)
 
     def warm(self, now: float, floor: float) -> set[str]:
         """The images whose score reaches ``floor`` in at least one site.
@@ -213,7 +218,7 @@ class Rankings:
 
     def scores(self, site: str, now: float) -> dict[str, float]:
         """Every image with demand in ``site``, eligible or not. O(N)."""
-        entry = self._sites[site]
+        entry = self._site(site)
         factor = self._factor(now)
         # Summed in the order value() sums them, so that both give equal scores.
         values = dict(entry.local)
@@ -224,7 +229,7 @@ class Rankings:
     def position(self, image_id: str, site: str) -> int | None:
         """The rank of ``image_id`` in ``site`` (0 is the best), ``None``
         when it is not ranked there. O(log N)."""
-        entry = self._sites[site]
+        entry = self._site(site)
         value = entry.ranked.get(image_id)
         if value is None:
             return None
@@ -232,7 +237,7 @@ class Rankings:
 
     def ranked(self, site: str) -> Iterator[tuple[str, float]]:
         """``site``'s ranked images with their values, best first."""
-        for negative, image_id in self._sites[site].order:
+        for negative, image_id in self._site(site).order:
             yield image_id, -negative
 
     def best(self, site: str, now: float, *, threshold: float, top_k: int) -> list[str]:

@@ -313,6 +313,17 @@ def test_unknown_sites_in_events_are_ignored() -> None:
     assert all(t.score("img", T0, site) == 0.0 for site in SITES)
 
 
+def test_asking_about_an_unknown_site_is_an_error() -> None:
+    t = tracker()
+    t.observe(raw("img"), authoritative=True)
+    with pytest.raises(KeyError):
+        t.verdict("img", T0, "nowhere")
+    with pytest.raises(KeyError):
+        t.wanted("nowhere", T0)
+    t.set_remote("nowhere", "img", 1.0, T0)  # another daemon's site: ignored
+    assert all(t.score("img", T0, site) == 0.0 for site in SITES)
+
+
 def test_rankings_hold_each_site_apart() -> None:
     r = Rankings(SITES, HOUR)
     r.set_eligible("img", True)
