@@ -1,56 +1,24 @@
-"""Demand scores that decay, the eligibility policy, and the wanted set.
+"""The eligibility policy, and what makes an image wanted.
 
 A score is a sum of weighted demand events, each halved every
 ``half_life`` seconds since it happened. Each event is decayed from its own
 timestamp, so the result does not depend on the order in which events
 arrive: reordered notifications give the same scores (up to float
 rounding). Duplicates are filtered before they reach the model (see
-:class:`DedupWindow`).
+:class:`DedupWindow`). Scores are kept by :mod:`warmer.ranking`;
+:func:`decide` states the rule over all images at once, which the tracker
+applies one image at a time.
 """
 
 from __future__ import annotations
 
 import collections
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from warmer.events import ImageInfo
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-
-
-class Scores:
-    """Decayed demand per image id. Not thread-safe: used on the loop."""
-
-    def __init__(self, half_life: float) -> None:
-        self.half_life = half_life
-        # image id -> (score at ref_time, ref_time in epoch seconds)
-        self._scores: dict[str, tuple[float, float]] = {}
-
-    def _decay(self, seconds: float) -> float:
-        return math.pow(2.0, -seconds / self.half_life)
-
-    def add(self, image_id: str, weight: float, at: float) -> None:
-        if weight <= 0:
-            return
-        value, ref = self._scores.get(image_id, (0.0, at))
-        if at >= ref:
-            self._scores[image_id] = (value * self._decay(at - ref) + weight, at)
-        else:
-            self._scores[image_id] = (value + weight * self._decay(ref - at), ref)
-
-    def score(self, image_id: str, now: float) -> float:
-        value, ref = self._scores.get(image_id, (0.0, now))
-        return value * self._decay(max(0.0, now - ref))
-
-    def forget(self, image_id: str) -> None:
-        self._scores.pop(image_id, None)
-
-    def known(self) -> list[str]:
-        return list(self._scores)
-
-    def __contains__(self, image_id: object) -> bool:
-        return image_id in self._scores
 
 
 @dataclass(frozen=True)
@@ -90,15 +58,16 @@ class Verdict:
     score: float
 
 
-def decide(images: dict[str, ImageInfo], scores: Scores, policy: Policy, *,
-           threshold: float, top_k: int, now: float) -> dict[str, Verdict]:
-    """The verdict for every image in ``images``.
+def decide(images: Mapping[str, ImageInfo], scores: Mapping[str, float], policy: Policy, *,
+           threshold: float, top_k: int) -> dict[str, Verdict]:
+    """The verdict for every image in ``images``, given their ``scores``
+    (missing: 0).
 
     Wanted = eligible and (pinned, or score >= threshold, or among the
     ``top_k`` eligible images with a positive score). Ties at the top-k
     boundary are broken by image id, so the result is deterministic.
     """
-    scored = {i: scores.score(i, now) for i in images}
+    scored = {i: scores.get(i, 0.0) for i in images}
     eligible = {i for i, image in images.items() if policy.ineligible_reason(image) is None}
     ranked = sorted((i for i in eligible if scored[i] > 0), key=lambda i: (-scored[i], i))
     top = set(ranked[:top_k])

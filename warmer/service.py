@@ -181,7 +181,7 @@ class Service:
         self.tracker.policy = policy_from(self.conf)
         self.tracker.weights = weights_from(self.conf)
         self.tracker.threshold, self.tracker.top_k = p.threshold, p.top_k
-        self.tracker.scores.half_life = p.half_life
+        self.tracker.set_half_life(p.half_life, self.engine.clock())
         self.tracker.own_users = self._own_users()
         LOG.info("configuration reloaded")
         for image_id in self.tracker.image_ids():

@@ -11,17 +11,23 @@ duplicates and reorderings (DESIGN.md invariant 3):
   own timestamps, so their order does not matter;
 * a deleted image leaves a tombstone; nothing that arrives after (or was
   reordered behind) the delete brings it back;
+* demand counts in the sites the caller names (``apply(event, sites=...)``,
+  every site by default): each site has its own scores and wanted set, kept
+  up to date by :class:`~warmer.ranking.Rankings` as events arrive, so that
+  one verdict costs O(log N), not a pass over every image;
 * warmer's own downloads are not demand (invariant 9): an ``image.send``
   whose receiver is one of :attr:`Tracker.own_users` is counted as
   ``own_download`` and changes nothing, not even which images are tracked.
 
-All of it lives on the event loop, in memory.
+All of it lives on the event loop, in memory. :meth:`Tracker.sweep` drops
+the images that went cold, so that memory follows the images in use.
 """
 
 from __future__ import annotations
 
 import collections
 import datetime as dt
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from warmer.events import (
@@ -33,7 +39,8 @@ from warmer.events import (
     ImageSent,
     VolumeCreatedFromImage,
 )
-from warmer.popularity import DedupWindow, Policy, Scores, Verdict, decide
+from warmer.popularity import DedupWindow, Policy, Verdict, decide
+from warmer.ranking import Rankings
 
 # Later statuses win a tie on updated_at (upload and activate often share a second).
 _STATUS_RANK = {"queued": 0, "uploading": 1, "importing": 1, "saving": 2,
@@ -62,20 +69,50 @@ class Applied:
 class Tracker:
     def __init__(self, *, half_life: float, weights: Weights, policy: Policy,
                  threshold: float, top_k: int, dedup_window: int,
-                 own_users: frozenset[str] = frozenset()) -> None:
-        self.scores = Scores(half_life)
+                 own_users: frozenset[str] = frozenset(),
+                 sites: Sequence[str] = ("*",)) -> None:
+        self._rankings = Rankings(sites, half_life)
         # Glance user ids whose downloads are warmer's own (its copies).
         self.own_users = own_users
         self.weights = weights
-        self.policy = policy
+        self._policy = policy
         self.threshold = threshold
         self.top_k = top_k
         self._images: dict[str, ImageInfo] = {}
+        # Eligible images the policy pins: wanted in every site, whatever
+        # their demand.
+        self._pinned: set[str] = set()
         # Images whose view came from notifications only (Cinder's copy of
         # the metadata, or a Glance change): ask Glance's API before acting.
         self._stale: set[str] = set()
         self._dedup = DedupWindow(dedup_window)
         self._tombstones: collections.OrderedDict[str, dt.datetime] = collections.OrderedDict()
+
+    # -- configuration --------------------------------------------------------
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return self._rankings.sites
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """A new policy re-decides every image's eligibility: O(N log N),
+        on a reload only."""
+        self._policy = policy
+        for image_id in self._images:
+            self._classify(image_id)
+
+    @property
+    def half_life(self) -> float:
+        return self._rankings.half_life
+
+    def set_half_life(self, half_life: float, now: float) -> None:
+        """Scores at ``now`` stay; from then on they decay with ``half_life``."""
+        self._rankings.set_half_life(half_life, now)
 
     # -- knowledge ------------------------------------------------------------
 
@@ -91,16 +128,55 @@ class Tracker:
     def is_deleted(self, image_id: str) -> bool:
         return image_id in self._tombstones
 
-    def verdicts(self, now: float) -> dict[str, Verdict]:
-        return decide(self._images, self.scores, self.policy,
-                      threshold=self.threshold, top_k=self.top_k, now=now)
+    def _site(self, site: str | None) -> str:
+        return self._rankings.sites[0] if site is None else site
 
-    def verdict(self, image_id: str, now: float) -> Verdict | None:
-        return self.verdicts(now).get(image_id)
+    def score(self, image_id: str, now: float, site: str | None = None) -> float:
+        """``image_id``'s demand in ``site`` (the first site by default)."""
+        return self._rankings.score(image_id, self._site(site), now)
+
+    def verdict(self, image_id: str, now: float, site: str | None = None) -> Verdict | None:
+        """Whether ``image_id`` is wanted in ``site`` (the first site by
+        default); ``None`` when it is not tracked. O(log N)."""
+        image = self._images.get(image_id)
+        if image is None:
+            return None
+        site = self._site(site)
+        score = self._rankings.score(image_id, site, now)
+        reason = self._policy.ineligible_reason(image)
+        if reason is not None:
+            return Verdict(False, reason, score)
+        if image_id in self._pinned:
+            return Verdict(True, "pinned", score)
+        if score > 0 and score >= self.threshold:
+            return Verdict(True, "threshold", score)
+        if score > 0:
+            # Scores above this one are positive too: its rank is its rank
+            # among the positive scores.
+            rank = self._rankings.position(image_id, site)
+            if rank is not None and rank < self.top_k:
+                return Verdict(True, "top_k", score)
+        return Verdict(False, "below_threshold", score)
+
+    def wanted(self, site: str, now: float) -> list[str]:
+        """The images wanted in ``site``: ranked ones best first, then the
+        other pinned ones by id. O(k log N + pinned + above threshold)."""
+        chosen = self._rankings.best(site, now, threshold=self.threshold, top_k=self.top_k)
+        chosen_set = set(chosen)
+        return chosen + sorted(i for i in self._pinned if i not in chosen_set)
+
+    def verdicts(self, now: float, site: str | None = None) -> dict[str, Verdict]:
+        """Every tracked image's verdict in ``site``. O(N log N): for status
+        pages, never on the per-event or per-evaluation path."""
+        scores = self._rankings.scores(self._site(site), now)
+        return decide(self._images, scores, self._policy,
+                      threshold=self.threshold, top_k=self.top_k)
 
     # -- changes --------------------------------------------------------------
 
-    def apply(self, event: Event) -> Applied:
+    def apply(self, event: Event, sites: Iterable[str] | None = None) -> Applied:
+        """Fold ``event`` in. Demand counts in ``sites`` (``None``: every
+        site; sites this tracker does not have are ignored)."""
         if isinstance(event, ImageDeleted):
             return self.delete(event.image_id, event.timestamp)
         if isinstance(event, ImageChanged):
@@ -118,10 +194,8 @@ class Tracker:
             key, weight = f"volume:{event.volume_id}", self.weights.volume_create
             if image_id not in self._images:
                 # Cinder's copy of the image metadata; Glance is asked later.
-                self._images[image_id] = ImageInfo(
-                    id=image_id, status="unknown", disk_format=event.disk_format,
-                    size=event.size)
-                self._stale.add(image_id)
+                self._track(ImageInfo(id=image_id, status="unknown",
+                                      disk_format=event.disk_format, size=event.size))
         elif isinstance(event, ImageCacheUsed):
             key = f"msg:{event.message_id}"
             weight = self.weights.cache_hit if event.kind == "hit" else self.weights.cache_miss
@@ -133,10 +207,23 @@ class Tracker:
         if not self._dedup.first_time(key):
             return Applied(image_id, False, "duplicate")
         if image_id not in self._images:
-            self._images[image_id] = ImageInfo(id=image_id, status="unknown")
-            self._stale.add(image_id)
-        self.scores.add(image_id, weight, event.timestamp.timestamp())
+            self._track(ImageInfo(id=image_id, status="unknown"))
+        self._rankings.add(image_id, weight, event.timestamp.timestamp(), sites)
         return Applied(image_id, True, "handled")
+
+    def set_remote(self, site: str, image_id: str, value: float, epoch: float) -> None:
+        """What other daemons counted for ``image_id`` in ``site``: ``value``
+        relative to ``epoch`` (unix seconds), as the shared state keeps it.
+        Replaces the previous remote value; this daemon's own counts stay.
+        An image not tracked yet is tracked (and asked about), unless
+        deleted."""
+        if image_id in self._tombstones:
+            return
+        if image_id not in self._images:
+            if value <= 0:
+                return
+            self._track(ImageInfo(id=image_id, status="unknown"))
+        self._rankings.set_remote(site, image_id, value, epoch)
 
     def observe(self, image: ImageInfo, *, authoritative: bool = False) -> Applied:
         """Take Glance's view of an image: from a notification, or (with
@@ -151,6 +238,7 @@ class Tracker:
         changed = current != image
         self._images[image.id] = image
         self._stale.discard(image.id)
+        self._classify(image.id)
         return Applied(image.id, changed, "handled")
 
     def delete(self, image_id: str, when: dt.datetime) -> Applied:
@@ -166,8 +254,7 @@ class Tracker:
         """Track ``image_id`` even with nothing known of it (a copy warmer
         holds, whose image Glance cannot be asked about now)."""
         if image_id not in self._images and image_id not in self._tombstones:
-            self._images[image_id] = ImageInfo(id=image_id, status="unknown")
-            self._stale.add(image_id)
+            self._track(ImageInfo(id=image_id, status="unknown"))
 
     def revive(self, image: ImageInfo) -> None:
         """Glance still has an image a notification said was deleted (a
@@ -180,7 +267,37 @@ class Tracker:
         """Drop an image without a tombstone (e.g. Glance says 404)."""
         self._images.pop(image_id, None)
         self._stale.discard(image_id)
-        self.scores.forget(image_id)
+        self._pinned.discard(image_id)
+        self._rankings.forget(image_id)
+
+    def sweep(self, now: float, floor: float, keep: Callable[[str], bool]) -> int:
+        """Forget the images that went cold: a score below ``floor`` in every
+        site, not pinned, and not kept by ``keep`` (the caller's "warmer has
+        a copy of it"). Their tombstones, if any, stay. Returns how many
+        were dropped. O(N): run it now and then, not per event."""
+        warm = self._rankings.warm(now, floor)
+        cold = [image_id for image_id, image in self._images.items()
+                if image_id not in warm and not self._policy.pinned(image)
+                and not keep(image_id)]
+        for image_id in cold:
+            self.forget(image_id)
+        return len(cold)
+
+    def _track(self, image: ImageInfo) -> None:
+        """Start tracking an image known only by id (or from Cinder)."""
+        self._images[image.id] = image
+        self._stale.add(image.id)
+        self._classify(image.id)
+
+    def _classify(self, image_id: str) -> None:
+        """Rank the image, and count it as pinned, iff the policy allows."""
+        image = self._images[image_id]
+        eligible = self._policy.ineligible_reason(image) is None
+        self._rankings.set_eligible(image_id, eligible)
+        if eligible and self._policy.pinned(image):
+            self._pinned.add(image_id)
+        else:
+            self._pinned.discard(image_id)
 
 
 def _newer(current: ImageInfo, incoming: ImageInfo) -> bool:

@@ -149,7 +149,7 @@ def test_warmers_own_image_send_is_acked_counted_and_adds_no_score(
 
     assert send("warmer-user", "m-1") == HANDLED
     assert count(metrics, "image.send", "own_download") == 1
-    assert engine.tracker.image_ids() == [] and engine.tracker.scores.score(IMAGE_ID, 0) == 0
+    assert engine.tracker.image_ids() == [] and engine.tracker.score(IMAGE_ID, 0) == 0
     assert send("someone-else", "m-2") == HANDLED
     assert count(metrics, "image.send", "handled") == 1
     assert engine.tracker.image_ids() == [IMAGE_ID]

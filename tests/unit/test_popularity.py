@@ -1,4 +1,7 @@
-"""The popularity model: decay, order independence, ranking and policy."""
+"""The popularity model: decay, order independence, ranking and policy.
+
+Demand is kept by :class:`~warmer.ranking.Rankings` (one site here);
+:func:`~warmer.popularity.decide` is the rule over all images at once."""
 
 from __future__ import annotations
 
@@ -9,9 +12,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmer.events import ImageInfo
-from warmer.popularity import DedupWindow, Policy, Scores, decide
+from warmer.popularity import DedupWindow, Policy, decide
+from warmer.ranking import Rankings
 
 HOUR = 3600.0
+
+
+class Scores:
+    """One site's demand, read the way the tests need it."""
+
+    def __init__(self, half_life: float) -> None:
+        self.rankings = Rankings(("*",), half_life)
+
+    def add(self, image_id: str, weight: float, at: float) -> None:
+        self.rankings.add(image_id, weight, at)
+
+    def score(self, image_id: str, now: float) -> float:
+        return self.rankings.score(image_id, "*", now)
+
+    def all(self, now: float) -> dict[str, float]:
+        return self.rankings.scores("*", now)
 
 
 def raw(image_id: str, **over: object) -> ImageInfo:
@@ -77,8 +97,8 @@ def test_top_k_wants_exactly_the_k_best_positive_scores(scores: dict[str, float]
     for image_id, value in scores.items():
         s.add(image_id, value, at=0.0)
     images = {i: raw(i) for i in scores}
-    verdicts = decide(images, s, Policy(pin_tag="", pin_property=""), threshold=1e9,
-                      top_k=k, now=0.0)
+    verdicts = decide(images, s.all(0.0), Policy(pin_tag="", pin_property=""),
+                      threshold=1e9, top_k=k)
     wanted = {i for i, v in verdicts.items() if v.wanted}
     positive = sorted((i for i in scores if scores[i] > 0), key=lambda i: (-scores[i], i))
     assert wanted == set(positive[:k])
@@ -92,7 +112,7 @@ def test_threshold_and_pins_make_images_wanted() -> None:
               "pinned-tag": raw("pinned-tag", tags=frozenset({"warmer-pin"})),
               "pinned-prop": raw("pinned-prop", properties={"warmer_pin": "True"}),
               "not-pinned": raw("not-pinned", properties={"warmer_pin": "no"})}
-    v = decide(images, s, Policy(), threshold=3.0, top_k=0, now=0.0)
+    v = decide(images, s.all(0.0), Policy(), threshold=3.0, top_k=0)
     assert (v["hot"].wanted, v["hot"].reason) == (True, "threshold")
     assert (v["cold"].wanted, v["cold"].reason) == (False, "below_threshold")
     assert (v["pinned-tag"].wanted, v["pinned-tag"].reason) == (True, "pinned")
@@ -113,7 +133,8 @@ def test_policy_refuses_ineligible_images_even_when_pinned_or_hot(image: ImageIn
     pinned = ImageInfo(**{**image.__dict__, "tags": frozenset({"warmer-pin"})})
     s = Scores(HOUR)
     s.add(image.id, 100.0, 0.0)
-    verdict = decide({image.id: pinned}, s, policy, threshold=1.0, top_k=10, now=0.0)[image.id]
+    verdict = decide({image.id: pinned}, s.all(0.0), policy, threshold=1.0,
+                     top_k=10)[image.id]
     assert (verdict.wanted, verdict.reason) == (False, reason)
 
 

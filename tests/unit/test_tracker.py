@@ -48,7 +48,7 @@ def volume(n: int, image_id: str = "img", second: int = 0) -> VolumeCreatedFromI
 def state(t: Tracker) -> tuple[object, ...]:
     now = (T0 + dt.timedelta(hours=1)).timestamp()
     return (sorted(t.image_ids()), {i: t.image(i) for i in t.image_ids()},
-            {i: round(t.scores.score(i, now), 9) for i in t.scores.known()},
+            {i: round(t.score(i, now), 9) for i in t.image_ids()},
             sorted(i for i in ("img", "other") if t.is_deleted(i)))
 
 
@@ -107,7 +107,7 @@ def test_nothing_resurrects_a_deleted_image() -> None:
     for late in itertools.permutations([deleted, *LIFECYCLE[:5]]):
         t = apply_all(list(late))
         assert t.image_ids() == [] and t.is_deleted("img")
-        assert t.scores.score("img", T0.timestamp()) == 0
+        assert t.score("img", T0.timestamp()) == 0
 
 
 def test_api_view_replaces_a_stale_image_from_cinder() -> None:
@@ -127,11 +127,11 @@ def test_warmers_own_downloads_are_not_demand() -> None:
     applied = t.apply(own)
     assert applied.outcome == "own_download" and not applied.changed
     # Not even tracked: warmer's download of an image nobody wants starts nothing.
-    assert t.image_ids() == [] and t.scores.score("img", T0.timestamp()) == 0
+    assert t.image_ids() == [] and t.score("img", T0.timestamp()) == 0
 
     other = ImageSent("img", "msg-2", T0, receiver_user_id="someone", receiver_tenant_id="p")
     assert t.apply(other).outcome == "handled"
-    assert t.scores.score("img", T0.timestamp()) == Weights().image_send
+    assert t.score("img", T0.timestamp()) == Weights().image_send
 
 
 def test_own_users_can_change_at_run_time() -> None:

@@ -384,7 +384,7 @@ class Engine:
         info = self.tracker.image(image_id)
         if info is not None and self.tracker.policy.pinned(info):
             return float("inf")
-        return self.tracker.scores.score(image_id, now)
+        return self.tracker.score(image_id, now)
 
     async def admit(self, target: Target, image_id: str, size: int) -> bool:
         """Make room for a new copy of ``image_id`` (``size`` bytes) in
