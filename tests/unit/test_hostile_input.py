@@ -87,10 +87,15 @@ def _rows(volume_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
              "updated_at": None} for n, (k, v) in enumerate(meta.items())]
 
 
+SITE_HOSTS = ["ctl@ceph#ceph", "edge1.example.org@ceph-edge#rbd", "h@lvm#LVM iSCSI",
+              "c1@ceph-central#ceph-central"]
+ZONES = ["nova", "az-edge", "az central", None]
+
+
 def _volume(rng: random.Random, image_id: str) -> dict[str, Any]:
     volume_id = _uuid(rng)
-    return {"tenant_id": "t", "user_id": "u", "host": "ctl@ceph#ceph",
-            "availability_zone": "nova", "volume_id": volume_id, "volume_type": "type",
+    return {"tenant_id": "t", "user_id": "u", "host": rng.choice(SITE_HOSTS),
+            "availability_zone": rng.choice(ZONES), "volume_id": volume_id, "volume_type": "type",
             "display_name": "v", "status": "available", "size": 1, "metadata": [],
             "volume_attachment": [], "snapshot_id": None,
             "glance_metadata": _rows(volume_id, {"image_id": image_id, "disk_format": "raw",
@@ -116,7 +121,8 @@ def valid(rng: random.Random) -> tuple[str, dict[str, Any], str]:
                             "volume.ctl@ceph#ceph")
     else:
         message = _envelope(rng, f"image_volume_cache.{rng.choice(['hit', 'miss'])}",
-                            {"image_id": image_id, "host": "ctl@ceph#ceph"}, "volume.ctl")
+                            {"image_id": image_id, "host": rng.choice(SITE_HOSTS)},
+                            "volume.ctl")
     return kind, message, image_id
 
 
@@ -171,6 +177,7 @@ def hostile(rng: random.Random, n: int) -> Case:
         "deep", "nan_size", "unicode_digits", "huge_list", "unknown_event", "non_dict_envelope",
         "bad_priority", "non_dict_payload", "bad_message_id", "bad_tags", "bad_receiver",
         "huge_int", "long_volume_id", "bad_rows", "bad_timestamp", "not_from_image",
+        "bad_site", "odd_publisher",
     ])
     name = f"{n}:{kind}:{how}"
     if how == "valid":
@@ -262,7 +269,23 @@ def hostile(rng: random.Random, n: int) -> Case:
     if how == "not_from_image" and kind == "volume":
         payload["glance_metadata"] = []  # a volume not made from an image
         return Case(name, message, "ignored")
+    if how == "bad_site" and kind in ("volume", "cache"):
+        field = rng.choice(["host", "availability_zone"]) if kind == "volume" else "host"
+        payload[field] = rng.choice(BAD_SITES)
+        return Case(name, message, "malformed")
+    if how == "odd_publisher" and kind == "volume":
+        # No host in the payload and a publisher id that names none: the
+        # demand still counts, at an unknown site.
+        payload.pop("host")
+        message["publisher_id"] = rng.choice(BAD_PUBLISHERS)
+        return Case(name, message, "sink", image_id)
     return Case(name + ":as-is", message, "sink", image_id)
+
+
+BAD_SITES: list[Any] = [5, 1.5, True, ["h@b#p"], {"h": 1}, "h" * 256, "h@b#p\n", "h\x00@b",
+                        "h@b#\x1b[2J", "\u2028", "h" * 100_000]
+BAD_PUBLISHERS: list[Any] = [None, 5, ["volume.h@b#p"], "volume", "volume.", "image.h@b#p",
+                             "volume.h\n@b", "volume." + "h" * 5000, ""]
 
 
 def generate(seed: int, count: int) -> Iterator[Case]:
