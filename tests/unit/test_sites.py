@@ -320,3 +320,44 @@ def test_load_refuses_an_unknown_unmapped_target(tmp_path: Path) -> None:
 def test_load_refuses_an_empty_pattern(tmp_path: Path) -> None:
     with pytest.raises(SiteConfigError, match=r"\[edge\] demand_hosts.*empty"):
         load(tmp_path, edge_hosts="edge*,,x")
+
+
+WORKED_EXAMPLE = """
+[DEFAULT]
+enabled_targets = central,edge_a,edge_b
+
+[warming]
+unmapped_demand = central
+
+[central]
+demand_backends = ceph-central
+demand_zones = az-central
+wanted_anywhere = true
+
+[edge_a]
+demand_backends = ceph-edge
+demand_zones = az-edge-a
+
+[edge_b]
+demand_backends = *@ceph-edge-b#*
+demand_zones = az-edge-b
+"""
+
+
+def test_the_worked_example_of_docs_sites_md(tmp_path: Path) -> None:
+    path = tmp_path / "warmer.conf"
+    path.write_text(WORKED_EXAMPLE)
+    sites = SiteMap.from_conf(warmer_conf.load(["--config-file", str(path)]))
+    assert sites.wanted_anywhere_targets() == {"central"}
+    table = [
+        (volume("ctl2@ceph-central#ceph-central", "az-central"), {"central"}),
+        (volume("edge-a1@ceph-edge#ceph-edge", "az-edge-a"), {"edge_a"}),
+        (volume(None, publisher_id="volume.edge-b1@ceph-edge-b#rbd"), {"edge_b"}),
+        (cache("miss", "edge-a1@ceph-edge#ceph-edge"), {"edge_a"}),
+        (volume("ctl1@lvm#lvm", "az-edge-b"), {"edge_b"}),
+        (volume("ctl1@lvm#lvm", "nova"), {"central"}),
+        (SENT, {"central"}),
+    ]
+    for event, expected in table:
+        assert sites.sites_of(event) == expected, event
+    assert sites.sites_of_host("x@ceph-edge-b#p") == {"edge_b"}  # not edge_a
