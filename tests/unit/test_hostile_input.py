@@ -31,7 +31,7 @@ from typing import Any
 
 from warmer.bus import listener
 from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
-from warmer.events import Event, ImageChanged
+from warmer.events import Event, ImageChanged, VolumeCreatedFromImage
 from warmer.metrics import Metrics
 
 CASES = 10_000
@@ -45,6 +45,7 @@ class Case:
     message: Any
     expect: str  # sink, malformed or ignored
     image_id: str | None = None
+    site: str | None = None  # for a volume.create.end handed on: its backend_host
 
 
 class _Incoming:
@@ -180,8 +181,9 @@ def hostile(rng: random.Random, n: int) -> Case:
         "bad_site", "odd_publisher",
     ])
     name = f"{n}:{kind}:{how}"
+    site = payload["host"] if kind == "volume" else None
     if how == "valid":
-        return Case(name, message, "sink", image_id)
+        return Case(name, message, "sink", image_id, site=site)
     if how == "valid_with_noise":
         # Harmless oddities: unknown fields of any JSON type, a garbage
         # notification timestamp (taken as now), no message id.
@@ -191,7 +193,7 @@ def hostile(rng: random.Random, n: int) -> Case:
             message["timestamp"] = rng.choice(["yesterday", 5, None, "\u0663"])
         if rng.random() < 0.3:
             del message["message_id"]
-        return Case(name, message, "sink", image_id)
+        return Case(name, message, "sink", image_id, site=site)
     if how == "bad_image_id":
         holder, key = _id_path(kind, message)
         holder[key] = bad_image_ids(rng, image_id)
@@ -278,7 +280,7 @@ def hostile(rng: random.Random, n: int) -> Case:
         # demand still counts, at an unknown site.
         payload.pop("host")
         message["publisher_id"] = rng.choice(BAD_PUBLISHERS)
-        return Case(name, message, "sink", image_id)
+        return Case(name, message, "sink", image_id, site="")
     return Case(name + ":as-is", message, "sink", image_id)
 
 
@@ -354,7 +356,8 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
             new_logs = logs.records[before_logs:]
             if current.expect == "sink":
                 ok = (result == HANDLED and len(new_seen) == 1
-                      and _image_of(new_seen[0]) == current.image_id and new_out == ["handled"])
+                      and _image_of(new_seen[0]) == current.image_id and new_out == ["handled"]
+                      and (current.site is None or _site_of(new_seen[0]) == current.site))
             elif current.expect == "malformed":
                 ok = (result == HANDLED and not new_seen and new_out == ["malformed"]
                       and len(new_logs) == 1 and new_logs[0].exc_info is None
@@ -379,3 +382,7 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
 
 def _image_of(event: Event) -> str:
     return event.image.id if isinstance(event, ImageChanged) else event.image_id
+
+
+def _site_of(event: Event) -> str | None:
+    return event.backend_host if isinstance(event, VolumeCreatedFromImage) else None
