@@ -22,8 +22,8 @@ matched against the part of ``host@backend#pool`` it spells:
 * ``demand_zones``: against the availability zone.
 
 Demand that no pattern matches, and demand with no site at all (Glance's
-``image.send``: a download has no Cinder backend; a volume whose host is
-unknown) counts for the ``unmapped`` targets: ``*`` (every target, the
+``image.send``: a download has no Cinder backend; a volume whose host and
+zone are unknown) counts for the ``unmapped`` targets: ``*`` (every target, the
 default) or a list of names. With no patterns anywhere, every event is
 unmapped and counts everywhere, which is what warmer did before sites.
 
