@@ -15,11 +15,20 @@ Shapes (DESIGN.md §3):
   demand, invariant 9).
 * Cinder ``volume.create.end``: ``glance_metadata`` is a list of DB rows
   ``{key, value, ...}``; the source image is the row whose key is
-  ``image_id``. An empty list means "not from an image".
-* Cinder ``image_volume_cache.hit|miss``: ``{image_id, host}``.
+  ``image_id``. An empty list means "not from an image". Where it happened
+  (:mod:`warmer.sites`): the payload's ``host`` (``host@backend#pool``, the
+  volume's own host, which Cinder also uses as the publisher:
+  ``volume.<host@backend#pool>``) and ``availability_zone``.
+* Cinder ``image_volume_cache.hit|miss``: ``{image_id, host}``, where
+  ``host`` is ``host@backend#pool`` (the publisher is only
+  ``volume.<host>``, without the backend).
+
+Glance's ``image.send`` says nothing about a Cinder site.
 
 Every image id must be a canonical UUID (:mod:`warmer.ids`); other ids,
-hosts and message ids are bounded. Numbers that arrive as strings
+hosts and message ids are bounded. Site fields (hosts, availability
+zones) are strings of at most 255 printable characters: no control
+characters, no newlines. Numbers that arrive as strings
 (``glance_metadata`` ``size``) must be plain ASCII digits.
 """
 
@@ -97,17 +106,21 @@ class ImageSent:
 class VolumeCreatedFromImage:
     volume_id: str
     image_id: str
+    #: ``host@backend#pool`` of the volume: the payload's ``host``, else the
+    #: host part of the publisher id; ``""`` when neither says.
     backend_host: str
     disk_format: str | None
     size: int | None
     timestamp: dt.datetime
+    #: The volume's availability zone; ``None`` when the payload has none.
+    availability_zone: str | None = None
 
 
 @dataclass(frozen=True)
 class ImageCacheUsed:
     kind: str  # "hit" or "miss"
     image_id: str
-    host: str
+    host: str  # host@backend#pool of the cache entry (hit) or the new volume (miss)
     message_id: str
     timestamp: dt.datetime
 
@@ -153,7 +166,7 @@ def parse(event_type: Any, payload: Any, metadata: Any,
         return _volume_created(payload, publisher_id, ts)
     return ImageCacheUsed(CACHE_EVENTS[event_type],
                           _image_id(payload.get("image_id"), "image_id"),
-                          _text(payload, "host"), message_id, ts)
+                          _site(payload.get("host"), f"{event_type}: host"), message_id, ts)
 
 
 def image_info(payload: dict[str, Any]) -> ImageInfo:
@@ -216,18 +229,49 @@ def _volume_created(payload: dict[str, Any], publisher_id: Any,
         return None
     image_id = _image_id(meta["image_id"], "glance_metadata image_id")
     host = payload.get("host")
-    if not isinstance(host, str):
-        host = publisher_id.split(".", 1)[1] if (
-            isinstance(publisher_id, str) and "." in publisher_id) else ""
-    if len(host) > MAX_TEXT_LEN:
-        raise MalformedEvent("volume.create.end: host is too long")
+    if host is None or host == "":
+        host = _publisher_host(publisher_id)
+    else:
+        host = _site(host, "volume.create.end: host")
+    zone = payload.get("availability_zone")
+    zone = None if zone is None or zone == "" else _site(
+        zone, "volume.create.end: availability_zone")
     disk_format = meta.get("disk_format") or None
     if disk_format is not None and len(disk_format) > MAX_TEXT_LEN:
         raise MalformedEvent("volume.create.end: glance_metadata disk_format is too long")
     return VolumeCreatedFromImage(
         volume_id=volume_id, image_id=image_id, backend_host=host,
         disk_format=disk_format, size=_digits(meta.get("size"), "glance_metadata size"),
-        timestamp=ts)
+        timestamp=ts, availability_zone=zone)
+
+
+def _site(value: Any, what: str) -> str:
+    """A host string or availability zone: a non-empty string of at most
+    :data:`MAX_TEXT_LEN` printable characters (spaces allowed: a pool is
+    Cinder's ``volume_backend_name``, which may have them)."""
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"{what} is missing or not a string")
+    if len(value) > MAX_TEXT_LEN:
+        raise MalformedEvent(f"{what} is longer than {MAX_TEXT_LEN} characters")
+    if not value.isprintable():
+        raise MalformedEvent(f"{what} {value[:64]!r} has control characters")
+    return value
+
+
+def _publisher_host(publisher_id: Any) -> str:
+    """The host of ``volume.<host@backend#pool>``; ``""`` when the publisher
+    id does not have that shape. The publisher id is the envelope's, not the
+    payload's: one that is odd makes the site unknown, not the demand
+    malformed."""
+    if not isinstance(publisher_id, str):
+        return ""
+    service, dot, host = publisher_id.partition(".")
+    if service != "volume" or not dot:
+        return ""
+    try:
+        return _site(host, "publisher_id host")
+    except MalformedEvent:
+        return ""
 
 
 def _digits(value: str | None, what: str) -> int | None:
@@ -262,13 +306,6 @@ def _token(value: Any, what: str) -> str:
         return bounded_token(value, what, MAX_ID_LEN)
     except InvalidId as exc:
         raise MalformedEvent(str(exc)) from None
-
-
-def _text(payload: dict[str, Any], key: str) -> str:
-    value = _str(payload, key)
-    if len(value) > MAX_TEXT_LEN:
-        raise MalformedEvent(f"{key} is longer than {MAX_TEXT_LEN} characters")
-    return value
 
 
 def _opt_text(payload: dict[str, Any], key: str) -> str | None:

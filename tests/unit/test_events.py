@@ -244,3 +244,90 @@ def test_image_send_carries_the_receiver() -> None:
 def test_image_send_receiver_of_the_wrong_shape_is_malformed(field: str, value: Any) -> None:
     with pytest.raises(events.MalformedEvent, match=field):
         events.parse("image.send", {"image_id": IMAGE_ID, field: value}, META)
+
+
+# -- where the demand happened (warmer.sites) ---------------------------------
+
+_ABSENT = object()
+
+
+def _volume_event(publisher_id: Any = "volume.ctl@ceph#ceph",
+                  **over: Any) -> events.VolumeCreatedFromImage:
+    payload = volume_payload(cinder_rows("vol-1", {"image_id": IMAGE_ID}))
+    for key, value in over.items():
+        if value is _ABSENT:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    ev = events.parse("volume.create.end", payload, META, publisher_id=publisher_id)
+    assert isinstance(ev, events.VolumeCreatedFromImage)
+    return ev
+
+
+def test_volume_create_end_carries_host_and_availability_zone() -> None:
+    ev = _volume_event(host="edge1.example.org@ceph-edge#rbd-edge",
+                       availability_zone="az-edge")
+    assert ev.backend_host == "edge1.example.org@ceph-edge#rbd-edge"
+    assert ev.availability_zone == "az-edge"
+
+
+@pytest.mark.parametrize("host", [None, "", _ABSENT])
+def test_volume_host_falls_back_to_the_publisher_id(host: Any) -> None:
+    ev = _volume_event(publisher_id="volume.edge1.example.org@ceph-edge#rbd", host=host)
+    assert ev.backend_host == "edge1.example.org@ceph-edge#rbd"
+
+
+def test_payload_host_wins_over_the_publisher_id() -> None:
+    ev = _volume_event(publisher_id="volume.other@x#y", host="ctl@ceph#ceph")
+    assert ev.backend_host == "ctl@ceph#ceph"
+
+
+@pytest.mark.parametrize("publisher_id", [None, 7, ["volume.h@b#p"], "volume", "volume.",
+                                          "image.h@b#p", "volumeh@b#p", "volume.h\n@b#p",
+                                          "volume." + "h" * 300])
+def test_an_odd_publisher_id_leaves_the_site_unknown(publisher_id: Any) -> None:
+    ev = _volume_event(publisher_id=publisher_id, host=None)
+    assert ev.backend_host == ""
+
+
+@pytest.mark.parametrize("zone", [None, "", _ABSENT])
+def test_volume_without_availability_zone(zone: Any) -> None:
+    assert _volume_event(availability_zone=zone).availability_zone is None
+
+
+def test_pool_names_with_spaces_are_kept() -> None:
+    # The pool of host@backend#pool is the backend's volume_backend_name.
+    assert _volume_event(host="h@lvm#LVM iSCSI").backend_host == "h@lvm#LVM iSCSI"
+
+
+SITE_FIELD_VALUES = [7, 1.5, True, ["h@b#p"], {"h": 1}, "h" * 256, "h@b#p\n", "h\x00@b",
+                     "h@b#\x1b[31m", "h\u2028@b"]
+
+
+@pytest.mark.parametrize("field", ["host", "availability_zone"])
+@pytest.mark.parametrize("value", SITE_FIELD_VALUES)
+def test_volume_site_fields_of_the_wrong_shape_are_malformed(field: str, value: Any) -> None:
+    payload = volume_payload(cinder_rows("vol-1", {"image_id": IMAGE_ID}))
+    payload[field] = value
+    with pytest.raises(events.MalformedEvent, match=field):
+        events.parse("volume.create.end", payload, META, publisher_id="volume.h@b#p")
+
+
+@pytest.mark.parametrize("value", [*SITE_FIELD_VALUES, None, ""])
+def test_cache_event_host_of_the_wrong_shape_is_malformed(value: Any) -> None:
+    with pytest.raises(events.MalformedEvent, match="host"):
+        events.parse("image_volume_cache.hit", {"image_id": IMAGE_ID, "host": value}, META,
+                     publisher_id="volume.ctl")
+
+
+def test_cache_event_host_is_the_payloads_not_the_publishers() -> None:
+    # Cinder's cache notifier publishes as volume.<CONF.host>, without the backend.
+    ev = events.parse("image_volume_cache.miss",
+                      {"image_id": IMAGE_ID, "host": "edge1@ceph-edge#rbd"}, META,
+                      publisher_id="volume.edge1")
+    assert isinstance(ev, events.ImageCacheUsed) and ev.host == "edge1@ceph-edge#rbd"
+
+
+def test_host_at_the_length_limit_is_accepted() -> None:
+    host = "h@b#" + "p" * (events.MAX_TEXT_LEN - 4)
+    assert _volume_event(host=host).backend_host == host

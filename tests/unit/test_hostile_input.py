@@ -31,7 +31,7 @@ from typing import Any
 
 from warmer.bus import listener
 from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
-from warmer.events import Event, ImageChanged
+from warmer.events import Event, ImageChanged, VolumeCreatedFromImage
 from warmer.metrics import Metrics
 
 CASES = 10_000
@@ -45,6 +45,7 @@ class Case:
     message: Any
     expect: str  # sink, malformed or ignored
     image_id: str | None = None
+    site: str | None = None  # for a volume.create.end handed on: its backend_host
 
 
 class _Incoming:
@@ -87,10 +88,15 @@ def _rows(volume_id: str, meta: dict[str, Any]) -> list[dict[str, Any]]:
              "updated_at": None} for n, (k, v) in enumerate(meta.items())]
 
 
+SITE_HOSTS = ["ctl@ceph#ceph", "edge1.example.org@ceph-edge#rbd", "h@lvm#LVM iSCSI",
+              "c1@ceph-central#ceph-central"]
+ZONES = ["nova", "az-edge", "az central", None]
+
+
 def _volume(rng: random.Random, image_id: str) -> dict[str, Any]:
     volume_id = _uuid(rng)
-    return {"tenant_id": "t", "user_id": "u", "host": "ctl@ceph#ceph",
-            "availability_zone": "nova", "volume_id": volume_id, "volume_type": "type",
+    return {"tenant_id": "t", "user_id": "u", "host": rng.choice(SITE_HOSTS),
+            "availability_zone": rng.choice(ZONES), "volume_id": volume_id, "volume_type": "type",
             "display_name": "v", "status": "available", "size": 1, "metadata": [],
             "volume_attachment": [], "snapshot_id": None,
             "glance_metadata": _rows(volume_id, {"image_id": image_id, "disk_format": "raw",
@@ -116,7 +122,8 @@ def valid(rng: random.Random) -> tuple[str, dict[str, Any], str]:
                             "volume.ctl@ceph#ceph")
     else:
         message = _envelope(rng, f"image_volume_cache.{rng.choice(['hit', 'miss'])}",
-                            {"image_id": image_id, "host": "ctl@ceph#ceph"}, "volume.ctl")
+                            {"image_id": image_id, "host": rng.choice(SITE_HOSTS)},
+                            "volume.ctl")
     return kind, message, image_id
 
 
@@ -171,10 +178,12 @@ def hostile(rng: random.Random, n: int) -> Case:
         "deep", "nan_size", "unicode_digits", "huge_list", "unknown_event", "non_dict_envelope",
         "bad_priority", "non_dict_payload", "bad_message_id", "bad_tags", "bad_receiver",
         "huge_int", "long_volume_id", "bad_rows", "bad_timestamp", "not_from_image",
+        "bad_site", "odd_publisher",
     ])
     name = f"{n}:{kind}:{how}"
+    site = payload["host"] if kind == "volume" else None
     if how == "valid":
-        return Case(name, message, "sink", image_id)
+        return Case(name, message, "sink", image_id, site=site)
     if how == "valid_with_noise":
         # Harmless oddities: unknown fields of any JSON type, a garbage
         # notification timestamp (taken as now), no message id.
@@ -184,7 +193,7 @@ def hostile(rng: random.Random, n: int) -> Case:
             message["timestamp"] = rng.choice(["yesterday", 5, None, "\u0663"])
         if rng.random() < 0.3:
             del message["message_id"]
-        return Case(name, message, "sink", image_id)
+        return Case(name, message, "sink", image_id, site=site)
     if how == "bad_image_id":
         holder, key = _id_path(kind, message)
         holder[key] = bad_image_ids(rng, image_id)
@@ -262,7 +271,23 @@ def hostile(rng: random.Random, n: int) -> Case:
     if how == "not_from_image" and kind == "volume":
         payload["glance_metadata"] = []  # a volume not made from an image
         return Case(name, message, "ignored")
+    if how == "bad_site" and kind in ("volume", "cache"):
+        field = rng.choice(["host", "availability_zone"]) if kind == "volume" else "host"
+        payload[field] = rng.choice(BAD_SITES)
+        return Case(name, message, "malformed")
+    if how == "odd_publisher" and kind == "volume":
+        # No host in the payload and a publisher id that names none: the
+        # demand still counts, at an unknown site.
+        payload.pop("host")
+        message["publisher_id"] = rng.choice(BAD_PUBLISHERS)
+        return Case(name, message, "sink", image_id, site="")
     return Case(name + ":as-is", message, "sink", image_id)
+
+
+BAD_SITES: list[Any] = [5, 1.5, True, ["h@b#p"], {"h": 1}, "h" * 256, "h@b#p\n", "h\x00@b",
+                        "h@b#\x1b[2J", "\u2028", "h" * 100_000]
+BAD_PUBLISHERS: list[Any] = [None, 5, ["volume.h@b#p"], "volume", "volume.", "image.h@b#p",
+                             "volume.h\n@b", "volume." + "h" * 5000, ""]
 
 
 def generate(seed: int, count: int) -> Iterator[Case]:
@@ -331,7 +356,8 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
             new_logs = logs.records[before_logs:]
             if current.expect == "sink":
                 ok = (result == HANDLED and len(new_seen) == 1
-                      and _image_of(new_seen[0]) == current.image_id and new_out == ["handled"])
+                      and _image_of(new_seen[0]) == current.image_id and new_out == ["handled"]
+                      and (current.site is None or _site_of(new_seen[0]) == current.site))
             elif current.expect == "malformed":
                 ok = (result == HANDLED and not new_seen and new_out == ["malformed"]
                       and len(new_logs) == 1 and new_logs[0].exc_info is None
@@ -356,3 +382,7 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
 
 def _image_of(event: Event) -> str:
     return event.image.id if isinstance(event, ImageChanged) else event.image_id
+
+
+def _site_of(event: Event) -> str | None:
+    return event.backend_host if isinstance(event, VolumeCreatedFromImage) else None

@@ -87,6 +87,32 @@ TARGET_OPTS: list[cfg.Opt] = [
                 help="Publish copies of images for which Glance records no "
                      "checksum. Off: such images are reported as "
                      "no_glance_checksum and never published."),
+    # Where demand happens (warmer.sites, docs/sites.md).
+    cfg.ListOpt("demand_backends", default=[],
+                help="Cinder backends whose demand counts for this target: "
+                     "fnmatch patterns (*, ?, [...]), case-sensitive, matched "
+                     "against the host string host@backend#pool of "
+                     "volume.create.end (payload host, else its publisher id) and "
+                     "of the image-volume cache events (payload host). A pattern "
+                     "without '@' is matched against the backend name alone "
+                     "(ceph-edge), one with '@' but no '#' against host@backend "
+                     "(*@ceph-edge), one with both against the whole string "
+                     "(*@ceph-edge#*). Demand that no target's patterns match goes "
+                     "to [warming] unmapped_demand."),
+    cfg.ListOpt("demand_hosts", default=[],
+                help="Cinder volume hosts whose demand counts for this target: "
+                     "fnmatch patterns, case-sensitive, matched against the host "
+                     "before '@' in host@backend#pool (edge1.*). No '@' or '#'."),
+    cfg.ListOpt("demand_zones", default=[],
+                help="Availability zones whose demand counts for this target: "
+                     "fnmatch patterns, case-sensitive, matched against "
+                     "volume.create.end's availability_zone. The cache events "
+                     "carry no zone: match their backend too, with demand_backends "
+                     "or demand_hosts."),
+    cfg.BoolOpt("wanted_anywhere", default=False,
+                help="This target wants every image that any target's demand "
+                     "wants, whatever its own demand (e.g. a central site that "
+                     "should hold everything). Pins and policy apply as usual."),
 ]
 
 EXAMPLE_GROUP = "target_example"
