@@ -33,6 +33,7 @@ from warmer.glance.stores import StoreCatalog
 from warmer.http_api.server import ListenerError, serve
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
+from warmer.sites import SiteMap
 from warmer.tracker import Tracker, Weights
 from warmer.warming.engine import Draining, Engine
 from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
@@ -127,14 +128,19 @@ class Service:
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
         p = conf.popularity
+        # Demand is counted per target (a "site"): where it happened, by the
+        # Cinder backend, host or zone that [<target>] demand_* names.
+        self.sites = SiteMap.from_conf(conf)
         self.tracker = Tracker(half_life=p.half_life, weights=weights_from(conf),
                                policy=policy_from(conf), threshold=p.threshold,
                                top_k=p.top_k, dedup_window=conf.bus.dedup_window,
-                               own_users=own_users_from(conf))
+                               own_users=own_users_from(conf),
+                               sites=[t.name for t in self.targets])
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
-                             retry_delay=conf.warming.retry_delay, stores=self.stores)
+                             retry_delay=conf.warming.retry_delay, stores=self.stores,
+                             sites=self.sites)
         self.metrics.add_state_collector(self.engine.status_rows,
                                          lambda: len(self.tracker.image_ids()))
         self.listener: BusListener | None = None

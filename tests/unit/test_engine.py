@@ -452,3 +452,63 @@ def test_an_image_named_on_our_bus_and_shown_by_glance_confirms_a_404() -> None:
         assert target.copies == {} and target.evicted == ["a"]
         runner.cancel()
     run(scenario())
+
+
+# -- site-local demand -------------------------------------------------------------
+
+
+def two_sites(*, edge_anywhere: bool = False) -> tuple[Engine, FakeGlance, FakeCeph, FakeCeph]:
+    """Targets central and edge, each with the image's location in its own
+    cluster; demand from backend ceph-central counts at central, from
+    ceph-edge at edge."""
+    from warmer.sites import SiteConfig, SiteMap
+    glance = FakeGlance()
+    clusters = {"central": FakeCeph("fsid-central"), "edge": FakeCeph("fsid-edge")}
+    targets = [Target(TargetConfig(name, "volumes", name, True, copy_images=False), ceph,  # type: ignore[arg-type]
+                      stores=StoreCatalog(glance))  # type: ignore[arg-type]
+               for name, ceph in clusters.items()]
+    sites = SiteMap([SiteConfig("central", backends=("ceph-central",)),
+                     SiteConfig("edge", backends=("ceph-edge",), wanted_anywhere=edge_anywhere)])
+    tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
+                      top_k=0, dedup_window=100, sites=["central", "edge"])
+    engine = Engine(tracker, glance, targets, Metrics(), workers=1,
+                    reconcile_interval=3600, retry_delay=0.05,
+                    stores=StoreCatalog(glance), sites=sites)  # type: ignore[arg-type]
+    glance.add(info("a"), "rbd://fsid-central/images/a/snap", "rbd://fsid-edge/images/a/snap")
+    for ceph in clusters.values():
+        ceph.images[("images", "a")] = FakeRbdImage({"snap": True})
+    return engine, glance, clusters["central"], clusters["edge"]
+
+
+def created_at(engine: Engine, backend: str, n: int, first: int = 0) -> None:
+    async def feed() -> None:
+        for i in range(first, first + n):
+            await engine.handle(VolumeCreatedFromImage(f"v{i}", "a", f"cinder-1@{backend}#rbd",
+                                                       "raw", 10, NOW))
+    run(feed())
+
+
+def states(engine: Engine) -> dict[str, tuple[str, str]]:
+    return {row.target: (row.state, row.reason) for row in engine.status("a")}
+
+
+def test_demand_counts_only_where_it_happened() -> None:
+    engine, glance, central, edge = two_sites()
+    created_at(engine, "ceph-central", 3)
+    run(engine.evaluate("a"))
+    assert states(engine) == {"central": ("warm", "cloneable"),
+                              "edge": ("not_wanted", "below_threshold")}
+    assert not [c for c in edge.calls if c.startswith("ensure")]  # edge untouched
+    assert engine.tracker.score("a", engine.clock(), "edge") == 0.0
+    created_at(engine, "ceph-edge", 3, first=3)
+    run(engine.evaluate("a"))
+    assert states(engine) == {"central": ("warm", "cloneable"), "edge": ("warm", "cloneable")}
+
+
+def test_a_wanted_anywhere_target_follows_every_targets_demand() -> None:
+    engine, glance, central, edge = two_sites(edge_anywhere=True)
+    created_at(engine, "ceph-central", 3)
+    run(engine.evaluate("a"))
+    assert states(engine) == {"central": ("warm", "cloneable"), "edge": ("warm", "cloneable")}
+    verdicts = engine.verdicts("a")
+    assert verdicts["edge"] is not None and verdicts["edge"].reason == "wanted_anywhere"

@@ -33,7 +33,6 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from warmer.http_api import auth
 from warmer.ids import canonical_image_id
 from warmer.metrics import Metrics
-from warmer.popularity import Verdict
 from warmer.warming.engine import Engine
 
 MAX_BODY = 64 * 1024
@@ -45,24 +44,27 @@ class Listener(enum.Enum):
     UNIX = "unix"        # and the admin API; the socket's file mode authorizes
 
 
-def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
-               ) -> dict[str, Any] | None:
-    """One image's view; ``verdicts`` is ``tracker.verdicts(now)``, computed
-    once per request (each verdict depends on every image's score)."""
+def image_view(engine: Engine, image_id: str) -> dict[str, Any] | None:
+    """One image's view. Demand counts per target (where it happened): the
+    top-level score, wanted and why are those of the target that wants it
+    most; ``demand`` has each target's. O(targets · log N)."""
     tracker = engine.tracker
     info = tracker.image(image_id)
     if info is None:
         return None
-    verdict = verdicts.get(image_id)
+    verdicts = {name: v for name, v in engine.verdicts(image_id).items() if v is not None}
+    best = max(verdicts.values(), key=lambda v: (v.wanted, v.score), default=None)
     return {
         "id": image_id,
         "name": info.name,
         "status": info.status,
         "disk_format": info.disk_format,
         "size": info.size,
-        "score": round(verdict.score, 4) if verdict else 0.0,
-        "wanted": bool(verdict and verdict.wanted),
-        "why": verdict.reason if verdict else "unknown",
+        "score": round(best.score, 4) if best else 0.0,
+        "wanted": bool(best and best.wanted),
+        "why": best.reason if best else "unknown",
+        "demand": {name: {"score": v.score, "wanted": v.wanted, "why": v.reason}
+                   for name, v in verdicts.items()},
         "pinned": tracker.policy.pinned(info),
         "targets": [
             {k: v for k, v in dataclasses.asdict(s).items() if k != "image_id"}
@@ -114,8 +116,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
     admin = web.Application(middlewares=[middleware])
 
     async def list_images(request: web.Request) -> web.Response:
-        verdicts = engine.tracker.verdicts(clock())
-        views = [image_view(engine, i, verdicts) for i in sorted(engine.tracker.image_ids())]
+        views = [image_view(engine, i) for i in sorted(engine.tracker.image_ids())]
         return web.json_response({"images": [v for v in views if v is not None]})
 
     def _image_id(request: web.Request) -> str:
@@ -127,7 +128,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
                      "(lowercase 8-4-4-4-12)\n") from None
 
     async def show_image(request: web.Request) -> web.Response:
-        view = image_view(engine, _image_id(request), engine.tracker.verdicts(clock()))
+        view = image_view(engine, _image_id(request))
         if view is None:
             raise web.HTTPNotFound(text="image not tracked\n")
         return web.json_response(view)

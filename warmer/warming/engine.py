@@ -30,6 +30,8 @@ from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable, L
 from warmer.glance.stores import StoreCatalog
 from warmer.locations import parse_rbd_url
 from warmer.metrics import Metrics
+from warmer.popularity import Verdict
+from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
 from warmer.warming.target import Target, TargetProblem, TargetResult
@@ -54,9 +56,11 @@ class Engine:
     def __init__(self, tracker: Tracker, glance: GlanceClient, targets: list[Target],
                  metrics: Metrics, *, workers: int, reconcile_interval: float,
                  retry_delay: float, stores: StoreCatalog | None = None,
-                 max_retry_delay: float = 3600.0,
+                 max_retry_delay: float = 3600.0, sites: SiteMap | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.tracker = tracker
+        # Where each demand event counts (None: in every target).
+        self.sites = sites
         self.glance = glance
         self.stores = stores
         self.max_retry_delay = max_retry_delay
@@ -99,7 +103,8 @@ class Engine:
         daemon stops taking work, so the bus requeues the message."""
         if not self.accepting:
             raise Draining()
-        applied = self.tracker.apply(event)
+        applied = self.tracker.apply(
+            event, sites=None if self.sites is None else self.sites.sites_of(event))
         if not isinstance(event, ImageDeleted):
             # An image our own bus spoke of: if Glance later shows it, that
             # Glance is ours (a positive control for 404s).
@@ -210,21 +215,30 @@ class Engine:
             fresh = await self._refresh(image_id)
             if fresh is None:
                 return
-        verdict = self.tracker.verdict(image_id, self.clock())
-        if verdict is not None and verdict.wanted and fresh is None:
+        verdicts = self.verdicts(image_id)
+        if fresh is None and any(v is not None and v.wanted for v in verdicts.values()):
             # About to act: use Glance's current view, with locations.
             fresh = await self._refresh(image_id)
             if fresh is None:
                 return
-            verdict = self.tracker.verdict(image_id, self.clock())
-        if verdict is None:
+            verdicts = self.verdicts(image_id)
+        if all(v is None for v in verdicts.values()):
             self._drop_status(image_id)
             return
-        if not verdict.wanted or fresh is None:
-            self._record_all(image_id, "not_wanted", verdict.reason, None, ())
+        wanted = []
+        for target in self.targets:
+            verdict = verdicts[target.name]
+            if verdict is not None and verdict.wanted:
+                wanted.append(target)
+            else:
+                # Demand elsewhere is not demand here (site-local demand).
+                self._record(image_id, target, TargetResult(
+                    "not_wanted", verdict.reason if verdict else "unknown", None))
+        if not wanted:
             return
+        assert fresh is not None  # refreshed above, as something is wanted
         results = await asyncio.gather(*(self._warm_one(target, fresh)
-                                         for target in self.targets))
+                                         for target in wanted))
         refused = any(r.reason == "publish_refused" for r in results)
         if refused:
             # Glance refusing a location does not pass by itself: back off.
@@ -379,12 +393,38 @@ class Engine:
 
     # -- budgets -------------------------------------------------------------------
 
-    def _keep_score(self, image_id: str, now: float) -> float:
-        """How much a copy is worth keeping: pinned copies are never evicted."""
+    def _site(self, target: Target) -> str | None:
+        """The tracker's site for ``target`` (its name); a tracker with one
+        shared site (no per-target demand) answers for every target."""
+        return target.name if target.name in self.tracker.sites else None
+
+    def verdicts(self, image_id: str) -> dict[str, Verdict | None]:
+        """Whether ``image_id`` is wanted, per target: by that target's own
+        demand or policy, or, for a target configured ``wanted_anywhere``,
+        by any target's. O(targets · log N)."""
+        now = self.clock()
+        found = {t.name: self.tracker.verdict(image_id, now, self._site(t))
+                 for t in self.targets}
+        anywhere = self.sites.wanted_anywhere_targets() if self.sites else frozenset()
+        if anywhere:
+            best = max((v for v in found.values() if v is not None and v.wanted),
+                       key=lambda v: v.score, default=None)
+            for name in anywhere:
+                mine = found.get(name)
+                if best is not None and mine is not None and not mine.wanted:
+                    found[name] = Verdict(True, "wanted_anywhere", best.score)
+        return found
+
+    def _keep_score(self, image_id: str, now: float, target: Target) -> float:
+        """How much ``target``'s copy of ``image_id`` is worth keeping there:
+        its demand in that target (for ``wanted_anywhere``, the best of all
+        targets'); pinned copies are never evicted."""
         info = self.tracker.image(image_id)
         if info is not None and self.tracker.policy.pinned(info):
             return float("inf")
-        return self.tracker.score(image_id, now)
+        if self.sites is not None and target.name in self.sites.wanted_anywhere_targets():
+            return max(self.tracker.score(image_id, now, self._site(t)) for t in self.targets)
+        return self.tracker.score(image_id, now, self._site(target))
 
     async def admit(self, target: Target, image_id: str, size: int) -> bool:
         """Make room for a new copy of ``image_id`` (``size`` bytes) in
@@ -407,7 +447,7 @@ class Engine:
     async def _admit(self, target: Target, image_id: str, size: int) -> bool:
         if target.config.capacity_bytes and size > target.config.capacity_bytes:
             return False
-        return await self._fit(target, size, 1, self._keep_score(image_id, self.clock()),
+        return await self._fit(target, size, 1, self._keep_score(image_id, self.clock(), target),
                                exclude=image_id)
 
     async def _fit(self, target: Target, extra_bytes: int, extra_count: int, worth: float,
@@ -427,8 +467,9 @@ class Engine:
         def fits() -> bool:
             return ((not config.capacity_bytes or used_bytes <= config.capacity_bytes)
                     and (not config.capacity_images or used_count <= config.capacity_images))
-        for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now), c.name)):
-            if fits() or self._keep_score(copy_.name, now) >= worth:
+        for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now, target),
+                                                   c.name)):
+            if fits() or self._keep_score(copy_.name, now, target) >= worth:
                 break
             if copy_.name in self.hands_off:
                 continue
