@@ -64,11 +64,21 @@ def test_kill_9_of_the_leader_another_daemon_reconciles_within_twice_the_lease(
     killed = time.monotonic()
     leader.kill()  # SIGKILL: its lock stays in Ceph until the lease runs out
 
+    led: list[float] = []
+
     def took_over() -> Daemon | None:
+        if not led and leaders(followers):
+            led.append(time.monotonic() - killed)
         return next((d for d in followers if reconciled(d) > before[id(d)]), None)
     new = first.wait_until(took_over, 3 * LEASE, "another daemon reconciles", interval=0.05)
     failover = time.monotonic() - killed
+    led.append(failover)  # if the new leader's gauge was never seen before its pass ended
+    record_timing(f"leader kill -9 -> another leads ({LEASE} s lease)", led[0])
     record_timing(f"leader kill -9 -> next reconciliation ({LEASE} s lease)", failover)
+    # The lock should run out at most a lease after the last renewal, and a
+    # follower tries every lease/3: L + L/3 in theory. Seen here: up to one
+    # more heartbeat in some runs (a try after the expected expiry still
+    # found the lock held); the bound asked for is 2L.
     assert failover <= 2 * LEASE
     assert leaders(followers) == [new]
 

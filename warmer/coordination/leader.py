@@ -189,6 +189,8 @@ class Leadership:
         self._held = self._held or got
         if self._stopped():
             return False  # closed meanwhile; close() releases what we took
+        if self._last_error is not None and self._valid_until is None:
+            LOG.info("leadership: the leader lock's cluster answers again")
         if got:
             deadline = started + self.lease - self.margin
             if self.clock() >= deadline:
@@ -197,7 +199,10 @@ class Leadership:
             self._last_error = None
             self._renewed(deadline, since)
         else:
+            self._last_error = None
             self._seen = seen
+            LOG.debug("leadership: the leader lock is held by %s",
+                      seen.name if seen is not None else "another daemon")
             if self._valid_until is not None:
                 holder = seen.name if seen is not None else "another daemon"
                 self._step_down(f"the lock is held by {holder}")
@@ -247,14 +252,18 @@ class Leadership:
                 self.metrics.leader_changes.labels("became_leader").inc()
 
     def _failed(self, why: str) -> None:
-        self._last_error = why
+        first, self._last_error = self._last_error is None, why
         if self._valid_until is not None:
             left = self._valid_until - self.clock()
             LOG.warning("leadership: cannot renew the leader lock: %s; stepping down in "
                         "%.1fs unless a renewal succeeds", why, max(0.0, left))
             self._check_expiry()
         else:
-            LOG.debug("leadership: cannot take the leader lock: %s", why)
+            # A follower that cannot reach Ceph cannot take over: say so
+            # once, and again only after a try succeeded.
+            LOG.log(logging.WARNING if first else logging.DEBUG,
+                    "leadership: cannot try to take the leader lock: %s; trying again "
+                    "every %.1fs", why, self.interval)
 
     def _step_down(self, why: str) -> None:
         self._valid_until = None
