@@ -75,7 +75,8 @@ class Metrics:
             "warmer_dependency_up", "1 when the dependency answered its last probe",
             ["dependency"], registry=r)
         self.reconciles = Counter(
-            "warmer_reconciliations", "Full reconciliations run, by outcome",
+            "warmer_reconciliations", "Full reconciliations run, by outcome (ok, failed, "
+            "lost_leadership: stopped because this daemon no longer leads)",
             ["outcome"], registry=r)
         self.evictions = Counter(
             "warmer_evictions", "Copies warmer tried to take out of a target, by reason "
@@ -97,6 +98,12 @@ class Metrics:
             "changed under a removal: warmer stops touching that image), "
             "unconfirmed_404 (a 404 while the endpoint could not be shown right: nothing "
             "removed)", ["target", "kind"], registry=r)
+        self.leader = Gauge(
+            "warmer_leader", "1 while this daemon is the fleet's leader (runs the "
+            "reconciliation), else 0", registry=r)
+        self.leader_changes = Counter(
+            "warmer_leader_changes", "Times this daemon became the leader or stepped down",
+            ["change"], registry=r)
         self.queue_depth = Gauge(
             "warmer_work_queue_depth", "Images waiting to be evaluated", registry=r)
         Info("warmer_build", "warmer build information", registry=r).info(

@@ -27,6 +27,7 @@ from warmer import systemd
 from warmer.bus.listener import Bridge, BusListener
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
+from warmer.coordination.leader import Leadership
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient, GlanceUnavailable
 from warmer.glance.stores import StoreCatalog
@@ -127,6 +128,12 @@ class Service:
                                      self.stores)
         if not self.targets:
             raise SystemExit("no targets: set [DEFAULT] enabled_targets and one group each")
+        # The leader lock's calls get a thread of their own, one only: the
+        # release on a clean stop then runs after any try still in flight.
+        self.leader_executor = ThreadPoolExecutor(max_workers=1,
+                                                  thread_name_prefix="ceph-leader")
+        self.leadership = Leadership.from_conf(conf, self.leader_executor, self.metrics,
+                                               self._observe_ceph)
         p = conf.popularity
         # Demand is counted per target (a "site"): where it happened, by the
         # Cinder backend, host or zone that [<target>] demand_* names.
@@ -140,7 +147,7 @@ class Service:
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
                              retry_delay=conf.warming.retry_delay, stores=self.stores,
-                             sites=self.sites)
+                             sites=self.sites, leader=self.leadership)
         self.metrics.add_state_collector(self.engine.status_rows,
                                          lambda: len(self.tracker.image_ids()))
         self.listener: BusListener | None = None
@@ -149,6 +156,13 @@ class Service:
         self._stop = asyncio.Event()
         self._ceph_ready = asyncio.Event()
         self.http_port: int | None = None
+
+    def _observe_ceph(self, user: str, op: str) -> None:
+        self.metrics.ceph_operations.labels(user, op).inc()
+
+    def status(self) -> dict[str, object]:
+        """``GET /v1/status``: this daemon, and who leads (from memory)."""
+        return {"host": self.conf.host, "leader": self.leadership.view()}
 
     def bus_up(self) -> bool:
         """The listener consumes and its AMQP connection is up. If the
@@ -200,7 +214,7 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             http = await serve(self.conf.http, self.engine, self.metrics, self.ready,
-                               time.time)
+                               time.time, status=self.status)
         except ListenerError as exc:
             await self.glance.close()
             raise SystemExit(f"warmer-daemon: {exc}") from None
@@ -211,9 +225,12 @@ class Service:
                 await self._stop.wait()
                 LOG.info("stopping: draining")
                 systemd.notify("STOPPING=1", "STATUS=draining")
+                # First, so that another daemon takes over while this one drains.
+                await self.leadership.close()
                 await self._drain(loop)
                 main.cancel()
         finally:
+            await self.leadership.close()  # if not done yet (an error)
             await http.close()
             await self.glance.close()
             self.close_ceph()
@@ -247,10 +264,12 @@ class Service:
         under a running call crashes the process. Every target's queued calls
         are cancelled at once, then the running ones are waited for (each is
         bounded by the op timeouts), so the wait is the longest, not the sum."""
-        for executor in self.executors.values():
+        executors = [*self.executors.values(), self.leader_executor]
+        for executor in executors:
             executor.shutdown(wait=False, cancel_futures=True)
-        for executor in self.executors.values():
+        for executor in executors:
             executor.shutdown(wait=True)
+        self.leadership.client.close()
         for t in self.targets:
             t.ceph.close()
             if t.cinder_view is not t.ceph:
@@ -258,6 +277,7 @@ class Service:
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.leadership.run(), name="leadership")
             tg.create_task(self._learn_session_user(), name="session-user")
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             tg.create_task(self._probe_glance(), name="glance-probe")

@@ -6,13 +6,15 @@ import asyncio
 import datetime as dt
 from typing import Any
 
+import pytest
+
 from tests.unit.fakes import FakeCeph, FakeGlance, FakeRbdImage
 from warmer.events import ImageChanged, ImageDeleted, ImageInfo, VolumeCreatedFromImage
 from warmer.glance.stores import StoreCatalog
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
-from warmer.warming.engine import Engine
+from warmer.warming.engine import Engine, NotLeader
 from warmer.warming.target import Target, TargetConfig, TargetResult
 
 FSID = "fsid-central"
@@ -512,3 +514,89 @@ def test_a_wanted_anywhere_target_follows_every_targets_demand() -> None:
     assert states(engine) == {"central": ("warm", "cloneable"), "edge": ("warm", "cloneable")}
     verdicts = engine.verdicts("a")
     assert verdicts["edge"] is not None and verdicts["edge"].reason == "wanted_anywhere"
+
+
+class FakeLeader:
+    """Leadership as the engine sees it; ``leads`` may be a list of answers
+    (the last one repeats), to lose leadership after so many checks."""
+
+    def __init__(self, leads: bool | list[bool]) -> None:
+        self.answers = leads if isinstance(leads, list) else [leads]
+        self.checks = 0
+
+    def is_leader(self) -> bool:
+        self.checks += 1
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+    async def wait(self) -> None:
+        while not self.answers[0]:  # noqa: ASYNC110 - a test double, polled
+            await asyncio.sleep(0.005)
+
+
+def reconciliations(engine: Engine, outcome: str) -> float:
+    return engine.metrics.registry.get_sample_value(
+        "warmer_reconciliations_total", {"outcome": outcome}) or 0.0
+
+
+def test_a_daemon_that_does_not_lead_never_reconciles_until_it_leads() -> None:
+    async def scenario() -> None:
+        target = FakeCopyTarget(capacity_images=2)
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 1, "b": 3})
+        target.copies["orphan"] = 10  # over budget, and Glance has no such image
+        leader = FakeLeader(False)
+        engine.leader = leader
+        runner = asyncio.create_task(engine.run())
+        await asyncio.sleep(0.1)
+        assert not engine.reconciled.is_set() and reconciliations(engine, "ok") == 0
+        assert target.evicted == [] and set(target.copies) == {"a", "b", "orphan"}
+        leader.answers = [True]  # it becomes the leader: it reconciles at once
+        await asyncio.wait_for(engine.reconciled.wait(), 2)
+        await engine.idle()
+        assert reconciliations(engine, "ok") == 1 and set(target.evicted) == {"orphan"}
+        runner.cancel()
+    run(scenario())
+
+
+def test_admission_makes_room_on_a_daemon_that_does_not_lead() -> None:
+    target = FakeCopyTarget(capacity_images=2)
+    engine, glance = copy_engine(target)
+    with_copies(engine, glance, target, {"a": 1, "b": 3})
+    engine.leader = FakeLeader(False)
+    demand(engine, "new", 5)
+    assert run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert target.evicted == ["a"]
+
+
+def test_leadership_lost_mid_pass_stops_the_pass_before_budgets_are_enforced() -> None:
+    async def scenario() -> None:
+        target = FakeCopyTarget(capacity_images=1)
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 1, "b": 3})
+        cleaned: list[str] = []
+
+        async def clean_up() -> list[str]:
+            cleaned.append("edge")
+            return []
+        target.clean_up = clean_up  # type: ignore[method-assign]
+        # Leads at the start of the pass and after pin discovery, then not.
+        engine.leader = FakeLeader([True, True, False])
+        runner = asyncio.create_task(engine._reconcile_loop())
+        while not engine.reconciled.is_set():  # noqa: ASYNC110 - set by the loop
+            await asyncio.sleep(0.005)
+        runner.cancel()
+        assert reconciliations(engine, "lost_leadership") == 1
+        assert reconciliations(engine, "ok") == 0
+        assert cleaned == [] and target.evicted == []  # no clean-up, no eviction
+    run(scenario())
+
+
+def test_an_eviction_pass_stops_once_leadership_is_lost() -> None:
+    target = FakeCopyTarget(capacity_images=1)
+    engine, glance = copy_engine(target)
+    with_copies(engine, glance, target, {"a": 1, "b": 2, "c": 3})
+    # Leads at enforcement's start and for the first eviction only.
+    engine.leader = FakeLeader([True, True, False])
+    with pytest.raises(NotLeader):
+        run(engine.enforce_budgets())
+    assert target.evicted == ["a"]

@@ -385,3 +385,16 @@ def test_an_admin_socket_that_cannot_be_bound_is_a_clear_error() -> None:
     message = asyncio.run(go())
     assert "[http] admin_socket /nonexistent-dir/admin.sock" in message
     assert "No such file or directory" in message
+
+
+def test_status_says_who_leads_behind_the_token() -> None:
+    engine = build_engine()
+    who = {"host": "ctl-b", "leader": {"name": "ctl-a", "since": 1.0, "self": False}}
+    app = make_app(engine, engine.metrics, lambda: {"bus": True}, lambda: 0.0,
+                   listener=Listener.TCP, token=TOKEN, status=lambda: who)
+
+    async def fetch(client: TestClient[Any, Any]) -> tuple[int, int, Any]:
+        refused = await client.get("/v1/status")
+        resp = await client.get("/v1/status", headers=bearer(TOKEN))
+        return refused.status, resp.status, await resp.json()
+    assert with_client(app, fetch) == (403, 200, who)

@@ -153,3 +153,17 @@ def test_stop_shuts_down_every_pool_before_any_connection(service: Service) -> N
         "close central/warmer", "close central/cinder", "close edge/warmer", "close edge/cinder"}
     # No pool waits for its threads before every pool was told to stop.
     assert order[:2] == ["pool central wait=False", "pool edge wait=False"]
+
+
+def test_the_engine_reconciles_only_as_the_leader_of_the_state_namespace(
+        service: Service) -> None:
+    leadership = service.leadership
+    assert service.engine.leader is leadership
+    assert (leadership.pool, leadership.namespace, leadership.lease) == ("images", "warmer", 30)
+    assert leadership.name == service.conf.host
+    # Its calls are bounded by a third of the lease, on a thread of its own.
+    config = leadership.client.config
+    assert (config.osd_op_timeout, config.mon_op_timeout, config.connect_timeout) == (10, 10, 10)
+    assert leadership.client.executor is service.leader_executor
+    assert service.leader_executor._max_workers == 1
+    assert not leadership.is_leader()

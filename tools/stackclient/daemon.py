@@ -41,7 +41,9 @@ class Daemon:
                  name: str = "warmer", port: int | None = None,
                  env: dict[str, str] | None = None, admin_token: str | None = None) -> None:
         """``admin_token``: ``[http] admin_token`` (default: a random one;
-        empty: none)."""
+        empty: none). Daemons of one bus ``pool`` are one fleet: they share
+        a ``[state]`` namespace (named after the pool), hence one leader;
+        ``overrides`` may say otherwise."""
         self.stack = stack
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
         self.port = port or free_port()
@@ -53,7 +55,8 @@ class Daemon:
         self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
                              f"metrics_port = {self.metrics_port}\n"
                              f"admin_socket = {self.socket}\n"
-                             f"admin_token = {self.token}\n{overrides}\n")
+                             f"admin_token = {self.token}\n"
+                             f"[state]\nnamespace = {self.pool}\n{overrides}\n")
         self.log = stack.dir / "log" / f"daemon-{name}-{self.pool}.log"
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

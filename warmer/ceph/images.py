@@ -248,35 +248,42 @@ def release(cluster: Rados, pool: str, image_id: str) -> bool:
 
 def lock(cluster: Rados, pool: str, image_id: str, cookie: str, duration: int,
          prefix: str = LOCK_PREFIX) -> bool:
-    """Take (or renew) the copy lease for ``image_id`` in ``pool``.
+    """Take (or renew) the copy lease for ``image_id`` in ``pool``: the
+    lease of :func:`lease` on ``<prefix><image_id>``."""
+    with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
+        return lease(ioctx, f"{prefix}{image_id}", cookie, duration)
+
+
+def lease(ioctx: Any, obj: str, cookie: str, duration: int, desc: str = "warmer copy") -> bool:
+    """Take (or renew) an exclusive RADOS lock with a lease of ``duration``
+    seconds on ``obj``, through ``ioctx`` (its pool and namespace).
 
     RADOS locks belong to a client instance, so a daemon that restarted (or
     reconnected) cannot renew the lease its previous connection took. The
     holder's name (``cookie``, one per daemon) is kept in an xattr of the
     lock object: a lease held under our own name is our previous life's,
-    and we break it at once instead of waiting for it to run out.
+    and we break it at once instead of waiting for it to run out. Breaking
+    it removes the object, and whatever else it held.
     """
     rados, _ = modules()
-    obj = f"{prefix}{image_id}"
-    with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
-        if not _try_lock(ioctx, obj, cookie, duration):
-            try:
-                holder = ioctx.get_xattr(obj, HOLDER_XATTR).decode()
-            except (rados.ObjectNotFound, rados.NoData):
-                holder = None
-            if holder != cookie:
-                return False
-            ioctx.remove_object(obj)  # drops the stale lock with it
-            if not _try_lock(ioctx, obj, cookie, duration):
-                return False
-        ioctx.set_xattr(obj, HOLDER_XATTR, cookie.encode())
+    if not _try_lock(ioctx, obj, cookie, duration, desc):
+        try:
+            holder = ioctx.get_xattr(obj, HOLDER_XATTR).decode()
+        except (rados.ObjectNotFound, rados.NoData):
+            holder = None
+        if holder != cookie:
+            return False
+        ioctx.remove_object(obj)  # drops the stale lock with it
+        if not _try_lock(ioctx, obj, cookie, duration, desc):
+            return False
+    ioctx.set_xattr(obj, HOLDER_XATTR, cookie.encode())
     return True
 
 
-def _try_lock(ioctx: Any, obj: str, cookie: str, duration: int) -> bool:
+def _try_lock(ioctx: Any, obj: str, cookie: str, duration: int, desc: str) -> bool:
     rados, _ = modules()
     try:
-        ioctx.lock_exclusive(obj, LOCK_NAME, cookie, desc="warmer copy", duration=duration,
+        ioctx.lock_exclusive(obj, LOCK_NAME, cookie, desc=desc, duration=duration,
                              flags=1)  # LIBRADOS_LOCK_FLAG_MAY_RENEW
     except (rados.ObjectBusy, rados.ObjectExists):
         return False
@@ -289,12 +296,17 @@ def _try_lock(ioctx: Any, obj: str, cookie: str, duration: int) -> bool:
 
 def unlock(cluster: Rados, pool: str, image_id: str, cookie: str,
            prefix: str = LOCK_PREFIX) -> None:
-    rados, _ = modules()
     with cluster.open_ioctx(pool) as ioctx:  # type: ignore[attr-defined]
-        try:
-            ioctx.unlock(f"{prefix}{image_id}", LOCK_NAME, cookie)
-        except rados.ObjectNotFound:
-            pass
+        release_lease(ioctx, f"{prefix}{image_id}", cookie)
+
+
+def release_lease(ioctx: Any, obj: str, cookie: str) -> None:
+    """Give up our lease on ``obj`` (nothing if it is not ours any more)."""
+    rados, _ = modules()
+    try:
+        ioctx.unlock(obj, LOCK_NAME, cookie)
+    except rados.ObjectNotFound:
+        pass
 
 
 def drop_lock(cluster: Rados, pool: str, image_id: str, prefix: str) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from oslo_config import cfg
 from oslo_log import log
 
-from warmer.conf import bus, glance, http, popularity, service, state, targets, warming
+from warmer.conf import bus, glance, http, leader, popularity, service, state, targets, warming
 from warmer.sites import SiteMap
 
-_MODULES = (service, bus, glance, http, popularity, targets, warming, state)
+_MODULES = (service, bus, glance, http, popularity, targets, warming, state, leader)
 
 
 def register_opts(conf: cfg.ConfigOpts) -> None:

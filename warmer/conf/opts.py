@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from warmer.conf import bus, glance, http, popularity, service, state, targets, warming
+from warmer.conf import bus, glance, http, leader, popularity, service, state, targets, warming
 
 
 def list_opts() -> list[tuple[Any, list[Any]]]:
     result: list[tuple[Any, list[Any]]] = []
-    for module in (service, targets, bus, glance, http, popularity, warming, state):
+    for module in (service, targets, bus, glance, http, popularity, warming, state, leader):
         result.extend(module.list_opts())
     return result

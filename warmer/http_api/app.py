@@ -6,6 +6,9 @@ hang on a sick cluster.
 
 Admin API (JSON, version 1), under ``/v1``:
 
+* ``GET /v1/status``: this daemon (``host``) and who leads the fleet
+  (``leader``: ``name``, ``since``, and ``self`` when it is this daemon),
+  as this daemon last saw it;
 * ``GET /v1/images``: every tracked image with its score, verdict and
   per-target state;
 * ``GET /v1/images/{id}``: one image (404 when untracked);
@@ -88,9 +91,11 @@ async def _limit_body(request: web.Request, handler: Handler) -> web.StreamRespo
 
 def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
              clock: Callable[[], float], *, listener: Listener = Listener.TCP,
-             token: str | None = None, max_queue: int = 1000) -> web.Application:
+             token: str | None = None, max_queue: int = 1000,
+             status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
     """The app for one listener. ``token`` is ``[http] admin_token`` (TCP
-    only); ``max_queue`` is ``[http] admin_max_queue``."""
+    only); ``max_queue`` is ``[http] admin_max_queue``; ``status`` answers
+    ``GET /v1/status``."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_limit_body])
 
     async def healthz(request: web.Request) -> web.Response:
@@ -107,13 +112,17 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
     if listener is not Listener.METRICS:
         middleware = (auth.bearer_token(token) if listener is Listener.TCP
                       else auth.socket_peer())
-        app.add_subapp("/v1", _admin_app(engine, clock, middleware, max_queue))
+        app.add_subapp("/v1", _admin_app(engine, clock, middleware, max_queue, status))
     return app
 
 
 def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middleware,
-               max_queue: int) -> web.Application:
+               max_queue: int, status: Callable[[], dict[str, Any]] | None
+               ) -> web.Application:
     admin = web.Application(middlewares=[middleware])
+
+    async def daemon_status(request: web.Request) -> web.Response:
+        return web.json_response(status() if status is not None else {})
 
     async def list_images(request: web.Request) -> web.Response:
         views = [image_view(engine, i) for i in sorted(engine.tracker.image_ids())]
@@ -144,6 +153,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
                      "admin_max_queue); try again later\n")
         return web.json_response({"queued": image_id}, status=202)
 
+    admin.router.add_get("/status", daemon_status)
     admin.router.add_get("/images", list_images)
     admin.router.add_get("/images/{image_id:[^/]+}", show_image)
     admin.router.add_post("/images/{image_id:[^/]+}/evaluate", evaluate)

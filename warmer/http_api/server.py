@@ -74,13 +74,15 @@ class HttpSurface:
 
 async def serve(opts: Any, engine: Engine, metrics: Metrics,
                 ready: Callable[[], dict[str, bool]],
-                clock: Callable[[], float]) -> HttpSurface:
-    """Start the listeners that ``opts`` (the ``[http]`` group) asks for."""
+                clock: Callable[[], float],
+                status: Callable[[], dict[str, Any]] | None = None) -> HttpSurface:
+    """Start the listeners that ``opts`` (the ``[http]`` group) asks for.
+    ``status`` answers ``GET /v1/status`` (the daemon and who leads)."""
     token = (opts.admin_token or "").strip() or None
 
     def app(listener: Listener) -> web.Application:
         return make_app(engine, metrics, ready, clock, listener=listener, token=token,
-                        max_queue=opts.admin_max_queue)
+                        max_queue=opts.admin_max_queue, status=status)
 
     surface = HttpSurface()
     try:

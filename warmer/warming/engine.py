@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
@@ -52,12 +53,34 @@ class ImageStatus:
     detail: str | None = None
 
 
+class Leader(Protocol):
+    """Whether this daemon runs the fleet-wide work (reconciliation, with
+    its clean-up and budget enforcement): one daemon of a fleet does
+    (:class:`warmer.coordination.leader.Leadership`)."""
+
+    def is_leader(self) -> bool: ...
+
+    async def wait(self) -> None:
+        """Return once this daemon leads."""
+
+
+class Alone:
+    """The only daemon: it always leads."""
+
+    def is_leader(self) -> bool:
+        return True
+
+    async def wait(self) -> None:
+        return None
+
+
 class Engine:
     def __init__(self, tracker: Tracker, glance: GlanceClient, targets: list[Target],
                  metrics: Metrics, *, workers: int, reconcile_interval: float,
                  retry_delay: float, stores: StoreCatalog | None = None,
                  max_retry_delay: float = 3600.0, sites: SiteMap | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 leader: Leader | None = None) -> None:
         self.tracker = tracker
         # Where each demand event counts (None: in every target).
         self.sites = sites
@@ -70,6 +93,7 @@ class Engine:
         self.reconcile_interval = reconcile_interval
         self.retry_delay = retry_delay
         self.clock = clock
+        self.leader: Leader = leader or Alone()
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._pending: set[str] = set()
         self._active: set[str] = set()
@@ -451,11 +475,14 @@ class Engine:
                                exclude=image_id)
 
     async def _fit(self, target: Target, extra_bytes: int, extra_count: int, worth: float,
-                   exclude: str | None = None) -> bool:
+                   exclude: str | None = None, as_leader: bool = False) -> bool:
         """Evict ``target``'s copies worth less than ``worth``, lowest first,
         until what it holds (copies, copies under way, and ``extra``) fits
         its budget. Pinned copies are worth infinitely much; a copy with
-        clones is skipped (children win). Returns whether it fits now."""
+        clones is skipped (children win). Returns whether it fits now.
+        ``as_leader``: for the reconciliation, which stops
+        (:class:`NotLeader`) before any eviction once this daemon no
+        longer leads."""
         config = target.config
         now = self.clock()
         copies = [c for c in await target.inventory()
@@ -473,6 +500,8 @@ class Engine:
                 break
             if copy_.name in self.hands_off:
                 continue
+            if as_leader:
+                self._check_leader()
             try:
                 result = await target.evict(copy_.name)
             except LocationConflict as exc:
@@ -488,13 +517,15 @@ class Engine:
     async def enforce_budgets(self) -> None:
         """Reconciliation's half of eviction: copies of images Glance no
         longer has go, and budgets that shrank (or scores that decayed) are
-        honoured, lowest-scored first, pinned never."""
+        honoured, lowest-scored first, pinned never. Only while this
+        daemon leads: raises :class:`NotLeader` otherwise."""
         failures: tuple[type[BaseException], ...] = (CephUnavailable, TargetProblem,
                                                      GlanceUnavailable,
                                                      *ceph_errors())
         for target in self.targets:
             if not target.config.copy_images:
                 continue
+            self._check_leader()
             try:
                 for copy_ in await target.inventory():
                     self._copied.add(copy_.name)
@@ -504,7 +535,7 @@ class Engine:
                         self.enqueue(copy_.name)
                 if target.config.capacity_bytes or target.config.capacity_images:
                     async with self._admission(target):
-                        await self._fit(target, 0, 0, float("inf"))
+                        await self._fit(target, 0, 0, float("inf"), as_leader=True)
             except failures as exc:
                 LOG.warning("target %s: budget enforcement skipped: %s", target.name, exc)
 
@@ -527,12 +558,19 @@ class Engine:
             self.retry_delay if delay is None else delay, fire)
 
     async def _reconcile_loop(self) -> None:
+        """Reconcile every ``reconcile_interval`` while this daemon leads:
+        a daemon that becomes leader reconciles at once; one that loses
+        leadership mid-pass stops at the next step."""
         while True:
+            await self.leader.wait()
             try:
                 await self.reconcile()
                 self.metrics.reconciles.labels("ok").inc()
             except asyncio.CancelledError:
                 raise
+            except NotLeader as exc:
+                LOG.info("reconciliation stopped: %s", exc)
+                self.metrics.reconciles.labels("lost_leadership").inc()
             except Exception:
                 LOG.exception("reconciliation failed; next one in %.0fs",
                               self.reconcile_interval)
@@ -540,8 +578,15 @@ class Engine:
             self.reconciled.set()
             await asyncio.sleep(self.reconcile_interval)
 
+    def _check_leader(self) -> None:
+        if not self.leader.is_leader():
+            raise NotLeader("this daemon no longer leads")
+
     async def reconcile(self) -> None:
-        """Discover pinned images in Glance and re-evaluate everything known."""
+        """Discover pinned images in Glance and re-evaluate everything known.
+        Leader's work: each step starts only while this daemon leads
+        (:class:`NotLeader` otherwise)."""
+        self._check_leader()
         policy = self.tracker.policy
         filters: list[dict[str, str]] = []
         if policy.pin_tag:
@@ -551,9 +596,11 @@ class Engine:
         for flt in filters:
             async for image in self.glance.list_images(**flt):
                 self.tracker.observe(image.info, authoritative=True)
+        self._check_leader()
         for image_id in self.tracker.image_ids():
             self.enqueue(image_id)
         for target in self.targets:
+            self._check_leader()
             await self._clean_up(target)
         await self.enforce_budgets()
 
@@ -607,6 +654,10 @@ class Engine:
         for handle in self._retries.values():
             handle.cancel()
         self._retries.clear()
+
+
+class NotLeader(Exception):
+    """The fleet-wide work stops: this daemon does not lead (any more)."""
 
 
 class Draining(Exception):

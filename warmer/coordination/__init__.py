@@ -1,0 +1,1 @@
+"""Coordination between the daemons of a fleet (leadership)."""
