@@ -87,6 +87,9 @@ class Engine:
         self._from_bus: dict[str, None] = {}  # recent image ids from notifications
         self.accepting = True
         self.reconciled = asyncio.Event()
+        # Told of every image.delete that Glance confirmed (the shared
+        # state records a tombstone); must not raise.
+        self.on_deleted: Callable[[str], None] | None = None
         for target in targets:
             target.admit = self.admit
             target.on_copied = self._count_copy
@@ -202,6 +205,8 @@ class Engine:
                 return
             await self._confirm_gone(image_id, deleted=True)
             LOG.info("image %s was deleted in Glance; removing warmer's copies of it", image_id)
+            if self.on_deleted is not None:
+                self.on_deleted(image_id)
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
