@@ -97,6 +97,13 @@ class Metrics:
             "changed under a removal: warmer stops touching that image), "
             "unconfirmed_404 (a 404 while the endpoint could not be shown right: nothing "
             "removed)", ["target", "kind"], registry=r)
+        self.state_errors = Counter(
+            "warmer_state_errors", "Operations on the shared state that failed, by "
+            "operation (start, refresh, tombstone, flush); each is retried at the next "
+            "interval", ["op"], registry=r)
+        self.state_refreshes = Counter(
+            "warmer_state_refreshes", "Complete reads of the other daemons' demand",
+            registry=r)
         self.queue_depth = Gauge(
             "warmer_work_queue_depth", "Images waiting to be evaluated", registry=r)
         Info("warmer_build", "warmer build information", registry=r).info(
