@@ -326,11 +326,15 @@ class FleetDemand:
                 pass
             if self._stop.is_set():
                 break
-            if not self.started:
-                await self.start()
-                self._spawn_writers()
-            else:
-                await self.refresh()
+            try:
+                if not self.started:
+                    await self.start()
+                    self._spawn_writers()
+                else:
+                    await self.refresh()
+            except Exception as exc:  # a bug here must not stop the daemon
+                LOG.exception("shared state: refresh failed unexpectedly")
+                self._count("refresh", exc)
         for writer in self.writers.values():
             writer.stop()
         if self._runs:
