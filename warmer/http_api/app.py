@@ -45,10 +45,14 @@ class Listener(enum.Enum):
     UNIX = "unix"        # and the admin API; the socket's file mode authorizes
 
 
-def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
-               ) -> dict[str, Any] | None:
+def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict],
+               now: float | None = None) -> dict[str, Any] | None:
     """One image's view; ``verdicts`` is ``tracker.verdicts(now)``, computed
-    once per request (each verdict depends on every image's score)."""
+    once per request (each verdict depends on every image's score).
+    ``score`` is rounded for people; ``exact_score`` is the same score
+    unrounded, at unix time ``scored_at`` (``now``), so that scores taken
+    by two daemons at different instants can be compared exactly (every
+    score decays by the same factor ``2**(-dt/half_life)``)."""
     tracker = engine.tracker
     info = tracker.image(image_id)
     if info is None:
@@ -61,6 +65,8 @@ def image_view(engine: Engine, image_id: str, verdicts: dict[str, Verdict]
         "disk_format": info.disk_format,
         "size": info.size,
         "score": round(verdict.score, 4) if verdict else 0.0,
+        "exact_score": verdict.score if verdict else 0.0,
+        "scored_at": now,
         "wanted": bool(verdict and verdict.wanted),
         "why": verdict.reason if verdict else "unknown",
         "pinned": tracker.policy.pinned(info),
@@ -114,8 +120,9 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
     admin = web.Application(middlewares=[middleware])
 
     async def list_images(request: web.Request) -> web.Response:
-        verdicts = engine.tracker.verdicts(clock())
-        views = [image_view(engine, i, verdicts) for i in sorted(engine.tracker.image_ids())]
+        now = clock()
+        verdicts = engine.tracker.verdicts(now)
+        views = [image_view(engine, i, verdicts, now) for i in sorted(engine.tracker.image_ids())]
         return web.json_response({"images": [v for v in views if v is not None]})
 
     def _image_id(request: web.Request) -> str:
@@ -127,7 +134,8 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
                      "(lowercase 8-4-4-4-12)\n") from None
 
     async def show_image(request: web.Request) -> web.Response:
-        view = image_view(engine, _image_id(request), engine.tracker.verdicts(clock()))
+        now = clock()
+        view = image_view(engine, _image_id(request), engine.tracker.verdicts(now), now)
         if view is None:
             raise web.HTTPNotFound(text="image not tracked\n")
         return web.json_response(view)
