@@ -39,9 +39,12 @@ def free_port() -> int:
 class Daemon:
     def __init__(self, stack: Stack, *, pool: str | None = None, overrides: str = "",
                  name: str = "warmer", port: int | None = None,
-                 env: dict[str, str] | None = None, admin_token: str | None = None) -> None:
+                 env: dict[str, str] | None = None, admin_token: str | None = None,
+                 state_namespace: str | None = None) -> None:
         """``admin_token``: ``[http] admin_token`` (default: a random one;
-        empty: none)."""
+        empty: none). ``state_namespace``: ``[state] namespace`` (default:
+        one per bus pool, so that daemons that each see every notification
+        never add up each other's demand; daemons in one pool share it)."""
         self.stack = stack
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
         self.port = port or free_port()
@@ -50,7 +53,10 @@ class Daemon:
         self.token = secrets.token_urlsafe(24) if admin_token is None else admin_token
         self.socket = stack.dir / f"{name}-{self.pool}.sock"
         self.conf = stack.dir / f"{name}-{self.pool}.conf"
-        self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
+        self.state_namespace = state_namespace or f"warmer-{self.pool}"
+        self.conf.write_text(f"[bus]\npool = {self.pool}\n"
+                             f"[state]\nnamespace = {self.state_namespace}\n"
+                             f"[http]\nport = {self.port}\n"
                              f"metrics_port = {self.metrics_port}\n"
                              f"admin_socket = {self.socket}\n"
                              f"admin_token = {self.token}\n{overrides}\n")
