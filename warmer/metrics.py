@@ -104,6 +104,13 @@ class Metrics:
         self.leader_changes = Counter(
             "warmer_leader_changes", "Times this daemon became the leader or stepped down",
             ["change"], registry=r)
+        self.state_errors = Counter(
+            "warmer_state_errors", "Operations on the shared state that failed, by "
+            "operation (start, refresh, tombstone, flush); each is retried at the next "
+            "interval", ["op"], registry=r)
+        self.state_last_refresh = Gauge(
+            "warmer_state_last_refresh_timestamp_seconds", "When this daemon last read "
+            "every site's demand from the other daemons (0: never)", registry=r)
         self.queue_depth = Gauge(
             "warmer_work_queue_depth", "Images waiting to be evaluated", registry=r)
         Info("warmer_build", "warmer build information", registry=r).info(

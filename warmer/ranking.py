@@ -105,19 +105,21 @@ class Rankings:
     # -- demand ---------------------------------------------------------------
 
     def add(self, image_id: str, weight: float, at: float,
-            sites: Iterable[str] | None = None) -> None:
+            sites: Iterable[str] | None = None) -> tuple[str, ...]:
         """Count an event of ``weight`` at unix time ``at`` in ``sites``
-        (``None``: every site)."""
+        (``None``: every site). Returns the sites it counted in."""
         if weight <= 0:
-            return
+            return ()
         self._move_epoch_for(at)
         assert self.epoch is not None
         amount = weight * pow2((at - self.epoch) / self.half_life)
         eligible = image_id in self._eligible
-        for site in self._known(sites):
+        counted = tuple(self._known(sites))
+        for site in counted:
             entry = self._sites[site]
             entry.local[image_id] = entry.local.get(image_id, 0.0) + amount
             entry.place(image_id, eligible)
+        return counted
 
     def _known(self, sites: Iterable[str] | None) -> Iterable[str]:
         if sites is None:

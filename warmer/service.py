@@ -35,12 +35,17 @@ from warmer.http_api.server import ListenerError, serve
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.sites import SiteMap
+from warmer.state.fleet import FleetDemand, SiteStore, demand_namespace
+from warmer.state.memory import MemoryStore
+from warmer.state.rados import RadosStore
+from warmer.state.store import StateStore
 from warmer.tracker import Tracker, Weights
 from warmer.warming.engine import Draining, Engine
 from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
 
 LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 20.0
+STATE_THREADS = 2  # the shared state's own Ceph threads: a sick state cluster holds only these
 BUS_PROBE_INTERVAL = 1.0  # seconds; reading the connection state costs nothing
 
 
@@ -150,6 +155,9 @@ class Service:
                              sites=self.sites, leader=self.leadership)
         self.metrics.add_state_collector(self.engine.status_rows,
                                          lambda: len(self.tracker.image_ids()))
+        self.state_executor: ThreadPoolExecutor | None = None
+        self.fleet = self._build_fleet()
+        self._fleet_task: asyncio.Task[None] | None = None
         self.listener: BusListener | None = None
         self.ceph_up: dict[str, bool] = {t.name: False for t in self.targets}
         self._bus_state_visible = True
@@ -228,6 +236,7 @@ class Service:
                 # First, so that another daemon takes over while this one drains.
                 await self.leadership.close()
                 await self._drain(loop)
+                await self._stop_fleet()
                 main.cancel()
         finally:
             await self.leadership.close()  # if not done yet (an error)
@@ -259,6 +268,86 @@ class Service:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 300.0)
 
+    # -- the shared demand ([state], warmer/state/fleet.py) ------------------------------
+
+    def _build_fleet(self) -> FleetDemand:
+        """The fleet's shared demand: one shard per site (the tracker's sites,
+        the target names) in RADOS as ``[state]`` says, or in memory with
+        ``[state] enabled = false`` (nothing shared, nothing kept across a
+        restart). Hooked to the tracker (every counted event) and to the
+        engine (confirmed deletes become tombstones)."""
+        group = self.conf.state
+        base: StateStore
+        demand: dict[str, StateStore]
+        try:
+            if group.enabled:
+                self.state_executor = ThreadPoolExecutor(max_workers=STATE_THREADS,
+                                                         thread_name_prefix="ceph-state")
+                rados = RadosStore.from_conf(
+                    self.conf, self.state_executor,
+                    lambda user, op: self.metrics.ceph_operations.labels(user, op).inc())
+                base = rados
+                demand = {site: RadosStore(rados.client, rados.pool,
+                                           demand_namespace(rados.namespace, site))
+                          for site in self.tracker.sites}
+            else:
+                base = MemoryStore()
+                demand = {site: MemoryStore() for site in self.tracker.sites}
+            fleet = FleetDemand(
+                self.tracker, base, {site: SiteStore(base, demand[site]) for site in demand},
+                daemon=self.conf.host, flush_interval=group.flush_interval,
+                refresh_interval=group.refresh_interval, floor=group.demand_floor,
+                on_error=lambda op, exc: self.metrics.state_errors.labels(op).inc(),
+                on_changed=self.engine.enqueue)
+        except ValueError as exc:  # a site or daemon name that cannot name a shard
+            raise SystemExit(f"warmer-daemon: [state]: {exc}") from None
+        self.tracker.on_demand = fleet.count
+        self.engine.on_deleted = fleet.record_deleted
+        self.metrics.state_last_refresh.set_function(lambda: fleet.last_refresh or 0.0)
+        return fleet
+
+    async def _start_fleet(self, tg: asyncio.TaskGroup) -> None:
+        """Claim this daemon's shards and read the fleet's demand before
+        consuming, so that scores are there once READY; then keep writing
+        and refreshing in the background. Bounded: a state cluster that
+        does not answer delays the start by at most its connect and op
+        timeouts, and never fails it (/readyz does not depend on the state;
+        the background task retries)."""
+        group = self.conf.state
+        limit = group.connect_timeout + 2 * 30.0
+        started = time.monotonic()
+        try:
+            ok = await asyncio.wait_for(self.fleet.start(), limit)
+        except TimeoutError:
+            ok = False
+        where = (f"pool {group.pool}, namespace {group.namespace or '(default)'}"
+                 if group.enabled else "in memory only ([state] enabled = false)")
+        if ok:
+            LOG.info("shared demand loaded in %.2fs (%s): %d images tracked, sites %s",
+                     time.monotonic() - started, where, len(self.tracker.image_ids()),
+                     ", ".join(self.fleet.sites))
+        else:
+            LOG.error("shared demand (%s) is not available yet: scores hold only what "
+                      "this daemon counts until it is (retried every %.0fs)", where,
+                      group.refresh_interval)
+        self._fleet_task = tg.create_task(self.fleet.run(), name="fleet-state")
+
+    async def _stop_fleet(self) -> None:
+        """Write this daemon's demand a last time (bounded), then close the
+        state's threads and connection, in that order."""
+        self.fleet.stop()
+        if self._fleet_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._fleet_task), DRAIN_TIMEOUT)
+            except TimeoutError:
+                LOG.error("shared demand: the last write did not finish in %.0fs",
+                          DRAIN_TIMEOUT)
+        if self.state_executor is not None:
+            self.state_executor.shutdown(wait=True, cancel_futures=True)
+            base = self.fleet.base
+            if isinstance(base, RadosStore):
+                await asyncio.get_running_loop().run_in_executor(None, base.client.close)
+
     def close_ceph(self) -> None:
         """Threads first, connections last: shutting a rados connection down
         under a running call crashes the process. Every target's queued calls
@@ -283,6 +372,7 @@ class Service:
             tg.create_task(self._probe_glance(), name="glance-probe")
             await self._wait_for_ceph()
             await self._check_copy_pools()
+            await self._start_fleet(tg)
             # What a crash left behind is cleaned up by the first
             # reconciliation, which the engine starts at once.
             tg.create_task(self.engine.run(), name="engine")

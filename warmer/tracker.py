@@ -17,7 +17,11 @@ duplicates and reorderings (DESIGN.md invariant 3):
   one verdict costs O(log N), not a pass over every image;
 * warmer's own downloads are not demand (invariant 9): an ``image.send``
   whose receiver is one of :attr:`Tracker.own_users` is counted as
-  ``own_download`` and changes nothing, not even which images are tracked.
+  ``own_download`` and changes nothing, not even which images are tracked;
+* every demand event that counted is told to ``on_demand`` (the shared
+  state's writers, :mod:`warmer.state.fleet`), once, with the sites it
+  counted in: never a duplicate, an own download, or demand for a deleted
+  image.
 
 All of it lives on the event loop, in memory. :meth:`Tracker.sweep` drops
 the images that went cold, so that memory follows the images in use.
@@ -57,6 +61,10 @@ class Weights:
     image_send: float = 0.5
 
 
+# (image id, weight, unix time of the event, the sites it counted in)
+DemandHook = Callable[[str, float, float, tuple[str, ...]], None]
+
+
 @dataclass(frozen=True)
 class Applied:
     """What an event changed: the image it concerns, and whether it was new."""
@@ -70,8 +78,12 @@ class Tracker:
     def __init__(self, *, half_life: float, weights: Weights, policy: Policy,
                  threshold: float, top_k: int, dedup_window: int,
                  own_users: frozenset[str] = frozenset(),
-                 sites: Sequence[str] = ("*",)) -> None:
+                 sites: Sequence[str] = ("*",),
+                 on_demand: DemandHook | None = None) -> None:
         self._rankings = Rankings(sites, half_life)
+        # Told of every demand event counted here (see the module doc); it
+        # must not raise, and must be cheap: it runs once per event.
+        self.on_demand = on_demand
         # Glance user ids whose downloads are warmer's own (its copies).
         self.own_users = own_users
         self.weights = weights
@@ -208,7 +220,10 @@ class Tracker:
             return Applied(image_id, False, "duplicate")
         if image_id not in self._images:
             self._track(ImageInfo(id=image_id, status="unknown"))
-        self._rankings.add(image_id, weight, event.timestamp.timestamp(), sites)
+        at = event.timestamp.timestamp()
+        counted = self._rankings.add(image_id, weight, at, sites)
+        if counted and self.on_demand is not None:
+            self.on_demand(image_id, weight, at, counted)
         return Applied(image_id, True, "handled")
 
     def set_remote(self, site: str, image_id: str, value: float, epoch: float) -> None:

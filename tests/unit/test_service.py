@@ -15,6 +15,9 @@ import pytest
 from tests.unit.fake_bindings import FakeRados
 from warmer import conf as warmer_conf
 from warmer.service import Service
+from warmer.state.fleet import SiteStore
+from warmer.state.memory import MemoryStore
+from warmer.state.rados import RadosStore
 
 CONF = """
 [DEFAULT]
@@ -167,3 +170,34 @@ def test_the_engine_reconciles_only_as_the_leader_of_the_state_namespace(
     assert leadership.client.executor is service.leader_executor
     assert service.leader_executor._max_workers == 1
     assert not leadership.is_leader()
+
+
+def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
+        service: Service) -> None:
+    assert service.tracker.sites == ("central", "edge")
+    assert service.tracker.on_demand == service.fleet.count
+    assert service.engine.on_deleted == service.fleet.record_deleted
+    assert isinstance(service.fleet.base, RadosStore)
+    assert service.fleet.base.namespace == "warmer"
+    namespaces = {}
+    for site, writer in service.fleet.writers.items():
+        assert isinstance(writer.store, SiteStore) and writer.store.base is service.fleet.base
+        assert isinstance(writer.store.demand, RadosStore)
+        namespaces[site] = writer.store.demand.namespace
+    assert namespaces == {"central": "warmer.demand.central", "edge": "warmer.demand.edge"}
+
+
+def test_without_a_state_cluster_demand_stays_in_memory(tmp_path: Path,
+                                                         bindings: object) -> None:
+    path = tmp_path / "warmer.conf"
+    path.write_text(CONF + "[state]\nenabled = false\n")
+    svc = Service(warmer_conf.load(["--config-file", str(path)]))
+    try:
+        assert isinstance(svc.fleet.base, MemoryStore)
+        assert svc.state_executor is None
+
+        async def scenario() -> None:
+            assert await svc.fleet.start()
+        asyncio.run(scenario())
+    finally:
+        svc.close_ceph()

@@ -39,10 +39,13 @@ def free_port() -> int:
 class Daemon:
     def __init__(self, stack: Stack, *, pool: str | None = None, overrides: str = "",
                  name: str = "warmer", port: int | None = None,
-                 env: dict[str, str] | None = None, admin_token: str | None = None) -> None:
+                 env: dict[str, str] | None = None, admin_token: str | None = None,
+                 state_namespace: str | None = None) -> None:
         """``admin_token``: ``[http] admin_token`` (default: a random one;
         empty: none). Daemons of one bus ``pool`` are one fleet: they share
-        a ``[state]`` namespace (named after the pool), hence one leader;
+        a ``[state]`` namespace, hence one leader and one sum of demand
+        (daemons that each see every notification must not add up each
+        other's); ``state_namespace`` (default: named after the pool) or
         ``overrides`` may say otherwise."""
         self.stack = stack
         self.pool = pool or f"warmer-{uuid.uuid4().hex[:8]}"
@@ -52,11 +55,13 @@ class Daemon:
         self.token = secrets.token_urlsafe(24) if admin_token is None else admin_token
         self.socket = stack.dir / f"{name}-{self.pool}.sock"
         self.conf = stack.dir / f"{name}-{self.pool}.conf"
-        self.conf.write_text(f"[bus]\npool = {self.pool}\n[http]\nport = {self.port}\n"
+        self.state_namespace = state_namespace or self.pool
+        self.conf.write_text(f"[bus]\npool = {self.pool}\n"
+                             f"[state]\nnamespace = {self.state_namespace}\n"
+                             f"[http]\nport = {self.port}\n"
                              f"metrics_port = {self.metrics_port}\n"
                              f"admin_socket = {self.socket}\n"
-                             f"admin_token = {self.token}\n"
-                             f"[state]\nnamespace = {self.pool}\n{overrides}\n")
+                             f"admin_token = {self.token}\n{overrides}\n")
         self.log = stack.dir / "log" / f"daemon-{name}-{self.pool}.log"
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None

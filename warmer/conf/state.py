@@ -23,6 +23,12 @@ GROUP = cfg.OptGroup(
          "the default pool and namespace.")
 
 OPTS = [
+    cfg.BoolOpt("enabled", default=True,
+                help="Keep demand, and the tombstones of deleted images, in RADOS as "
+                     "described here, so that a restarted daemon keeps its scores and "
+                     "daemons sharing the bus pool see the whole fleet's demand. False: "
+                     "the same code runs on an in-memory store, so a single daemon works "
+                     "without a state cluster, and a restart forgets demand."),
     cfg.StrOpt("ceph_conf", default="/etc/ceph/ceph.conf",
                help="ceph.conf of the cluster that holds the state."),
     cfg.StrOpt("rados_user", default="warmer",
@@ -33,7 +39,11 @@ OPTS = [
                     "store's pool, where warmer's user already has the rbd profile."),
     cfg.StrOpt("namespace", default="warmer",
                help="RADOS namespace of the state objects in that pool, which keeps "
-                    "them apart from RBD's own objects. Empty: the default namespace."),
+                    "them apart from RBD's own objects. Empty: the default namespace. "
+                    "The demand of each site (target) lives in its own namespace, "
+                    "'<namespace>.demand.<target>' ('demand.<target>' when empty); a "
+                    "cephx cap restricted to namespaces must allow all of them, e.g. "
+                    "'namespace=warmer*'."),
     cfg.IntOpt("connect_timeout", default=10, min=1, max=600,
                help="Seconds for connecting to the cluster."),
     cfg.FloatOpt("flush_interval", default=5.0, min=0.1, max=300.0,
@@ -41,6 +51,13 @@ OPTS = [
                       "Demand waits in memory until then, and on a clean stop it is "
                       "written at once: a kill -9 loses at most this window of this "
                       "daemon's own demand, nothing another daemon counted."),
+    cfg.FloatOpt("refresh_interval", default=10.0, min=0.5, max=3600.0,
+                 help="Seconds between reads of the other daemons' demand (and of the "
+                      "tombstones). A daemon's scores include what the others counted "
+                      "up to their last write and this daemon's last read: at most "
+                      "flush_interval + refresh_interval seconds behind. A failed read "
+                      "is logged, counted in warmer_state_errors_total, and retried "
+                      "at the next interval."),
     cfg.FloatOpt("demand_floor", default=0.001, min=0.0, max=1000.0,
                  help="A daemon drops an image from its own demand once that image's "
                       "decayed demand there falls below this (in units of event "

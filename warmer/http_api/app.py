@@ -47,15 +47,19 @@ class Listener(enum.Enum):
     UNIX = "unix"        # and the admin API; the socket's file mode authorizes
 
 
-def image_view(engine: Engine, image_id: str) -> dict[str, Any] | None:
+def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | None:
     """One image's view. Demand counts per target (where it happened): the
     top-level score, wanted and why are those of the target that wants it
-    most; ``demand`` has each target's. O(targets · log N)."""
+    most; ``demand`` has each target's. O(targets · log N). ``score`` is
+    rounded for people; ``exact_score`` is the same score unrounded, at unix
+    time ``scored_at`` (``now``), so that scores taken by two daemons at
+    different instants can be compared exactly (every score decays by the
+    same factor ``2**(-dt/half_life)``)."""
     tracker = engine.tracker
     info = tracker.image(image_id)
     if info is None:
         return None
-    verdicts = {name: v for name, v in engine.verdicts(image_id).items() if v is not None}
+    verdicts = {name: v for name, v in engine.verdicts(image_id, now).items() if v is not None}
     best = max(verdicts.values(), key=lambda v: (v.wanted, v.score), default=None)
     return {
         "id": image_id,
@@ -64,6 +68,8 @@ def image_view(engine: Engine, image_id: str) -> dict[str, Any] | None:
         "disk_format": info.disk_format,
         "size": info.size,
         "score": round(best.score, 4) if best else 0.0,
+        "exact_score": best.score if best else 0.0,
+        "scored_at": now,
         "wanted": bool(best and best.wanted),
         "why": best.reason if best else "unknown",
         "demand": {name: {"score": v.score, "wanted": v.wanted, "why": v.reason}
@@ -125,7 +131,8 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
         return web.json_response(status() if status is not None else {})
 
     async def list_images(request: web.Request) -> web.Response:
-        views = [image_view(engine, i) for i in sorted(engine.tracker.image_ids())]
+        now = clock()
+        views = [image_view(engine, i, now) for i in sorted(engine.tracker.image_ids())]
         return web.json_response({"images": [v for v in views if v is not None]})
 
     def _image_id(request: web.Request) -> str:
@@ -137,7 +144,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
                      "(lowercase 8-4-4-4-12)\n") from None
 
     async def show_image(request: web.Request) -> web.Response:
-        view = image_view(engine, _image_id(request))
+        view = image_view(engine, _image_id(request), clock())
         if view is None:
             raise web.HTTPNotFound(text="image not tracked\n")
         return web.json_response(view)

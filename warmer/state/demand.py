@@ -93,6 +93,8 @@ class DemandWriter:
         self.started = False
         self.last_flush: float | None = None
         self.writes = 0  # successful writes
+        # Told of every write that failed in run() (for a metric); must not raise.
+        self.on_error: Callable[[StateError], None] | None = None
 
     @property
     def epoch(self) -> int:
@@ -153,6 +155,11 @@ class DemandWriter:
 
     def image_ids(self) -> set[str]:
         return set(self._base) | set(self._pending)
+
+    def stored(self) -> dict[str, Contribution]:
+        """The shard as last read or written: right after :meth:`start`,
+        what this daemon's previous processes wrote."""
+        return dict(self._base)
 
     def sweep(self, now: float, tombstoned: Collection[str] = ()) -> int:
         """Forget images whose demand here is below ``floor``, and
@@ -251,9 +258,13 @@ class DemandWriter:
             except StateError as exc:
                 LOG.warning("demand shard %s: write failed, %d images stay pending: %s",
                             self.daemon, self.pending, exc)
+                if self.on_error is not None:
+                    self.on_error(exc)
         try:
             await self.flush()
         except StateError as exc:
+            if self.on_error is not None:
+                self.on_error(exc)
             LOG.error("demand shard %s: the last write failed, the demand of %d images "
                       "counted since the previous one is lost: %s",
                       self.daemon, self.pending, exc)

@@ -64,10 +64,11 @@ class MemoryStore:
     async def shards(self) -> dict[str, ShardInfo]:
         return dict(self._owners)
 
-    async def read_demand(self, half_life: float) -> DemandTotals:
+    async def read_demand(self, half_life: float, skip: Collection[str] = ()) -> DemandTotals:
         totals = DemandTotals(half_life)
-        for shard in self._shards.values():
-            totals.add_all(shard.items())
+        for daemon, shard in self._shards.items():
+            if daemon not in skip:
+                totals.add_all(shard.items())
         return totals
 
     async def demand_of(self, image_ids: Collection[str], half_life: float) -> DemandTotals:

@@ -193,12 +193,12 @@ class RadosStore:
             return found
         return await self._run("shards", read)
 
-    async def read_demand(self, half_life: float) -> DemandTotals:
+    async def read_demand(self, half_life: float, skip: Collection[str] = ()) -> DemandTotals:
         totals = DemandTotals(half_life)
 
         def merge(obj: str) -> Callable[[Ioctx], None]:
             return lambda ioctx: totals.add_all(_contributions(ioctx, obj, self.page_size))
-        for daemon in sorted(await self.shards()):
+        for daemon in sorted(set(await self.shards()) - set(skip)):
             # One executor job per shard; the merge runs there too, off the loop.
             await self._run("read_demand", merge(shard_object(daemon)))
         return totals

@@ -350,8 +350,10 @@ class StateStore(Protocol):
     async def shards(self) -> dict[str, ShardInfo]:
         """Every shard in the directory, by daemon name."""
 
-    async def read_demand(self, half_life: float) -> DemandTotals:
-        """Every image's demand: all of every shard, read in pages."""
+    async def read_demand(self, half_life: float, skip: Collection[str] = ()) -> DemandTotals:
+        """Every image's demand: all of every shard, read in pages, except
+        the shards of the daemons named in ``skip`` (a daemon reading what
+        the others counted)."""
 
     async def demand_of(self, image_ids: Collection[str], half_life: float) -> DemandTotals:
         """The demand of ``image_ids`` only (absent ones have none)."""

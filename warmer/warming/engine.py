@@ -115,6 +115,9 @@ class Engine:
         self._from_bus: dict[str, None] = {}  # recent image ids from notifications
         self.accepting = True
         self.reconciled = asyncio.Event()
+        # Told of every image.delete that Glance confirmed (the shared
+        # state records a tombstone); must not raise.
+        self.on_deleted: Callable[[str], None] | None = None
         for target in targets:
             target.admit = self.admit
             target.on_copied = self._count_copy
@@ -231,6 +234,8 @@ class Engine:
                 return
             await self._confirm_gone(image_id, deleted=True)
             LOG.info("image %s was deleted in Glance; removing warmer's copies of it", image_id)
+            if self.on_deleted is not None:
+                self.on_deleted(image_id)
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
@@ -422,11 +427,11 @@ class Engine:
         shared site (no per-target demand) answers for every target."""
         return target.name if target.name in self.tracker.sites else None
 
-    def verdicts(self, image_id: str) -> dict[str, Verdict | None]:
+    def verdicts(self, image_id: str, now: float | None = None) -> dict[str, Verdict | None]:
         """Whether ``image_id`` is wanted, per target: by that target's own
         demand or policy, or, for a target configured ``wanted_anywhere``,
         by any target's. O(targets · log N)."""
-        now = self.clock()
+        now = self.clock() if now is None else now
         found = {t.name: self.tracker.verdict(image_id, now, self._site(t))
                  for t in self.targets}
         anywhere = self.sites.wanted_anywhere_targets() if self.sites else frozenset()
