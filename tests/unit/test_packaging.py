@@ -88,3 +88,13 @@ def test_install_puts_things_where_the_unit_expects_them() -> None:
     assert f"Documentation=file://{tool.DOC_DIR}/README.md" in unit
     # Debian's modules must be importable in the venv the daemon runs in.
     assert set(tool.DEBIAN_PACKAGES.values()) >= {"rados", "rbd", "systemd.journal"}
+
+
+def test_systemd_unit_exposure_is_at_most_2() -> None:
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze is missing: tools/bootstrap installs systemd"
+    # --threshold is the exposure times 10: fails above 2.0.
+    res = subprocess.run([analyze, "security", "--offline=true", "--threshold=20",
+                          "--no-pager", str(ROOT / "systemd/warmer.service")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr
