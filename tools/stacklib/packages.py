@@ -10,7 +10,9 @@ from . import proc
 
 PACKAGES = ["rabbitmq-server", "ceph-mon", "ceph-osd", "ceph-mgr", "ceph-common",
             "python3-rados", "python3-rbd", "python3-venv", "python3-dev",
-            "gcc", "qemu-utils", "systemd"]
+            "gcc", "qemu-utils", "systemd",
+            # use_journal in an installed warmer (tools/install links it in)
+            "python3-systemd"]
 
 
 def missing() -> list[str]:
