@@ -34,7 +34,7 @@ from warmer.glance.stores import StoreCatalog
 from warmer.http_api.server import ListenerError, serve
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
-from warmer.sites import SiteMap
+from warmer.sites import SHARED_SITE, SiteMap
 from warmer.state.fleet import FleetDemand, SiteStore, demand_namespace
 from warmer.state.memory import MemoryStore
 from warmer.state.rados import RadosStore
@@ -142,12 +142,16 @@ class Service:
         p = conf.popularity
         # Demand is counted per target (a "site"): where it happened, by the
         # Cinder backend, host or zone that [<target>] demand_* names.
-        self.sites = SiteMap.from_conf(conf)
+        sites = SiteMap.from_conf(conf)
+        # Without patterns every event counts in every target: one shared
+        # site then does it at 1/targets of the cost (time and memory).
+        self.sites: SiteMap | None = None if sites.counts_everywhere else sites
         self.tracker = Tracker(half_life=p.half_life, weights=weights_from(conf),
                                policy=policy_from(conf), threshold=p.threshold,
                                top_k=p.top_k, dedup_window=conf.bus.dedup_window,
                                own_users=own_users_from(conf),
-                               sites=[t.name for t in self.targets])
+                               sites=([t.name for t in self.targets] if self.sites
+                                      else [SHARED_SITE]))
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,

@@ -49,6 +49,9 @@ from oslo_config import cfg
 from warmer.events import Event, ImageCacheUsed, ImageSent, VolumeCreatedFromImage
 
 EVERY_TARGET = "*"
+# The one site of a daemon whose demand counts in every target (no
+# patterns): its shared-state namespace is <[state] namespace>.demand.all-targets.
+SHARED_SITE = "all-targets"
 CACHE_SIZE = 4096  # distinct host strings (and zones) remembered
 
 
@@ -147,7 +150,21 @@ class SiteMap:
                             tuple(conf[name].demand_hosts), tuple(conf[name].demand_zones),
                             bool(conf[name].wanted_anywhere))
                  for name in conf.enabled_targets]
-        return cls(sites, conf.warming.unmapped_demand)
+        unmapped = conf.warming.unmapped_demand
+        if unmapped is None:
+            patterns = any(s.backends or s.hosts or s.zones for s in sites)
+            unmapped = [] if patterns else [EVERY_TARGET]
+        return cls(sites, unmapped)
+
+    @property
+    def has_patterns(self) -> bool:
+        return self._has_host_patterns or self._has_zone_patterns
+
+    @property
+    def counts_everywhere(self) -> bool:
+        """Every demand event counts for every target (no patterns, and
+        unmapped demand goes everywhere): one shared site does it all."""
+        return not self.has_patterns and self.unmapped == frozenset(self.targets)
 
     def sites_of(self, event: Event) -> frozenset[str]:
         """The targets where this event's demand counts. Never empty unless

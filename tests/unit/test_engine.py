@@ -177,11 +177,12 @@ def test_reconcile_discovers_pinned_images_missed_while_down() -> None:
 class FakeCopyTarget:
     """A copy target's inventory and eviction, behind Target's interface."""
 
-    def __init__(self, capacity_bytes: int = 0, capacity_images: int = 0) -> None:
-        self.config = TargetConfig("edge", "volumes", "edge", True, copy_images=True,
+    def __init__(self, capacity_bytes: int = 0, capacity_images: int = 0,
+                 name: str = "edge") -> None:
+        self.config = TargetConfig(name, "volumes", name, True, copy_images=True,
                                    capacity_bytes=capacity_bytes,
                                    capacity_images=capacity_images)
-        self.name = "edge"
+        self.name = name
         self.ceph = FakeCeph("fsid-edge")
         self.progress: dict[str, tuple[int, int]] = {}
         self.copies: dict[str, int] = {}
@@ -600,3 +601,54 @@ def test_an_eviction_pass_stops_once_leadership_is_lost() -> None:
     with pytest.raises(NotLeader):
         run(engine.enforce_budgets())
     assert target.evicted == ["a"]
+
+
+def test_a_target_whose_demand_went_keeps_reporting_its_published_copy_warm() -> None:
+    """Cinder still clones from it: the row stays warm (and the warm gauge
+    with it) until the budget evicts the copy."""
+    engine, glance, central, edge = two_sites()
+    created_at(engine, "ceph-edge", 3)
+    run(engine.evaluate("a"))
+    assert states(engine)["edge"] == ("warm", "cloneable")
+    later = engine.clock() + 20 * 3600  # 20 half-lives: far below the threshold
+    engine.clock = lambda: later
+    verdict = engine.verdicts("a")["edge"]
+    assert verdict is not None and not verdict.wanted
+    run(engine.evaluate("a"))
+    assert states(engine) == {"central": ("not_wanted", "below_threshold"),
+                              "edge": ("warm", "cloneable")}
+
+
+def budget_by_site(*, edge_anywhere: bool) -> tuple[Engine, FakeCopyTarget]:
+    """Edge holds two copies: one hot at central only (5 there, none at
+    edge), one warm at edge (2); its budget has room for two."""
+    from warmer.sites import SiteConfig, SiteMap
+    central, edge = FakeCopyTarget(name="central"), FakeCopyTarget(capacity_images=2)
+    glance = FakeGlance()
+    tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
+                      top_k=0, dedup_window=100, sites=["central", "edge"])
+    sites = SiteMap([SiteConfig("central", backends=("ceph-central",)),
+                     SiteConfig("edge", backends=("ceph-edge",), wanted_anywhere=edge_anywhere)])
+    engine = Engine(tracker, glance, [central, edge], Metrics(), workers=1,  # type: ignore[list-item]
+                    reconcile_interval=3600, retry_delay=0.05,
+                    stores=StoreCatalog(glance), sites=sites)  # type: ignore[arg-type]
+    for image_id, site, n in (("hot_at_central", "central", 5), ("warm_at_edge", "edge", 2),
+                              ("new", "edge", 3)):
+        engine.tracker.observe(info(image_id))
+        for i in range(n):
+            engine.tracker.apply(VolumeCreatedFromImage(f"{image_id}-v{i}", image_id, "h",
+                                                        "raw", 10, NOW), sites={site})
+    edge.copies.update({"hot_at_central": 10, "warm_at_edge": 10})
+    return engine, edge
+
+
+def test_a_targets_budget_ranks_its_copies_by_its_own_demand() -> None:
+    engine, edge = budget_by_site(edge_anywhere=False)
+    assert run(engine.admit(edge, "new", 10))  # type: ignore[arg-type]
+    assert edge.evicted == ["hot_at_central"]  # worth 0 at edge, however hot elsewhere
+
+
+def test_a_wanted_anywhere_targets_budget_ranks_by_the_best_demand_anywhere() -> None:
+    engine, edge = budget_by_site(edge_anywhere=True)
+    assert run(engine.admit(edge, "new", 10))  # type: ignore[arg-type]
+    assert edge.evicted == ["warm_at_edge"]  # 2, where the other is worth 5 (central's)

@@ -172,8 +172,28 @@ def test_the_engine_reconciles_only_as_the_leader_of_the_state_namespace(
     assert not leadership.is_leader()
 
 
-def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
+def test_without_demand_patterns_one_shared_site_counts_for_every_target(
         service: Service) -> None:
+    assert service.sites is None and service.engine.sites is None
+    assert service.tracker.sites == ("all-targets",)
+    assert {site: w.store.demand.namespace  # type: ignore[attr-defined]
+            for site, w in service.fleet.writers.items()} == {
+        "all-targets": "warmer.demand.all-targets"}
+
+
+@pytest.fixture
+def sited_service(tmp_path: Path, bindings: object) -> Iterator[Service]:
+    path = tmp_path / "warmer.conf"
+    path.write_text(CONF + "demand_backends = ceph-edge\n")  # in [edge]
+    svc = Service(warmer_conf.load(["--config-file", str(path)]))
+    yield svc
+    svc.close_ceph()
+
+
+def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
+        sited_service: Service) -> None:
+    service = sited_service
+    assert service.engine.sites is service.sites is not None
     assert service.tracker.sites == ("central", "edge")
     assert service.tracker.on_demand == service.fleet.count
     assert service.engine.on_deleted == service.fleet.record_deleted

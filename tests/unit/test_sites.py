@@ -306,10 +306,26 @@ def test_defaults_map_everything_everywhere(tmp_path: Path) -> None:
     path = tmp_path / "warmer.conf"
     path.write_text("[DEFAULT]\nenabled_targets = central,edge\n")
     conf = warmer_conf.load(["--config-file", str(path)])
-    assert conf.warming.unmapped_demand == ["*"]
+    assert conf.warming.unmapped_demand is None
     assert conf.edge.demand_backends == [] and conf.edge.wanted_anywhere is False
     sites = SiteMap.from_conf(conf)
     assert sites.sites_of(volume("e1@ceph-edge#rbd", "az-edge")) == {"central", "edge"}
+    assert sites.counts_everywhere and not sites.has_patterns
+
+
+def test_with_patterns_unmapped_demand_defaults_to_nowhere(tmp_path: Path) -> None:
+    """A Glance download (image.send) says nothing of its site: with sites
+    configured and unmapped_demand left unset, it must not make every
+    target want the image (one volume at edge-a, through Cinder's download
+    path, would copy it into every edge)."""
+    path = tmp_path / "warmer.conf"
+    path.write_text("[DEFAULT]\nenabled_targets = central,edge\n"
+                    "[edge]\ndemand_backends = ceph-edge\n")
+    sites = SiteMap.from_conf(warmer_conf.load(["--config-file", str(path)]))
+    assert sites.unmapped == frozenset() and not sites.counts_everywhere
+    assert sites.sites_of(SENT) == frozenset()
+    assert sites.sites_of(volume("x@lvm#lvm")) == frozenset()
+    assert sites.sites_of(volume("e1@ceph-edge#rbd")) == {"edge"}
 
 
 def test_load_refuses_an_unknown_unmapped_target(tmp_path: Path) -> None:

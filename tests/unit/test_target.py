@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import errno
 import hashlib
 import os
@@ -154,6 +155,38 @@ def test_a_copy_that_could_never_be_verified_asks_no_room_of_the_budget(
     assert (result.state, result.reason) == ("cold", "no_glance_checksum")
     assert asked == []
     assert edge.images["images"] == {} and glance.added == []
+
+
+def test_a_copy_that_failed_its_checksum_asks_no_room_again_until_glance_changes(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Each try would make room (evicting a working copy) and then fail the
+    same way: once is enough while Glance shows the image the same way."""
+    central, edge = clusters
+    glance = FakeGlance()
+    image_id = glance_image(central, glance, sparse_data())
+    tampered = os.urandom(MiB)
+    central.images["images"][image_id].snaps["snap"].data[0] = tampered
+    asked: list[str] = []
+
+    async def admit(t: Target, wanted: str, size: int) -> bool:
+        asked.append(wanted)
+        return True
+    t = target(executor, glance)
+    t.admit = admit
+    for _ in range(3):
+        result = warm(t, glance, image_id)
+        assert (result.state, result.reason) == ("cold", "checksum_mismatch")
+    assert asked == [image_id]
+    assert result.detail is not None and "not tried again" in result.detail
+    # Glance's record changes (here: the hash of what the snapshot holds now).
+    old = glance.images[image_id]
+    assert old.info.size is not None
+    actual = fake_rbd.Image(fake_rbd.Rados("central.conf").open_ioctx("images"), image_id,
+                            snapshot="snap").read(0, old.info.size)
+    glance.images[image_id] = dataclasses.replace(old, info=dataclasses.replace(
+        old.info, os_hash_value=hashlib.sha512(actual).hexdigest()))
+    assert warm(t, glance, image_id).reason == "cloneable"
+    assert asked == [image_id, image_id]
 
 
 # -- invariant 4: a kill -9 at any instant leaves no published half-entry -------

@@ -21,15 +21,17 @@ OPTS = [
                       "or Glance."),
     cfg.FloatOpt("retry_delay", default=30.0, min=0.1, max=3600.0,
                  help="Seconds before an image whose warming failed is tried again."),
-    cfg.ListOpt("unmapped_demand", default=["*"],
+    cfg.ListOpt("unmapped_demand",
                 help="Targets where demand counts when it matches no target's "
                      "demand_backends, demand_hosts or demand_zones, or says "
                      "nothing about where it happened (Glance's image.send, a "
-                     "volume of unknown host): target names from "
-                     "[DEFAULT] enabled_targets, or '*' alone for every target. "
-                     "The default '*', with no demand_* patterns anywhere, counts "
-                     "all demand for every target. Empty: such demand counts "
-                     "for no target. See docs/sites.md."),
+                     "volume of unknown host, a cache event under zone-only "
+                     "patterns): target names from [DEFAULT] enabled_targets, "
+                     "'*' alone for every target, or empty for none. Unset (the "
+                     "default): every target when no target has demand_* "
+                     "patterns (all demand counts everywhere, as without sites), "
+                     "and none as soon as one has: a download at one site must "
+                     "not make every site want the image. See docs/sites.md."),
 ]
 
 

@@ -82,8 +82,12 @@ class Engine:
                  clock: Callable[[], float] = time.time,
                  leader: Leader | None = None) -> None:
         self.tracker = tracker
-        # Where each demand event counts (None: in every target).
+        # Where each demand event counts (None: in every target, through
+        # the tracker's one shared site).
         self.sites = sites
+        if sites is not None and not set(sites.targets) <= set(tracker.sites):
+            raise ValueError(f"the tracker has sites {tracker.sites}, not the targets "
+                             f"{sites.targets}: their demand would be lost")
         self.glance = glance
         self.stores = stores
         self.max_retry_delay = max_retry_delay
@@ -259,10 +263,17 @@ class Engine:
             verdict = verdicts[target.name]
             if verdict is not None and verdict.wanted:
                 wanted.append(target)
-            else:
-                # Demand elsewhere is not demand here (site-local demand).
-                self._record(image_id, target, TargetResult(
-                    "not_wanted", verdict.reason if verdict else "unknown", None))
+                continue
+            last = self._status.get((image_id, target.name))
+            if last is not None and last.state == "warm" and verdict is not None \
+                    and verdict.reason == "below_threshold":
+                # Demand alone went: the copy is still published and
+                # cloneable, and stays so (and says so) until the budget
+                # needs the room.
+                continue
+            # Demand elsewhere is not demand here (site-local demand).
+            self._record(image_id, target, TargetResult(
+                "not_wanted", verdict.reason if verdict else "unknown", None))
         if not wanted:
             return
         assert fresh is not None  # refreshed above, as something is wanted

@@ -29,6 +29,7 @@ lease in that pool, and goes through :mod:`warmer.ceph.ownership`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
@@ -132,6 +133,13 @@ class Target:
         # Set by the service: one guard for location changes, shared by all
         # targets (its lock lives in one target's pool).
         self.location_guard: LocationGuard | None = None
+        # Copies that failed in a way that repeats for as long as Glance
+        # shows the image the same way (its data does not match what Glance
+        # recorded): image id -> (that view, the result). Not tried again,
+        # and no room asked of the budget, until the view changes: each
+        # try would evict a working copy for nothing.
+        self._failed: collections.OrderedDict[str, tuple[tuple[Any, ...], TargetResult]] = \
+            collections.OrderedDict()
 
     @property
     def name(self) -> str:
@@ -240,6 +248,11 @@ class Target:
         if existing is not None and not existing.owned:
             return TargetResult("cold", "name_taken_in_target", final.url,
                                 detail=f"{pool}/{image_id}: {existing.why_not}")
+        failed = self._failed.get(image_id)
+        if failed is not None and not _complete(existing):
+            if failed[0] == _view(image):
+                return failed[1]
+            del self._failed[image_id]  # Glance's view changed: try again
         try:
             if not _complete(existing):
                 if await self.ceph.pool_full(pool):
@@ -292,7 +305,12 @@ class Target:
                 actions.append("copied")
             except CopyError as exc:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
-                return TargetResult("cold", exc.reason, None, tuple(actions), detail=str(exc))
+                result = TargetResult("cold", exc.reason, None, tuple(actions), detail=str(exc))
+                if exc.reason in REPEATING_FAILURES:
+                    self._remember_failure(image, dataclasses.replace(
+                        result, detail=f"{exc}; not tried again until Glance's image "
+                                       "(checksum, size or locations) changes"))
+                return result
             except rbd_images.NotOwned as exc:
                 LOG.error("target %s: %s", self.name, exc)
                 return TargetResult("cold", "name_taken_in_target", None, detail=str(exc))
@@ -310,6 +328,12 @@ class Target:
         if problem is not None:
             return TargetResult("cold", problem, final.url, tuple(actions), stats)
         return TargetResult("warm", "cloneable", final.url, tuple(actions), stats)
+
+    def _remember_failure(self, image: GlanceImage, result: TargetResult) -> None:
+        self._failed[image.info.id] = (_view(image), result)
+        self._failed.move_to_end(image.info.id)
+        while len(self._failed) > MAX_REMEMBERED_FAILURES:
+            self._failed.popitem(last=False)
 
     async def _publish(self, image_id: str, pool: str, final: RbdLocation,
                        lease: Lease) -> TargetResult | None:
@@ -813,6 +837,20 @@ async def _settle(task: asyncio.Task[Any]) -> None:
 
 def _failures() -> tuple[type[BaseException], ...]:
     return (CephUnavailable, *ceph_errors())
+
+
+# Copy failures that repeat for the same Glance view of the image.
+REPEATING_FAILURES = frozenset({"checksum_mismatch", "size_mismatch", "size_unknown",
+                                "unsupported_hash"})
+MAX_REMEMBERED_FAILURES = 10_000
+
+
+def _view(image: GlanceImage) -> tuple[Any, ...]:
+    """What a repeating copy failure depends on: Glance's record of the
+    data (hash, checksum, size) and where it says the data is."""
+    info = image.info
+    return (info.os_hash_algo, info.os_hash_value, info.checksum, info.size,
+            tuple(loc.url for loc in image.locations))
 
 
 def _complete(found: rbd_images.Inspection | None) -> bool:
