@@ -155,6 +155,7 @@ class Service:
         self.engine = Engine(self.tracker, self.glance, self.targets, self.metrics,
                              workers=conf.warming.workers,
                              reconcile_interval=conf.warming.reconcile_interval,
+                             forget_below=conf.popularity.forget_below,
                              retry_delay=conf.warming.retry_delay, stores=self.stores,
                              sites=self.sites, leader=self.leadership)
         self.metrics.add_state_collector(self.engine.status_rows,
@@ -213,6 +214,7 @@ class Service:
         self.tracker.policy = policy_from(self.conf)
         self.tracker.weights = weights_from(self.conf)
         self.tracker.threshold, self.tracker.top_k = p.threshold, p.top_k
+        self.engine.forget_below = p.forget_below
         self.tracker.set_half_life(p.half_life, self.engine.clock())
         self.tracker.own_users = self._own_users()
         LOG.info("configuration reloaded")

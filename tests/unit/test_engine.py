@@ -652,3 +652,22 @@ def test_a_wanted_anywhere_targets_budget_ranks_by_the_best_demand_anywhere() ->
     engine, edge = budget_by_site(edge_anywhere=True)
     assert run(engine.admit(edge, "new", 10))  # type: ignore[arg-type]
     assert edge.evicted == ["warm_at_edge"]  # 2, where the other is worth 5 (central's)
+
+
+def test_cold_images_are_forgotten_but_never_one_warmer_holds() -> None:
+    engine, glance, ceph = build()
+    engine.forget_below = 0.5
+    for image_id in ("cold", "copied", "queued", "warm_row", "pinned"):
+        tags = frozenset({"warmer-pin"}) if image_id == "pinned" else frozenset()
+        engine.tracker.observe(info(image_id, tags=tags))
+    demand(engine, "hot", 3)
+    engine._copied.add("copied")
+    engine.enqueue("queued")
+    engine._record("warm_row", engine.targets[0], TargetResult("warm", "cloneable", "rbd://x"))
+    assert engine.forget_cold() == 1
+    assert engine.tracker.image("cold") is None
+    for kept in ("hot", "copied", "queued", "warm_row", "pinned"):
+        assert engine.tracker.image(kept) is not None, kept
+    engine.forget_below = 0.0
+    engine.tracker.observe(info("cold"))
+    assert engine.forget_cold() == 0 and engine.tracker.image("cold") is not None

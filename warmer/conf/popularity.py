@@ -15,6 +15,13 @@ OPTS = [
                  help="Seconds after which a demand event counts half."),
     cfg.FloatOpt("threshold", default=3.0, min=0.0, mutable=True,
                  help="An eligible image whose score reaches this is wanted."),
+    cfg.FloatOpt("forget_below", default=0.01, min=0.0, mutable=True,
+                 help="An image whose score has fallen below this in every target, "
+                      "that is not pinned and of which warmer holds no copy, is "
+                      "dropped from memory (checked every reconcile_interval on "
+                      "every daemon), so that memory follows the images in use, "
+                      "not the catalogue. With the default half-life, one volume "
+                      "created 6.6 days ago scores 0.01. 0: never drop."),
     cfg.IntOpt("top_k", default=20, min=0, max=100_000, mutable=True,
                help="The K eligible images with the highest positive scores "
                     "are wanted, whatever their score."),

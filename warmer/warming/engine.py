@@ -80,8 +80,9 @@ class Engine:
                  retry_delay: float, stores: StoreCatalog | None = None,
                  max_retry_delay: float = 3600.0, sites: SiteMap | None = None,
                  clock: Callable[[], float] = time.time,
-                 leader: Leader | None = None) -> None:
+                 leader: Leader | None = None, forget_below: float = 0.0) -> None:
         self.tracker = tracker
+        self.forget_below = forget_below
         # Where each demand event counts (None: in every target, through
         # the tracker's one shared site).
         self.sites = sites
@@ -175,6 +176,32 @@ class Engine:
             for n in range(self.workers):
                 tg.create_task(self._worker(), name=f"warm-worker-{n}")
             tg.create_task(self._reconcile_loop(), name="reconciler")
+            tg.create_task(self._forget_loop(), name="forget-cold")
+
+    async def _forget_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval)
+            self.forget_cold()
+
+    def forget_cold(self) -> int:
+        """Drop from memory the images that went cold (below
+        ``forget_below`` everywhere) and that warmer holds nothing of: no
+        copy, no work queued or under way, no warm row. Every daemon does
+        it, for its own memory; O(N), every reconcile_interval."""
+        if self.forget_below <= 0:
+            return 0
+        held = set(self._copied) | self._pending | self._active | self._again
+        held |= set(self._retries) | set(self.hands_off)
+        for target in self.targets:
+            held |= set(target.reserved) | set(target.progress)
+        held |= {image_id for (image_id, _), row in self._status.items() if row.state == "warm"}
+        dropped = self.tracker.sweep(self.clock(), self.forget_below, held.__contains__)
+        if dropped:
+            for key in [k for k in self._status if self.tracker.image(k[0]) is None]:
+                del self._status[key]
+            LOG.info("forgot %d images that went cold (below %s everywhere, no copy)",
+                     dropped, self.forget_below)
+        return dropped
 
     async def _worker(self) -> None:
         while True:
