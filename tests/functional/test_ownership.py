@@ -60,10 +60,7 @@ def test_a_cinder_clone_of_a_warmer_copy_survives_every_path(
     for pinned in glance.ids(tag="warmer-pin"):
         glance.remove_tag(pinned, "warmer-pin")
     for leftover in registry(stack):
-        try:
-            glance.delete(leftover)
-        except GlanceError:
-            pass
+        glance.delete_eventually(leftover)
     d.wait_until(lambda: not registry(stack), 60, "edge registry empty")
     data = os.urandom(2 * MiB) + bytes(2 * MiB)
     image_id = glance.create(f"owned-{flatten}")["id"]

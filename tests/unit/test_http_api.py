@@ -398,3 +398,27 @@ def test_status_says_who_leads_behind_the_token() -> None:
         resp = await client.get("/v1/status", headers=bearer(TOKEN))
         return refused.status, resp.status, await resp.json()
     assert with_client(app, fetch) == (403, 200, who)
+
+
+def test_images_are_listed_in_pages_that_add_up_to_all() -> None:
+    from warmer.events import ImageInfo
+    engine = build_engine()
+    for _ in range(5):
+        engine.tracker.observe(ImageInfo(str(uuid.uuid4()), "active", "raw", 1, "public"))
+
+    async def scenario(client: TestClient[Any, Any]) -> list[Any]:
+        seen: list[str] = []
+        marker: str | None = ""
+        pages = 0
+        while marker is not None:
+            resp = await client.get(f"/v1/images?limit=2&marker={marker}",
+                                    headers=bearer(TOKEN))
+            body = await resp.json()
+            seen += [i["id"] for i in body["images"]]
+            marker, pages = body["next"], pages + 1
+        bad = [(await client.get(f"/v1/images?limit={x}", headers=bearer(TOKEN))).status
+               for x in ("0", "x", "10001")]
+        return [seen, pages, bad]
+    seen, pages, bad = with_client(app_for(engine, token=TOKEN), scenario)
+    assert seen == sorted(engine.tracker.image_ids()) and len(seen) == 5 and pages == 3
+    assert bad == [400, 400, 400]

@@ -72,7 +72,19 @@ class Glance:
         self._req("PUT", f"/v2/images/{image_id}/tags/{tag}")
 
     def remove_tag(self, image_id: str, tag: str) -> None:
-        self._req("DELETE", f"/v2/images/{image_id}/tags/{tag}")
+        """Glance with sqlite answers 500 now and then when two requests
+        change one image at once (warmer may be adding a location): try
+        again, as a user would."""
+        for attempt in range(10):
+            try:
+                self._req("DELETE", f"/v2/images/{image_id}/tags/{tag}")
+                return
+            except GlanceError as exc:
+                if exc.status == 404:
+                    return
+                if exc.status != 500 or attempt == 9:
+                    raise
+            time.sleep(0.5)
 
     def ids(self, **filters: str) -> list[str]:
         """Every image id Glance lists with ``filters`` (all pages)."""

@@ -154,6 +154,17 @@ def endpoint(args: argparse.Namespace) -> Endpoint:
         raise CliError(f"bad configuration: {str(exc).splitlines()[0]}", 2) from exc
 
 
+def _all_images(daemon: Endpoint) -> list[dict[str, Any]]:
+    """Every tracked image, page by page (GET /v1/images?marker=)."""
+    images: list[dict[str, Any]] = []
+    marker: str | None = ""
+    while marker is not None:
+        page = daemon.call(f"/v1/images?marker={urllib.parse.quote(marker, safe='')}")
+        images += page["images"]
+        marker = page.get("next")
+    return images
+
+
 def _status_lines(images: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'IMAGE':36}  {'FORMAT':6}  {'SCORE':>7}  {'WANTED':25}  TARGET STATES"]
     for img in images:
@@ -185,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         daemon = endpoint(args)
         if args.command == "status":
-            print("\n".join(_status_lines(daemon.call("/v1/images")["images"])))
+            print("\n".join(_status_lines(_all_images(daemon))))
         else:
             path = f"/v1/images/{urllib.parse.quote(args.image_id, safe='')}"
             if args.command == "show":
