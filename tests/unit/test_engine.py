@@ -671,3 +671,18 @@ def test_cold_images_are_forgotten_but_never_one_warmer_holds() -> None:
     engine.forget_below = 0.0
     engine.tracker.observe(info("cold"))
     assert engine.forget_cold() == 0 and engine.tracker.image("cold") is not None
+
+
+def test_a_copy_is_evicted_only_for_one_worth_more_than_the_margin() -> None:
+    """Two images of about equal demand must not take turns in the last
+    slot: each turn is an eviction and a copy made again."""
+    target = FakeCopyTarget(capacity_images=1)
+    engine, glance = copy_engine(target)
+    engine.eviction_margin = 0.25
+    with_copies(engine, glance, target, {"held": 5})
+    demand(engine, "rival", 6)  # more, but not 25% more (6.25)
+    assert not run(engine.admit(target, "rival", 10))  # type: ignore[arg-type]
+    assert target.evicted == []
+    demand(engine, "stronger", 7)  # 7 > 6.25
+    assert run(engine.admit(target, "stronger", 10))  # type: ignore[arg-type]
+    assert target.evicted == ["held"]

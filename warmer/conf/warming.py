@@ -21,6 +21,12 @@ OPTS = [
                       "or Glance."),
     cfg.FloatOpt("retry_delay", default=30.0, min=0.1, max=3600.0,
                  help="Seconds before an image whose warming failed is tried again."),
+    cfg.FloatOpt("eviction_margin", default=0.25, min=0.0, max=10.0,
+                 help="A new copy evicts a copy to make room only if it is worth "
+                      "more than (1 + this) times as much: with scores that move "
+                      "as events arrive, two images of about equal demand would "
+                      "otherwise take turns, each eviction a copy made again. 0: "
+                      "any higher score evicts."),
     cfg.ListOpt("unmapped_demand",
                 help="Targets where demand counts when it matches no target's "
                      "demand_backends, demand_hosts or demand_zones, or says "

@@ -80,8 +80,10 @@ class Engine:
                  retry_delay: float, stores: StoreCatalog | None = None,
                  max_retry_delay: float = 3600.0, sites: SiteMap | None = None,
                  clock: Callable[[], float] = time.time,
-                 leader: Leader | None = None, forget_below: float = 0.0) -> None:
+                 leader: Leader | None = None, forget_below: float = 0.0,
+                 eviction_margin: float = 0.0) -> None:
         self.tracker = tracker
+        self.eviction_margin = eviction_margin
         self.forget_below = forget_below
         # Where each demand event counts (None: in every target, through
         # the tracker's one shared site).
@@ -519,7 +521,8 @@ class Engine:
 
     async def _fit(self, target: Target, extra_bytes: int, extra_count: int, worth: float,
                    exclude: str | None = None, as_leader: bool = False) -> bool:
-        """Evict ``target``'s copies worth less than ``worth``, lowest first,
+        """Evict ``target``'s copies worth less than ``worth`` (by more than
+        the eviction margin: no turns between equals), lowest first,
         until what it holds (copies, copies under way, and ``extra``) fits
         its budget. Pinned copies are worth infinitely much; a copy with
         clones is skipped (children win). Returns whether it fits now.
@@ -539,7 +542,8 @@ class Engine:
                     and (not config.capacity_images or used_count <= config.capacity_images))
         for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now, target),
                                                    c.name)):
-            if fits() or self._keep_score(copy_.name, now, target) >= worth:
+            keep = self._keep_score(copy_.name, now, target)
+            if fits() or keep * (1.0 + self.eviction_margin) >= worth:
                 break
             if copy_.name in self.hands_off:
                 continue
