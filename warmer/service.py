@@ -157,6 +157,7 @@ class Service:
                              reconcile_interval=conf.warming.reconcile_interval,
                              forget_below=conf.popularity.forget_below,
                              eviction_margin=conf.warming.eviction_margin,
+                             view_ttl=conf.warming.glance_view_ttl,
                              retry_delay=conf.warming.retry_delay, stores=self.stores,
                              sites=self.sites, leader=self.leadership)
         self.metrics.add_state_collector(self.engine.status_rows,

@@ -134,6 +134,11 @@ class Tracker:
     def is_stale(self, image_id: str) -> bool:
         return image_id in self._stale
 
+    def stale_ids(self) -> list[str]:
+        """Images whose view came from notifications only: Glance is asked
+        before acting on them."""
+        return list(self._stale)
+
     def image_ids(self) -> list[str]:
         return list(self._images)
 

@@ -77,6 +77,7 @@ class FakeGlance:
     def __init__(self, fsids: dict[str, str] | None = None) -> None:
         self.images: dict[str, GlanceImage] = {}
         self.gets: list[str] = []
+        self.listings: list[dict[str, str]] = []
         self.down = False
         self.wrong_endpoint = False
         # Another region's Glance on the same Ceph clusters: the stores
@@ -145,11 +146,18 @@ class FakeGlance:
         return self.images.get(image_id)
 
     async def list_images(self, **filters: str) -> AsyncIterator[GlanceImage]:
+        self.listings.append(filters)
+        if self.down:
+            from warmer.glance.client import GlanceUnavailable
+            raise GlanceUnavailable("down")
+        ids = filters.get("id")
         for image in list(self.images.values()):
+            if ids is not None and image.info.id not in ids.removeprefix("in:").split(","):
+                continue
             tag = filters.get("tag")
             if tag is not None and tag not in image.info.tags:
                 continue
-            props = {k: v for k, v in filters.items() if k not in ("tag", "limit")}
+            props = {k: v for k, v in filters.items() if k not in ("tag", "limit", "id")}
             if any(image.info.properties.get(k) != v for k, v in props.items()):
                 continue
             yield image

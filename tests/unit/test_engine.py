@@ -686,3 +686,44 @@ def test_a_copy_is_evicted_only_for_one_worth_more_than_the_margin() -> None:
     demand(engine, "stronger", 7)  # 7 > 6.25
     assert run(engine.admit(target, "stronger", 10))  # type: ignore[arg-type]
     assert target.evicted == ["held"]
+
+
+def test_a_burst_of_demand_reads_glance_once_per_image_within_the_view_ttl() -> None:
+    engine, glance, ceph = build()
+    engine.view_ttl = 30
+    glance.add(info("a"), f"rbd://{FSID}/images/a/snap")
+    ceph.images[("images", "a")] = FakeRbdImage({"snap": True})
+
+    async def burst() -> None:
+        for i in range(50):
+            await engine.handle(VolumeCreatedFromImage(f"v{i}", "a", "h", "raw", 10, NOW))
+            await engine.evaluate("a")
+        assert only_status(engine, "a") == ("warm", "cloneable")
+        assert glance.gets == ["a"]
+        # A notification that the image changed: Glance is read again.
+        await engine.handle(ImageChanged("image.update", info("a", name="renamed"), NOW))
+        await engine.evaluate("a")
+        assert glance.gets == ["a", "a"]
+    run(burst())
+
+
+def test_reconciliation_lists_what_it_acts_on_in_pages_not_one_get_each() -> None:
+    engine, glance, ceph = build()
+    engine.view_ttl = 30
+    ids = [f"img-{n:03d}" for n in range(120)]
+    for image_id in ids:
+        glance.add(info(image_id), f"rbd://{FSID}/images/{image_id}/snap")
+        ceph.images[("images", image_id)] = FakeRbdImage({"snap": True})
+        demand(engine, image_id, 3)  # known from Cinder only: stale, and wanted
+
+    async def scenario() -> None:
+        await engine.reconcile()
+        while engine._pending or engine._active:
+            image_id = engine._queue.get_nowait()
+            engine._pending.discard(image_id)
+            await engine.evaluate(image_id)
+    run(scenario())
+    by_id = [f for f in glance.listings if "id" in f]
+    assert len(by_id) == 3  # 120 ids, 50 a page
+    assert glance.gets == []
+    assert all(only_status(engine, i) == ("warm", "cloneable") for i in ids)

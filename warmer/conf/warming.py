@@ -21,6 +21,15 @@ OPTS = [
                       "or Glance."),
     cfg.FloatOpt("retry_delay", default=30.0, min=0.1, max=3600.0,
                  help="Seconds before an image whose warming failed is tried again."),
+    cfg.FloatOpt("glance_view_ttl", default=30.0, min=0.0, max=3600.0,
+                 help="Seconds for which Glance's view of an image, once read (a "
+                      "GET, or a page of a reconciliation's listing), is used again "
+                      "instead of a new read: a burst of notifications for one image "
+                      "then makes one Glance read, and a reconciliation lists the "
+                      "images it will act on in pages instead of one GET each. A "
+                      "notification about the image drops its view at once; every "
+                      "change warmer makes to Glance re-reads the image anyway. 0: "
+                      "read Glance for every evaluation."),
     cfg.FloatOpt("eviction_margin", default=0.25, min=0.0, max=10.0,
                  help="A new copy evicts a copy to make room only if it is worth "
                       "more than (1 + this) times as much: with scores that move "

@@ -17,6 +17,7 @@ next evaluation protects; nothing is published by this module.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -26,7 +27,7 @@ from typing import Protocol
 
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
-from warmer.events import Event, ImageDeleted
+from warmer.events import Event, ImageChanged, ImageDeleted
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable, LocationConflict
 from warmer.glance.stores import StoreCatalog
 from warmer.locations import parse_rbd_url
@@ -81,8 +82,14 @@ class Engine:
                  max_retry_delay: float = 3600.0, sites: SiteMap | None = None,
                  clock: Callable[[], float] = time.time,
                  leader: Leader | None = None, forget_below: float = 0.0,
-                 eviction_margin: float = 0.0) -> None:
+                 eviction_margin: float = 0.0, view_ttl: float = 0.0) -> None:
         self.tracker = tracker
+        # Glance's view of an image as last read (a GET, or a page of a
+        # reconciliation's listing), reused for view_ttl seconds: a burst of
+        # events for one image makes one Glance read, not one per event.
+        self.view_ttl = view_ttl
+        self._views: collections.OrderedDict[str, tuple[float, GlanceImage]] = \
+            collections.OrderedDict()
         self.eviction_margin = eviction_margin
         self.forget_below = forget_below
         # Where each demand event counts (None: in every target, through
@@ -145,6 +152,8 @@ class Engine:
             self._from_bus[applied.image_id] = None
             if len(self._from_bus) > 1000:
                 del self._from_bus[next(iter(self._from_bus))]
+        if isinstance(event, ImageChanged | ImageDeleted):
+            self._views.pop(applied.image_id, None)  # Glance's view changed
         if isinstance(event, ImageDeleted):
             self._drop_status(event.image_id)
             self.enqueue(event.image_id)  # to remove warmer's copies of it, once confirmed
@@ -308,6 +317,8 @@ class Engine:
         assert fresh is not None  # refreshed above, as something is wanted
         results = await asyncio.gather(*(self._warm_one(target, fresh)
                                          for target in wanted))
+        if any(r.actions or r.state != "warm" for r in results):
+            self._views.pop(image_id, None)  # it changed, or will be tried again
         refused = any(r.reason == "publish_refused" for r in results)
         if refused:
             # Glance refusing a location does not pass by itself: back off.
@@ -364,7 +375,48 @@ class Engine:
         self.metrics.glance_refusals.labels("", "location_conflict").inc()
         self._record_all(image_id, "error", "location_conflict", None, ())
 
+    def _remember_view(self, image: GlanceImage, at: float) -> None:
+        if self.view_ttl <= 0:
+            return
+        self._views[image.info.id] = (at, image)
+        self._views.move_to_end(image.info.id)
+        while len(self._views) > MAX_VIEWS:
+            self._views.popitem(last=False)
+
+    def _recent_view(self, image_id: str) -> GlanceImage | None:
+        seen = self._views.get(image_id)
+        if seen is None:
+            return None
+        if time.monotonic() - seen[0] >= self.view_ttl:
+            del self._views[image_id]
+            return None
+        return seen[1]
+
+    async def _read_views(self, image_ids: list[str]) -> int:
+        """Glance's current view of ``image_ids``, listed in pages of
+        :data:`VIEW_BATCH` ids (``?id=in:...``) instead of one GET each, and
+        remembered for ``view_ttl``. An image Glance does not list is left
+        to its own GET (and its 404 to the usual confirmation)."""
+        read = 0
+        for at in range(0, len(image_ids), VIEW_BATCH):
+            batch = image_ids[at:at + VIEW_BATCH]
+            started = time.monotonic()
+            # One more than asked for: a full page would make Glance link
+            # a next one, an extra request for nothing.
+            async for image in self.glance.list_images(id="in:" + ",".join(batch),
+                                                       limit=str(len(batch) + 1)):
+                if self.tracker.image(image.info.id) is None:
+                    continue  # forgotten meanwhile (or not asked for)
+                self.tracker.observe(image.info, authoritative=True)
+                self._remember_view(image, started)
+                read += 1
+        return read
+
     async def _refresh(self, image_id: str) -> GlanceImage | None:
+        recent = self._recent_view(image_id)
+        if recent is not None:
+            return recent
+        started = time.monotonic()
         fresh = await self.glance.get_image(image_id)
         if fresh is None:
             try:
@@ -380,6 +432,7 @@ class Engine:
             await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True)
+        self._remember_view(fresh, started)
         if image_id in self._from_bus:
             self._last_alive = image_id  # our bus named it, and this Glance has it
         return fresh
@@ -644,6 +697,15 @@ class Engine:
             async for image in self.glance.list_images(**flt):
                 self.tracker.observe(image.info, authoritative=True)
         self._check_leader()
+        # Those the evaluations will ask Glance about (not yet seen there,
+        # wanted somewhere, or copied): listed in pages, not one GET each.
+        now = self.clock()
+        asked = set(self.tracker.stale_ids()) | self._copied
+        for site in self.tracker.sites:
+            asked.update(self.tracker.wanted(site, now))
+        if self.view_ttl > 0:
+            await self._read_views(sorted(i for i in asked if self.tracker.image(i)))
+        self._check_leader()
         for image_id in self.tracker.image_ids():
             self.enqueue(image_id)
         for target in self.targets:
@@ -705,6 +767,10 @@ class Engine:
 
 class NotLeader(Exception):
     """The fleet-wide work stops: this daemon does not lead (any more)."""
+
+
+VIEW_BATCH = 50  # image ids per listing request (?id=in:...): a URL of ~2 KB
+MAX_VIEWS = 100_000
 
 
 class Draining(Exception):
