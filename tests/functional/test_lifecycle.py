@@ -20,7 +20,7 @@ MiB = 1 << 20
 
 def test_kill_9_mid_copy_publishes_nothing_and_restart_cleans_up(
         stack: Stack, glance: Glance, cinder: CinderNotifier) -> None:
-    slow = ("[central]\ncopy_images = false\n[edge]\ncopy_window = 1\ncopy_lock_seconds = 60\n"
+    slow = ("[central]\ncopy_images = false\n[edge]\ncopy_window = 1\ncopy_lock_seconds = 15\n"
             "[warming]\nreconcile_interval = 5\n[state]\nflush_interval = 0.2\n")
     d = Daemon(stack, name="crash", overrides=slow).start()
     image_id = glance.create("big")["id"]
@@ -37,11 +37,11 @@ def test_kill_9_mid_copy_publishes_nothing_and_restart_cleans_up(
         assert edge_url(stack, image_id) not in locations(glance, image_id)
         assert image_id not in edge_images(stack)
 
-        # Same name: it takes over its own lease and removes the leftover, at
-        # start-up or, while the dead writer's watch lingers (up to the OSD's
-        # 30 s watch timeout), at a later reconciliation.
-        # No new notification: the restarted daemon knows the image and its
-        # demand from the shared state, and its reconciliation copies it.
+        # Same name: once its old lease ran out (copy_lock_seconds), it removes
+        # the leftover (the dead writer's watch may linger up to the OSD's
+        # 30 s watch timeout) and copies again. No new notification: the
+        # restarted daemon knows the image and its demand from the shared
+        # state, and its reconciliation and retries do the rest.
         restarted = time.monotonic()
         d.start()
         view = d.image(image_id)

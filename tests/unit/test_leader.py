@@ -168,14 +168,22 @@ def test_a_follower_takes_over_a_dead_leader_within_the_bound(
     asyncio.run(scenario())
 
 
-def test_a_restarted_daemon_takes_its_own_stale_lock_at_once(
+def test_a_second_process_under_the_same_name_never_leads_beside_the_first(
         cluster: FakeCluster, executor: Any, clock: Clock) -> None:
+    """A daemon started by hand next to the service, or two controllers
+    configured with one host name: a lock held under our own name may be a
+    live process's, so it is never broken; it is taken once it ran out."""
     async def scenario() -> None:
-        old, other = daemon(executor, "ctl-a", clock), daemon(executor, "ctl-b", clock)
-        assert await old.attempt()
-        new = daemon(executor, "ctl-a", clock)  # the same daemon, a new client instance
-        assert not await other.attempt()
-        assert await new.attempt()
+        first, other = daemon(executor, "ctl-a", clock), daemon(executor, "ctl-a", clock)
+        assert await first.attempt()
+        for _ in range(6):  # the first keeps renewing: the other never leads
+            clock.now += LEASE / 3
+            assert await first.attempt() and first.is_leader()
+            assert not await other.attempt() and not other.is_leader()
+        # The first dies (kill -9: no release); its lease runs out.
+        clock.now += LEASE + 1
+        assert not first.is_leader()
+        assert await other.attempt() and other.is_leader()
     asyncio.run(scenario())
 
 

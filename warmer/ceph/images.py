@@ -258,24 +258,17 @@ def lease(ioctx: Any, obj: str, cookie: str, duration: int, desc: str = "warmer 
     """Take (or renew) an exclusive RADOS lock with a lease of ``duration``
     seconds on ``obj``, through ``ioctx`` (its pool and namespace).
 
-    RADOS locks belong to a client instance, so a daemon that restarted (or
-    reconnected) cannot renew the lease its previous connection took. The
-    holder's name (``cookie``, one per daemon) is kept in an xattr of the
-    lock object: a lease held under our own name is our previous life's,
-    and we break it at once instead of waiting for it to run out. Breaking
-    it removes the object, and whatever else it held.
+    RADOS locks belong to a client instance: a daemon that restarted (or
+    reconnected) cannot renew the lease its previous connection took, and
+    waits until it runs out (at most ``duration``). It never breaks one,
+    not even under its own name (``cookie``): another live process may be
+    using that name (a second daemon started by hand, or a misconfigured
+    controller), and two holders would be two writers of one copy, or two
+    leaders. The holder's name is kept in an xattr of the lock object, for
+    whoever wants to know who holds it.
     """
-    rados, _ = modules()
     if not _try_lock(ioctx, obj, cookie, duration, desc):
-        try:
-            holder = ioctx.get_xattr(obj, HOLDER_XATTR).decode()
-        except (rados.ObjectNotFound, rados.NoData):
-            holder = None
-        if holder != cookie:
-            return False
-        ioctx.remove_object(obj)  # drops the stale lock with it
-        if not _try_lock(ioctx, obj, cookie, duration, desc):
-            return False
+        return False
     ioctx.set_xattr(obj, HOLDER_XATTR, cookie.encode())
     return True
 

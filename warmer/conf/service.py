@@ -8,10 +8,11 @@ from oslo_config import cfg
 
 OPTS: list[cfg.Opt] = [
     cfg.HostnameOpt("host", default=socket.gethostname(), sample_default="<hostname>",
-                    help="Name of this warmer daemon. It owns the copy leases it "
-                         "takes, so a daemon restarted under the same name takes "
-                         "over its own stale leases at once; daemons sharing the "
-                         "work need different names."),
+                    help="Name of this warmer daemon: its demand shard, its copy "
+                         "leases and its leadership carry it. Daemons sharing the "
+                         "work need different names. A restarted daemon waits for "
+                         "the leases of its previous life to run out; none is ever "
+                         "broken, since another live process may use the same name."),
 ]
 
 

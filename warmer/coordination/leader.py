@@ -4,9 +4,10 @@ The leader holds an exclusive RADOS lock with a lease (``[leader]
 lease_seconds``) on the object :data:`LEADER_OBJECT`, in the ``[state]``
 pool and namespace that every daemon of the fleet shares. The lock is
 :func:`warmer.ceph.images.lease`, the one the copy leases use: taken under
-the daemon's name (``[DEFAULT] host``), renewable, and taken over at once
-from a previous life of the same daemon (RADOS locks belong to a client
-instance, and a restarted or reconnected daemon is a new one).
+the daemon's name (``[DEFAULT] host``), renewable, and never broken: RADOS
+locks belong to a client instance, so a restarted or reconnected daemon
+waits for its old lease to run out (another live process may hold it under
+the same name).
 
 Timing, with L the lease:
 

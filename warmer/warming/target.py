@@ -117,8 +117,8 @@ class Target:
         self._stores = stores
         # fsid -> a client that can read Glance's RBD images in that cluster.
         self._sources = sources or (lambda: {})
-        # The lease cookie: stable per daemon name, so a restarted daemon
-        # can renew (take over) the leases its previous life left.
+        # The lease cookie: the daemon's name (who holds a lease is shown
+        # by it); a lease under it is never broken, only waited out.
         self.cookie = owner or uuid.uuid4().hex
         self.progress: dict[str, tuple[int, int]] = {}
         # Asked before a new copy: may (image_id, size) have room? The engine
