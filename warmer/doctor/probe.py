@@ -17,10 +17,11 @@ import json
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from oslo_config import cfg
 
+from warmer.ceph import images as rbd_images
 from warmer.ceph.bindings import Rados, modules
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.ceph.ownership import SNAPSHOT
@@ -66,6 +67,13 @@ def _open_snapshot(cluster: Rados, pool: str, image: str, snap: str) -> SnapProb
         return SnapProbe("error", detail=str(exc))
     finally:
         ioctx.close()
+
+
+def _for_image(diagnosis: Diagnosis, image_id: str) -> Diagnosis:
+    """Remedies name the image: `warmer show ID` -> `warmer show <id>`."""
+    if diagnosis.remedy is None or " ID`" not in diagnosis.remedy:
+        return diagnosis
+    return replace(diagnosis, remedy=diagnosis.remedy.replace(" ID`", f" {image_id}`"))
 
 
 def _opener(loc: RbdLocation) -> Callable[[Rados], SnapProbe]:
@@ -473,6 +481,7 @@ class Doctor:
                                    v1=t.v1, cinder_user=user)
             if not verdict.clones and info.disk_format == "raw":
                 await self._why_no_copy(t, image_id, urls, verdict.diagnoses)
+            verdict.diagnoses = [_for_image(d, image_id) for d in verdict.diagnoses]
             img.verdicts.append(verdict)
         return img
 
@@ -491,9 +500,14 @@ class Doctor:
         ours = RbdLocation(t.fsid or "", t.copy_pool, image_id, SNAPSHOT).url
         if ours in urls:
             return
+        if any(d.code == "location_fsid_wrong" for d in diagnoses):
+            return  # the fix is the location's fsid, not a copy
+        pool = t.copy_pool
+        inspection = await t.warmer.run("inspect", lambda c: rbd_images.inspect(
+            c, pool, image_id))
         probe = await t.warmer.run("doctor_open", lambda c: _open_snapshot(
-            c, t.copy_pool or "", image_id, SNAPSHOT))
-        if probe.result == OK:
+            c, pool, image_id, SNAPSHOT))
+        if inspection is not None and inspection.owned and probe.result == OK:
             diagnoses.append(Diagnosis(
                 "copy_not_published", f"warmer's copy {t.copy_pool}/{image_id}@snap is there "
                 f"({'protected' if probe.protected else 'unprotected'}) but is no location "
