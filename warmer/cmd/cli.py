@@ -5,6 +5,9 @@
                                           one image, in full (JSON)
   warmer [--config-file FILE] evaluate IMAGE_ID
                                           ask the daemon to evaluate it now
+  warmer [--config-file FILE] doctor [IMAGE_ID] [--target T] [--cinder-conf F]
+                                          why Cinder will (not) clone it; runs in
+                                          this process (warmer.doctor.command)
 
 The daemon is found from its own config file, the way OpenStack CLIs do:
 --config-file (repeatable; default: oslo.config's search, which ends at
@@ -29,6 +32,7 @@ from typing import Any
 from oslo_config import cfg
 
 from warmer.conf import http as http_opts
+from warmer.doctor import command as doctor_command
 
 WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
@@ -192,7 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="every tracked image, one line each")
     sub.add_parser("show", help="one image, in full (JSON)").add_argument("image_id")
     sub.add_parser("evaluate", help="evaluate an image now").add_argument("image_id")
+    doctor_command.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor_command.run(args)
     try:
         daemon = endpoint(args)
         if args.command == "status":

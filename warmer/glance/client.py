@@ -180,6 +180,26 @@ class GlanceClient:
         except MalformedEvent as exc:
             raise GlanceUnavailable(f"GET image {image_id}: {exc}") from exc
 
+    async def image_body(self, image_id: str) -> dict[str, Any] | None:
+        """``GET /v2/images/{id}`` as Glance answers it (``warmer doctor``
+        reads ``direct_url`` and ``locations`` as Cinder would); None on 404."""
+        body = await self._get(f"/v2/images/{image_id}")
+        if body is not None and not isinstance(body, dict):
+            raise GlanceUnavailable(f"GET image {image_id}: not a JSON object")
+        return body
+
+    async def image_locations(self, image_id: str) -> tuple[int, list[str] | None]:
+        """``GET /v2/images/{id}/locations`` (Glance's locations API, the
+        service role's by default): its HTTP status, and the URLs on 200."""
+        async with self._request("GET", f"/v2/images/{image_id}/locations") as resp:
+            if resp.status != 200:
+                return resp.status, None
+            body = await resp.json(content_type=None)
+        if not isinstance(body, list):
+            return resp.status, None
+        return resp.status, [loc["url"] for loc in body
+                             if isinstance(loc, dict) and isinstance(loc.get("url"), str)]
+
     async def _patch(self, image_id: str, ops: list[dict[str, Any]]) -> None:
         async with self._request(
                 "PATCH", f"/v2/images/{image_id}", json=ops,

@@ -1,0 +1,117 @@
+"""The doctor's rules (a replay of Cinder's clone_image) and config reading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from warmer.doctor import rules
+from warmer.doctor.openstack_conf import read_cinder_conf, read_glance_conf
+from warmer.doctor.report import Diagnosis, Report, Verdict
+from warmer.doctor.rules import GlanceView, SnapProbe
+
+FSID = "11111111-1111-1111-1111-111111111111"
+OTHER = "22222222-2222-2222-2222-222222222222"
+IMG = "6f1c0a4e-5a1b-4c1e-9a3d-0f1e2d3c4b5a"
+URL = f"rbd://{FSID}/images/{IMG}/snap"
+COPY = f"rbd://{FSID}/images/{IMG}-b/snap"
+
+
+def replay(urls: list[str], probes: dict[str, SnapProbe], *, v1: bool | None = True,
+           raw: bool = True, misplaced: dict[str, SnapProbe] | None = None
+           ) -> Verdict:
+    return rules.replay("edge", FSID, urls, raw=raw, probes=probes, misplaced=misplaced or {},
+                        known_fsids={FSID}, v1=v1, cinder_user="cinder")
+
+
+def codes(verdict: Verdict, blocking: bool | None = None) -> set[str]:
+    return {d.code for d in verdict.diagnoses if blocking is None or d.blocking == blocking}
+
+
+def test_clone_format_follows_librbd() -> None:
+    assert rules.clone_v1("auto", "luminous") is True
+    assert rules.clone_v1("auto", "mimic") is False
+    assert rules.clone_v1("1", "reef") is True
+    assert rules.clone_v1("2", "luminous") is False
+    assert rules.clone_v1("auto", None) is None
+
+
+def test_the_first_location_that_passes_is_cloned_even_when_unprotected_under_v1() -> None:
+    verdict = replay([URL, COPY], {URL: SnapProbe("ok", protected=False),
+                                   COPY: SnapProbe("ok", protected=True)})
+    assert not verdict.clones and verdict.location == URL
+    assert codes(verdict, blocking=True) == {"snapshot_unprotected"}
+
+
+def test_an_unprotected_snapshot_clones_under_v2() -> None:
+    verdict = replay([URL], {URL: SnapProbe("ok", protected=False)}, v1=False)
+    assert verdict.clones and "snapshot_unprotected_v2" in codes(verdict)
+
+
+def test_a_location_that_fails_is_a_warning_when_a_later_one_clones() -> None:
+    verdict = replay([URL, COPY], {URL: SnapProbe("permission_denied"),
+                                   COPY: SnapProbe("ok", protected=True)})
+    assert verdict.clones and verdict.location == COPY
+    assert "cinder_user_cannot_read" in codes(verdict, blocking=False)
+
+
+def test_malformed_other_cluster_and_wrong_fsid() -> None:
+    wrong = f"rbd://{'3' * 8}-3333-3333-3333-{'3' * 12}/images/{IMG}/snap"
+    verdict = replay([f"rbd://{FSID}//{IMG}/snap", f"rbd://{OTHER}/images/{IMG}/snap", wrong],
+                     {}, misplaced={wrong: SnapProbe("ok", protected=True)})
+    assert not verdict.clones
+    assert codes(verdict) == {"location_malformed", "location_fsid_wrong"}
+    # A location of another known cluster alone: nothing here.
+    verdict = replay([f"rbd://{OTHER}/images/{IMG}/snap"], {})
+    assert codes(verdict, blocking=True) == {"no_location_in_cluster"}
+
+
+def test_not_raw_refuses_every_location() -> None:
+    verdict = replay([URL], {URL: SnapProbe("ok", protected=True)}, raw=False)
+    assert not verdict.clones and codes(verdict) == {"disk_format_not_raw"}
+
+
+def test_what_cinder_sees_of_glance() -> None:
+    both = GlanceView(URL, [URL, COPY], 403)
+    assert rules.cinder_locations(both, False)[0] == [URL, COPY]
+    only_direct = GlanceView(URL, None, 403)
+    urls, notes = rules.cinder_locations(only_direct, False)
+    assert urls == [URL] and {d.code for d in notes} == {"only_direct_url"}
+    # Cinder 29's fallback uses ``locations`` only next to ``direct_url``.
+    urls, notes = rules.cinder_locations(GlanceView(None, [URL], 403), False)
+    assert urls == [] and [d.code for d in notes if d.blocking] == ["locations_hidden"]
+    # With service credentials, the locations API shows them all.
+    urls, notes = rules.cinder_locations(GlanceView(None, None, 200, [URL, COPY]), True)
+    assert urls == [URL, COPY] and {d.code for d in notes} == {"locations_api"}
+
+
+def test_cinder_conf_backends_fall_back_on_backend_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "cinder.conf"
+    path.write_text("[DEFAULT]\nenabled_backends = a, b, lvm\n"
+                    "[backend_defaults]\nrbd_ceph_conf = /etc/ceph/x.conf\nrbd_pool = vols\n"
+                    "[a]\nvolume_driver = cinder.volume.drivers.rbd.RBDDriver\nrbd_user = c\n"
+                    "[b]\nvolume_driver = cinder.volume.drivers.rbd.RBDDriver\n"
+                    "rbd_pool = other\n"
+                    "[lvm]\nvolume_driver = cinder.volume.drivers.lvm.LVMVolumeDriver\n"
+                    "[glance]\nauth_type = password\n")
+    conf = read_cinder_conf(str(path))
+    a, b, lvm = conf.backends
+    assert (a.user, a.pool, a.ceph_conf, a.is_rbd) == ("c", "vols", "/etc/ceph/x.conf", True)
+    assert (b.user, b.pool) == ("cinder", "other")
+    assert not lvm.is_rbd and conf.glance_service_auth
+
+
+def test_glance_conf_stores(tmp_path: Path) -> None:
+    path = tmp_path / "glance-api.conf"
+    path.write_text("[DEFAULT]\nenabled_backends = central:rbd, local:file\n"
+                    "[central]\nrbd_store_user = glance\nrbd_store_ceph_conf = /c.conf\n")
+    stores = read_glance_conf(str(path))
+    assert stores["central"].user == "glance" and stores["central"].pool == "images"
+    assert stores["local"].type == "file" and stores["local"].user is None
+
+
+def test_a_report_without_an_image_is_blocked_only_by_blocking_deployment_findings() -> None:
+    report = Report()
+    report.add("edge", rules.clone_format_note("auto", "luminous"))
+    assert not report.blocked
+    report.add("edge", Diagnosis("x", "y", "z", blocking=True))
+    assert report.blocked and "[BLOCKING] x: y" in "\n".join(report.lines())

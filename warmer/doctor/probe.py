@@ -1,0 +1,522 @@
+"""The doctor's probes: what it asks Ceph and Glance, read-only.
+
+It runs in the ``warmer`` CLI's own process, from warmer's config (the
+daemon need not run): it connects to each target's cluster as warmer's
+user and, where it can, as Cinder's and Glance's users, and asks Glance
+with warmer's credentials. It changes nothing: snapshots are opened
+read-only, and caps that ``auth get`` does not show are told apart by the
+OSD's answer to a stat and to a removal of an object that does not exist
+(``ENOENT``: allowed; ``EPERM``: the caps refuse it), which writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+from oslo_config import cfg
+
+from warmer.ceph import images as rbd_images
+from warmer.ceph.bindings import Rados, modules
+from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
+from warmer.ceph.ownership import SNAPSHOT
+from warmer.doctor import rules
+from warmer.doctor.openstack_conf import CinderConf, GlanceStoreConf
+from warmer.doctor.report import Diagnosis, ImageReport, Report
+from warmer.doctor.rules import OK, PERMISSION, GlanceView, SnapProbe
+from warmer.glance.auth import GlanceAuth
+from warmer.glance.client import GlanceClient, GlanceUnavailable, parse_image
+from warmer.glance.stores import Store, StoreCatalog
+from warmer.locations import RbdLocation, parse_rbd_url
+from warmer.service import cluster_config
+
+LOG = logging.getLogger(__name__)
+PROBE_OBJECT = "warmer.doctor.absent"  # never created: its stat and removal only probe caps
+
+
+# -- blocking probes, run on a CephClient's threads -----------------------------
+
+
+def _open_snapshot(cluster: Rados, pool: str, image: str, snap: str) -> SnapProbe:
+    rados, rbd = modules()
+    try:
+        ioctx = cluster.open_ioctx(pool)
+    except rados.ObjectNotFound:
+        return SnapProbe("pool_missing")
+    except rados.PermissionError:
+        return SnapProbe(PERMISSION)
+    try:
+        try:
+            img = rbd.Image(ioctx, image, read_only=True)
+        except rbd.ImageNotFound:
+            return SnapProbe("rbd_image_missing")
+        with img:
+            if snap not in {s["name"] for s in img.list_snaps()}:
+                return SnapProbe("snapshot_missing")
+        # Exactly Cinder's open: the snapshot, read-only.
+        with rbd.Image(ioctx, image, snapshot=snap, read_only=True) as img:
+            return SnapProbe(OK, bool(img.is_protected_snap(snap)))
+    except (rados.PermissionError, rbd.PermissionError):
+        return SnapProbe(PERMISSION)
+    except (rados.Error, rbd.Error) as exc:
+        return SnapProbe("error", detail=str(exc))
+    finally:
+        ioctx.close()
+
+
+def _for_image(diagnosis: Diagnosis, image_id: str) -> Diagnosis:
+    """Remedies name the image: `warmer show ID` -> `warmer show <id>`."""
+    if diagnosis.remedy is None or " ID`" not in diagnosis.remedy:
+        return diagnosis
+    return replace(diagnosis, remedy=diagnosis.remedy.replace(" ID`", f" {image_id}`"))
+
+
+def _opener(loc: RbdLocation) -> Callable[[Rados], SnapProbe]:
+    return lambda cluster: _open_snapshot(cluster, loc.pool, loc.image, loc.snapshot)
+
+
+def _caps(cluster: Rados, pool: str) -> tuple[str, str]:
+    """(read, write) in ``pool``: ``ok``, ``permission_denied`` or
+    ``pool_missing``, from a stat and a removal of an absent object."""
+    rados, _ = modules()
+    try:
+        ioctx = cluster.open_ioctx(pool)
+    except rados.ObjectNotFound:
+        return "pool_missing", "pool_missing"
+    answers = []
+    try:
+        for op in (ioctx.stat, ioctx.remove_object):  # type: ignore[attr-defined]
+            try:
+                op(PROBE_OBJECT)
+                answers.append(OK)
+            except rados.ObjectNotFound:
+                answers.append(OK)
+            except rados.PermissionError:
+                answers.append(PERMISSION)
+            except rados.Error as exc:
+                code = abs(getattr(exc, "errno", 0) or 0)
+                answers.append(PERMISSION if code in (errno.EPERM, errno.EACCES)
+                               else f"error: {exc}")
+    finally:
+        ioctx.close()
+    return answers[0], answers[1]
+
+
+def _mon_json(cluster: Rados, command: dict[str, str]) -> object | None:
+    ret, out, _err = cluster.mon_command(  # type: ignore[attr-defined]
+        json.dumps({**command, "format": "json"}), b"")
+    return json.loads(out) if ret == 0 and out else None
+
+
+def _clone_facts(cluster: Rados) -> tuple[str | None, str | None]:
+    try:
+        fmt = str(cluster.conf_get("rbd_default_clone_format"))  # type: ignore[attr-defined]
+    except Exception:  # an unknown option on an old librbd
+        fmt = None
+    osdmap = _mon_json(cluster, {"prefix": "osd dump"})
+    compat = osdmap.get("require_min_compat_client") if isinstance(osdmap, dict) else None
+    return fmt, compat if isinstance(compat, str) else None
+
+
+def _auth_caps(cluster: Rados, entity: str) -> dict[str, str] | None:
+    entries = _mon_json(cluster, {"prefix": "auth get", "entity": entity})
+    if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+        caps = entries[0].get("caps")
+        return caps if isinstance(caps, dict) else None
+    return None
+
+
+# -- facts per target ---------------------------------------------------------------
+
+
+@dataclass
+class User:
+    name: str
+    client: CephClient
+    source: str  # where the doctor learnt it: "cinder.conf", "warmer.conf"
+
+
+@dataclass
+class TargetFacts:
+    name: str
+    group: cfg.ConfigOpts.GroupAttr
+    warmer: CephClient
+    fsid: str | None = None
+    store: Store | None = None
+    copy_pool: str | None = None
+    cinder: User | None = None
+    glance: User | None = None
+    v1: bool | None = None
+    glance_reads_copy_pool: bool | None = None
+
+    @property
+    def glance_store(self) -> str:
+        return str(self.group.glance_store or self.name)
+
+    def as_cinder(self) -> tuple[CephClient, str]:
+        if self.cinder is not None:
+            return self.cinder.client, self.cinder.name
+        return self.warmer, str(self.group.rados_user)
+
+
+class Doctor:
+    def __init__(self, conf: cfg.ConfigOpts, *, cinder_conf: CinderConf | None = None,
+                 glance_conf: dict[str, GlanceStoreConf] | None = None,
+                 only: str | None = None) -> None:
+        self.conf = conf
+        self.cinder_conf = cinder_conf
+        self.glance_conf = glance_conf
+        names = [n for n in conf.enabled_targets if only is None or n == only]
+        if only is not None and not names:
+            raise ValueError(f"no target {only!r} in enabled_targets "
+                             f"({', '.join(conf.enabled_targets) or 'none'})")
+        self.filtered = len(names) < len(conf.enabled_targets)
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="doctor")
+        self._clients: list[CephClient] = []
+        self.glance = GlanceClient(conf.glance.endpoint, auth=GlanceAuth(conf))
+        self.stores = StoreCatalog(self.glance)
+        self.targets = [TargetFacts(n, conf[n], self._client(cluster_config(
+            conf[n], conf[n].rados_user, conf[n].keyring))) for n in names]
+
+    def _client(self, config: ClusterConfig) -> CephClient:
+        client = CephClient(config, self._executor)
+        self._clients.append(client)
+        return client
+
+    async def close(self) -> None:
+        await self.glance.close()
+        for client in self._clients:
+            await asyncio.get_running_loop().run_in_executor(self._executor, client.close)
+        self._executor.shutdown(wait=False)
+
+    async def run(self, image_id: str | None) -> Report:
+        report = Report()
+        await self._glance_stores(report)
+        for t in self.targets:
+            await self._target(report, t)
+        await self._cinder(report)
+        for t in self.targets:
+            await self._glance_user(report, t)
+        if image_id is not None:
+            report.image = await self._image(image_id)
+        return report
+
+    # -- deployment -----------------------------------------------------------------
+
+    async def _glance_stores(self, report: Report) -> None:
+        try:
+            stores = await self.stores.stores(fresh=True)
+        except GlanceUnavailable as exc:
+            report.add("glance", Diagnosis(
+                "glance_unreachable", f"cannot ask Glance: {exc}",
+                "check [glance] endpoint and credentials in warmer.conf", blocking=True))
+            return
+        if stores is None:
+            report.add("glance", Diagnosis(
+                "glance_stores_unknown", "Glance does not show its stores "
+                "(GET /v2/info/stores/detail needs the admin role and multiple stores)",
+                "give warmer's Glance user the admin role, or set copy_pool in each target"))
+            return
+        listing = ", ".join(f"{s.id} ({s.type}{', pool ' + s.pool if s.pool else ''})"
+                            for s in stores.values())
+        report.add("glance", Diagnosis("glance_stores", f"Glance's stores: {listing}"))
+        wanted = {t.glance_store for t in self.targets}
+        for s in stores.values():
+            if s.type == "rbd" and s.id not in wanted and not self.filtered:
+                report.add("glance", Diagnosis(
+                    "glance_store_not_a_target", f"Glance's RBD store {s.id} (fsid "
+                    f"{s.fsid or '?'}) is no warmer target: images are never warmed there",
+                    f"add a target with glance_store = {s.id} if Cinder clones there"))
+        for t in self.targets:
+            t.store = stores.get(t.glance_store)
+
+    async def _target(self, report: Report, t: TargetFacts) -> None:
+        def add(diagnosis: Diagnosis) -> None:
+            report.add(t.name, diagnosis)
+
+        user = t.group.rados_user
+        try:
+            t.fsid = await t.warmer.connect()
+        except CephUnavailable as exc:
+            add(Diagnosis("warmer_cannot_connect", str(exc),
+                          f"check [{t.name}] ceph_conf and keyring (readable by this user?), "
+                          f"and that client.{user} exists", blocking=True))
+            return
+        add(Diagnosis("cluster", f"cluster {t.fsid} ({t.group.ceph_conf}) as client.{user}"))
+        store = t.store
+        if t.group.copy_pool:
+            t.copy_pool = t.group.copy_pool
+        elif store is None or store.type != "rbd" or not store.pool:
+            add(Diagnosis("glance_store_missing",
+                          f"Glance has no RBD store {t.glance_store!r} with a pool: warmer "
+                          "cannot tell where its copies go, and copies nothing here",
+                          f"set [{t.name}] glance_store to the id of this cluster's Glance "
+                          "RBD store (enabled_backends in glance-api.conf), or copy_pool",
+                          blocking=bool(t.group.copy_images)))
+        elif store.fsid and store.fsid != t.fsid:
+            add(Diagnosis("glance_store_wrong_cluster",
+                          f"Glance store {store.id} is cluster {store.fsid}, but [{t.name}] "
+                          f"is cluster {t.fsid}",
+                          f"set [{t.name}] glance_store to the store whose fsid is {t.fsid}",
+                          blocking=bool(t.group.copy_images)))
+        else:
+            t.copy_pool = store.pool
+        if t.copy_pool and t.copy_pool == t.group.pool:
+            add(Diagnosis("copies_in_cinder_pool", f"copies go to Cinder's pool {t.copy_pool}: "
+                          "warmer and Glance then need write caps on every Cinder volume",
+                          "leave copy_pool unset: copies belong in the Glance store's pool"))
+        await self._warmer_caps(t, add)
+        fmt, compat = await t.warmer.run("doctor_clone_facts", _clone_facts)
+        t.v1 = rules.clone_v1(fmt, compat)
+        add(rules.clone_format_note(fmt, compat))
+
+    async def _warmer_caps(self, t: TargetFacts, add: Callable[[Diagnosis], None]) -> None:
+        user = str(t.group.rados_user)
+        caps = await t.warmer.run("doctor_auth_get", lambda c: _auth_caps(c, f"client.{user}"))
+        if caps is not None:
+            add(Diagnosis("warmer_caps", f"client.{user}: " + ", ".join(
+                f"{k} '{v}'" for k, v in sorted(caps.items()))))
+        else:
+            add(Diagnosis("warmer_caps_probed", f"'auth get client.{user}' is refused to "
+                          "warmer's user (as it should be): its caps were tried instead"))
+        copy_pool = t.copy_pool
+        if copy_pool:
+            read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, copy_pool))
+            if read != OK or write != OK:
+                add(Diagnosis("warmer_cannot_write_copy_pool",
+                              f"client.{user} in copy pool {t.copy_pool}: read {read}, write "
+                              f"{write}: warmer can neither repair snapshots nor copy here",
+                              f"ceph auth caps client.{user} mon 'profile rbd' osd 'profile rbd "
+                              f"pool={t.copy_pool}, profile rbd-read-only pool={t.group.pool}'",
+                              blocking=bool(t.group.copy_images)))
+        pool = str(t.group.pool)
+        read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, pool))
+        if read == "pool_missing":
+            add(Diagnosis("cinder_pool_missing", f"[{t.name}] pool = {pool}: no such pool",
+                          f"set [{t.name}] pool to Cinder's rbd_pool"))
+        elif read != OK:
+            add(Diagnosis("warmer_cannot_read_cinder_pool",
+                          f"client.{user} cannot read Cinder's pool {pool}: it cannot list "
+                          "clones, so it treats every copy as in use and never evicts",
+                          f"add 'profile rbd-read-only pool={pool}' to client.{user}'s osd caps"))
+        if write == OK:
+            add(Diagnosis("warmer_can_write_cinder_pool",
+                          f"client.{user} may write Cinder's pool {pool}: every Cinder volume "
+                          "is within warmer's reach (invariant 7)",
+                          f"make it 'profile rbd-read-only pool={pool}' in client.{user}'s "
+                          "osd caps (docs/cephx.md)"))
+
+    async def _cinder(self, report: Report) -> None:
+        """Cinder's user per target: from cinder.conf's backend on the same
+        cluster, else the target's cinder_user, else none (checked as
+        warmer's user, said so)."""
+        by_fsid = {t.fsid: t for t in self.targets if t.fsid}
+        if self.cinder_conf is not None:
+            cc = self.cinder_conf
+            report.add("cinder", Diagnosis(
+                "cinder_glance_auth" if cc.glance_service_auth else "cinder_no_glance_auth",
+                f"{cc.path} [glance] " + ("has service credentials (auth_type): Cinder reads "
+                                          "Glance's locations API" if cc.glance_service_auth
+                                          else "has no auth_type: Cinder reads locations from "
+                                          "GET /v2/images/{id} (show_image_direct_url, "
+                                          "show_multiple_locations)")))
+            for b in cc.backends:
+                if not b.is_rbd:
+                    report.add("cinder", Diagnosis("cinder_backend_not_rbd",
+                                                   f"backend {b.name}: {b.driver or 'no driver'}"
+                                                   " does not clone from Glance's RBD locations"))
+                    continue
+                client = self._client(ClusterConfig(b.ceph_conf or "/etc/ceph/ceph.conf", b.user))
+                try:
+                    fsid = await client.connect()
+                except CephUnavailable as exc:
+                    report.add("cinder", Diagnosis(
+                        "cinder_user_not_checked", f"backend {b.name}: cannot connect as "
+                        f"client.{b.user} with {b.ceph_conf or 'the default ceph.conf'}: {exc}",
+                        "run the doctor as a user that can read Cinder's keyring (root), or "
+                        "fix rbd_user / rbd_ceph_conf"))
+                    continue
+                t = by_fsid.get(fsid)
+                if t is None and self.filtered:
+                    continue  # another target's backend, maybe
+                if t is None:
+                    report.add("cinder", Diagnosis(
+                        "cinder_backend_not_a_target", f"backend {b.name} (cluster {fsid}, "
+                        f"rbd_user {b.user}) is no warmer target: nothing is warmed for it",
+                        f"add a target for cluster {fsid} to enabled_targets"))
+                    continue
+                report.add("cinder", Diagnosis("cinder_backend", f"backend {b.name} is target "
+                                               f"{t.name}: rbd_user {b.user}, rbd_pool {b.pool}"))
+                if t.cinder is None:
+                    t.cinder = User(b.user, client, "cinder.conf")
+                if b.pool != t.group.pool:
+                    report.add(t.name, Diagnosis(
+                        "cinder_pool_differs", f"Cinder's backend {b.name} has rbd_pool "
+                        f"{b.pool}, [{t.name}] pool is {t.group.pool}: warmer lists clones "
+                        "in the wrong pool", f"set [{t.name}] pool = {b.pool}"))
+        for t in self.targets:
+            if t.fsid is None or t.cinder is not None:
+                continue
+            if t.group.cinder_user:
+                client = self._client(cluster_config(t.group, t.group.cinder_user,
+                                                     t.group.cinder_keyring))
+                try:
+                    await client.connect()
+                    t.cinder = User(t.group.cinder_user, client, "warmer.conf")
+                    continue
+                except CephUnavailable as exc:
+                    report.add(t.name, Diagnosis(
+                        "cinder_user_not_checked", f"cannot connect as client."
+                        f"{t.group.cinder_user}: {exc}",
+                        f"check [{t.name}] cinder_keyring (readable by this user?)"))
+            else:
+                report.add(t.name, Diagnosis(
+                    "cinder_user_not_checked", f"Cinder's user for {t.name} is unknown: "
+                    f"snapshots were opened as client.{t.group.rados_user} instead",
+                    f"set [{t.name}] cinder_user and cinder_keyring, or give --cinder-conf"))
+
+    async def _glance_user(self, report: Report, t: TargetFacts) -> None:
+        """Glance validates a location it is given by opening it as its
+        store's user, and deletes the data of the locations it drops: that
+        user must read and write warmer's copy pool."""
+        if t.fsid is None or not t.copy_pool:
+            return
+        store = (self.glance_conf or {}).get(t.glance_store)
+        if store is None or not store.user:
+            report.add(t.name, Diagnosis(
+                "glance_user_not_checked", f"Glance store {t.glance_store}'s user is unknown: "
+                f"not checked that it can open warmer's copies in {t.copy_pool}",
+                "give --glance-conf /etc/glance/glance-api.conf"))
+            return
+        client = self._client(ClusterConfig(store.ceph_conf or "/etc/ceph/ceph.conf",
+                                            store.user))
+        try:
+            fsid = await client.connect()
+            read, write = await client.run("doctor_caps", lambda c: _caps(c, t.copy_pool or ""))
+        except CephUnavailable as exc:
+            report.add(t.name, Diagnosis(
+                "glance_user_not_checked", f"cannot connect as Glance's client.{store.user}: "
+                f"{exc}", "run the doctor as a user that can read Glance's keyring (root)"))
+            return
+        t.glance = User(store.user, client, "glance-api.conf")
+        if fsid != t.fsid:
+            report.add(t.name, Diagnosis(
+                "glance_store_conf_other_cluster", f"glance-api.conf [{store.name}] "
+                f"rbd_store_ceph_conf is cluster {fsid}, not {t.fsid}",
+                f"point [{store.name}] rbd_store_ceph_conf at this cluster's ceph.conf"))
+            return
+        caps = f"'profile rbd pool={t.copy_pool}'"
+        if read != OK:
+            t.glance_reads_copy_pool = False
+            report.add(t.name, Diagnosis(
+                "glance_user_cannot_read_copy_pool",
+                f"Glance's client.{store.user} cannot read {t.copy_pool}: Glance refuses "
+                "(HTTP 500) every location warmer publishes there",
+                f"add {caps} to client.{store.user}'s osd caps", blocking=True))
+        elif write != OK:
+            t.glance_reads_copy_pool = True
+            report.add(t.name, Diagnosis(
+                "glance_user_cannot_write_copy_pool",
+                f"Glance's client.{store.user} cannot write {t.copy_pool}: deleting an image "
+                "leaves warmer's copies behind", f"add {caps} to client.{store.user}'s osd caps"))
+        else:
+            t.glance_reads_copy_pool = True
+            report.add(t.name, Diagnosis("glance_user_ok", f"Glance's client.{store.user} "
+                                         f"reads and writes {t.copy_pool}"))
+
+    # -- one image ------------------------------------------------------------------
+
+    async def _image(self, image_id: str) -> ImageReport:
+        img = ImageReport(image_id)
+        try:
+            body = await self.glance.image_body(image_id)
+            api_status, api_urls = await self.glance.image_locations(image_id)
+        except GlanceUnavailable as exc:
+            img.diagnoses.append(Diagnosis("glance_unreachable", str(exc),
+                                           "check [glance] in warmer.conf", blocking=True))
+            return img
+        if body is None:
+            img.diagnoses.append(Diagnosis("image_not_found", "Glance has no such image",
+                                           "check the id (glance image-show)", blocking=True))
+            return img
+        info = parse_image(body).info
+        img.summary = (f"{info.name or '(no name)'}, {info.disk_format}, {info.status}, "
+                       f"{info.size} bytes")
+        if info.status != "active":
+            img.diagnoses.append(Diagnosis("image_not_active", f"status {info.status}",
+                                           "wait for the upload or import to finish",
+                                           blocking=True))
+        locations = body.get("locations")
+        view = GlanceView(
+            body.get("direct_url") if isinstance(body.get("direct_url"), str) else None,
+            [loc["url"] for loc in locations if isinstance(loc, dict)
+             and isinstance(loc.get("url"), str)] if isinstance(locations, list) else None,
+            api_status, api_urls)
+        auth = None if self.cinder_conf is None else self.cinder_conf.glance_service_auth
+        urls, notes = rules.cinder_locations(view, auth)
+        img.diagnoses += notes
+        known = {t.fsid for t in self.targets if t.fsid}
+        known |= {s.fsid for s in ((await self._cached_stores()) or {}).values() if s.fsid}
+        for t in self.targets:
+            if t.fsid is None:
+                continue
+            client, user = t.as_cinder()
+            probes: dict[str, SnapProbe] = {}
+            misplaced: dict[str, SnapProbe] = {}
+            for url in urls:
+                loc = parse_rbd_url(url)
+                if loc is None:
+                    continue
+                if loc.fsid == t.fsid:
+                    probes[url] = await client.run("doctor_open", _opener(loc))
+                elif loc.fsid not in known:
+                    misplaced[url] = await t.warmer.run("doctor_open", _opener(loc))
+            verdict = rules.replay(t.name, t.fsid, urls, raw=info.disk_format == "raw",
+                                   probes=probes, misplaced=misplaced, known_fsids=known,
+                                   v1=t.v1, cinder_user=user)
+            if not verdict.clones and info.disk_format == "raw":
+                await self._why_no_copy(t, image_id, urls, verdict.diagnoses)
+            verdict.diagnoses = [_for_image(d, image_id) for d in verdict.diagnoses]
+            img.verdicts.append(verdict)
+        return img
+
+    async def _cached_stores(self) -> dict[str, Store] | None:
+        try:
+            return await self.stores.stores()
+        except GlanceUnavailable:
+            return None
+
+    async def _why_no_copy(self, t: TargetFacts, image_id: str, urls: list[str],
+                           diagnoses: list[Diagnosis]) -> None:
+        """A raw image that does not clone here: is warmer's copy there but
+        not a location, and would Glance accept it?"""
+        if not t.copy_pool:
+            return
+        ours = RbdLocation(t.fsid or "", t.copy_pool, image_id, SNAPSHOT).url
+        if ours in urls:
+            return
+        if any(d.code == "location_fsid_wrong" for d in diagnoses):
+            return  # the fix is the location's fsid, not a copy
+        pool = t.copy_pool
+        inspection = await t.warmer.run("inspect", lambda c: rbd_images.inspect(
+            c, pool, image_id))
+        probe = await t.warmer.run("doctor_open", lambda c: _open_snapshot(
+            c, pool, image_id, SNAPSHOT))
+        if inspection is not None and inspection.owned and probe.result == OK:
+            diagnoses.append(Diagnosis(
+                "copy_not_published", f"warmer's copy {t.copy_pool}/{image_id}@snap is there "
+                f"({'protected' if probe.protected else 'unprotected'}) but is no location "
+                "Cinder sees", "`warmer show ID` says why (publish_refused: Glance's message "
+                "in detail); `warmer evaluate ID` tries again", blocking=True))
+        if t.glance_reads_copy_pool is False and t.glance is not None:
+            diagnoses.append(Diagnosis(
+                "glance_user_cannot_read_copy_pool",
+                f"Glance's client.{t.glance.name} cannot read {t.copy_pool}: Glance would "
+                "refuse (HTTP 500) warmer's copy as a location",
+                f"add 'profile rbd pool={t.copy_pool}' to client.{t.glance.name}'s osd caps",
+                blocking=True))
