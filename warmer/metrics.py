@@ -217,6 +217,8 @@ class Metrics:
             self.reconciles.labels(outcome)
         for change in ("became_leader", "stepped_down"):
             self.leader_changes.labels(change)
+        for op in ("start", "refresh", "tombstone", "flush"):
+            self.state_errors.labels(op)
 
     def notification(self, event_type: object, outcome: str) -> None:
         # Label values must stay bounded: unknown event types share one label.
