@@ -5,13 +5,31 @@ thread: prometheus_client is thread-safe). Per-image state is exported by
 a collector that reads the engine's cached status at scrape time, so a
 scrape never calls Ceph or Glance, and images that went away leave no
 stale series behind.
+
+What warmer is for shows in Cinder's own notifications, counted as they
+arrive (never twice for a redelivery): ``warmer_volume_creates_total``
+says whether each volume made from an image found that image warm in its
+target, ``warmer_cinder_image_cache_total`` what Cinder's image-volume
+cache did. Every metric, its labels and what to do when it looks bad:
+``docs/operations.md``.
+
+``_created`` series are not exported (``disable_created_metrics``, which is
+process-wide: the daemon has no other registry that wants them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -24,18 +42,42 @@ DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
 
 StatusRows = Callable[[], Iterable[tuple[str, str, str, str, str]]]
 
+# Status-book states of an image that is wanted in a target but neither
+# warm nor under way there: the copy backlog.
+BACKLOG_STATES = frozenset({"cold", "error"})
+# volume.create.end and image_volume_cache.* whose site is not one target
+# (several targets share the site, see docs/operations.md).
+NO_TARGET = ""
+
+
+class Sized(Protocol):
+    @property
+    def size(self) -> int | None: ...
+
 
 class StateCollector(Collector):
-    """``warmer_images{target, pool, state, reason}`` and
-    ``warmer_image_warm{target, pool, image}`` from cached status rows
-    ``(image, target, pool, state, reason)``."""
+    """``warmer_images{target, pool, state, reason}``,
+    ``warmer_image_warm{target, pool, image}`` and the copy backlog
+    ``warmer_copy_backlog_images{target}`` and ``_bytes{target}``, from
+    cached status rows ``(image, target, pool, state, reason)``.
 
-    def __init__(self, rows: StatusRows, tracked: Callable[[], int]) -> None:
+    One pass over the status book per scrape, O(images x targets): the
+    book holds the images warmer tracks and forgets cold ones, the same
+    pass the per-image series already needed. Sizes are Glance's, as the
+    tracker last saw them (``image``); an image of unknown size adds to the
+    images, not to the bytes."""
+
+    def __init__(self, rows: StatusRows, tracked: Callable[[], int], *,
+                 image: Callable[[str], Sized | None] | None = None,
+                 targets: Sequence[str] = ()) -> None:
         self._rows = rows
         self._tracked = tracked
+        self._image = image
+        self._targets = targets
 
     def collect(self) -> Iterator[Metric]:
         counts: dict[tuple[str, str, str, str], int] = {}
+        backlog = {t: [0, 0] for t in self._targets}  # target: [images, bytes]
         warm = GaugeMetricFamily("warmer_image_warm",
                                  "1 when the image is cloneable by Cinder in the target",
                                  labels=["target", "pool", "image"])
@@ -43,6 +85,11 @@ class StateCollector(Collector):
             key = (target, pool, state, reason)
             counts[key] = counts.get(key, 0) + 1
             warm.add_metric([target, pool, image], 1.0 if state == "warm" else 0.0)
+            if state in BACKLOG_STATES:
+                entry = backlog.setdefault(target, [0, 0])
+                entry[0] += 1
+                info = self._image(image) if self._image is not None else None
+                entry[1] += (info.size or 0) if info is not None else 0
         by_state = GaugeMetricFamily("warmer_images",
                                      "Images by target, warm state and reason",
                                      labels=["target", "pool", "state", "reason"])
@@ -50,12 +97,24 @@ class StateCollector(Collector):
             by_state.add_metric(list(key), n)
         yield by_state
         yield warm
+        images = GaugeMetricFamily(
+            "warmer_copy_backlog_images", "Images wanted in the target that are neither "
+            "warm nor being copied there (state cold or error)", labels=["target"])
+        size = GaugeMetricFamily(
+            "warmer_copy_backlog_bytes", "Glance size of the images of "
+            "warmer_copy_backlog_images", labels=["target"])
+        for target, (n, nbytes) in sorted(backlog.items()):
+            images.add_metric([target], n)
+            size.add_metric([target], nbytes)
+        yield images
+        yield size
         yield GaugeMetricFamily("warmer_tracked_images",
                                 "Images warmer currently tracks", value=self._tracked())
 
 
 class Metrics:
     def __init__(self) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         r = self.registry
         self.notifications = Counter(
@@ -111,13 +170,55 @@ class Metrics:
         self.state_last_refresh = Gauge(
             "warmer_state_last_refresh_timestamp_seconds", "When this daemon last read "
             "every site's demand from the other daemons (0: never)", registry=r)
+        self.volume_creates = Counter(
+            "warmer_volume_creates", "Volumes Cinder created from an image "
+            "(volume.create.end), by the target of the backend that created them and "
+            "whether the image was warm there at that moment (image_state: warm, cold); "
+            "target is empty when the backend maps to several targets", ["target", "image_state"],
+            registry=r)
+        self.cinder_image_cache = Counter(
+            "warmer_cinder_image_cache", "Cinder's image-volume cache as Cinder reported "
+            "it (image_volume_cache.hit and .miss), by target and kind (hit, miss)",
+            ["target", "kind"], registry=r)
+        self.ready = Gauge(
+            "warmer_ready", "1 while /readyz answers 200 (the bus and every target's "
+            "cluster are up), else 0", registry=r)
         self.queue_depth = Gauge(
             "warmer_work_queue_depth", "Images waiting to be evaluated", registry=r)
         Info("warmer_build", "warmer build information", registry=r).info(
             {"version": __version__})
 
-    def add_state_collector(self, rows: StatusRows, tracked: Callable[[], int]) -> None:
-        self.registry.register(StateCollector(rows, tracked))
+    def add_state_collector(self, rows: StatusRows, tracked: Callable[[], int], *,
+                            image: Callable[[str], Sized | None] | None = None,
+                            targets: Sequence[str] = ()) -> None:
+        self.registry.register(StateCollector(rows, tracked, image=image, targets=targets))
+
+    def start_targets(self, targets: Sequence[str], *, shared_site: bool = False) -> None:
+        """Export the per-target counters at 0 from the start, so that a
+        rate, a ratio or an alert on them has a series before the first
+        event (a labelled counter is otherwise absent until then). With
+        ``shared_site`` (several targets, no site patterns), Cinder's
+        events are counted under ``target=""`` too."""
+        for target in [*targets, *([NO_TARGET] if shared_site else [])]:
+            for state in ("warm", "cold"):
+                self.volume_creates.labels(target, state)
+            for kind in ("hit", "miss"):
+                self.cinder_image_cache.labels(target, kind)
+        for target in targets:
+            self.glance_refusals.labels(target, "publish_refused")
+            self.copy_duration.labels(target)
+            for kind in ("written", "hole", "zero"):
+                self.copied_bytes.labels(target, kind)
+            for reason in ("budget", "deleted"):
+                self.evictions.labels(target, reason, "removed")
+        for kind in ("location_conflict", "unconfirmed_404"):
+            self.glance_refusals.labels(NO_TARGET, kind)
+        for outcome in ("ok", "failed", "lost_leadership"):
+            self.reconciles.labels(outcome)
+        for change in ("became_leader", "stepped_down"):
+            self.leader_changes.labels(change)
+        for op in ("start", "refresh", "tombstone", "flush"):
+            self.state_errors.labels(op)
 
     def notification(self, event_type: object, outcome: str) -> None:
         # Label values must stay bounded: unknown event types share one label.

@@ -161,7 +161,10 @@ class Service:
                              retry_delay=conf.warming.retry_delay, stores=self.stores,
                              sites=self.sites, leader=self.leadership)
         self.metrics.add_state_collector(self.engine.status_rows,
-                                         lambda: len(self.tracker.image_ids()))
+                                         lambda: len(self.tracker.image_ids()),
+                                         image=self.tracker.image,
+                                         targets=[t.name for t in self.targets])
+        self.metrics.ready.set_function(lambda: float(all(self.ready().values())))
         self.state_executor: ThreadPoolExecutor | None = None
         self.fleet = self._build_fleet()
         self._fleet_task: asyncio.Task[None] | None = None

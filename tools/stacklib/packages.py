@@ -12,7 +12,10 @@ PACKAGES = ["rabbitmq-server", "ceph-mon", "ceph-osd", "ceph-mgr", "ceph-common"
             "python3-rados", "python3-rbd", "python3-venv", "python3-dev",
             "gcc", "qemu-utils", "systemd",
             # use_journal in an installed warmer (tools/install links it in)
-            "python3-systemd"]
+            "python3-systemd",
+            # promtool and a Prometheus for the shipped alert rules and dashboard
+            # (tests/unit/test_monitoring.py, tests/functional/test_prometheus.py)
+            "prometheus"]
 
 
 def missing() -> list[str]:

@@ -27,11 +27,17 @@ from typing import Protocol
 
 from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
-from warmer.events import Event, ImageChanged, ImageDeleted
+from warmer.events import (
+    Event,
+    ImageCacheUsed,
+    ImageChanged,
+    ImageDeleted,
+    VolumeCreatedFromImage,
+)
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable, LocationConflict
 from warmer.glance.stores import StoreCatalog
 from warmer.locations import parse_rbd_url
-from warmer.metrics import Metrics
+from warmer.metrics import NO_TARGET, Metrics
 from warmer.popularity import Verdict
 from warmer.sites import SiteMap
 from warmer.tracker import Tracker
@@ -135,6 +141,8 @@ class Engine:
         for target in targets:
             target.admit = self.admit
             target.on_copied = self._count_copy
+        metrics.start_targets([t.name for t in targets],
+                              shared_site=sites is None and len(targets) > 1)
 
     # -- intake (on the loop, called by the bus bridge) -------------------------
 
@@ -144,8 +152,11 @@ class Engine:
         daemon stops taking work, so the bus requeues the message."""
         if not self.accepting:
             raise Draining()
-        applied = self.tracker.apply(
-            event, sites=None if self.sites is None else self.sites.sites_of(event))
+        where = None if self.sites is None else self.sites.sites_of(event)
+        applied = self.tracker.apply(event, sites=where)
+        if applied.outcome == "handled" and isinstance(
+                event, VolumeCreatedFromImage | ImageCacheUsed):
+            self._count_cinder(event, where)
         if not isinstance(event, ImageDeleted):
             # An image our own bus spoke of: if Glance later shows it, that
             # Glance is ours (a positive control for 404s).
@@ -160,6 +171,25 @@ class Engine:
         elif applied.changed:
             self.enqueue(applied.image_id)
         return applied.outcome
+
+    def _count_cinder(self, event: VolumeCreatedFromImage | ImageCacheUsed,
+                      where: frozenset[str] | None) -> None:
+        """Count what Cinder did, once per event (redeliveries are not
+        ``handled``), in the target its backend maps to. A site shared by
+        several targets (no site map, or patterns that overlap) has no one
+        target: it is counted under ``target=""``, warm only if the image
+        was warm in each of them. Demand that maps to no target is not
+        counted: warmer serves none of that backend."""
+        names = frozenset(t.name for t in self.targets) if where is None else where
+        if not names:
+            return
+        target = next(iter(names)) if len(names) == 1 else NO_TARGET
+        if isinstance(event, ImageCacheUsed):
+            self.metrics.cinder_image_cache.labels(target, event.kind).inc()
+            return
+        warm = all((row := self._status.get((event.image_id, name))) is not None
+                   and row.state == "warm" for name in names)
+        self.metrics.volume_creates.labels(target, "warm" if warm else "cold").inc()
 
     def enqueue(self, image_id: str) -> None:
         if image_id in self._pending:
