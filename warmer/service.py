@@ -40,7 +40,7 @@ from warmer.state.memory import MemoryStore
 from warmer.state.rados import RadosStore
 from warmer.state.store import StateStore
 from warmer.tracker import Tracker, Weights
-from warmer.warming.engine import Draining, Engine
+from warmer.warming.engine import Alone, Draining, Engine
 from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
 
 LOG = logging.getLogger(__name__)
@@ -159,7 +159,10 @@ class Service:
                              eviction_margin=conf.warming.eviction_margin,
                              view_ttl=conf.warming.glance_view_ttl,
                              retry_delay=conf.warming.retry_delay, stores=self.stores,
-                             sites=self.sites, leader=self.leadership)
+                             sites=self.sites,
+                             # Without shared state there is no fleet: this
+                             # daemon alone does the fleet-wide work.
+                             leader=self.leadership if conf.state.enabled else Alone())
         self.metrics.add_state_collector(self.engine.status_rows,
                                          lambda: len(self.tracker.image_ids()),
                                          image=self.tracker.image,
@@ -180,6 +183,9 @@ class Service:
 
     def status(self) -> dict[str, object]:
         """``GET /v1/status``: this daemon, and who leads (from memory)."""
+        if not self.conf.state.enabled:
+            return {"host": self.conf.host,
+                    "leader": {"name": self.conf.host, "self": True, "alone": True}}
         return {"host": self.conf.host, "leader": self.leadership.view()}
 
     def bus_up(self) -> bool:
@@ -314,6 +320,7 @@ class Service:
             raise SystemExit(f"warmer-daemon: [state]: {exc}") from None
         self.tracker.on_demand = fleet.count
         self.engine.on_deleted = fleet.record_deleted
+        self.engine.on_revived = fleet.record_revived
         self.metrics.state_last_refresh.set_function(lambda: fleet.last_refresh or 0.0)
         return fleet
 
@@ -377,7 +384,8 @@ class Service:
 
     async def _main(self, loop: asyncio.AbstractEventLoop) -> None:
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(self.leadership.run(), name="leadership")
+            if self.conf.state.enabled:
+                tg.create_task(self.leadership.run(), name="leadership")
             tg.create_task(self._learn_session_user(), name="session-user")
             tg.create_task(self._probe_ceph(), name="ceph-probe")
             tg.create_task(self._probe_glance(), name="glance-probe")

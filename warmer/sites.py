@@ -152,8 +152,11 @@ class SiteMap:
                  for name in conf.enabled_targets]
         unmapped = conf.warming.unmapped_demand
         if unmapped is None:
-            patterns = any(s.backends or s.hosts or s.zones for s in sites)
-            unmapped = [] if patterns else [EVERY_TARGET]
+            # The targets that say nothing of where their demand comes from:
+            # every target while none does, and none once all do.
+            unmapped = [s.name for s in sites if not (s.backends or s.hosts or s.zones)]
+            if len(unmapped) == len(sites):
+                unmapped = [EVERY_TARGET]
         return cls(sites, unmapped)
 
     @property

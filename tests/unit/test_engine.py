@@ -727,3 +727,46 @@ def test_reconciliation_lists_what_it_acts_on_in_pages_not_one_get_each() -> Non
     assert len(by_id) == 3  # 120 ids, 50 a page
     assert glance.gets == []
     assert all(only_status(engine, i) == ("warm", "cloneable") for i in ids)
+
+
+def test_a_copy_whose_image_this_daemon_does_not_know_is_never_evicted_on_a_guess() -> None:
+    """A follower that has not heard of a copy's image (pinned in Glance,
+    discovered by the leader) must not score it 0 and evict it."""
+    target = FakeCopyTarget(capacity_images=1)
+    engine, glance = copy_engine(target)
+    glance.add(info("pinned", tags=frozenset({"warmer-pin"})),
+               "rbd://fsid-edge/images/pinned/snap")
+    target.copies["pinned"] = 10  # made by another daemon
+    demand(engine, "new", 5)
+    assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert target.evicted == []
+    run(engine.discover_pins())  # every daemon does, every reconcile_interval
+    assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert target.evicted == [] and engine._keep_score("pinned", 0.0, target) == float("inf")
+
+
+def test_a_tombstone_from_the_shared_state_is_not_a_notification() -> None:
+    """Invariant 8: only this daemon's own image.delete confirms a 404
+    without a positive control; a tombstone another daemon wrote (or anyone
+    who can write the state namespace forged) drops demand, never copies."""
+    async def scenario() -> None:
+        target = FakeCopyTarget()
+        engine, glance = copy_engine(target)
+        with_copies(engine, glance, target, {"a": 3})
+        glance.other_region = True  # every image a 404, the stores right
+        revived: list[str] = []
+        engine.on_revived = revived.append
+        engine.tracker.delete("a", NOW)  # as the fleet applies a tombstone
+        await engine.evaluate("a")
+        assert target.copies == {"a": 10} and target.evicted == []
+        await engine.handle(ImageDeleted("a", NOW))  # our own bus says so
+        await engine.evaluate("a")
+        assert target.copies == {} and target.evicted == ["a"]
+        # A tombstone for an image Glance still has is taken back.
+        glance.other_region = False
+        with_copies(engine, glance, target, {"b": 3})
+        engine.tracker.delete("b", NOW)
+        await engine.evaluate("b")
+        assert revived == ["b"] and engine.tracker.image("b") is not None
+        assert target.copies == {"b": 10}
+    run(scenario())

@@ -313,19 +313,29 @@ def test_defaults_map_everything_everywhere(tmp_path: Path) -> None:
     assert sites.counts_everywhere and not sites.has_patterns
 
 
-def test_with_patterns_unmapped_demand_defaults_to_nowhere(tmp_path: Path) -> None:
+def test_with_patterns_unmapped_demand_defaults_to_the_targets_without_any(tmp_path: Path) -> None:
     """A Glance download (image.send) says nothing of its site: with sites
     configured and unmapped_demand left unset, it must not make every
     target want the image (one volume at edge-a, through Cinder's download
-    path, would copy it into every edge)."""
+    path, would copy it into every edge); it goes to the targets that say
+    nothing of where their demand comes from."""
     path = tmp_path / "warmer.conf"
     path.write_text("[DEFAULT]\nenabled_targets = central,edge\n"
                     "[edge]\ndemand_backends = ceph-edge\n")
     sites = SiteMap.from_conf(warmer_conf.load(["--config-file", str(path)]))
-    assert sites.unmapped == frozenset() and not sites.counts_everywhere
+    # Central says nothing of where its demand comes from: it takes what
+    # maps nowhere (patterns are added one site at a time).
+    assert sites.unmapped == {"central"} and not sites.counts_everywhere
+    assert sites.sites_of(SENT) == {"central"}
+    assert sites.sites_of(volume("ctl1@ceph-central#volumes")) == {"central"}
+    assert sites.sites_of(volume("e1@ceph-edge#rbd")) == {"edge"}
+    path.write_text("[DEFAULT]\nenabled_targets = central,edge\n"
+                    "[central]\ndemand_backends = ceph-central\n"
+                    "[edge]\ndemand_backends = ceph-edge\n")
+    sites = SiteMap.from_conf(warmer_conf.load(["--config-file", str(path)]))
+    assert sites.unmapped == frozenset()  # every target has patterns: nowhere
     assert sites.sites_of(SENT) == frozenset()
     assert sites.sites_of(volume("x@lvm#lvm")) == frozenset()
-    assert sites.sites_of(volume("e1@ceph-edge#rbd")) == {"edge"}
 
 
 def test_load_refuses_an_unknown_unmapped_target(tmp_path: Path) -> None:

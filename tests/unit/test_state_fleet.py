@@ -19,7 +19,7 @@ import pytest
 from tests.unit import fake_rbd
 from tests.unit.state_stores import STATE_CONF, fake_rados_modules
 from warmer.ceph.client import CephClient, ClusterConfig
-from warmer.events import ImageDeleted, ImageSent, VolumeCreatedFromImage
+from warmer.events import ImageDeleted, ImageInfo, ImageSent, VolumeCreatedFromImage
 from warmer.popularity import Policy
 from warmer.state.fleet import FleetDemand, SiteStore, demand_namespace
 from warmer.state.memory import MemoryStore
@@ -351,5 +351,75 @@ def test_a_confirmed_delete_is_a_tombstone_every_daemon_and_restart_applies(
         assert restarted.is_deleted(gone)
         assert restarted.score(kept, T0) == pytest.approx(1.0)
         assert gone not in (await stores["central"].read_demand(HOUR)).image_ids()
+
+    asyncio.run(go())
+
+
+def test_a_tombstone_for_an_image_glance_still_has_is_taken_back_everywhere(
+        state: tuple[StateStore, dict[str, StateStore]]) -> None:
+    base, stores = state
+    clock = Clock(T0)
+    b_changed: list[str] = []
+    c_changed: list[str] = []
+    a_t, b_t, c_t = tracker(), tracker(), tracker()
+    image_id = IMAGES[0]
+
+    async def go() -> None:
+        a = fleet(a_t, base, stores, "ctl-1", clock)
+        b = fleet(b_t, base, stores, "ctl-2", clock, on_changed=b_changed.append)
+        c = fleet(c_t, base, stores, "ctl-3", clock, on_changed=c_changed.append)
+        for f in (a, b, c):
+            await f.start()
+        a.record_deleted(image_id)  # e.g. after a 404 from a wrong endpoint
+        await a.refresh()
+        await b.refresh()
+        await c.refresh()
+        assert b_t.is_deleted(image_id) and c_t.is_deleted(image_id)
+        # b's engine asked Glance, which still has it: b revives it, and the
+        # tombstone leaves the state at b's next refresh.
+        b_t.revive(ImageInfo(image_id, "active", "raw", 10, "public"))
+        b.record_revived(image_id)
+        await b.refresh()
+        assert image_id not in await base.tombstones()
+        # c notices the tombstone went, and asks its engine to look again
+        # (Glance's answer revives it there too).
+        c_changed.clear()
+        await c.refresh()
+        assert c_changed == [image_id]
+        b_t.apply(volume(image_id, T0))
+        assert b_t.score(image_id, T0) == pytest.approx(1.0)  # demand counts again
+        await b.refresh()
+        assert b_t.score(image_id, T0) == pytest.approx(1.0)  # and is not dropped
+
+    asyncio.run(go())
+
+
+def test_a_peer_that_re_bases_its_epoch_changes_nothing_here(
+        state: tuple[StateStore, dict[str, StateStore]]) -> None:
+    """The same demand written relative to a newer epoch (a peer restarted
+    or re-based) is no change: no image is re-evaluated for it."""
+    from warmer.state.store import Contribution
+    base, stores = state
+    changed: list[str] = []
+    t = tracker()
+    store = stores[SITES[0]]
+
+    async def go() -> None:
+        f = fleet(t, base, stores, "ctl-1", Clock(T0), on_changed=changed.append)
+        await f.start()
+        await store.claim_shard("ctl-9", "i1")
+        epoch = int(T0)
+        await store.write_shard("ctl-9", "i1", {i: Contribution(3.0, epoch) for i in IMAGES}, ())
+        await f.refresh()
+        assert sorted(changed) == sorted(IMAGES)
+        changed.clear()
+        later = epoch + 7 * int(HOUR)  # re-based seven half-lives on
+        await store.write_shard("ctl-9", "i1", {i: Contribution(3.0 * 2.0 ** -7, later)
+                                                for i in IMAGES}, ())
+        await f.refresh()
+        assert changed == []
+        await store.write_shard("ctl-9", "i1", {IMAGES[0]: Contribution(1.0, later)}, ())
+        await f.refresh()
+        assert changed == [IMAGES[0]]  # a real change still counts
 
     asyncio.run(go())

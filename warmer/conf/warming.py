@@ -43,10 +43,11 @@ OPTS = [
                      "volume of unknown host, a cache event under zone-only "
                      "patterns): target names from [DEFAULT] enabled_targets, "
                      "'*' alone for every target, or empty for none. Unset (the "
-                     "default): every target when no target has demand_* "
-                     "patterns (all demand counts everywhere, as without sites), "
-                     "and none as soon as one has: a download at one site must "
-                     "not make every site want the image. See docs/sites.md."),
+                     "default): the targets that have no demand_* patterns (every "
+                     "target while none has any, as without sites; none once all "
+                     "have): a download at one site must not make every site want "
+                     "the image, and patterns can be added one site at a time. "
+                     "See docs/sites.md."),
 ]
 
 

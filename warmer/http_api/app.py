@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import heapq
 from collections.abc import Callable
 from typing import Any
 
@@ -143,7 +144,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
         if not 1 <= limit <= MAX_PAGE_SIZE:
             raise web.HTTPBadRequest(text=f"limit: expected 1 to {MAX_PAGE_SIZE}\n")
         marker = request.query.get("marker", "")
-        ids = sorted(i for i in engine.tracker.image_ids() if i > marker)
+        ids = heapq.nsmallest(limit + 1, (i for i in engine.tracker.image_ids() if i > marker))
         page, more = ids[:limit], len(ids) > limit
         now = clock()
         views = [image_view(engine, i, now) for i in page]

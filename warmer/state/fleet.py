@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 
@@ -64,6 +65,7 @@ from warmer.state.store import (
     StateError,
     StateStore,
     Tombstone,
+    pow2,
 )
 from warmer.tracker import Tracker
 
@@ -184,6 +186,10 @@ class FleetDemand:
         self._remote: dict[str, dict[str, tuple[float, int]]] = {s: {} for s in tracker.sites}
         self._tombstones_seen: set[str] = set()
         self._tombstones_pending: dict[str, Tombstone] = {}
+        # Tombstones to take out of the state (Glance still has the image),
+        # and the ones this daemon applied (to notice when one goes).
+        self._revived_pending: set[str] = set()
+        self._applied: set[str] = set()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self.refreshes = 0  # refreshes that read every site
@@ -215,6 +221,16 @@ class FleetDemand:
             self._tombstones_pending[image_id] = Tombstone(image_id, self._clock(), self.daemon)
             self._tombstones_seen.add(image_id)
         self._drop(image_id)
+
+    def record_revived(self, image_id: str) -> None:
+        """Glance still has ``image_id``, which a tombstone said was deleted
+        (forged, or written after a 404 from a wrong endpoint): take the
+        tombstone out of the state at the next refresh, so that no daemon
+        keeps dropping the image's demand."""
+        self._tombstones_pending.pop(image_id, None)
+        self._tombstones_seen.discard(image_id)
+        self._applied.discard(image_id)
+        self._revived_pending.add(image_id)
 
     def _drop(self, image_id: str) -> None:
         for site, writer in self.writers.items():
@@ -279,9 +295,14 @@ class FleetDemand:
             seen.add(image_id)
             assert epoch is not None
             value = totals.value(image_id)
-            if last.get(image_id) == (value, epoch):
-                continue
+            before = last.get(image_id)
             last[image_id] = (value, epoch)
+            if before is not None and math.isclose(
+                    before[0] * pow2((before[1] - epoch) / totals.half_life), value,
+                    rel_tol=1e-12):
+                # The same demand, only relative to a newer epoch (a peer
+                # restarted or re-based): nothing to tell the tracker.
+                continue
             self.tracker.set_remote(site, image_id, value, float(epoch))
             self._changed(image_id)
             calls += 1
@@ -298,6 +319,10 @@ class FleetDemand:
             for tombstone in pending:
                 await self.base.put_tombstone(tombstone)
                 del self._tombstones_pending[tombstone.image_id]
+            if self._revived_pending:
+                revived = list(self._revived_pending)
+                await self.base.remove_tombstones(revived)
+                self._revived_pending.difference_update(revived)
             recorded = await self.base.tombstones()
         except StateError as exc:
             self._failed("tombstone", exc)
@@ -310,8 +335,15 @@ class FleetDemand:
                 LOG.info("image %s: deleted (tombstone by %s)", image_id,
                          tombstone.by or "another daemon")
                 self.tracker.delete(image_id, _utc(tombstone.at))
+                self._applied.add(image_id)
                 self._changed(image_id)
             self._drop(image_id)
+        for image_id in [i for i in self._applied if i not in recorded]:
+            # Its tombstone was taken out (Glance still has the image): look
+            # again, and Glance's answer revives it here too.
+            self._applied.discard(image_id)
+            self._tombstones_seen.discard(image_id)
+            self._changed(image_id)
         return True
 
     async def run(self) -> None:

@@ -96,6 +96,9 @@ class Engine:
         self.view_ttl = view_ttl
         self._views: collections.OrderedDict[str, tuple[float, GlanceImage]] = \
             collections.OrderedDict()
+        # Bumped by every change notification: a read that began before one
+        # is not remembered (it may show the image as it was).
+        self._view_generation = 0
         self.eviction_margin = eviction_margin
         self.forget_below = forget_below
         # Where each demand event counts (None: in every target, through
@@ -138,6 +141,13 @@ class Engine:
         # Told of every image.delete that Glance confirmed (the shared
         # state records a tombstone); must not raise.
         self.on_deleted: Callable[[str], None] | None = None
+        # Told when Glance still has an image a delete was recorded for (a
+        # replayed or forged image.delete, or another daemon's tombstone).
+        self.on_revived: Callable[[str], None] | None = None
+        # Images whose image.delete this daemon's own bus delivered: only
+        # such a delete confirms a 404 without a positive control (a
+        # tombstone from the shared state is not a notification).
+        self._bus_deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
         for target in targets:
             target.admit = self.admit
             target.on_copied = self._count_copy
@@ -165,7 +175,11 @@ class Engine:
                 del self._from_bus[next(iter(self._from_bus))]
         if isinstance(event, ImageChanged | ImageDeleted):
             self._views.pop(applied.image_id, None)  # Glance's view changed
+            self._view_generation += 1
         if isinstance(event, ImageDeleted):
+            self._bus_deleted[event.image_id] = None
+            if len(self._bus_deleted) > 10_000:
+                self._bus_deleted.popitem(last=False)
             self._drop_status(event.image_id)
             self.enqueue(event.image_id)  # to remove warmer's copies of it, once confirmed
         elif applied.changed:
@@ -217,12 +231,33 @@ class Engine:
             for n in range(self.workers):
                 tg.create_task(self._worker(), name=f"warm-worker-{n}")
             tg.create_task(self._reconcile_loop(), name="reconciler")
-            tg.create_task(self._forget_loop(), name="forget-cold")
+            tg.create_task(self._housekeeping_loop(), name="housekeeping")
 
-    async def _forget_loop(self) -> None:
+    async def _housekeeping_loop(self) -> None:
+        """Every daemon's own periodic work (the leader's is reconcile()):
+        learn the images pinned in Glance, so that its budget decisions know
+        them, and forget the images that went cold."""
         while True:
-            await asyncio.sleep(self.reconcile_interval)
+            try:
+                await self.discover_pins()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Glance down: next time
+                LOG.warning("pin discovery failed: %s", exc)
             self.forget_cold()
+            await asyncio.sleep(self.reconcile_interval)
+
+    async def discover_pins(self) -> None:
+        """Images pinned in Glance (tag or property), listed in pages."""
+        policy = self.tracker.policy
+        filters: list[dict[str, str]] = []
+        if policy.pin_tag:
+            filters.append({"tag": policy.pin_tag})
+        if policy.pin_property:
+            filters.append({policy.pin_property: "true"})
+        for flt in filters:
+            async for image in self.glance.list_images(**flt):
+                self.tracker.observe(image.info, authoritative=True)
 
     def forget_cold(self) -> int:
         """Drop from memory the images that went cold (below
@@ -302,9 +337,12 @@ class Engine:
                 LOG.warning("image %s: image.delete received, but Glance still has it "
                             "(%s); keeping its copies", image_id, alive.info.status)
                 self.tracker.revive(alive.info)
+                self._bus_deleted.pop(image_id, None)
+                if self.on_revived is not None:
+                    self.on_revived(image_id)
                 self.enqueue(image_id)
                 return
-            await self._confirm_gone(image_id, deleted=True)
+            await self._confirm_gone(image_id, deleted=image_id in self._bus_deleted)
             LOG.info("image %s was deleted in Glance; removing warmer's copies of it", image_id)
             if self.on_deleted is not None:
                 self.on_deleted(image_id)
@@ -405,8 +443,8 @@ class Engine:
         self.metrics.glance_refusals.labels("", "location_conflict").inc()
         self._record_all(image_id, "error", "location_conflict", None, ())
 
-    def _remember_view(self, image: GlanceImage, at: float) -> None:
-        if self.view_ttl <= 0:
+    def _remember_view(self, image: GlanceImage, at: float, generation: int) -> None:
+        if self.view_ttl <= 0 or generation != self._view_generation:
             return
         self._views[image.info.id] = (at, image)
         self._views.move_to_end(image.info.id)
@@ -430,7 +468,7 @@ class Engine:
         read = 0
         for at in range(0, len(image_ids), VIEW_BATCH):
             batch = image_ids[at:at + VIEW_BATCH]
-            started = time.monotonic()
+            started, generation = time.monotonic(), self._view_generation
             # One more than asked for: a full page would make Glance link
             # a next one, an extra request for nothing.
             async for image in self.glance.list_images(id="in:" + ",".join(batch),
@@ -438,7 +476,7 @@ class Engine:
                 if self.tracker.image(image.info.id) is None:
                     continue  # forgotten meanwhile (or not asked for)
                 self.tracker.observe(image.info, authoritative=True)
-                self._remember_view(image, started)
+                self._remember_view(image, started, generation)
                 read += 1
         return read
 
@@ -446,7 +484,7 @@ class Engine:
         recent = self._recent_view(image_id)
         if recent is not None:
             return recent
-        started = time.monotonic()
+        started, generation = time.monotonic(), self._view_generation
         fresh = await self.glance.get_image(image_id)
         if fresh is None:
             try:
@@ -462,7 +500,7 @@ class Engine:
             await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True)
-        self._remember_view(fresh, started)
+        self._remember_view(fresh, started, generation)
         if image_id in self._from_bus:
             self._last_alive = image_id  # our bus named it, and this Glance has it
         return fresh
@@ -521,6 +559,7 @@ class Engine:
         """Glance no longer has the image: remove warmer's copies of it.
         Either order of events converges: if Glance deleted them first
         (it deletes the data at every location), this finds them gone."""
+        self._views.pop(image_id, None)
         deferred = False
         for target in self.targets:
             if not target.config.copy_images:
@@ -630,6 +669,11 @@ class Engine:
                 break
             if copy_.name in self.hands_off:
                 continue
+            if self.tracker.image(copy_.name) is None:
+                # Worth unknown here (pinned in Glance, or wanted by another
+                # daemon's demand this one has not read yet): never evict it
+                # on a guess; the leader's reconciliation looks it up.
+                continue
             if as_leader:
                 self._check_leader()
             try:
@@ -638,6 +682,7 @@ class Engine:
                 self._let_go(copy_.name, exc)
                 continue
             self.metrics.evictions.labels(target.name, "budget", result).inc()
+            self._views.pop(copy_.name, None)  # its locations changed
             if result in ("removed", "gone"):
                 used_bytes -= copy_.size
                 used_count -= 1
@@ -661,13 +706,23 @@ class Engine:
                     self._copied.add(copy_.name)
                     if self.tracker.image(copy_.name) is None and \
                             copy_.name not in self.hands_off:
-                        # Glance's current view decides, never a bare 404.
-                        self.enqueue(copy_.name)
+                        # Worth unknown: ask Glance before the budget judges
+                        # (a live image is tracked then; a confirmed delete
+                        # purges the copy; never on a bare 404).
+                        await self._look_up(copy_.name)
                 if target.config.capacity_bytes or target.config.capacity_images:
                     async with self._admission(target):
                         await self._fit(target, 0, 0, float("inf"), as_leader=True)
             except failures as exc:
                 LOG.warning("target %s: budget enforcement skipped: %s", target.name, exc)
+
+    async def _look_up(self, image_id: str) -> None:
+        try:
+            await self._refresh(image_id)
+        except UnconfirmedNotFound:
+            self._retry_later(image_id, self._backoff(self._bump(image_id)))
+        except LocationConflict as exc:
+            self._let_go(image_id, exc)
 
     def _count_copy(self, target: Target, stats: CopyStats) -> None:
         # Counted when the copy completes, whatever happens to its publication.
@@ -717,15 +772,7 @@ class Engine:
         Leader's work: each step starts only while this daemon leads
         (:class:`NotLeader` otherwise)."""
         self._check_leader()
-        policy = self.tracker.policy
-        filters: list[dict[str, str]] = []
-        if policy.pin_tag:
-            filters.append({"tag": policy.pin_tag})
-        if policy.pin_property:
-            filters.append({policy.pin_property: "true"})
-        for flt in filters:
-            async for image in self.glance.list_images(**flt):
-                self.tracker.observe(image.info, authoritative=True)
+        await self.discover_pins()
         self._check_leader()
         # Those the evaluations will ask Glance about (not yet seen there,
         # wanted somewhere, or copied): listed in pages, not one GET each.
