@@ -15,6 +15,7 @@ Admin API (JSON, version 1), under ``/v1``:
 * ``GET /v1/images/{id}``: one image (404 when untracked);
 * ``POST /v1/images/{id}/evaluate``: evaluate it now (202), or 429 while
   the work queue holds ``max_queue`` images, 503 while the daemon stops.
+* the operator's routes (warm, pin and unpin, evict): :mod:`warmer.http_api.ops`.
 
 One app per listener (:class:`Listener`): the metrics listener has no
 admin API at all (404), the admin socket serves it to whoever may open
