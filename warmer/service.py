@@ -47,6 +47,21 @@ LOG = logging.getLogger(__name__)
 DRAIN_TIMEOUT = 20.0
 STATE_THREADS = 2  # the shared state's own Ceph threads: a sick state cluster holds only these
 BUS_PROBE_INTERVAL = 1.0  # seconds; reading the connection state costs nothing
+STATUS_INTERVAL = 5.0  # seconds between two looks at the STATUS= line (sent when it changed)
+
+
+def status_text(warm: int, copying: int, failing: int, leader: dict[str, object]) -> str:
+    """The one line ``systemctl status`` shows (sd_notify ``STATUS=``):
+    copies (image x target) warm, copies under way, rows in error, and
+    this daemon's part in the fleet (``leader``, ``follower of NAME``, or
+    ``no leader seen``)."""
+    if leader.get("self"):
+        role = "leader"
+    elif leader.get("name"):
+        role = f"follower of {leader['name']}"
+    else:
+        role = "no leader seen"
+    return f"{warm} warm, {copying} copying, {failing} failing, {role}"
 
 
 def policy_from(conf: cfg.ConfigOpts) -> Policy:
@@ -184,9 +199,10 @@ class Service:
     def status(self) -> dict[str, object]:
         """``GET /v1/status``: this daemon, and who leads (from memory)."""
         if not self.conf.state.enabled:
-            return {"host": self.conf.host,
-                    "leader": {"name": self.conf.host, "self": True, "alone": True}}
-        return {"host": self.conf.host, "leader": self.leadership.view()}
+            leader: dict[str, object] = {"name": self.conf.host, "self": True, "alone": True}
+        else:
+            leader = self.leadership.view()
+        return {"host": self.conf.host, "leader": leader, "summary": self.status_line()}
 
     def bus_up(self) -> bool:
         """The listener consumes and its AMQP connection is up. If the
@@ -239,7 +255,7 @@ class Service:
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             http = await serve(self.conf.http, self.engine, self.metrics, self.ready,
-                               time.time, status=self.status)
+                               time.time, status=self.status, pins=self.fleet)
         except ListenerError as exc:
             await self.glance.close()
             raise SystemExit(f"warmer-daemon: {exc}") from None
@@ -408,6 +424,7 @@ class Service:
             interval = systemd.watchdog_interval()
             if interval:
                 tg.create_task(self._watchdog(interval), name="watchdog")
+            tg.create_task(self._report_status(), name="systemd-status")
 
     async def _check_copy_pools(self) -> None:
         """Say at start-up where each target's copies go, and loudly when the
@@ -501,6 +518,21 @@ class Service:
                                 "driver reconnects")
                 was_up = up
             await asyncio.sleep(BUS_PROBE_INTERVAL)
+
+    def status_line(self) -> str:
+        warm, copying, failing = self.engine.ops.summary()
+        return status_text(warm, copying, failing, self.leadership.view())
+
+    async def _report_status(self) -> None:
+        """``STATUS=`` for ``systemctl status``: looked at every
+        STATUS_INTERVAL, sent only when the line changed."""
+        last = None
+        while not self._stop.is_set():
+            line = self.status_line()
+            if line != last:
+                systemd.notify(f"STATUS={line}")
+                last = line
+            await asyncio.sleep(STATUS_INTERVAL)
 
     async def _watchdog(self, interval: float) -> None:
         # Pinged from the loop itself: a blocked loop stops the pings.

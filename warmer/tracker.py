@@ -91,9 +91,13 @@ class Tracker:
         self.threshold = threshold
         self.top_k = top_k
         self._images: dict[str, ImageInfo] = {}
-        # Eligible images the policy pins: wanted in every site, whatever
-        # their demand.
+        # Eligible images that are pinned, by the policy (a Glance tag or
+        # property) or through warmer (:meth:`set_pins`): wanted in every
+        # site, whatever their demand.
         self._pinned: set[str] = set()
+        # Images pinned through warmer (the shared state's pins), eligible
+        # or not: an ineligible one is pinned once Glance shows it eligible.
+        self._state_pins: frozenset[str] = frozenset()
         # Images whose view came from notifications only (Cinder's copy of
         # the metadata, or a Glance change): ask Glance's API before acting.
         self._stale: set[str] = set()
@@ -144,6 +148,36 @@ class Tracker:
 
     def is_deleted(self, image_id: str) -> bool:
         return image_id in self._tombstones
+
+    def is_pinned(self, image_id: str) -> bool:
+        """Pinned by the policy (Glance tag or property) or through warmer,
+        eligible or not: what budgets never evict."""
+        if image_id in self._state_pins:
+            return True
+        image = self._images.get(image_id)
+        return image is not None and self._policy.pinned(image)
+
+    def pinned_through_warmer(self, image_id: str) -> bool:
+        return image_id in self._state_pins
+
+    def set_pins(self, image_ids: Iterable[str]) -> set[str]:
+        """The images pinned through warmer (the shared state's pins), all of
+        them: replaces the previous set. A pinned image is wanted in every
+        site once it is eligible (Glance is asked about an image not
+        tracked yet, which is tracked from now on); a deleted one stays
+        deleted. Returns the images whose pin changed. O(changes)."""
+        new = frozenset(image_ids)
+        changed = set(new ^ self._state_pins)
+        self._state_pins = new
+        for image_id in changed:
+            if image_id in self._tombstones:
+                continue
+            if image_id not in self._images:
+                if image_id in new:
+                    self._track(ImageInfo(id=image_id, status="unknown"))
+                continue
+            self._classify(image_id)
+        return changed
 
     def _site(self, site: str | None) -> str:
         return self._rankings.sites[0] if site is None else site
@@ -298,7 +332,7 @@ class Tracker:
         warm = self._rankings.warm(now, floor)
         cold = [image_id for image_id, image in self._images.items()
                 if image_id not in warm and not self._policy.pinned(image)
-                and not keep(image_id)]
+                and image_id not in self._state_pins and not keep(image_id)]
         for image_id in cold:
             self.forget(image_id)
         return len(cold)
@@ -314,7 +348,7 @@ class Tracker:
         image = self._images[image_id]
         eligible = self._policy.ineligible_reason(image) is None
         self._rankings.set_eligible(image_id, eligible)
-        if eligible and self._policy.pinned(image):
+        if eligible and (image_id in self._state_pins or self._policy.pinned(image)):
             self._pinned.add(image_id)
         else:
             self._pinned.discard(image_id)

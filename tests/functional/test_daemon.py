@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import stat
@@ -335,8 +336,17 @@ def test_systemd_ready_watchdog_and_stopping(stack: Stack, tmp_path: Any) -> Non
             first = sock.recv(4096).decode()
             assert "READY=1" in first
             assert d.get("/readyz")["ready"]  # READY only once bus and Ceph are up
-            pings = [sock.recv(4096).decode() for _ in range(3)]
-            assert all(p == "WATCHDOG=1" for p in pings)
+            # Watchdog pings, and STATUS= lines for systemctl status whenever
+            # the line changes ("N warm, N copying, N failing, leader").
+            pings, statuses = 0, []
+            while pings < 3 or not statuses or not statuses[-1].endswith(", leader"):
+                datagram = sock.recv(4096).decode()
+                if datagram == "WATCHDOG=1":
+                    pings += 1
+                else:
+                    assert datagram.startswith("STATUS="), datagram
+                    statuses.append(datagram.removeprefix("STATUS="))
+            assert re.fullmatch(r"\d+ warm, \d+ copying, \d+ failing, leader", statuses[-1])
             assert d.terminate() == 0
             rest = []
             while "STOPPING=1" not in "".join(rest):

@@ -8,6 +8,10 @@
   warmer [--config-file FILE] doctor [IMAGE_ID] [--target T] [--cinder-conf F]
                                           why Cinder will (not) clone it; runs in
                                           this process (warmer.doctor.command)
+  warmer [--config-file FILE] warm IMAGE_ID [--target T] [--wait]
+  warmer [--config-file FILE] pin IMAGE_ID | unpin IMAGE_ID
+  warmer [--config-file FILE] evict IMAGE_ID --target T
+                                          the operator's commands (warmer/cmd/ops.py)
 
 The daemon is found from its own config file, the way OpenStack CLIs do:
 --config-file (repeatable; default: oslo.config's search, which ends at
@@ -31,6 +35,7 @@ from typing import Any
 
 from oslo_config import cfg
 
+from warmer.cmd import ops
 from warmer.conf import http as http_opts
 from warmer.doctor import command as doctor_command
 
@@ -173,8 +178,7 @@ def _status_lines(images: list[dict[str, Any]]) -> list[str]:
     lines = [f"{'IMAGE':36}  {'FORMAT':6}  {'SCORE':>7}  {'WANTED':25}  TARGET STATES"]
     for img in images:
         wanted = ("yes: " if img["wanted"] else "no: ") + img["why"]
-        states = ", ".join(f"{t['target']}={t['state']}({t['reason']})"
-                           for t in img["targets"]) or "-"
+        states = ops.target_states(img)  # copies under way as progress bars
         lines.append(f"{img['id']:36}  {img['disk_format'] or '?':6}  {img['score']:7.2f}  "
                      f"{wanted:25}  {states}")
     return lines
@@ -197,20 +201,26 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("show", help="one image, in full (JSON)").add_argument("image_id")
     sub.add_parser("evaluate", help="evaluate an image now").add_argument("image_id")
     doctor_command.add_parser(sub)
+    ops.add_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "doctor":
         return doctor_command.run(args)
     try:
         daemon = endpoint(args)
+        if args.command in ops.COMMANDS:
+            return ops.run(args, daemon)
         if args.command == "status":
             print("\n".join(_status_lines(_all_images(daemon))))
+            summary = daemon.call("/v1/status").get("summary")
+            if summary:
+                print(f"-- {summary}")
         else:
             path = f"/v1/images/{urllib.parse.quote(args.image_id, safe='')}"
             if args.command == "show":
                 print(json.dumps(daemon.call(path), indent=2))
             else:
                 print(json.dumps(daemon.call(f"{path}/evaluate", "POST")))
-    except CliError as exc:
+    except (CliError, ops.OpsFailure) as exc:
         print(f"warmer: {exc}", file=sys.stderr)
         return exc.code
     return 0

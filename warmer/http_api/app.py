@@ -15,6 +15,7 @@ Admin API (JSON, version 1), under ``/v1``:
 * ``GET /v1/images/{id}``: one image (404 when untracked);
 * ``POST /v1/images/{id}/evaluate``: evaluate it now (202), or 429 while
   the work queue holds ``max_queue`` images, 503 while the daemon stops.
+* the operator's routes (warm, pin and unpin, evict): :mod:`warmer.http_api.ops`.
 
 One app per listener (:class:`Listener`): the metrics listener has no
 admin API at all (404), the admin socket serves it to whoever may open
@@ -35,7 +36,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from warmer.http_api import auth
+from warmer.http_api import auth, ops
 from warmer.ids import canonical_image_id
 from warmer.metrics import Metrics
 from warmer.warming.engine import Engine
@@ -51,7 +52,8 @@ class Listener(enum.Enum):
     UNIX = "unix"        # and the admin API; the socket's file mode authorizes
 
 
-def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | None:
+def image_view(engine: Engine, image_id: str, now: float,
+               pins: ops.PinBook | None = None) -> dict[str, Any] | None:
     """One image's view. Demand counts per target (where it happened): the
     top-level score, wanted and why are those of the target that wants it
     most; ``demand`` has each target's. O(targets · log N). ``score`` is
@@ -78,7 +80,6 @@ def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | No
         "why": best.reason if best else "unknown",
         "demand": {name: {"score": v.score, "wanted": v.wanted, "why": v.reason}
                    for name, v in verdicts.items()},
-        "pinned": tracker.policy.pinned(info),
         "targets": [
             {k: v for k, v in dataclasses.asdict(s).items() if k != "image_id"}
             for s in engine.status(image_id)
@@ -86,6 +87,7 @@ def image_view(engine: Engine, image_id: str, now: float) -> dict[str, Any] | No
         "copying": {t.name: {"done_bytes": t.progress[image_id][0],
                              "size_bytes": t.progress[image_id][1]}
                     for t in engine.targets if image_id in t.progress},
+        **ops.image_extras(engine, image_id, pins),
     }
 
 
@@ -102,10 +104,11 @@ async def _limit_body(request: web.Request, handler: Handler) -> web.StreamRespo
 def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, bool]],
              clock: Callable[[], float], *, listener: Listener = Listener.TCP,
              token: str | None = None, max_queue: int = 1000,
-             status: Callable[[], dict[str, Any]] | None = None) -> web.Application:
+             status: Callable[[], dict[str, Any]] | None = None,
+             pins: ops.PinBook | None = None) -> web.Application:
     """The app for one listener. ``token`` is ``[http] admin_token`` (TCP
     only); ``max_queue`` is ``[http] admin_max_queue``; ``status`` answers
-    ``GET /v1/status``."""
+    ``GET /v1/status``; ``pins`` keeps the pins set through warmer."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[_limit_body])
 
     async def healthz(request: web.Request) -> web.Response:
@@ -122,13 +125,15 @@ def make_app(engine: Engine, metrics: Metrics, ready: Callable[[], dict[str, boo
     if listener is not Listener.METRICS:
         middleware = (auth.bearer_token(token) if listener is Listener.TCP
                       else auth.socket_peer())
-        app.add_subapp("/v1", _admin_app(engine, clock, middleware, max_queue, status))
+        admin = _admin_app(engine, clock, middleware, max_queue, status, pins)
+        ops.add_routes(admin, engine, clock, max_queue, pins, auth.requester)
+        app.add_subapp("/v1", admin)
     return app
 
 
 def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middleware,
-               max_queue: int, status: Callable[[], dict[str, Any]] | None
-               ) -> web.Application:
+               max_queue: int, status: Callable[[], dict[str, Any]] | None,
+               pins: ops.PinBook | None = None) -> web.Application:
     admin = web.Application(middlewares=[middleware])
 
     async def daemon_status(request: web.Request) -> web.Response:
@@ -147,7 +152,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
         ids = heapq.nsmallest(limit + 1, (i for i in engine.tracker.image_ids() if i > marker))
         page, more = ids[:limit], len(ids) > limit
         now = clock()
-        views = [image_view(engine, i, now) for i in page]
+        views = [image_view(engine, i, now, pins) for i in page]
         return web.json_response({"images": [v for v in views if v is not None],
                                   "next": page[-1] if more else None})
 
@@ -160,7 +165,7 @@ def _admin_app(engine: Engine, clock: Callable[[], float], middleware: Middlewar
                      "(lowercase 8-4-4-4-12)\n") from None
 
     async def show_image(request: web.Request) -> web.Response:
-        view = image_view(engine, _image_id(request), clock())
+        view = image_view(engine, _image_id(request), clock(), pins)
         if view is None:
             raise web.HTTPNotFound(text="image not tracked\n")
         return web.json_response(view)

@@ -83,6 +83,15 @@ def socket_peer() -> Middleware:
     return audit
 
 
+def requester(request: web.Request) -> str:
+    """Who sent ``request``, for the record (a pin's ``by``): the peer's uid
+    on the admin socket, the token holder's address over TCP."""
+    uid = _peer_uid(request)
+    if uid is not None:
+        return f"uid {uid} (admin socket)"
+    return f"token holder at {request.remote}" if request.remote else "admin API"
+
+
 def _peer_uid(request: web.Request) -> int | None:
     sock = request.transport.get_extra_info("socket") if request.transport else None
     if sock is None or not hasattr(socket, "SO_PEERCRED"):

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from warmer.http_api.app import Listener, make_app
+from warmer.http_api.ops import PinBook
 from warmer.metrics import Metrics
 from warmer.warming.engine import Engine
 
@@ -75,14 +76,16 @@ class HttpSurface:
 async def serve(opts: Any, engine: Engine, metrics: Metrics,
                 ready: Callable[[], dict[str, bool]],
                 clock: Callable[[], float],
-                status: Callable[[], dict[str, Any]] | None = None) -> HttpSurface:
+                status: Callable[[], dict[str, Any]] | None = None,
+                pins: PinBook | None = None) -> HttpSurface:
     """Start the listeners that ``opts`` (the ``[http]`` group) asks for.
-    ``status`` answers ``GET /v1/status`` (the daemon and who leads)."""
+    ``status`` answers ``GET /v1/status`` (the daemon and who leads);
+    ``pins`` keeps the pins set through warmer (the shared state)."""
     token = (opts.admin_token or "").strip() or None
 
     def app(listener: Listener) -> web.Application:
         return make_app(engine, metrics, ready, clock, listener=listener, token=token,
-                        max_queue=opts.admin_max_queue, status=status)
+                        max_queue=opts.admin_max_queue, status=status, pins=pins)
 
     surface = HttpSurface()
     try:

@@ -185,6 +185,8 @@ class FleetDemand:
         # Per site: the remote value last given to the tracker, and its epoch.
         self._remote: dict[str, dict[str, tuple[float, int]]] = {s: {} for s in tracker.sites}
         self._tombstones_seen: set[str] = set()
+        # The pins set through warmer, as last read (or set here).
+        self.pins: dict[str, Pin] = {}
         self._tombstones_pending: dict[str, Tombstone] = {}
         # Tombstones to take out of the state (Glance still has the image),
         # and the ones this daemon applied (to notice when one goes).
@@ -261,9 +263,11 @@ class FleetDemand:
         return await self.refresh() and self.started
 
     async def refresh(self) -> bool:
-        """Write pending tombstones, apply the recorded ones, and set every
-        claimed site's remote demand. Returns whether all of it worked."""
+        """Write pending tombstones, apply the recorded ones, read the pins,
+        and set every claimed site's remote demand. Returns whether all of
+        it worked."""
         ok = await self._sync_tombstones()
+        ok = await self._sync_pins() and ok
         started = time.perf_counter()
         complete = True
         for site, writer in self.writers.items():
@@ -345,6 +349,47 @@ class FleetDemand:
             self._tombstones_seen.discard(image_id)
             self._changed(image_id)
         return True
+
+    # -- pins set through warmer (the admin API and CLI) -------------------------------
+
+    async def _sync_pins(self) -> bool:
+        """Read every pin: the tracker wants pinned images in every site
+        (once eligible), and images whose pin came or went are evaluated.
+        This is how every daemon of the fleet honours a pin another one
+        set, within ``refresh_interval``, and a restarted one at start."""
+        try:
+            recorded = await self.base.pins()
+        except StateError as exc:
+            self._failed("pins", exc)
+            return False
+        self._apply_pins(recorded)
+        return True
+
+    def _apply_pins(self, pins: dict[str, Pin]) -> None:
+        self.pins = pins
+        for image_id in sorted(self.tracker.set_pins(pins)):
+            LOG.info("image %s: %s through warmer", image_id,
+                     "pinned" if image_id in pins else "unpinned")
+            self._changed(image_id)
+
+    async def pin(self, image_id: str, by: str, reason: str = "") -> Pin:
+        """Pin ``image_id`` for the whole fleet: written to the shared state
+        first (:class:`~warmer.state.store.StateError` when it cannot be:
+        nothing is pinned then), applied here at once, and by the other
+        daemons at their next refresh. Pinning again replaces who, when and
+        why."""
+        pin = Pin(image_id, by, self._clock(), reason)
+        await self.base.put_pin(pin)
+        self._apply_pins({**self.pins, image_id: pin})
+        return pin
+
+    async def unpin(self, image_id: str) -> bool:
+        """Remove the pin (idempotent); whether it was pinned, as this daemon
+        last read the pins."""
+        await self.base.remove_pin(image_id)
+        was = image_id in self.pins
+        self._apply_pins({i: p for i, p in self.pins.items() if i != image_id})
+        return was
 
     async def run(self) -> None:
         """Write each site's shard (the writers' own loops) and refresh every

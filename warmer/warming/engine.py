@@ -42,6 +42,7 @@ from warmer.popularity import Verdict
 from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
+from warmer.warming.operator import Operator
 from warmer.warming.target import Target, TargetProblem, TargetResult
 
 LOG = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ class Engine:
             target.on_copied = self._count_copy
         metrics.start_targets([t.name for t in targets],
                               shared_site=sites is None and len(targets) > 1)
+        # Operator requests (warm now, evict now; warming/operator.py).
+        self.ops = Operator(self)
 
     # -- intake (on the loop, called by the bus bridge) -------------------------
 
@@ -267,7 +270,7 @@ class Engine:
         if self.forget_below <= 0:
             return 0
         held = set(self._copied) | self._pending | self._active | self._again
-        held |= set(self._retries) | set(self.hands_off)
+        held |= set(self._retries) | set(self.hands_off) | set(self.ops.forced)
         for target in self.targets:
             held |= set(target.reserved) | set(target.progress)
         held |= {image_id for (image_id, _), row in self._status.items() if row.state == "warm"}
@@ -275,6 +278,8 @@ class Engine:
         if dropped:
             for key in [k for k in self._status if self.tracker.image(k[0]) is None]:
                 del self._status[key]
+            self.ops.forget([i for i, _ in self.ops.holds if self.tracker.image(i) is None]
+                            + [i for i in self.ops.requests if self.tracker.image(i) is None])
             LOG.info("forgot %d images that went cold (below %s everywhere, no copy)",
                      dropped, self.forget_below)
         return dropped
@@ -309,11 +314,12 @@ class Engine:
             self._again.add(image_id)
             return
         self._active.add(image_id)
+        forced = self.ops.take(image_id)  # an operator's warm request, if any
         try:
             if image_id in self.hands_off:
                 self._record_all(image_id, "error", self.hands_off[image_id], None, ())
                 return
-            await self._evaluate(image_id)
+            await self._evaluate(image_id, forced)
         except (GlanceUnavailable, CephUnavailable) as exc:
             delay = (self._backoff(self._bump(image_id))
                      if isinstance(exc, UnconfirmedNotFound) else self.retry_delay)
@@ -323,12 +329,13 @@ class Engine:
         except LocationConflict as exc:
             self._let_go(image_id, exc)
         finally:
+            self.ops.finished(image_id, forced)
             self._active.discard(image_id)
             if image_id in self._again:
                 self._again.discard(image_id)
                 self.enqueue(image_id)
 
-    async def _evaluate(self, image_id: str) -> None:
+    async def _evaluate(self, image_id: str, forced: set[str] | None = None) -> None:
         if self.tracker.is_deleted(image_id):
             # A notification said so; Glance has the last word (a replayed or
             # forged image.delete must not remove a copy Glance still lists).
@@ -354,13 +361,13 @@ class Engine:
             fresh = await self._refresh(image_id)
             if fresh is None:
                 return
-        verdicts = self.verdicts(image_id)
+        verdicts = self.ops.override(image_id, forced, self.verdicts(image_id))
         if fresh is None and any(v is not None and v.wanted for v in verdicts.values()):
             # About to act: use Glance's current view, with locations.
             fresh = await self._refresh(image_id)
             if fresh is None:
                 return
-            verdicts = self.verdicts(image_id)
+            verdicts = self.ops.override(image_id, forced, self.verdicts(image_id))
         if all(v is None for v in verdicts.values()):
             self._drop_status(image_id)
             return
@@ -604,15 +611,20 @@ class Engine:
                 mine = found.get(name)
                 if best is not None and mine is not None and not mine.wanted:
                     found[name] = Verdict(True, "wanted_anywhere", best.score)
+        if self.ops.holds:
+            self.ops.apply_holds(image_id, now, found)
         return found
 
     def _keep_score(self, image_id: str, now: float, target: Target) -> float:
         """How much ``target``'s copy of ``image_id`` is worth keeping there:
         its demand in that target (for ``wanted_anywhere``, the best of all
-        targets'); pinned copies are never evicted."""
-        info = self.tracker.image(image_id)
-        if info is not None and self.tracker.policy.pinned(info):
+        targets'); pinned copies (by Glance tag or property, or through
+        warmer) are never evicted."""
+        if self.tracker.is_pinned(image_id):
             return float("inf")
+        return self._demand_in(image_id, now, target)
+
+    def _demand_in(self, image_id: str, now: float, target: Target) -> float:
         if self.sites is not None and target.name in self.sites.wanted_anywhere_targets():
             return max(self.tracker.score(image_id, now, self._site(t)) for t in self.targets)
         return self.tracker.score(image_id, now, self._site(target))
