@@ -198,11 +198,13 @@ class Service:
 
     def status(self) -> dict[str, object]:
         """``GET /v1/status``: this daemon, and who leads (from memory)."""
+        return {"host": self.conf.host, "leader": self._leader_view(),
+                "summary": self.status_line()}
+
+    def _leader_view(self) -> dict[str, object]:
         if not self.conf.state.enabled:
-            leader: dict[str, object] = {"name": self.conf.host, "self": True, "alone": True}
-        else:
-            leader = self.leadership.view()
-        return {"host": self.conf.host, "leader": leader, "summary": self.status_line()}
+            return {"name": self.conf.host, "self": True, "alone": True}
+        return dict(self.leadership.view())
 
     def bus_up(self) -> bool:
         """The listener consumes and its AMQP connection is up. If the
@@ -521,7 +523,7 @@ class Service:
 
     def status_line(self) -> str:
         warm, copying, failing = self.engine.ops.summary()
-        return status_text(warm, copying, failing, self.leadership.view())
+        return status_text(warm, copying, failing, self._leader_view())
 
     async def _report_status(self) -> None:
         """``STATUS=`` for ``systemctl status``: looked at every

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -370,7 +371,16 @@ def test_start_is_active_only_after_ready_as_the_warmer_user(env: dict[str, Any]
     # READY=1 comes after the bus and both clusters: /readyz says so at once.
     assert warmer.ready()
     props = ns.show("MainPID", "StatusText", "User", "Type", "NotifyAccess")
-    assert props["StatusText"] == "consuming notifications"
+    # STATUS= says READY's "consuming notifications", then, within a few
+    # seconds, the daemon's summary ("0 warm, 0 copying, 0 failing, leader").
+    summary = re.compile(r"\d+ warm, \d+ copying, \d+ failing, "
+                         r"(leader|follower of \S+|no leader seen)")
+    assert props["StatusText"] == "consuming notifications" or \
+        summary.fullmatch(props["StatusText"]), props["StatusText"]
+    deadline = time.monotonic() + 15
+    while not summary.fullmatch(ns.show("StatusText")["StatusText"]):
+        assert time.monotonic() < deadline, ns.show("StatusText")
+        time.sleep(0.2)
     # The journal: Ceph up, then consuming, then systemd's "Started".
     entries = ns.journal()
 
