@@ -5,6 +5,8 @@ a Cinder clone exists), status with progress bars, and one-line errors."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -23,6 +25,7 @@ from stackclient.glance import Glance
 from tests.functional.conftest import record_timing
 from tests.functional.test_copies import edge_images, edge_url, locations
 from tests.functional.test_daemon import WARM, demand
+from warmer.cmd import cli
 
 MiB = 1 << 20
 FAST = "[state]\nflush_interval = 0.5\nrefresh_interval = 0.5\n"
@@ -69,19 +72,24 @@ def test_warm_makes_a_cold_image_warm_on_edge_and_waits_for_it(
 
 def test_status_shows_a_slow_copy_as_a_progress_bar(
         stack: Stack, ops: Daemon, glance: Glance) -> None:
-    image_id = upload(glance, "ops-big", 192 * MiB)
+    # Big enough (dense, copy_window = 1) for a copy of a few seconds: the
+    # CLI subprocesses must catch it under way, on a loaded CI machine too.
+    image_id = upload(glance, "ops-big", 512 * MiB)
     exe = Path(sys.executable).parent / "warmer"
     waiting = subprocess.Popen([str(exe), *ops.config_args, "warm", image_id, "--target",
                                 "edge", "--wait"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
         def bar() -> str | None:
-            status = ops.cli("status")
-            assert status.returncode == 0, status.stderr
-            line = next((x for x in status.stdout.splitlines() if x.startswith(image_id)), "")
-            found = BAR.search(line)
-            return status.stdout if found else None
-        table = ops.wait_until(bar, 60, "a progress bar in warmer status", interval=0.1)
+            # In this process: a subprocess would spend most of the copy
+            # starting Python.
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                code = cli.main([*ops.config_args, "status"])
+            assert code == 0, out.getvalue()
+            line = next((x for x in out.getvalue().splitlines() if x.startswith(image_id)), "")
+            return out.getvalue() if BAR.search(line) else None
+        table = ops.wait_until(bar, 60, "a progress bar in warmer status", interval=0.02)
         assert re.search(r"^-- \d+ warm, [1-9]\d* copying, \d+ failing, leader$", table,
                          re.MULTILINE), table
         out, err = waiting.communicate(timeout=300)
