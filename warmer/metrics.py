@@ -105,7 +105,7 @@ class Metrics:
     def add_state_collector(self, rows: StatusRows, tracked: Callable[[], int]) -> None:
         self.registry.register(StateCollector(rows, tracked))
 
-    def notification(self, event_type: object, outcome: str) -> None:
+    def notification(self, event_type: object, outcome: str, count: int = 1) -> None:
         # Label values must stay bounded: unknown event types share one label.
         label = event_type if is_known(event_type) else "other"
-        self.notifications.labels(label, outcome).inc()
+        self.notifications.labels(label, outcome).inc(count)

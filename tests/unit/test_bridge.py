@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 import time
 from typing import Any
 
 import pytest
 from oslo_config import cfg
 
-from warmer.bus.listener import HANDLED, REQUEUE, Bridge, BusListener, _GuardedDispatcher
+from warmer.bus.listener import HANDLED, REQUEUE, Bridge, BusListener, dispatch, dispatch_batch
 from warmer.conf import bus as bus_conf
 from warmer.events import Event
 from warmer.metrics import Metrics
@@ -89,28 +91,81 @@ def test_a_bug_in_handling_is_acked_not_requeued_forever(
     assert count(metrics, "image.activate", "error") == 1
 
 
-class _Incoming:
-    def __init__(self, message: Any) -> None:
-        self.ctxt: dict[str, Any] = {}
-        self.message = message
-
-
-@pytest.mark.parametrize("message", [["not", "a", "dict"], "text", 42])
-def test_envelope_that_breaks_oslo_dispatch_is_acked_as_malformed(
+@pytest.mark.parametrize("message", [["not", "a", "dict"], "text", 42, {"priority": 5},
+                                     {"priority": "LOUD", "event_type": "image.activate"}])
+def test_envelope_that_breaks_dispatch_is_acked_as_malformed(
         loop: asyncio.AbstractEventLoop, message: Any) -> None:
     bridge, metrics, seen = make(loop, ok)
-    result = _GuardedDispatcher(bridge).dispatch(_Incoming(message))
-    assert result == HANDLED and seen == []
+    assert dispatch(bridge, message) == HANDLED and seen == []
     assert count(metrics, "other", "malformed") == 1
 
 
-def test_well_formed_envelope_goes_through_the_dispatcher(
-        loop: asyncio.AbstractEventLoop) -> None:
+def test_well_formed_envelope_goes_through_dispatch(loop: asyncio.AbstractEventLoop) -> None:
     bridge, _, seen = make(loop, ok)
     message = {"priority": "INFO", "event_type": "image.activate", "publisher_id": "image.h",
                "payload": IMAGE, "message_id": "m", "timestamp": "2026-11-25 10:00:00"}
-    assert _GuardedDispatcher(bridge).dispatch(_Incoming(message)) == HANDLED
+    assert dispatch(bridge, message) == HANDLED
     assert len(seen) == 1
+
+
+def _message(event_type: str = "image.activate", priority: str = "INFO",
+             payload: Any = None) -> dict[str, Any]:
+    return {"priority": priority, "event_type": event_type, "publisher_id": "image.h",
+            "payload": IMAGE if payload is None else payload, "message_id": "m",
+            "timestamp": "2026-11-25 10:00:00"}
+
+
+def test_a_batch_is_handed_off_in_one_call_and_answered_in_order(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge, metrics, seen = make(loop, ok)
+    calls = []
+    real = asyncio.run_coroutine_threadsafe
+
+    def counting(coro: Any, target: asyncio.AbstractEventLoop) -> Any:
+        calls.append(1)
+        return real(coro, target)
+    monkeypatch.setattr("warmer.bus.listener.asyncio.run_coroutine_threadsafe", counting)
+    batch = [_message(), "garbage", _message(payload={"id": 5}),
+             _message("compute.instance.exists"), _message(priority="AUDIT"), _message()]
+    assert dispatch_batch(bridge, batch) == [HANDLED] * 6
+    assert len(calls) == 1 and len(seen) == 2
+    assert count(metrics, "image.activate", "handled") == 2
+    assert count(metrics, "image.activate", "malformed") == 1
+    assert count(metrics, "other", "malformed") == 1
+    assert count(metrics, "other", "ignored") == 1
+    assert count(metrics, "image.activate", "ignored") == 1  # a priority not consumed
+
+
+def test_draining_requeues_only_what_reached_the_loop(loop: asyncio.AbstractEventLoop) -> None:
+    async def draining(ev: Event) -> str:
+        raise Draining()
+    bridge, metrics, _ = make(loop, draining)
+    assert dispatch_batch(bridge, [_message(), "garbage", _message()]) == \
+        [REQUEUE, HANDLED, REQUEUE]
+    assert count(metrics, "image.activate", "requeued") == 2
+
+
+def test_one_bug_in_a_batch_drops_only_its_own_event(loop: asyncio.AbstractEventLoop) -> None:
+    calls = []
+
+    async def sometimes(ev: Event) -> str:
+        calls.append(ev)
+        if len(calls) == 2:
+            raise KeyError("bug")
+        return "handled"
+    bridge, metrics, _ = make(loop, sometimes)
+    assert dispatch_batch(bridge, [_message()] * 3) == [HANDLED] * 3
+    assert count(metrics, "image.activate", "handled") == 2
+    assert count(metrics, "image.activate", "error") == 1
+
+
+def test_a_payload_over_the_limit_is_malformed_given_its_body_size(
+        loop: asyncio.AbstractEventLoop) -> None:
+    bridge, metrics, seen = make(loop, ok)  # 4096 bytes at most
+    big = {**IMAGE, "properties": {"k": "x" * 5000}}
+    body = len(json.dumps(big, separators=(",", ":")).encode())
+    assert bridge.deliver_batch([("image.h", "image.update", big, {})], [body]) == [HANDLED]
+    assert seen == [] and count(metrics, "image.update", "malformed") == 1
 
 
 @pytest.mark.parametrize("error", [KeyError("bug"), ValueError("x" * 100_000), RecursionError(),
@@ -172,7 +227,7 @@ def test_listener_sees_its_connection_drop_and_come_back(
     listener.start()
     try:
         assert listener.connected() is True
-        kombu_conn = listener._server.listener._poll_style_listener.conn.connection.connection
+        kombu_conn = listener._conn.connection.connection
         kombu_conn.collect()  # what kombu does when a read or write fails
         assert listener.connected() is False
         deadline = time.monotonic() + 15
@@ -182,3 +237,85 @@ def test_listener_sees_its_connection_drop_and_come_back(
     finally:
         listener.stop()
     assert listener.connected() is False
+
+
+class _Raw:
+    def __init__(self, channel: object, tag: int, log: list[tuple[str, int, bool]]) -> None:
+        self.channel, self.tag, self.log = channel, tag, log
+
+    def ack(self, multiple: bool = False) -> None:
+        self.log.append(("ack", self.tag, multiple))
+
+    def requeue(self) -> None:
+        self.log.append(("requeue", self.tag, False))
+
+
+class _Msg:
+    def __init__(self, raw: _Raw) -> None:
+        self._raw_message = raw
+
+
+class _Conn:
+    def __init__(self, channel: object) -> None:
+        self.channel = channel
+        self._connection_lock = threading.Lock()
+
+
+def test_a_batch_is_settled_by_requeues_then_one_multiple_ack_on_the_current_channel(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
+    """Requeues first (a multiple ack would otherwise ack them too); messages
+    of a channel the connection replaced are left for the broker to
+    redeliver (their delivery tags mean nothing on the new channel)."""
+    conf = cfg.ConfigOpts()
+    bus_conf.register_opts(conf)
+    conf([])
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(conf, bridge)
+    old, new = object(), object()
+    log: list[tuple[str, int, bool]] = []
+    listener._conn = _Conn(new)
+    batch = [_Msg(_Raw(old, 7, log)), _Msg(_Raw(new, 1, log)), _Msg(_Raw(new, 2, log)),
+             _Msg(_Raw(new, 3, log)), _Msg(_Raw(new, 4, log))]
+    listener._settle(batch, [HANDLED, HANDLED, REQUEUE, HANDLED, REQUEUE])
+    assert log == [("requeue", 2, False), ("requeue", 4, False), ("ack", 3, True)]
+
+
+def test_listener_consumes_acks_and_counts_on_a_real_driver(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
+    """oslo.messaging's own Notifier and rabbit driver on kombu's in-memory
+    transport: the queue is declared by the driver, messages are handed off
+    in batches and acked (a restarted listener gets nothing again)."""
+    import oslo_messaging
+
+    conf_file = tmp_path / "warmer.conf"
+    conf_file.write_text("[DEFAULT]\ntransport_url = kombu+memory:////\n")
+    conf = cfg.ConfigOpts()
+    bus_conf.register_opts(conf)
+    conf(["--config-file", str(conf_file)])
+    bridge, metrics, seen = make(loop, ok)
+    listener = BusListener(conf, bridge)
+    listener.start()
+    transport = oslo_messaging.get_notification_transport(conf)
+    try:
+        notifier = oslo_messaging.Notifier(transport, publisher_id="image.h",
+                                           driver="messagingv2", topics=["notifications"])
+        for n in range(50):
+            notifier.info({}, "image.activate", {**IMAGE, "name": f"n{n}"})
+        notifier.info({}, "image.activate", {"id": "not-a-uuid", "status": "active"})
+        deadline = time.monotonic() + 10
+        while count(metrics, "image.activate", "handled") < 50 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        listener.stop()
+    assert count(metrics, "image.activate", "handled") == 50 and len(seen) == 50
+    deadline = time.monotonic() + 5
+    while count(metrics, "image.activate", "malformed") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert count(metrics, "image.activate", "malformed") == 1
+    again, metrics2, seen2 = make(loop, ok)
+    listener = BusListener(conf, again)
+    listener.start()
+    time.sleep(0.3)
+    listener.stop()
+    transport.cleanup()
+    assert seen2 == []  # everything was acked
