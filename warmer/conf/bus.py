@@ -2,8 +2,8 @@
 
 The transport itself is oslo.messaging's ``[DEFAULT] transport_url`` (or
 ``[oslo_messaging_notifications] transport_url``), with its
-``[oslo_messaging_rabbit]`` options and ``[DEFAULT]
-executor_thread_pool_size`` for the listener's threads. The rabbit
+``[oslo_messaging_rabbit]`` options (``rabbit_qos_prefetch_count`` among
+them); one thread consumes (:mod:`warmer.bus.listener`). The rabbit
 driver declares warmer's exchanges and pool queue with those options
 (``amqp_durable_queues``, ``amqp_auto_delete``, ``rabbit_quorum_queue``
 and its limits, ``rabbit_ha_queues``), exactly as for any OpenStack
