@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import threading
 import time
 from typing import Any
 
 import pytest
 from oslo_config import cfg
 
+from warmer.bus import listener as listener_mod
 from warmer.bus.listener import HANDLED, REQUEUE, Bridge, BusListener, dispatch, dispatch_batch
 from warmer.conf import bus as bus_conf
 from warmer.events import Event
@@ -240,13 +240,17 @@ def test_listener_sees_its_connection_drop_and_come_back(
 
 
 class _Raw:
-    def __init__(self, channel: object, tag: int, log: list[tuple[str, int, bool]]) -> None:
-        self.channel, self.tag, self.log = channel, tag, log
+    def __init__(self, channel: object, tag: int, log: list[tuple[str, int, bool]],
+                 fail: bool = False) -> None:
+        self.channel, self.tag, self.log, self.fail = channel, tag, log, fail
+        self.body = b"{}"
 
     def ack(self, multiple: bool = False) -> None:
         self.log.append(("ack", self.tag, multiple))
 
     def requeue(self) -> None:
+        if self.fail:
+            raise OSError("channel gone")
         self.log.append(("requeue", self.tag, False))
 
 
@@ -255,29 +259,93 @@ class _Msg:
         self._raw_message = raw
 
 
+class _KombuConn:
+    def __init__(self, log: list[tuple[str, int, bool]]) -> None:
+        self.log = log
+
+    def collect(self) -> None:
+        self.log.append(("collect", 0, False))
+
+
 class _Conn:
-    def __init__(self, channel: object) -> None:
+    """What the listener uses of the rabbit driver's connection."""
+
+    def __init__(self, channel: object, log: list[tuple[str, int, bool]]) -> None:
         self.channel = channel
-        self._connection_lock = threading.Lock()
+        self.connection = _KombuConn(log)
 
 
-def test_a_batch_is_settled_by_requeues_then_one_multiple_ack_on_the_current_channel(
-        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
-    """Requeues first (a multiple ack would otherwise ack them too); messages
-    of a channel the connection replaced are left for the broker to
-    redeliver (their delivery tags mean nothing on the new channel)."""
+def _listener(loop: asyncio.AbstractEventLoop, sink: Any = ok) -> tuple[BusListener, Metrics]:
     conf = cfg.ConfigOpts()
     bus_conf.register_opts(conf)
     conf([])
-    bridge, _, _ = make(loop, ok)
-    listener = BusListener(conf, bridge)
+    bridge, metrics, _ = make(loop, sink)
+    return BusListener(conf, bridge), metrics
+
+
+def test_a_batch_is_settled_by_requeues_then_one_multiple_ack_on_the_current_channel(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Requeues first (a multiple ack would otherwise ack them too); messages
+    of a channel the connection replaced are left for the broker to
+    redeliver (their delivery tags mean nothing on the new channel)."""
+    listener, _ = _listener(loop)
     old, new = object(), object()
     log: list[tuple[str, int, bool]] = []
-    listener._conn = _Conn(new)
-    batch = [_Msg(_Raw(old, 7, log)), _Msg(_Raw(new, 1, log)), _Msg(_Raw(new, 2, log)),
-             _Msg(_Raw(new, 3, log)), _Msg(_Raw(new, 4, log))]
+    listener._conn = _Conn(old, log)
+    listener._received(_Msg(_Raw(old, 7, log)))
+    listener._conn.channel = new
+    for tag in (1, 2, 3, 4):
+        listener._received(_Msg(_Raw(new, tag, log)))
+    batch = listener._pending
     listener._settle(batch, [HANDLED, HANDLED, REQUEUE, HANDLED, REQUEUE])
     assert log == [("requeue", 2, False), ("requeue", 4, False), ("ack", 3, True)]
+
+
+def test_a_batch_whose_hand_off_raised_is_requeued_before_the_next_multiple_ack(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's message loss: a batch left unsettled was acked, unseen,
+    by the next batch's ``multiple`` ack."""
+    listener, _ = _listener(loop)
+    channel = object()
+    log: list[tuple[str, int, bool]] = []
+    listener._conn = _Conn(channel, log)
+    real = listener_mod.dispatch_batch
+    calls: list[int] = []
+
+    def fails_once(*args: Any) -> list[str]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return real(*args)
+    monkeypatch.setattr(listener_mod, "dispatch_batch", fails_once)
+    for tag in (1, 2):
+        listener._received(_Msg(_Raw(channel, tag, log)))
+    listener._hand_off()
+    listener._received(_Msg(_Raw(channel, 3, log)))
+    listener._hand_off()
+    assert log == [("requeue", 1, False), ("requeue", 2, False), ("ack", 3, True)]
+
+
+def test_a_settle_that_fails_gives_the_channel_up_and_never_acks_on_it_again(
+        loop: asyncio.AbstractEventLoop) -> None:
+    listener, _ = _listener(loop)
+    channel = object()
+    log: list[tuple[str, int, bool]] = []
+    listener._conn = _Conn(channel, log)
+    listener._received(_Msg(_Raw(channel, 1, log, fail=True)))
+    listener._received(_Msg(_Raw(channel, 2, log)))
+    listener._settle(listener._pending, [REQUEUE, HANDLED])
+    listener._pending = []
+    assert log == [("collect", 0, False)]  # the broker redelivers both
+    listener._received(_Msg(_Raw(channel, 3, log)))  # still the dead channel
+    listener._settle(listener._pending, [HANDLED])
+    assert log == [("collect", 0, False)]  # tag 3 would have acked 1 and 2
+    listener._pending = []
+    fresh = object()
+    listener._conn.channel = fresh  # the driver reconnected
+    listener._received(_Msg(_Raw(fresh, 1, log)))
+    listener._settle(listener._pending, [HANDLED])
+    assert log[-1] == ("ack", 1, True)
 
 
 def test_listener_consumes_acks_and_counts_on_a_real_driver(

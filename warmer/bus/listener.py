@@ -279,7 +279,11 @@ class BusListener:
         self._conn: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._pending: list[Any] = []
+        #: (channel generation, message) of the batch being gathered.
+        self._pending: list[tuple[int, Any]] = []
+        self._channel: Any = None
+        self._dead_channel: Any = None
+        self._generation = 0
         self._oldest = 0.0
         self._batch = conf.bus.batch_size
         self._linger = conf.bus.batch_linger
@@ -311,10 +315,27 @@ class BusListener:
 
     def _received(self, message: Any) -> None:
         """The driver's callback, in the consumer thread, for each message it
-        could decode: keep it for the next batch."""
+        could decode: keep it for the next batch, with the generation of the
+        channel it came on."""
         if not self._pending:
             self._oldest = time.monotonic()
-        self._pending.append(message)
+        self._pending.append((self._generation_now(), message))
+
+    def _generation_now(self) -> int:
+        """The generation of the channel the connection consumes on now.
+
+        Delivery tags mean something only on the channel that gave them, and
+        a ``multiple`` ack covers every earlier tag of that channel. So each
+        channel gets a number when first seen, and a channel this listener
+        gave up on (:meth:`_abandon_channel`) never gets one again: nothing
+        that came on it is acked or requeued afterwards."""
+        channel = self._conn.channel
+        if channel is None or channel is self._dead_channel:
+            return -1
+        if channel is not self._channel:
+            self._channel = channel
+            self._generation += 1
+        return self._generation
 
     def _consume(self) -> None:
         conn = self._conn
@@ -328,7 +349,7 @@ class BusListener:
                 conn.consume(timeout=timeout)
             except driver_common.Timeout:
                 if self._pending:
-                    self._flush()
+                    self._hand_off()
                 continue
             except Exception:  # the driver retries on its own; never die silently
                 LOG.exception("consuming notifications failed; trying again")
@@ -336,45 +357,70 @@ class BusListener:
                 continue
             if len(self._pending) >= self._batch or (
                     self._pending and time.monotonic() - self._oldest >= self._linger):
-                self._flush()
+                self._hand_off()
         if self._pending:
-            self._flush()  # the engine is draining by now: these are requeued
-
-    def _flush(self) -> None:
-        try:
-            self._hand_off()
-        except Exception:  # a bug here must not stop consumption for good
-            LOG.exception("handing a batch of notifications off failed; the broker "
-                          "redelivers what was not acked")
+            self._hand_off()  # the engine is draining by now: these are requeued
 
     def _hand_off(self) -> None:
+        """Hand the pending batch to the loop and settle it. Whatever goes
+        wrong, the batch is settled here and now, message by message if need
+        be, or its channel is given up: an unsettled message must never sit
+        below a later batch's ``multiple`` ack, which would ack it unseen."""
         batch, self._pending = self._pending, []
-        self._settle(batch, dispatch_batch(self._bridge, batch,
-                                           [_body_size(m) for m in batch]))
+        try:
+            results = dispatch_batch(self._bridge, [m for _, m in batch],
+                                     [_body_size(m) for _, m in batch])
+        except Exception:  # a bug of the bridge: the messages are not lost
+            LOG.exception("handing %d notifications off failed; requeueing them",
+                          len(batch))
+            results = [REQUEUE] * len(batch)
+        self._settle(batch, results)
 
-    def _settle(self, batch: list[Any], results: list[str]) -> None:
+    def _settle(self, batch: list[tuple[int, Any]], results: list[str]) -> None:
         """Requeue what must be, then ack the rest with one ``multiple``
         ack of the last one (every earlier message of this channel is
         settled by then). Messages of a channel the connection no longer
-        uses are left alone: the broker redelivers them."""
+        uses are left alone: the broker redelivers them.
+
+        If any of it fails, what this channel holds unsettled is unknown, so
+        the channel is given up (:meth:`_abandon_channel`): the broker then
+        redelivers every message of it that was not settled, and no later
+        ``multiple`` ack can cover them.
+
+        No lock: the rabbit driver's ``_connection_lock`` is a no-op for a
+        listening connection (there is no heartbeat thread), and only the
+        consumer thread uses the connection."""
+        current = self._generation_now()
+        try:
+            last = None
+            for (generation, message), result in zip(batch, results, strict=True):
+                if generation != current or generation < 0:
+                    continue
+                raw = message._raw_message
+                if result == REQUEUE:
+                    raw.requeue()
+                else:
+                    last = raw
+            if last is not None:
+                last.ack(multiple=True)
+        except Exception as exc:  # connection or channel gone, or worse: never die here
+            LOG.warning("could not settle %d notifications (%s); dropping the channel, "
+                        "the broker redelivers them", len(batch), _describe(exc))
+            self._abandon_channel()
+
+    def _abandon_channel(self) -> None:
+        """Give up the current channel: nothing that came on it is settled
+        any more, and the connection's socket is closed without a handshake
+        (kombu's ``collect``), so the broker requeues every message of it
+        not acked yet. The rabbit driver reconnects on the next consume."""
         conn = self._conn
-        with conn._connection_lock:
-            channel = conn.channel
-            try:
-                last = None
-                for message, result in zip(batch, results, strict=True):
-                    raw = message._raw_message
-                    if raw.channel is not channel:
-                        continue
-                    if result == REQUEUE:
-                        raw.requeue()
-                    else:
-                        last = raw
-                if last is not None:
-                    last.ack(multiple=True)
-            except Exception as exc:  # connection or channel gone, or worse: never die here
-                LOG.info("could not settle %d notifications (the broker redelivers "
-                         "them): %s", len(batch), exc)
+        self._dead_channel = conn.channel
+        self._channel = None
+        try:
+            conn.connection.collect()
+        except Exception as exc:
+            LOG.warning("closing the bus connection after a failed settle: %s",
+                        _describe(exc))
 
     def connected(self) -> bool | None:
         """Whether the listener's AMQP connection is up right now: True or
