@@ -142,7 +142,7 @@ async def run_warmer(service: Service, events: int) -> tuple[float, dict[str, fl
     loop = asyncio.get_running_loop()
     bindings.modules()  # the daemon loaded them when it connected to Ceph
     engine_task = asyncio.create_task(service.engine.run())
-    bridge = Bridge(loop, service.engine.handle, service.metrics,
+    bridge = Bridge(loop, service.engine.fold, service.metrics,
                     max_payload_bytes=service.conf.bus.max_payload_bytes,
                     handoff_timeout=service.conf.bus.handoff_timeout, transient=(Draining,))
     listener = BusListener(service.conf, bridge)
@@ -201,7 +201,7 @@ def one_run(stack: Stack, ids: list[str], events: int, seed: int, extra: str) ->
                         routing_key="notifications.info", durable=False)(conn).declare()
         service = Service(conf)
         # Declare warmer's own queue and bindings, as the daemon does.
-        listener = BusListener(conf, Bridge(asyncio.new_event_loop(), service.engine.handle,
+        listener = BusListener(conf, Bridge(asyncio.new_event_loop(), service.engine.fold,
                                             service.metrics, max_payload_bytes=1 << 20,
                                             handoff_timeout=1.0))
         listener.start()

@@ -33,15 +33,15 @@ def make(loop: asyncio.AbstractEventLoop, sink: Any,
     seen: list[Event] = []
     metrics = Metrics()
 
-    async def record(ev: Event) -> str:
+    def record(ev: Event) -> str:
         seen.append(ev)
-        result: str = await sink(ev)
+        result: str = sink(ev)
         return result
     return Bridge(loop, record, metrics, max_payload_bytes=4096, handoff_timeout=timeout,
                   transient=(Draining,)), metrics, seen
 
 
-async def ok(ev: Event) -> str:
+def ok(ev: Event) -> str:
     return "handled"
 
 
@@ -66,25 +66,41 @@ def test_unknown_events_are_acked_as_ignored(loop: asyncio.AbstractEventLoop) ->
 
 
 def test_draining_requeues(loop: asyncio.AbstractEventLoop) -> None:
-    async def draining(ev: Event) -> str:
+    def draining(ev: Event) -> str:
         raise Draining()
     bridge, metrics, _ = make(loop, draining)
     assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == REQUEUE
     assert count(metrics, "image.activate", "requeued") == 1
 
 
-def test_a_loop_that_does_not_take_the_event_in_time_requeues(
+def test_a_loop_that_does_not_take_the_event_in_time_requeues_and_never_folds_it(
         loop: asyncio.AbstractEventLoop) -> None:
-    async def stuck(ev: Event) -> str:
-        await asyncio.sleep(5)
-        return "handled"
-    bridge, _, _ = make(loop, stuck, timeout=0.2)
+    """The review's triple fold: the loop was stalled past handoff_timeout,
+    the batch was requeued, and the loop folded it anyway once free."""
+    bridge, metrics, seen = make(loop, ok, timeout=0.2)
+    loop.call_soon_threadsafe(time.sleep, 0.6)  # the loop is stuck
     assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == REQUEUE
+    time.sleep(0.8)  # the loop is free again, and runs what was queued on it
+    assert seen == []
+    assert count(metrics, "image.activate", "requeued") == 1
+    assert count(metrics, "image.activate", "handled") == 0
+
+
+def test_a_fold_that_started_before_the_timeout_is_waited_for_and_acked(
+        loop: asyncio.AbstractEventLoop) -> None:
+    def slow(ev: Event) -> str:
+        time.sleep(0.5)  # a long synchronous fold, started in time
+        return "handled"
+    bridge, metrics, seen = make(loop, slow, timeout=0.2)
+    assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == HANDLED
+    assert len(seen) == 1
+    assert count(metrics, "image.activate", "handled") == 1
+    assert count(metrics, "image.activate", "requeued") == 0
 
 
 def test_a_bug_in_handling_is_acked_not_requeued_forever(
         loop: asyncio.AbstractEventLoop) -> None:
-    async def buggy(ev: Event) -> str:
+    def buggy(ev: Event) -> str:
         raise KeyError("bug")
     bridge, metrics, _ = make(loop, buggy)
     assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == HANDLED
@@ -119,12 +135,12 @@ def test_a_batch_is_handed_off_in_one_call_and_answered_in_order(
         loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     bridge, metrics, seen = make(loop, ok)
     calls = []
-    real = asyncio.run_coroutine_threadsafe
+    real = loop.call_soon_threadsafe
 
-    def counting(coro: Any, target: asyncio.AbstractEventLoop) -> Any:
+    def counting(*args: Any) -> Any:
         calls.append(1)
-        return real(coro, target)
-    monkeypatch.setattr("warmer.bus.listener.asyncio.run_coroutine_threadsafe", counting)
+        return real(*args)
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
     batch = [_message(), "garbage", _message(payload={"id": 5}),
              _message("compute.instance.exists"), _message(priority="AUDIT"), _message()]
     assert dispatch_batch(bridge, batch) == [HANDLED] * 6
@@ -137,7 +153,7 @@ def test_a_batch_is_handed_off_in_one_call_and_answered_in_order(
 
 
 def test_draining_requeues_only_what_reached_the_loop(loop: asyncio.AbstractEventLoop) -> None:
-    async def draining(ev: Event) -> str:
+    def draining(ev: Event) -> str:
         raise Draining()
     bridge, metrics, _ = make(loop, draining)
     assert dispatch_batch(bridge, [_message(), "garbage", _message()]) == \
@@ -148,7 +164,7 @@ def test_draining_requeues_only_what_reached_the_loop(loop: asyncio.AbstractEven
 def test_one_bug_in_a_batch_drops_only_its_own_event(loop: asyncio.AbstractEventLoop) -> None:
     calls = []
 
-    async def sometimes(ev: Event) -> str:
+    def sometimes(ev: Event) -> str:
         calls.append(ev)
         if len(calls) == 2:
             raise KeyError("bug")
@@ -194,7 +210,7 @@ def test_warmers_own_image_send_is_acked_counted_and_adds_no_score(
     engine, _, _ = build()
     engine.tracker.own_users = frozenset({"warmer-user"})
     metrics = Metrics()
-    bridge = Bridge(loop, engine.handle, metrics, max_payload_bytes=4096, handoff_timeout=2.0)
+    bridge = Bridge(loop, engine.fold, metrics, max_payload_bytes=4096, handoff_timeout=2.0)
 
     def send(user: str, message_id: str) -> str:
         return bridge.deliver("image.g1", "image.send", {

@@ -301,7 +301,7 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
         loop: asyncio.AbstractEventLoop) -> None:
     seen: list[Event] = []
 
-    async def sink(event: Event) -> str:
+    def sink(event: Event) -> str:
         seen.append(event)
         return "handled"
 

@@ -19,9 +19,9 @@ keeps everything oslo.messaging decides and drives the consumption itself:
   in batches: all that is waiting, up to ``[bus] batch_size`` (half the
   prefetch when one is set), or what came within ``batch_linger``.
   Each message is parsed in that thread, then one
-  ``asyncio.run_coroutine_threadsafe`` folds the whole batch into the
-  engine on the loop, and only then is anything acked (one ``basic.ack``
-  with ``multiple`` for the batch, after the requeues).
+  ``loop.call_soon_threadsafe`` folds the whole batch into the engine on
+  the loop (synchronously), and only then is anything acked (one
+  ``basic.ack`` with ``multiple`` for the batch, after the requeues).
 
 Ack and requeue rules, per message:
 
@@ -38,11 +38,12 @@ Ack and requeue rules, per message:
   rabbit driver logs "Failed to process message ... skipping it" and
   rejects it without requeue before warmer sees it;
   :class:`_DriverDropCounter` counts those log records as ``malformed``;
-* the loop is draining, or did not take the batch within
+* the loop is draining, or did not start folding the batch within
   ``handoff_timeout``: requeue, so another daemon of the pool, or this one
-  after a restart, gets them. A batch the loop took partly (a timeout in
-  the middle) is requeued whole: what was folded comes back as
-  ``duplicate`` (handlers are idempotent);
+  after a restart, gets them. A handshake (:class:`_Job`) decides, once,
+  whether the loop folds a batch or the consumer thread takes it back: a
+  batch is never both folded and requeued, and a fold that started in
+  time is waited for and acked;
 * a bug while handling: ack, logged and counted as ``error`` (requeueing
   it would only repeat the bug forever).
 
@@ -56,11 +57,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import oslo_messaging
@@ -79,7 +79,7 @@ REQUEUE: str = oslo_messaging.NotificationResult.REQUEUE
 PRIORITIES = frozenset({"audit", "debug", "info", "warn", "error", "critical", "sample"})
 CONSUMED_PRIORITIES = ("info", "warn", "error")
 
-Sink = Callable[[events.Event], Coroutine[Any, Any, str]]
+Sink = Callable[[events.Event], str]
 #: One notification as the bridge takes it: publisher_id, event_type,
 #: payload, metadata (message_id, timestamp).
 Notification = tuple[Any, Any, Any, Any]
@@ -89,8 +89,33 @@ class TransientHandoffError(Exception):
     """The loop could not take the event now; the message is requeued."""
 
 
+class _Job:
+    """One batch handed to the loop, and the handshake that decides whether
+    the loop folds it or the consumer thread takes it back.
+
+    Under ``lock``, the loop marks it ``started`` unless the consumer thread
+    marked it ``abandoned`` first (after ``handoff_timeout``); exactly one of
+    the two happens. A started fold is synchronous and runs to its end
+    (``done``), so what the loop folded is always acked and never requeued,
+    and what it did not fold is requeued and never folded."""
+
+    def __init__(self, batch: list[events.Event]) -> None:
+        self.batch = batch
+        self.lock = threading.Lock()
+        self.started = False
+        self.abandoned = False
+        self.done = threading.Event()
+        self.outcomes: list[str] = []
+
+
 class Bridge:
-    """Hands parsed events from the consumer thread to the loop."""
+    """Hands parsed events from the consumer thread to the loop.
+
+    ``sink`` folds one event into the engine's state, on the loop,
+    synchronously (no I/O), and returns the outcome to count."""
+
+    #: Seconds between two calls of :attr:`keepalive` while waiting.
+    SLICE = 1.0
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sink: Sink, metrics: Metrics, *,
                  max_payload_bytes: int, handoff_timeout: float,
@@ -101,9 +126,9 @@ class Bridge:
         self._max_payload_bytes = max_payload_bytes
         self._handoff_timeout = handoff_timeout
         self._transient: tuple[type[BaseException], ...] = (TransientHandoffError, *transient)
-        self._requeue_on: tuple[type[BaseException], ...] = (
-            concurrent.futures.TimeoutError, concurrent.futures.CancelledError,
-            *self._transient)
+        #: Called in the waiting thread between slices of a wait (the
+        #: listener keeps its connection's heartbeats going with it).
+        self.keepalive: Callable[[], None] | None = None
 
     def deliver(self, publisher_id: Any, event_type: Any, payload: Any,
                 metadata: Any) -> str:
@@ -148,32 +173,57 @@ class Bridge:
         return results
 
     def _hand_off(self, batch: list[events.Event]) -> list[str]:
-        """The outcome of each event (REQUEUE for those the loop did not take)."""
+        """The outcome of each event: what the loop's fold returned, or
+        REQUEUE for all when the loop did not start folding the batch within
+        ``handoff_timeout`` (or is closed)."""
+        job = _Job(batch)
         try:
-            future = asyncio.run_coroutine_threadsafe(self._fold(batch), self._loop)
+            self._loop.call_soon_threadsafe(self._run, job)
         except RuntimeError:  # loop closed
             return [REQUEUE] * len(batch)
-        try:
-            return future.result(timeout=self._handoff_timeout)
-        except self._requeue_on as exc:
-            future.cancel()
-            LOG.info("requeueing %d notifications: %s", len(batch), type(exc).__name__)
-            return [REQUEUE] * len(batch)
-        except Exception:  # a bug of the bridge itself: drop rather than loop
-            LOG.exception("handing %d notifications off failed; dropping them", len(batch))
-            return ["error"] * len(batch)
+        if not self._wait(job.done, self._handoff_timeout):
+            with job.lock:
+                job.abandoned = not job.started
+            if job.abandoned:
+                LOG.info("requeueing %d notifications: the loop did not take them "
+                         "within %.1fs", len(batch), self._handoff_timeout)
+                return [REQUEUE] * len(batch)
+            self._wait(job.done, None)  # started: the fold is synchronous and bounded
+        return job.outcomes
 
-    async def _fold(self, batch: list[events.Event]) -> list[str]:
-        outcomes = []
-        for event in batch:
-            try:
-                outcomes.append(await self._sink(event))
-            except self._transient:
-                outcomes.append(REQUEUE)
-            except Exception:
-                LOG.exception("handling %s failed; dropping it", type(event).__name__)
-                outcomes.append("error")
-        return outcomes
+    def _wait(self, done: threading.Event, timeout: float | None) -> bool:
+        """Wait for ``done`` at most ``timeout`` seconds (None: for ever), in
+        slices with :attr:`keepalive` between them."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = self.SLICE if deadline is None else min(self.SLICE,
+                                                           deadline - time.monotonic())
+            if left <= 0:
+                return done.is_set()
+            if done.wait(left):
+                return True
+            if self.keepalive is not None:
+                self.keepalive()
+
+    def _run(self, job: _Job) -> None:
+        """On the loop: fold the batch, unless the consumer thread took it back."""
+        with job.lock:
+            if job.abandoned:
+                return
+            job.started = True
+        try:
+            job.outcomes = [self._fold_one(event) for event in job.batch]
+        finally:
+            job.done.set()
+
+    def _fold_one(self, event: events.Event) -> str:
+        try:
+            return self._sink(event)
+        except self._transient:
+            return REQUEUE
+        except Exception:
+            LOG.exception("handling %s failed; dropping it", type(event).__name__)
+            return "error"
 
     def ignored(self, event_type: Any) -> None:
         self._metrics.notification(event_type, "ignored")
