@@ -377,3 +377,46 @@ def _image_of(event: Event) -> str:
 
 def _site_of(event: Event) -> str | None:
     return event.backend_host if isinstance(event, VolumeCreatedFromImage) else None
+
+
+class _Raw:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class _Delivered(dict[str, Any]):
+    """A notification as the rabbit driver hands it over: the decoded inner
+    message, with the kombu message it came in."""
+
+    _raw_message: _Raw
+
+
+def test_an_astral_character_body_over_the_limit_is_malformed_not_waved_through(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """py-amqp decodes a body that has a content encoding into ``str``. A
+    body of astral characters (4 bytes of UTF-8 each, 12 characters each
+    once JSON-escaped) must be measured in bytes: counted in characters it
+    looked small enough to skip the size check, and the payload, 1.5 times
+    the limit, reached the engine."""
+    seen: list[Event] = []
+
+    def sink(event: Event) -> str:
+        seen.append(event)
+        return "handled"
+
+    metrics = Metrics()
+    bridge = Bridge(loop, sink, metrics, max_payload_bytes=MAX_PAYLOAD, handoff_timeout=5.0)
+    image = {"id": "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f", "status": "active",
+             "disk_format": "raw", "size": 1, "properties": {"k": "\U0001f600" * 8000}}
+    message = _Delivered(priority="INFO", event_type="image.update", publisher_id="image.h",
+                         payload=image, message_id="m", timestamp="2026-11-25 10:00:00")
+    body = '{"oslo.version": "2.0", "oslo.message": "' + "\U0001f600" * 8000 + '"}'
+    message._raw_message = _Raw(body)
+    assert len(body) * 8 <= MAX_PAYLOAD < len(body.encode()) * 8  # the bypass
+    size = listener._body_size(message)
+    assert size == len(body.encode())
+    assert listener.dispatch_batch(bridge, [message], [size]) == [HANDLED]
+    assert seen == []
+    assert metrics.registry.get_sample_value(
+        "warmer_notifications_total",
+        {"event_type": "image.update", "outcome": "malformed"}) == 1

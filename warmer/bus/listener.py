@@ -532,8 +532,14 @@ def _listen_connection(transport: Any) -> Any:
 
 
 def _body_size(message: Any) -> int | None:
+    """The size of ``message``'s body in bytes. py-amqp decodes a body that
+    has a content encoding into ``str``; its length in characters would
+    undercount (an astral character is 4 bytes) and let an oversized
+    payload skip the size check (invariant 6)."""
     body = getattr(getattr(message, "_raw_message", None), "body", None)
-    return len(body) if isinstance(body, (bytes, str)) else None
+    if isinstance(body, str):
+        return len(body.encode("utf-8", "surrogatepass"))
+    return len(body) if isinstance(body, bytes) else None
 
 
 def _label(event_type: Any) -> Any:
