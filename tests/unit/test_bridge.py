@@ -403,3 +403,56 @@ def test_listener_consumes_acks_and_counts_on_a_real_driver(
     listener.stop()
     transport.cleanup()
     assert seen2 == []  # everything was acked
+def test_the_hand_off_keeps_the_connection_alive_while_it_waits(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    bridge, _, _ = make(loop, ok, timeout=0.5)
+    monkeypatch.setattr(bridge, "SLICE", 0.05)
+    ticks: list[float] = []
+    bridge.keepalive = lambda: ticks.append(time.monotonic())
+    loop.call_soon_threadsafe(time.sleep, 0.8)
+    assert bridge.deliver("image.h", "image.activate", IMAGE, {}) == REQUEUE
+    assert len(ticks) >= 5
+
+
+class _Heartbeats:
+    """The rabbit driver's connection, as far as heartbeats go."""
+
+    def __init__(self, channel: object, log: list[tuple[str, int, bool]]) -> None:
+        self.channel = channel
+        self.connection = self
+        self.connected = True
+        self.log = log
+
+    def _heartbeat_supported_and_enabled(self) -> bool:
+        return True
+
+    def _heartbeat_check(self) -> None:
+        self.log.append(("heartbeat", 0, False))
+
+    def drain_events(self, timeout: float) -> None:
+        raise TimeoutError()
+
+
+def test_a_long_hand_off_keeps_sending_and_reading_heartbeats(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A listening connection has no heartbeat thread: while the consumer
+    thread waits for the loop, it must keep the heartbeats going itself."""
+    listener, _ = _listener(loop)
+    monkeypatch.setattr(listener._bridge, "SLICE", 0.05)
+    monkeypatch.setattr(listener._bridge, "_handoff_timeout", 0.6)
+    channel = object()
+    log: list[tuple[str, int, bool]] = []
+    listener._conn = _Heartbeats(channel, log)
+    listener._bridge.keepalive = listener._keepalive  # what start() wires
+    raw = _Raw(channel, 1, log)
+    message = _Delivered(_message())
+    message._raw_message = raw
+    listener._received(message)
+    loop.call_soon_threadsafe(time.sleep, 1.0)  # a stalled loop
+    listener._hand_off()
+    assert log.count(("heartbeat", 0, False)) >= 5
+    assert log[-1] == ("requeue", 1, False)
+
+
+class _Delivered(dict[str, Any]):
+    _raw_message: _Raw

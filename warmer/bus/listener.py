@@ -357,6 +357,10 @@ class BusListener:
                     self._conn.declare_topic_consumer(
                         exchange_name=exchange, topic=f"{topic}.{priority}",
                         callback=self._received, queue_name=bus.pool)
+        self._bridge.keepalive = self._keepalive
+        threshold = self._conf.oslo_messaging_rabbit.heartbeat_timeout_threshold
+        if threshold > 0:  # several heartbeat checks per threshold, as the driver does
+            self._bridge.SLICE = min(Bridge.SLICE, threshold / 4)
         self._stopping.clear()
         self._thread = threading.Thread(target=self._consume, name="bus-consumer",
                                         daemon=True)
@@ -370,6 +374,28 @@ class BusListener:
         if not self._pending:
             self._oldest = time.monotonic()
         self._pending.append((self._generation_now(), message))
+
+    def _keepalive(self) -> None:
+        """Between slices of a long wait for the loop, in the consumer thread:
+        what the driver's ``consume`` does on an idle connection, send a
+        heartbeat when one is due and read what the broker sent (its
+        heartbeats, and messages, which join the next batch). A listening
+        connection has no heartbeat thread, so without this a hand-off
+        longer than ``heartbeat_timeout_threshold`` would get the
+        connection closed by the broker."""
+        conn = self._conn
+        try:
+            kombu_conn = conn.connection
+            if kombu_conn is None or not kombu_conn.connected:
+                return  # broken: the next consume reconnects
+            if conn._heartbeat_supported_and_enabled():
+                conn._heartbeat_check()
+            kombu_conn.drain_events(timeout=0.001)
+        except (TimeoutError, driver_common.Timeout):
+            pass
+        except Exception as exc:  # the connection broke while we waited
+            LOG.warning("the bus connection failed during a hand-off: %s", _describe(exc))
+            self._abandon_channel()
 
     def _generation_now(self) -> int:
         """The generation of the channel the connection consumes on now.
