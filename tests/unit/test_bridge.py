@@ -456,3 +456,26 @@ def test_a_long_hand_off_keeps_sending_and_reading_heartbeats(
 
 class _Delivered(dict[str, Any]):
     _raw_message: _Raw
+
+
+@pytest.mark.parametrize("configured,prefetch,batch", [(0, 32, 16), (10, 10, 5)])
+def test_an_unlimited_prefetch_is_bounded_for_the_listening_connection(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any, configured: int, prefetch: int,
+        batch: int) -> None:
+    """oslo.messaging's default prefetch, 0, lets the broker push a whole
+    backlog into one daemon of the pool."""
+    conf_file = tmp_path / "warmer.conf"
+    conf_file.write_text("[DEFAULT]\ntransport_url = kombu+memory:////\n"
+                         "[bus]\nbatch_size = 16\n"
+                         f"[oslo_messaging_rabbit]\nrabbit_qos_prefetch_count = {configured}\n")
+    conf = cfg.ConfigOpts()
+    bus_conf.register_opts(conf)
+    conf(["--config-file", str(conf_file)])
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(conf, bridge)
+    listener.start()
+    try:
+        assert listener._conn.rabbit_qos_prefetch_count == prefetch
+        assert listener._batch == batch
+    finally:
+        listener.stop()

@@ -10,7 +10,8 @@ keeps everything oslo.messaging decides and drives the consumption itself:
 * the connection is the rabbit driver's own, made as its notification
   listener makes it (``transport_url``, every ``[oslo_messaging_rabbit]``
   option: TLS, heartbeats, failover, reconnection and back-off,
-  ``rabbit_qos_prefetch_count``), and the queue is declared by the driver
+  ``rabbit_qos_prefetch_count``, which warmer sets to twice
+  ``[bus] batch_size`` when it is 0), and the queue is declared by the driver
   as for ``listen_for_notifications``: one queue named after the pool,
   bound to ``<topic>.<priority>`` (info, warn, error) on the Glance and
   Cinder exchanges, with the driver's durable, auto-delete, quorum and HA
@@ -66,6 +67,7 @@ from typing import Any
 import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import common as driver_common
+from oslo_messaging._drivers import impl_rabbit
 
 from warmer import events
 from warmer.metrics import Metrics
@@ -345,12 +347,11 @@ class BusListener:
         Blocking (it waits for the broker as the driver does): call it from
         a thread."""
         bus = self._conf.bus
+        prefetch = _bounded_prefetch(self._conf)
+        self._batch = max(1, min(self._batch, prefetch // 2))
         self._transport = oslo_messaging.get_notification_transport(self._conf)
         logging.getLogger("oslo.messaging._drivers.impl_rabbit").addHandler(self._drop_counter)
         self._conn = _listen_connection(self._transport)
-        prefetch = self._conf.oslo_messaging_rabbit.rabbit_qos_prefetch_count
-        if prefetch > 0:  # leave the broker room to stream while a batch is folded
-            self._batch = max(1, min(self._batch, prefetch // 2))
         for exchange in (bus.glance_exchange, bus.cinder_exchange):
             for topic in bus.topics:
                 for priority in CONSUMED_PRIORITIES:
@@ -543,6 +544,24 @@ class BusListener:
         logging.getLogger("oslo.messaging._drivers.impl_rabbit").removeHandler(
             self._drop_counter)
         self.running = False
+
+
+def _bounded_prefetch(conf: cfg.ConfigOpts) -> int:
+    """``[oslo_messaging_rabbit] rabbit_qos_prefetch_count``, set to twice
+    ``[bus] batch_size`` when it is 0 (oslo.messaging's default: no limit,
+    and the broker pushes a whole backlog into one daemon of the pool,
+    which then holds it unacked while the others idle). Must run before the
+    transport is made: the driver reads it when it connects. It only
+    applies to listening connections, and this process has no other."""
+    group = "oslo_messaging_rabbit"
+    conf.register_opts(impl_rabbit.rabbit_opts, group=group)  # as the driver will
+    prefetch: int = conf[group].rabbit_qos_prefetch_count
+    if prefetch <= 0:
+        prefetch = 2 * conf.bus.batch_size
+        conf.set_override("rabbit_qos_prefetch_count", prefetch, group=group)
+        LOG.info("[%s] rabbit_qos_prefetch_count is 0 (no limit); warmer's listener "
+                 "uses %d (twice [bus] batch_size)", group, prefetch)
+    return prefetch
 
 
 def _listen_connection(transport: Any) -> Any:

@@ -50,10 +50,14 @@ OPTS = [
                       "batch of events. Past it the batch is requeued."),
     cfg.IntOpt("batch_size", default=256, min=1, max=10_000,
                help="At most this many notifications are handed to the event "
-                    "loop at once, and acked together once it took them (with "
-                    "[oslo_messaging_rabbit] rabbit_qos_prefetch_count set, at "
-                    "most half of it). A batch is whatever arrived in the "
-                    "meantime: under a light load, one message."),
+                    "loop at once, and acked together once it took them (at "
+                    "most half of [oslo_messaging_rabbit] "
+                    "rabbit_qos_prefetch_count). When that prefetch is 0 "
+                    "(oslo.messaging's default: no limit, the broker would push "
+                    "a whole backlog into one daemon of the pool), warmer's "
+                    "listening connection uses twice batch_size instead. A "
+                    "batch is whatever arrived in the meantime: under a light "
+                    "load, one message."),
     cfg.FloatOpt("batch_linger", default=0.05, min=0.0, max=5.0,
                  help="Seconds a notification waits at most for its batch to "
                       "fill while more keep arriving; a batch is handed off at "
