@@ -128,12 +128,20 @@ def load_conf(stack: Stack, url: str, pool: str, extra: str) -> cfg.ConfigOpts:
                              "--config-file", str(override)])
 
 
+#: Outcomes that do not settle a published event once: a requeued one comes
+#: back, and a duplicate is a second delivery of one already counted.
+NOT_FINAL = frozenset({"requeued", "duplicate"})
+
+
 def counted(service: Service) -> float:
-    """Every outcome of the bench's event type, read without a scrape."""
+    """The bench's events settled once (each outcome but requeued and
+    duplicate), read without a scrape: the run cannot stop early on
+    redeliveries."""
     total = 0.0
     for metric in service.metrics.notifications.collect():
         for sample in metric.samples:
-            if sample.name.endswith("_total") and sample.labels.get("event_type") == EVENT:
+            if (sample.name.endswith("_total") and sample.labels.get("event_type") == EVENT
+                    and sample.labels.get("outcome") not in NOT_FINAL):
                 total += sample.value
     return total
 

@@ -323,6 +323,10 @@ class BusListener:
     #: Seconds of silence on the socket after which a pending batch is
     #: handed off without waiting to fill.
     GAP = 0.002
+    #: Seconds to wait after a batch was requeued whole, doubled each time
+    #: in a row, up to MAX_BACK_OFF.
+    BACK_OFF = 0.1
+    MAX_BACK_OFF = 5.0
 
     def __init__(self, conf: cfg.ConfigOpts, bridge: Bridge) -> None:
         self._conf = conf
@@ -336,6 +340,7 @@ class BusListener:
         self._channel: Any = None
         self._dead_channel: Any = None
         self._generation = 0
+        self._requeue_streak = 0
         self._oldest = 0.0
         self._batch = conf.bus.batch_size
         self._linger = conf.bus.batch_linger
@@ -452,6 +457,29 @@ class BusListener:
                           len(batch))
             results = [REQUEUE] * len(batch)
         self._settle(batch, results)
+        self._back_off(results)
+
+    def _back_off(self, results: list[str]) -> None:
+        """After a batch that was requeued whole (the loop is closed,
+        draining, or stalled), wait before consuming again, longer each
+        time in a row (up to :attr:`MAX_BACK_OFF`): the broker would
+        otherwise redeliver the same messages at once, in a loop. Heartbeats
+        go on meanwhile; :meth:`stop` ends the wait."""
+        if not results or any(result != REQUEUE for result in results):
+            self._requeue_streak = 0
+            return
+        self._requeue_streak += 1
+        delay = min(self.MAX_BACK_OFF, self.BACK_OFF * 2 ** (self._requeue_streak - 1))
+        LOG.info("a whole batch was requeued (%d in a row); consuming again in %.1fs",
+                 self._requeue_streak, delay)
+        deadline = time.monotonic() + delay
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._stopping.wait(min(left, self._bridge.SLICE)):
+                return
+            self._keepalive()
 
     def _settle(self, batch: list[tuple[int, Any]], results: list[str]) -> None:
         """Requeue what must be, then ack the rest with one ``multiple``
@@ -510,11 +538,14 @@ class BusListener:
         a new one only once a reconnection succeeded, just before the driver
         declares its queues again. oslo.messaging has no public hook for
         this, hence the private path, checked by a unit test."""
-        conn = self._conn
-        if conn is None or not self.running:
+        conn, thread = self._conn, self._thread
+        if conn is None or not self.running or thread is None or not thread.is_alive():
             return False
         try:
-            kombu_conn = conn.connection.connection
+            kombu_conn = conn.connection  # None once the driver closed it
+            if kombu_conn is None:
+                return False
+            kombu_conn = kombu_conn.connection
         except AttributeError:
             return None
         # Only kombu's ``connected`` property, never ``connection``, which
@@ -526,6 +557,7 @@ class BusListener:
     def stop(self) -> None:
         """Stop consuming; what was taken and not handed off is handed off
         (a draining engine requeues it) or left to the broker. Blocking."""
+        self.running = False  # first: readiness must not look at what is closing
         self._stopping.set()
         if self._conn is not None:
             self._conn.stop_consuming()
@@ -543,7 +575,6 @@ class BusListener:
             self._transport = None
         logging.getLogger("oslo.messaging._drivers.impl_rabbit").removeHandler(
             self._drop_counter)
-        self.running = False
 
 
 def _bounded_prefetch(conf: cfg.ConfigOpts) -> int:
