@@ -285,12 +285,17 @@ class _KombuConn:
         self.log.append(("collect", 0, False))
 
 
+class _Driver:
+    def __init__(self, kombu_conn: _KombuConn) -> None:
+        self.connection = kombu_conn
+
+
 class _Conn:
     """What the listener uses of the rabbit driver's connection."""
 
     def __init__(self, channel: object, log: list[tuple[str, int, bool]]) -> None:
         self.channel = channel
-        self.connection = _KombuConn(log)
+        self.connection = _Driver(_KombuConn(log))  # the pool's context wraps it
 
 
 def _listener(loop: asyncio.AbstractEventLoop, sink: Any = ok) -> tuple[BusListener, Metrics]:
@@ -421,7 +426,7 @@ class _Heartbeats:
 
     def __init__(self, channel: object, log: list[tuple[str, int, bool]]) -> None:
         self.channel = channel
-        self.connection = self
+        self.connection = self  # context, driver and kombu connection in one
         self.connected = True
         self.log = log
 

@@ -389,13 +389,13 @@ class BusListener:
         connection has no heartbeat thread, so without this a hand-off
         longer than ``heartbeat_timeout_threshold`` would get the
         connection closed by the broker."""
-        conn = self._conn
         try:
-            kombu_conn = conn.connection
+            driver_conn = self._conn.connection  # the pool's context wraps it
+            kombu_conn = driver_conn.connection
             if kombu_conn is None or not kombu_conn.connected:
                 return  # broken: the next consume reconnects
-            if conn._heartbeat_supported_and_enabled():
-                conn._heartbeat_check()
+            if driver_conn._heartbeat_supported_and_enabled():
+                driver_conn._heartbeat_check()
             kombu_conn.drain_events(timeout=0.001)
         except (TimeoutError, driver_common.Timeout):
             pass
@@ -522,7 +522,7 @@ class BusListener:
         self._dead_channel = conn.channel
         self._channel = None
         try:
-            conn.connection.collect()
+            conn.connection.connection.collect()  # context, driver, kombu
         except Exception as exc:
             LOG.warning("closing the bus connection after a failed settle: %s",
                         _describe(exc))
