@@ -120,13 +120,16 @@ def test_sigkill_during_a_blocked_hand_off_leaves_every_message_to_the_pool(
 
 def test_sigterm_while_a_hand_off_is_blocked_puts_the_rest_back_in_the_queue(
         stack: Stack, cinder: CinderNotifier, image: dict[str, Any]) -> None:
-    """The blocked batch is folded and acked once the loop is free; what the
-    daemon took meanwhile is requeued by the draining engine, and what the
-    broker had pushed to it comes back when it closes: all of it is in the
-    queue after the daemon exited."""
+    """The blocked batch is folded and acked once the loop is free (and maybe
+    a batch or two more before the loop sees the signal); what the daemon
+    took meanwhile is requeued by the draining engine, and what the broker
+    had pushed to it comes back when it closes: all of it is in the queue
+    after the daemon exited."""
     marker = stack.dir / "acks-sigterm.marker"
+    folded = stack.dir / "acks-sigterm.folded"
     marker.unlink(missing_ok=True)
-    d = faulty(stack, {"block_handoff": 4, "marker": str(marker)},
+    folded.unlink(missing_ok=True)
+    d = faulty(stack, {"block_handoff": 4, "marker": str(marker), "folded": str(folded)},
                "handoff_timeout = 30\n")
     try:
         publish(cinder, image, 1)
@@ -134,8 +137,10 @@ def test_sigterm_while_a_hand_off_is_blocked_puts_the_rest_back_in_the_queue(
         publish(cinder, image, N - 1)
         time.sleep(0.5)  # some of them reach the daemon's socket
         assert d.terminate(30) == 0
-        folded = int(marker.read_text())
-        assert folded == 1
-        assert queued(stack, d.pool) == N - folded
+        assert int(marker.read_text()) == 1  # the blocked batch
+        # The loop may fold another batch or two before it sees the signal.
+        acked = sum(int(n) for n in folded.read_text().split())
+        assert 1 <= acked < N
+        assert queued(stack, d.pool) == N - acked
     finally:
         d.kill()

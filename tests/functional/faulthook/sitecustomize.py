@@ -9,7 +9,9 @@ daemons it starts). ``WARMER_TEST_FAULTS`` (JSON) says which faults:
 * ``"block_handoff": S``: the first hand-off blocks the loop for S seconds
   before it starts folding; the size of that batch is written first to the
   file ``"marker"`` names;
-* ``"fail_dispatch": N``: the first N batches raise in the hand-off.
+* ``"fail_dispatch": N``: the first N batches raise in the hand-off;
+* ``"folded": PATH``: after each batch the loop folded, the number of its
+  messages that were not requeued is appended to PATH, one line each.
 
 Without ``WARMER_TEST_FAULTS`` it does nothing.
 """
@@ -42,6 +44,9 @@ def _install(faults: dict[str, Any]) -> None:
             Path(faults["marker"]).write_text(str(len(job.batch)))
             time.sleep(faults["block_handoff"])
         real_run(self, job)
+        if "folded" in faults and job.started:
+            with open(faults["folded"], "a") as out:
+                out.write(f"{sum(o != listener.REQUEUE for o in job.outcomes)}\n")
         if first and "stall_loop" in faults:
             asyncio.get_running_loop().call_soon(_stall, faults["stall_loop"],
                                                  faults["marker"])
