@@ -220,7 +220,7 @@ class Metrics:
         for op in ("start", "refresh", "tombstone", "flush"):
             self.state_errors.labels(op)
 
-    def notification(self, event_type: object, outcome: str) -> None:
+    def notification(self, event_type: object, outcome: str, count: int = 1) -> None:
         # Label values must stay bounded: unknown event types share one label.
         label = event_type if is_known(event_type) else "other"
-        self.notifications.labels(label, outcome).inc()
+        self.notifications.labels(label, outcome).inc(count)

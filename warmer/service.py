@@ -413,7 +413,7 @@ class Service:
             # What a crash left behind is cleaned up by the first
             # reconciliation, which the engine starts at once.
             tg.create_task(self.engine.run(), name="engine")
-            bridge = Bridge(loop, self.engine.handle, self.metrics,
+            bridge = Bridge(loop, self.engine.fold, self.metrics,
                             max_payload_bytes=self.conf.bus.max_payload_bytes,
                             handoff_timeout=self.conf.bus.handoff_timeout,
                             transient=(Draining,))

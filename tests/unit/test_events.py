@@ -331,3 +331,29 @@ def test_cache_event_host_is_the_payloads_not_the_publishers() -> None:
 def test_host_at_the_length_limit_is_accepted() -> None:
     host = "h@b#" + "p" * (events.MAX_TEXT_LEN - 4)
     assert _volume_event(host=host).backend_host == host
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=5), inner,
+                                                                max_size=5),
+    max_leaves=30)
+
+
+@given(_JSON)
+def test_a_payload_written_again_is_at_most_json_growth_times_its_compact_body(
+        value: object) -> None:
+    """The bound that lets parse() skip measuring small bodies: the most
+    compact UTF-8 body, against json.dumps as _check_size writes it."""
+    import json
+    body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+    assert len(json.dumps(value, default=str)) <= events.JSON_GROWTH * max(len(body), 1)
+
+
+@pytest.mark.parametrize("token", ["9e15", "1E9", "-1e15", "\u00e9", "\U0001f600", "[1,1,1]"])
+def test_the_worst_tokens_stay_within_json_growth(token: str) -> None:
+    import json
+    text = token if token[0] in "-0123456789[" else json.dumps(token, ensure_ascii=False)
+    body = len(text.encode())
+    assert len(json.dumps(json.loads(text))) <= events.JSON_GROWTH * body

@@ -1,5 +1,5 @@
 """Invariant 6 under fire: 10,000 generated hostile notifications through
-the real dispatcher and :class:`Bridge`, with a real event loop in a thread.
+the listener's real dispatch and :class:`Bridge`, with a real event loop in a thread.
 
 Each case is built from a valid notification of one of the shapes warmer
 uses, then (mostly) broken in one known way, so the generator knows what
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmer.bus import listener
-from warmer.bus.listener import HANDLED, REQUEUE, Bridge, _GuardedDispatcher
+from warmer.bus.listener import HANDLED, REQUEUE, Bridge, dispatch
 from warmer.events import Event, ImageChanged, VolumeCreatedFromImage
 from warmer.metrics import Metrics
 
@@ -46,14 +46,6 @@ class Case:
     expect: str  # sink, malformed or ignored
     image_id: str | None = None
     site: str | None = None  # for a volume.create.end handed on: its backend_host
-
-
-class _Incoming:
-    """What oslo.messaging hands a dispatcher: the decoded message and its context."""
-
-    def __init__(self, message: Any) -> None:
-        self.ctxt: dict[str, Any] = {}
-        self.message = message
 
 
 def _uuid(rng: random.Random) -> str:
@@ -309,7 +301,7 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
         loop: asyncio.AbstractEventLoop) -> None:
     seen: list[Event] = []
 
-    async def sink(event: Event) -> str:
+    def sink(event: Event) -> str:
         seen.append(event)
         return "handled"
 
@@ -317,24 +309,23 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
     outcomes: list[str] = []
     count = metrics.notification
 
-    def counting(event_type: object, outcome: str) -> None:
-        outcomes.append(outcome)
-        count(event_type, outcome)
+    def counting(event_type: object, outcome: str, n: int = 1) -> None:
+        outcomes.extend([outcome] * n)
+        count(event_type, outcome, n)
 
     metrics.notification = counting  # type: ignore[method-assign]
     bridge = Bridge(loop, sink, metrics, max_payload_bytes=MAX_PAYLOAD, handoff_timeout=5.0)
     escaped: list[tuple[str, BaseException]] = []
-    deliver = bridge.deliver
+    deliver = bridge.deliver_batch
 
-    def watched(*args: Any) -> str:
+    def watched(*args: Any) -> list[str]:
         try:
             return deliver(*args)
         except BaseException as exc:  # what oslo.messaging would turn into a requeue
             escaped.append((current.name, exc))
             raise
 
-    bridge.deliver = watched  # type: ignore[method-assign]
-    dispatcher = _GuardedDispatcher(bridge)
+    bridge.deliver_batch = watched  # type: ignore[method-assign]
     logs = _LogCheck()
     logger = logging.getLogger(listener.__name__)
     logger.addHandler(logs)
@@ -348,7 +339,7 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
         for current in generate(SEED, CASES):
             tally[current.expect] = tally.get(current.expect, 0) + 1
             before_seen, before_out, before_logs = len(seen), len(outcomes), len(logs.records)
-            result = dispatcher.dispatch(_Incoming(current.message))
+            result = dispatch(bridge, current.message)
             if result == REQUEUE:
                 requeued.append(current.name)
             new_seen = seen[before_seen:]
@@ -386,3 +377,46 @@ def _image_of(event: Event) -> str:
 
 def _site_of(event: Event) -> str | None:
     return event.backend_host if isinstance(event, VolumeCreatedFromImage) else None
+
+
+class _Raw:
+    def __init__(self, body: Any) -> None:
+        self.body = body
+
+
+class _Delivered(dict[str, Any]):
+    """A notification as the rabbit driver hands it over: the decoded inner
+    message, with the kombu message it came in."""
+
+    _raw_message: _Raw
+
+
+def test_an_astral_character_body_over_the_limit_is_malformed_not_waved_through(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """py-amqp decodes a body that has a content encoding into ``str``. A
+    body of astral characters (4 bytes of UTF-8 each, 12 characters each
+    once JSON-escaped) must be measured in bytes: counted in characters it
+    looked small enough to skip the size check, and the payload, 1.5 times
+    the limit, reached the engine."""
+    seen: list[Event] = []
+
+    def sink(event: Event) -> str:
+        seen.append(event)
+        return "handled"
+
+    metrics = Metrics()
+    bridge = Bridge(loop, sink, metrics, max_payload_bytes=MAX_PAYLOAD, handoff_timeout=5.0)
+    image = {"id": "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f", "status": "active",
+             "disk_format": "raw", "size": 1, "properties": {"k": "\U0001f600" * 8000}}
+    message = _Delivered(priority="INFO", event_type="image.update", publisher_id="image.h",
+                         payload=image, message_id="m", timestamp="2026-11-25 10:00:00")
+    body = '{"oslo.version": "2.0", "oslo.message": "' + "\U0001f600" * 8000 + '"}'
+    message._raw_message = _Raw(body)
+    assert len(body) * 8 <= MAX_PAYLOAD < len(body.encode()) * 8  # the bypass
+    size = listener._body_size(message)
+    assert size == len(body.encode())
+    assert listener.dispatch_batch(bridge, [message], [size]) == [HANDLED]
+    assert seen == []
+    assert metrics.registry.get_sample_value(
+        "warmer_notifications_total",
+        {"event_type": "image.update", "outcome": "malformed"}) == 1

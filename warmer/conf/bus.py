@@ -2,8 +2,8 @@
 
 The transport itself is oslo.messaging's ``[DEFAULT] transport_url`` (or
 ``[oslo_messaging_notifications] transport_url``), with its
-``[oslo_messaging_rabbit]`` options and ``[DEFAULT]
-executor_thread_pool_size`` for the listener's threads. The rabbit
+``[oslo_messaging_rabbit]`` options (``rabbit_qos_prefetch_count`` among
+them); one thread consumes (:mod:`warmer.bus.listener`). The rabbit
 driver declares warmer's exchanges and pool queue with those options
 (``amqp_durable_queues``, ``amqp_auto_delete``, ``rabbit_quorum_queue``
 and its limits, ``rabbit_ha_queues``), exactly as for any OpenStack
@@ -46,8 +46,22 @@ OPTS = [
                     "notification; several warmer daemons in the same pool "
                     "compete for the messages of that queue."),
     cfg.FloatOpt("handoff_timeout", default=10.0, min=0.1, max=300.0,
-                 help="Seconds a listener thread waits for the event loop to "
-                      "take an event. Past it the message is requeued."),
+                 help="Seconds the listener waits for the event loop to take a "
+                      "batch of events. Past it the batch is requeued."),
+    cfg.IntOpt("batch_size", default=256, min=1, max=10_000,
+               help="At most this many notifications are handed to the event "
+                    "loop at once, and acked together once it took them (at "
+                    "most half of [oslo_messaging_rabbit] "
+                    "rabbit_qos_prefetch_count). When that prefetch is 0 "
+                    "(oslo.messaging's default: no limit, the broker would push "
+                    "a whole backlog into one daemon of the pool), warmer's "
+                    "listening connection uses twice batch_size instead. A "
+                    "batch is whatever arrived in the meantime: under a light "
+                    "load, one message."),
+    cfg.FloatOpt("batch_linger", default=0.05, min=0.0, max=5.0,
+                 help="Seconds a notification waits at most for its batch to "
+                      "fill while more keep arriving; a batch is handed off at "
+                      "once when nothing more is waiting."),
     cfg.IntOpt("max_payload_bytes", default=1 << 20, min=1024, max=1 << 30,
                help="Payloads larger than this (as JSON) are rejected as "
                     "malformed, logged, counted and dropped."),

@@ -160,9 +160,16 @@ class Engine:
     # -- intake (on the loop, called by the bus bridge) -------------------------
 
     async def handle(self, event: Event) -> str:
+        """:meth:`fold`, as a coroutine."""
+        return self.fold(event)
+
+    def fold(self, event: Event) -> str:
         """Fold ``event`` into what warmer knows and queue the work it implies.
         Returns the outcome to count. Raises :class:`Draining` once the
-        daemon stops taking work, so the bus requeues the message."""
+        daemon stops taking work, so the bus requeues the message.
+
+        Synchronous, on the loop, and bounded (no I/O): the bus bridge relies
+        on a fold that has started being finished soon after."""
         if not self.accepting:
             raise Draining()
         where = None if self.sites is None else self.sites.sites_of(event)
