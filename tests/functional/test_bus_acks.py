@@ -140,7 +140,8 @@ def test_sigterm_while_a_hand_off_is_blocked_puts_the_rest_back_in_the_queue(
         assert int(marker.read_text()) == 1  # the blocked batch
         # The loop may fold another batch or two before it sees the signal.
         acked = sum(int(n) for n in folded.read_text().split())
-        assert 1 <= acked < N
+        # (On a fast machine it may fold all of them: then none is queued.)
+        assert 1 <= acked <= N
         assert queued(stack, d.pool) == N - acked
     finally:
         d.kill()
