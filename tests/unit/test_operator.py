@@ -134,6 +134,31 @@ def test_an_evaluation_left_busy_keeps_the_warm_request_for_its_retry() -> None:
     run(scenario())
 
 
+def test_a_warm_request_waits_out_a_passing_error_too() -> None:
+    """The API answered 202: a cluster that was unreachable for one try must
+    not make the request vanish."""
+    async def scenario() -> None:
+        from warmer.ceph.client import CephUnavailable
+        engine, glance, target = warming_engine()
+        glance.add(info("c"), "file:///c")
+        down = [True]
+
+        async def warm(image: Any) -> TargetResult:
+            if down[0]:
+                raise CephUnavailable("edge: timed out")
+            return TargetResult("warm", "cloneable", "rbd://fsid-edge/images/c/snap")
+        target.warm = warm  # type: ignore[method-assign]
+        request = await engine.ops.warm("c", None, 10)
+        await engine.evaluate("c")
+        assert only_status(engine, "c") == ("error", "ceph_unavailable")
+        assert request.done_at is None and engine.ops.forced == {"c": {"edge"}}
+        down[0] = False
+        await engine.evaluate("c")
+        assert request.done_at is not None and only_status(engine, "c") == ("warm",
+                                                                           "cloneable")
+    run(scenario())
+
+
 # -- evict ---------------------------------------------------------------------------------
 
 def test_evict_holds_a_wanted_image_out_until_new_demand() -> None:

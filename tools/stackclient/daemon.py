@@ -196,7 +196,13 @@ class Daemon:
         logged last (CI keeps no stack directory to look at afterwards)."""
         deadline = time.monotonic() + timeout
         while True:
-            result = check()
+            try:
+                result = check()
+            except OSError as exc:  # the daemon's API did not answer: say why
+                exited = self.proc.poll() if self.proc is not None else None
+                state = "running" if exited is None else f"exited with {exited}"
+                raise RuntimeError(f"{what}: {exc} (daemon {state}); the end of "
+                                   f"{self.log}:\n{self.log_tail()}") from exc
             if result:
                 return result
             if time.monotonic() > deadline:

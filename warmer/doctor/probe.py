@@ -15,9 +15,11 @@ import asyncio
 import errno
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from typing import Any
 
 from oslo_config import cfg
 
@@ -36,7 +38,8 @@ from warmer.locations import RbdLocation, parse_rbd_url
 from warmer.service import cluster_config
 
 LOG = logging.getLogger(__name__)
-PROBE_OBJECT = "warmer.doctor.absent"  # never created: its stat and removal only probe caps
+ABSENT = "absent"
+PROBE_PREFIX = "warmer.doctor.probe."  # + a fresh uuid: an object nobody has
 
 
 # -- blocking probes, run on a CephClient's threads -----------------------------
@@ -81,30 +84,40 @@ def _opener(loc: RbdLocation) -> Callable[[Rados], SnapProbe]:
 
 
 def _caps(cluster: Rados, pool: str) -> tuple[str, str]:
-    """(read, write) in ``pool``: ``ok``, ``permission_denied`` or
-    ``pool_missing``, from a stat and a removal of an absent object."""
+    """(read, write) in ``pool``: ``ok``, ``permission_denied``,
+    ``pool_missing`` or ``unknown``, from a stat and then a removal of an
+    object that does not exist (a fresh uuid name, which the stat has just
+    shown absent): the OSD checks caps before it answers ENOENT, so nothing
+    changes. A hint only: caps limited to object prefixes or namespaces are
+    judged for this name, in the default namespace; ``auth get``, when
+    allowed, is the better witness."""
     rados, _ = modules()
     try:
         ioctx = cluster.open_ioctx(pool)
     except rados.ObjectNotFound:
         return "pool_missing", "pool_missing"
-    answers = []
+    name = f"{PROBE_PREFIX}{uuid.uuid4().hex}"
     try:
-        for op in (ioctx.stat, ioctx.remove_object):  # type: ignore[attr-defined]
-            try:
-                op(PROBE_OBJECT)
-                answers.append(OK)
-            except rados.ObjectNotFound:
-                answers.append(OK)
-            except rados.PermissionError:
-                answers.append(PERMISSION)
-            except rados.Error as exc:
-                code = abs(getattr(exc, "errno", 0) or 0)
-                answers.append(PERMISSION if code in (errno.EPERM, errno.EACCES)
-                               else f"error: {exc}")
+        read = _probe(rados, ioctx.stat, name)
+        if read != ABSENT:  # refused, or (never expected) present: remove nothing
+            return read, "unknown" if read == "present" else read
+        written = _probe(rados, ioctx.remove_object, name)  # type: ignore[attr-defined]
+        return OK, OK if written == ABSENT else written
     finally:
         ioctx.close()
-    return answers[0], answers[1]
+
+
+def _probe(rados: Any, op: Callable[[str], object], name: str) -> str:
+    try:
+        op(name)
+        return "present"
+    except rados.ObjectNotFound:
+        return ABSENT
+    except rados.PermissionError:
+        return PERMISSION
+    except rados.Error as exc:
+        code = abs(getattr(exc, "errno", 0) or 0)
+        return PERMISSION if code in (errno.EPERM, errno.EACCES) else f"error: {exc}"
 
 
 def _mon_json(cluster: Rados, command: dict[str, str]) -> object | None:

@@ -124,6 +124,8 @@ class Engine:
         self._admission_locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._status: dict[tuple[str, str], ImageStatus] = {}
+        # (image, target) -> since when its row says warm (for the hit ratio)
+        self._warm_since: dict[tuple[str, str], float] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         # Consecutive retries per image that do not pass by themselves
         # (publish_refused, clones that keep a copy, an unconfirmed 404):
@@ -211,9 +213,19 @@ class Engine:
         if isinstance(event, ImageCacheUsed):
             self.metrics.cinder_image_cache.labels(target, event.kind).inc()
             return
-        warm = all((row := self._status.get((event.image_id, name))) is not None
-                   and row.state == "warm" for name in names)
-        self.metrics.volume_creates.labels(target, "warm" if warm else "cold").inc()
+        # Cinder chose between a clone and a download when it created the
+        # volume (created_at), not when it said it was done: warm only if the
+        # image was warm there since before then. A daemon that has no row
+        # for it (a follower, a fresh restart) does not know: "unknown".
+        decided = (event.created_at or event.timestamp).timestamp()
+        since = [self._warm_since.get((event.image_id, name)) for name in names]
+        if any((event.image_id, name) not in self._status for name in names):
+            state = "unknown"
+        elif all(s is not None and s <= decided for s in since):
+            state = "warm"
+        else:
+            state = "cold"
+        self.metrics.volume_creates.labels(target, state).inc()
 
     def enqueue(self, image_id: str) -> None:
         if image_id in self._pending:
@@ -285,6 +297,7 @@ class Engine:
         if dropped:
             for key in [k for k in self._status if self.tracker.image(k[0]) is None]:
                 del self._status[key]
+                self._warm_since.pop(key, None)
             self.ops.forget([i for i, _ in self.ops.holds if self.tracker.image(i) is None]
                             + [i for i in self.ops.requests if self.tracker.image(i) is None])
             LOG.info("forgot %d images that went cold (below %s everywhere, no copy)",
@@ -706,6 +719,7 @@ class Engine:
                 used_bytes -= copy_.size
                 used_count -= 1
                 self._status.pop((copy_.name, target.name), None)
+                self._warm_since.pop((copy_.name, target.name), None)
         return fits()
 
     async def enforce_budgets(self) -> None:
@@ -822,6 +836,11 @@ class Engine:
     # -- status (cached; read by scrapes and the admin API) -----------------------
 
     def _record(self, image_id: str, target: Target, result: TargetResult) -> None:
+        key = (image_id, target.name)
+        if result.state == "warm":
+            self._warm_since.setdefault(key, self.clock())
+        else:
+            self._warm_since.pop(key, None)
         self._status[(image_id, target.name)] = ImageStatus(
             image_id, target.name, _pool_of(result) or target.config.pool, result.state,
             result.reason, result.location, result.actions, self.clock(), result.detail)
@@ -834,6 +853,7 @@ class Engine:
     def _drop_status(self, image_id: str) -> None:
         for target in self.targets:
             self._status.pop((image_id, target.name), None)
+            self._warm_since.pop((image_id, target.name), None)
 
     def _rows(self) -> list[ImageStatus]:
         """The status book, with copies under way shown as such: a copy

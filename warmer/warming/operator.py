@@ -61,6 +61,9 @@ MAX_REQUESTS = 10_000  # warm requests remembered (the latest per image)
 # Verdicts an operator's warm overrides: the image is eligible, only its
 # demand (or an earlier operator eviction) does not want it.
 OVERRIDABLE = frozenset({"below_threshold", "evicted_by_operator"})
+# Errors that pass by themselves: a warm request waits for the retry.
+PASSING_ERRORS = frozenset({"ceph_unavailable", "glance_unavailable", "glance_404_unconfirmed"})
+MAX_CARRIES = 20
 
 
 class Refused(Exception):
@@ -105,6 +108,8 @@ class Operator:
     forced: dict[str, set[str]] = field(default_factory=dict)
     requests: collections.OrderedDict[str, WarmRequest] = field(
         default_factory=collections.OrderedDict)
+    # image id -> how many retries its warm request was carried over to
+    _carried: dict[str, int] = field(default_factory=dict)
 
     # -- warm ------------------------------------------------------------------------
 
@@ -132,6 +137,10 @@ class Operator:
         if image_id in engine.hands_off:
             raise Refused("conflict", f"image {image_id}: warmer keeps its hands off it "
                                       f"({engine.hands_off[image_id]}) until restarted")
+        if image_id not in engine._pending and engine._queue.qsize() >= limit:
+            # Before asking Glance: a full queue must cost nothing more.
+            raise Refused("busy", f"work queue full (limit {limit} images, [http] "
+                                  "admin_max_queue); try again later")
         why = await self.glance_view(image_id)
         if why is not None:
             raise Refused("conflict", f"image {image_id} is not eligible: {why}")
@@ -186,17 +195,24 @@ class Operator:
 
     def finished(self, image_id: str, forced: set[str] | None) -> None:
         """An evaluation that took ``forced`` ended: a target left ``busy``
-        keeps the request for the retry the engine scheduled; otherwise
-        the request is done (unless a newer one came meanwhile)."""
+        or in a passing ``error`` (its cluster or Glance unavailable) keeps
+        the request for the retry the engine scheduled, up to
+        :data:`MAX_CARRIES` times; otherwise the request is done (unless a
+        newer one came meanwhile)."""
         if not forced or image_id in self.forced:
             return
         engine = self.engine
-        busy = {name for name in forced
-                if (row := engine._status.get((image_id, name))) is not None
-                and row.state == "busy" and engine.tracker.image(image_id) is not None}
-        if busy:
-            self.forced[image_id] = busy
+        again = {name for name in forced
+                 if (row := engine._status.get((image_id, name))) is not None
+                 and (row.state == "busy" or (row.state == "error"
+                                              and row.reason in PASSING_ERRORS))
+                 and engine.tracker.image(image_id) is not None}
+        carried = self._carried.get(image_id, 0)
+        if again and carried < MAX_CARRIES:
+            self._carried[image_id] = carried + 1
+            self.forced[image_id] = again
             return
+        self._carried.pop(image_id, None)
         request = self.requests.get(image_id)
         if request is not None and request.done_at is None:
             request.done_at = engine.clock()
