@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from warmer.events import ImageInfo
+from warmer.reasons import Reason
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
@@ -34,13 +35,14 @@ class Policy:
     def ineligible_reason(self, image: ImageInfo) -> str | None:
         """``None`` when eligible, else a short machine-readable reason."""
         if image.status != "active":
-            return "not_active"
+            return Reason.NOT_ACTIVE
         if image.disk_format not in self.disk_formats:
-            return "disk_format_not_raw" if self.disk_formats == {"raw"} else "disk_format"
+            return (Reason.DISK_FORMAT_NOT_RAW if self.disk_formats == {"raw"}
+                    else Reason.DISK_FORMAT)
         if self.max_image_size and (image.size is None or image.size > self.max_image_size):
-            return "too_large"
+            return Reason.TOO_LARGE
         if image.visibility is not None and image.visibility not in self.visibilities:
-            return "visibility"
+            return Reason.VISIBILITY
         return None
 
     def pinned(self, image: ImageInfo) -> bool:
@@ -78,13 +80,13 @@ def decide(images: Mapping[str, ImageInfo], scores: Mapping[str, float], policy:
             reason = policy.ineligible_reason(image) or "ineligible"
             verdicts[image_id] = Verdict(False, reason, score)
         elif policy.pinned(image):
-            verdicts[image_id] = Verdict(True, "pinned", score)
+            verdicts[image_id] = Verdict(True, Reason.PINNED, score)
         elif score > 0 and score >= threshold:
-            verdicts[image_id] = Verdict(True, "threshold", score)
+            verdicts[image_id] = Verdict(True, Reason.THRESHOLD, score)
         elif image_id in top:
-            verdicts[image_id] = Verdict(True, "top_k", score)
+            verdicts[image_id] = Verdict(True, Reason.TOP_K, score)
         else:
-            verdicts[image_id] = Verdict(False, "below_threshold", score)
+            verdicts[image_id] = Verdict(False, Reason.BELOW_THRESHOLD, score)
     return verdicts
 
 

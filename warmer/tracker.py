@@ -45,6 +45,7 @@ from warmer.events import (
 )
 from warmer.popularity import DedupWindow, Policy, Verdict, decide
 from warmer.ranking import Rankings
+from warmer.reasons import Reason
 
 # Later statuses win a tie on updated_at (upload and activate often share a second).
 _STATUS_RANK = {"queued": 0, "uploading": 1, "importing": 1, "saving": 2,
@@ -198,16 +199,16 @@ class Tracker:
         if reason is not None:
             return Verdict(False, reason, score)
         if image_id in self._pinned:
-            return Verdict(True, "pinned", score)
+            return Verdict(True, Reason.PINNED, score)
         if score > 0 and score >= self.threshold:
-            return Verdict(True, "threshold", score)
+            return Verdict(True, Reason.THRESHOLD, score)
         if score > 0:
             # Scores above this one are positive too: its rank is its rank
             # among the positive scores.
             rank = self._rankings.position(image_id, site)
             if rank is not None and rank < self.top_k:
-                return Verdict(True, "top_k", score)
-        return Verdict(False, "below_threshold", score)
+                return Verdict(True, Reason.TOP_K, score)
+        return Verdict(False, Reason.BELOW_THRESHOLD, score)
 
     def wanted(self, site: str, now: float) -> list[str]:
         """The images wanted in ``site``: ranked ones best first, then the

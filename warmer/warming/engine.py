@@ -39,6 +39,7 @@ from warmer.glance.stores import StoreCatalog
 from warmer.locations import parse_rbd_url
 from warmer.metrics import NO_TARGET, Metrics
 from warmer.popularity import Verdict
+from warmer.reasons import Reason, State
 from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
@@ -53,8 +54,8 @@ class ImageStatus:
     image_id: str
     target: str
     pool: str
-    state: str  # warm, cold, not_wanted, error
-    reason: str
+    state: str  # a State (warm, cold, busy, not_wanted, error)
+    reason: str  # a Reason
     location: str | None
     actions: tuple[str, ...]
     checked_at: float
@@ -222,9 +223,9 @@ class Engine:
         if any((event.image_id, name) not in self._status for name in names):
             state = "unknown"
         elif all(s is not None and s <= decided for s in since):
-            state = "warm"
+            state = State.WARM
         else:
-            state = "cold"
+            state = State.COLD
         self.metrics.volume_creates.labels(target, state).inc()
 
     def enqueue(self, image_id: str) -> None:
@@ -292,7 +293,7 @@ class Engine:
         held |= set(self._retries) | set(self.hands_off) | set(self.ops.forced)
         for target in self.targets:
             held |= set(target.reserved) | set(target.progress)
-        held |= {image_id for (image_id, _), row in self._status.items() if row.state == "warm"}
+        held |= {image_id for (image_id, _), row in self._status.items() if row.state == State.WARM}
         dropped = self.tracker.sweep(self.clock(), self.forget_below, held.__contains__)
         if dropped:
             for key in [k for k in self._status if self.tracker.image(k[0]) is None]:
@@ -337,14 +338,14 @@ class Engine:
         forced = self.ops.take(image_id)  # an operator's warm request, if any
         try:
             if image_id in self.hands_off:
-                self._record_all(image_id, "error", self.hands_off[image_id], None, ())
+                self._record_all(image_id, State.ERROR, self.hands_off[image_id], None, ())
                 return
             await self._evaluate(image_id, forced)
         except (GlanceUnavailable, CephUnavailable) as exc:
             delay = (self._backoff(self._bump(image_id))
                      if isinstance(exc, UnconfirmedNotFound) else self.retry_delay)
             LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, delay)
-            self._record_all(image_id, "error", _error_reason(exc), None, ())
+            self._record_all(image_id, State.ERROR, _error_reason(exc), None, ())
             self._retry_later(image_id, delay)
         except LocationConflict as exc:
             self._let_go(image_id, exc)
@@ -398,29 +399,29 @@ class Engine:
                 wanted.append(target)
                 continue
             last = self._status.get((image_id, target.name))
-            if last is not None and last.state == "warm" and verdict is not None \
-                    and verdict.reason == "below_threshold":
+            if last is not None and last.state == State.WARM and verdict is not None \
+                    and verdict.reason == Reason.BELOW_THRESHOLD:
                 # Demand alone went: the copy is still published and
                 # cloneable, and stays so (and says so) until the budget
                 # needs the room.
                 continue
             # Demand elsewhere is not demand here (site-local demand).
             self._record(image_id, target, TargetResult(
-                "not_wanted", verdict.reason if verdict else "unknown", None))
+                State.NOT_WANTED, verdict.reason if verdict else Reason.UNKNOWN, None))
         if not wanted:
             return
         assert fresh is not None  # refreshed above, as something is wanted
         results = await asyncio.gather(*(self._warm_one(target, fresh)
                                          for target in wanted))
-        if any(r.actions or r.state != "warm" for r in results):
+        if any(r.actions or r.state != State.WARM for r in results):
             self._views.pop(image_id, None)  # it changed, or will be tried again
-        refused = any(r.reason == "publish_refused" for r in results)
+        refused = any(r.reason == Reason.PUBLISH_REFUSED for r in results)
         if refused:
             # Glance refusing a location does not pass by itself: back off.
             self._retry_later(image_id, self._backoff(self._bump(image_id)))
         else:
             self._refusals.pop(image_id, None)
-            if any(r.state in ("busy", "error") or r.reason == "image_deleted"
+            if any(r.state in (State.BUSY, State.ERROR) or r.reason == Reason.IMAGE_DELETED
                    for r in results):
                 self._retry_later(image_id)
 
@@ -435,18 +436,18 @@ class Engine:
         except (GlanceUnavailable, CephUnavailable) as exc:
             LOG.warning("image %s, target %s: %s; retrying in %.0fs", image.info.id,
                         target.name, exc, self.retry_delay)
-            result = TargetResult("error", _error_reason(exc), detail=str(exc))
+            result = TargetResult(State.ERROR, _error_reason(exc), detail=str(exc))
         except LocationConflict:
             raise
         except Exception:
             LOG.exception("image %s, target %s: warming failed", image.info.id, target.name)
-            result = TargetResult("error", "internal_error")
+            result = TargetResult(State.ERROR, Reason.INTERNAL_ERROR)
         self.metrics.warm_duration.labels(target.name, result.state).observe(
             time.monotonic() - started)
         for action in result.actions:
             self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
-        if result.reason == "publish_refused":
-            self.metrics.glance_refusals.labels(target.name, "publish_refused").inc()
+        if result.reason == Reason.PUBLISH_REFUSED:
+            self.metrics.glance_refusals.labels(target.name, Reason.PUBLISH_REFUSED).inc()
         if "copied" in result.actions or "published_location" in result.actions:
             self._copied.add(image.info.id)
         self._record(image_id=image.info.id, target=target, result=result)
@@ -466,9 +467,9 @@ class Engine:
         no eviction, no removal) until the daemon restarts or an operator
         acts, and say so loudly."""
         LOG.error("%s; warmer will not touch image %s again until restarted", exc, image_id)
-        self.hands_off[image_id] = "location_conflict"
-        self.metrics.glance_refusals.labels("", "location_conflict").inc()
-        self._record_all(image_id, "error", "location_conflict", None, ())
+        self.hands_off[image_id] = Reason.LOCATION_CONFLICT
+        self.metrics.glance_refusals.labels("", Reason.LOCATION_CONFLICT).inc()
+        self._record_all(image_id, State.ERROR, Reason.LOCATION_CONFLICT, None, ())
 
     def _remember_view(self, image: GlanceImage, at: float, generation: int) -> None:
         if self.view_ttl <= 0 or generation != self._view_generation:
@@ -630,7 +631,7 @@ class Engine:
             for name in anywhere:
                 mine = found.get(name)
                 if best is not None and mine is not None and not mine.wanted:
-                    found[name] = Verdict(True, "wanted_anywhere", best.score)
+                    found[name] = Verdict(True, Reason.WANTED_ANYWHERE, best.score)
         if self.ops.holds:
             self.ops.apply_holds(image_id, now, found)
         return found
@@ -863,7 +864,7 @@ class Engine:
             for image_id in list(target.progress):
                 old = rows.get((image_id, target.name))
                 rows[(image_id, target.name)] = ImageStatus(
-                    image_id, target.name, old.pool if old else "", "busy", "copying",
+                    image_id, target.name, old.pool if old else "", State.BUSY, Reason.COPYING,
                     None, (), old.checked_at if old else self.clock())
         return list(rows.values())
 
@@ -900,10 +901,10 @@ class UnconfirmedNotFound(GlanceUnavailable):
 
 def _error_reason(exc: Exception) -> str:
     if isinstance(exc, CephUnavailable):
-        return "ceph_unavailable"
+        return Reason.CEPH_UNAVAILABLE
     if isinstance(exc, UnconfirmedNotFound):
-        return "glance_404_unconfirmed"
-    return "glance_unavailable"
+        return Reason.GLANCE_404_UNCONFIRMED
+    return Reason.GLANCE_UNAVAILABLE
 
 
 def _pool_of(result: TargetResult) -> str:

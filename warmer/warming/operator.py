@@ -50,6 +50,7 @@ from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
 from warmer.glance.client import GlanceUnavailable, LocationConflict
 from warmer.popularity import Verdict
+from warmer.reasons import Reason, State
 from warmer.warming.target import TargetProblem, TargetResult
 
 if TYPE_CHECKING:
@@ -60,9 +61,10 @@ LOG = logging.getLogger(__name__)
 MAX_REQUESTS = 10_000  # warm requests remembered (the latest per image)
 # Verdicts an operator's warm overrides: the image is eligible, only its
 # demand (or an earlier operator eviction) does not want it.
-OVERRIDABLE = frozenset({"below_threshold", "evicted_by_operator"})
+OVERRIDABLE = frozenset({Reason.BELOW_THRESHOLD, Reason.EVICTED_BY_OPERATOR})
 # Errors that pass by themselves: a warm request waits for the retry.
-PASSING_ERRORS = frozenset({"ceph_unavailable", "glance_unavailable", "glance_404_unconfirmed"})
+PASSING_ERRORS = frozenset({Reason.CEPH_UNAVAILABLE, Reason.GLANCE_UNAVAILABLE,
+                            Reason.GLANCE_404_UNCONFIRMED})
 MAX_CARRIES = 20
 
 
@@ -190,7 +192,7 @@ class Operator:
         for name in forced:
             v = out.get(name)
             if v is not None and not v.wanted and v.reason in OVERRIDABLE:
-                out[name] = Verdict(True, "operator", v.score)
+                out[name] = Verdict(True, Reason.OPERATOR, v.score)
         return out
 
     def finished(self, image_id: str, forced: set[str] | None) -> None:
@@ -204,8 +206,8 @@ class Operator:
         engine = self.engine
         again = {name for name in forced
                  if (row := engine._status.get((image_id, name))) is not None
-                 and (row.state == "busy" or (row.state == "error"
-                                              and row.reason in PASSING_ERRORS))
+                 and (row.state == State.BUSY or (row.state == State.ERROR
+                                                  and row.reason in PASSING_ERRORS))
                  and engine.tracker.image(image_id) is not None}
         carried = self._carried.get(image_id, 0)
         if again and carried < MAX_CARRIES:
@@ -256,8 +258,8 @@ class Operator:
         LOG.info("image %s: evicted from target %s by an operator", image_id, name)
         if engine.tracker.image(image_id) is not None:
             self.holds[(image_id, name)] = Hold(engine._demand_in(image_id, now, target), now)
-        engine._record(image_id, target, TargetResult("not_wanted", "evicted_by_operator",
-                                                      None))
+        engine._record(image_id, target, TargetResult(State.NOT_WANTED,
+                                                      Reason.EVICTED_BY_OPERATOR, None))
         return result
 
     def apply_holds(self, image_id: str, now: float, found: dict[str, Verdict | None]) -> None:
@@ -271,11 +273,11 @@ class Operator:
             verdict = found.get(target.name)
             if hold is None or verdict is None or not verdict.wanted:
                 continue
-            if verdict.reason == "pinned" or self._new_demand(hold, now, engine._demand_in(
+            if verdict.reason == Reason.PINNED or self._new_demand(hold, now, engine._demand_in(
                     image_id, now, target)):
                 del self.holds[key]
                 continue
-            found[target.name] = Verdict(False, "evicted_by_operator", verdict.score)
+            found[target.name] = Verdict(False, Reason.EVICTED_BY_OPERATOR, verdict.score)
 
     def _new_demand(self, hold: Hold, now: float, score: float) -> bool:
         age = max(0.0, now - hold.at)
@@ -298,9 +300,9 @@ class Operator:
         engine = self.engine
         warm = failing = 0
         for row in engine._status.values():
-            if row.state == "warm":
+            if row.state == State.WARM:
                 warm += 1
-            elif row.state == "error":
+            elif row.state == State.ERROR:
                 failing += 1
         copying = sum(len(t.progress) for t in engine.targets)
         return warm, copying, failing
