@@ -180,7 +180,7 @@ def main() -> int:
                                       args.repeat, "download", conversion_dir)
             for run in row["cold"]:
                 print(f"  run {run['run']}: {run['seconds']:.2f} s ({run['path']}; "
-                      f"{fmt_steps(run)})", flush=True)
+                      f"{fmt_steps(run)}; Glance retries {run['glance_retries']})", flush=True)
 
         daemon = Daemon(stack, name="cinder-flow-bench")
         daemon.start()
@@ -207,7 +207,9 @@ def main() -> int:
             for run in row["warm"]:
                 print(f"  run {run['run']}: {run['seconds']:.3f} s ({run['path']}; "
                       f"clone_image {run['clone_image_seconds']:.3f} s incl. _resize "
-                      f"{run['steps'].get('_resize', 0.0):.3f} s)", flush=True)
+                      f"{run['steps'].get('_resize', 0.0):.3f} s; image lookup "
+                      f"{run['image_lookup_seconds']:.3f} s; Glance retries "
+                      f"{run['glance_retries']})", flush=True)
     finally:
         if daemon is not None:
             daemon.terminate()
@@ -216,22 +218,27 @@ def main() -> int:
             subprocess.run([str(ROOT / "tools" / "stack"), "down", str(base)], check=True,
                            stdout=subprocess.DEVNULL)
 
-    print("\n| size | cold runs (s) | warm runs (s) | clone_image alone (s) | "
+    def runs(rows: list[dict[str, Any]], key: str, digits: int) -> str:
+        return ", ".join(f"{r[key]:.{digits}f}" + ("*" * r["glance_retries"]) for r in rows)
+
+    print("\n| size | cold runs (s) | warm runs (s) | clone_image in the warm runs (s) | "
           "cold/warm (medians) |")
     print("| --- | --- | --- | --- | --- |")
     met = True
     for row in results:
         cold = [r["seconds"] for r in row["cold"]]
         warm = [r["seconds"] for r in row["warm"]]
-        clone = [r["clone_image_seconds"] for r in row["warm"]]
         row["ratio"] = statistics.median(cold) / statistics.median(warm)
         met = met and max(warm) <= GOAL_S
-        print(f"| {row['size_gb']} GiB {row['kind']} | {', '.join(f'{s:.2f}' for s in cold)} "
-              f"| {', '.join(f'{s:.3f}' for s in warm)} | "
-              f"{', '.join(f'{s:.3f}' for s in clone)} | {row['ratio']:.0f}x |")
+        print(f"| {row['size_gb']} GiB {row['kind']} | {runs(row['cold'], 'seconds', 2)} | "
+              f"{runs(row['warm'], 'seconds', 3)} | "
+              f"{runs(row['warm'], 'clone_image_seconds', 3)} | {row['ratio']:.0f}x |")
+    print("(* one retry of Cinder's Glance client, which sleeps 1 s first)")
     worst = max(max(r["seconds"] for r in row["warm"]) for row in results)
+    clean = [r["seconds"] for row in results for r in row["warm"] if not r["glance_retries"]]
     print(f"\ngoal (warm <= {GOAL_S} s at every size, every run): "
-          f"{'met' if met else 'NOT met'} (slowest warm run {worst:.3f} s)")
+          f"{'met' if met else 'NOT met'} (slowest warm run {worst:.3f} s; slowest without a "
+          f"Glance retry: {max(clean) if clean else float('nan'):.3f} s)")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import logging
 import sys
 import time
 import urllib.parse
@@ -44,6 +45,19 @@ from pathlib import Path
 from typing import Any
 
 warnings.filterwarnings("ignore")
+
+
+class GlanceRetries(logging.Handler):
+    """Counts the retries Cinder's Glance client logs ("Error contacting
+    glance server ..., retrying."): each one sleeps a second first."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "retrying" in record.getMessage():
+            self.count += 1
 
 
 class NoDatabase:
@@ -124,9 +138,12 @@ def main() -> int:
     objects.Volume.save = lambda self: saves.append(self.id)  # no database
 
     image_service = cinder_glance.GlanceImageService()
+    retries = GlanceRetries()
+    logging.getLogger("cinder.image.glance").addHandler(retries)
     for n in range(args.runs):
         steps.clear()
         saves.clear()
+        retries.count = 0
         db = NoDatabase()
         task = flow.CreateVolumeFromSpecTask(manager=None, db=db, driver=driver)
         volume = objects.Volume(ctx, id=str(uuid.uuid4()), size=args.size_gb,
@@ -150,7 +167,7 @@ def main() -> int:
         print(json.dumps({
             "run": n + 1, "path": path, "seconds": seconds,
             "clone_image_seconds": steps.get("clone_image", 0.0),
-            "image_lookup_seconds": lookup,
+            "image_lookup_seconds": lookup, "glance_retries": retries.count,
             "steps": dict(steps), "db_calls_skipped": len(db.calls) + len(saves),
             "volume": volume.name}), flush=True)
         if path != args.expect:
