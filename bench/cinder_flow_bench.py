@@ -219,7 +219,10 @@ def main() -> int:
                            stdout=subprocess.DEVNULL)
 
     def runs(rows: list[dict[str, Any]], key: str, digits: int) -> str:
-        return ", ".join(f"{r[key]:.{digits}f}" + ("*" * r["glance_retries"]) for r in rows)
+        """Each run; a star for each Glance retry when ``key`` is the flow's time."""
+        return ", ".join(f"{r[key]:.{digits}f}"
+                         + ("*" * r["glance_retries"] if key == "seconds" else "")
+                         for r in rows)
 
     print("\n| size | cold runs (s) | warm runs (s) | clone_image in the warm runs (s) | "
           "cold/warm (medians) |")
