@@ -64,8 +64,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
                    env={**os.environ, "TMPDIR": str(tmp)})
     arch = subprocess.run(["dpkg", "--print-architecture"], check=True,
                           capture_output=True, text=True).stdout.strip()
-    deb = out / f"warmer_{VERSION}_{arch}.deb"
-    assert deb.is_file(), sorted(out.iterdir())
+    [deb] = sorted(out.glob(f"warmer_{VERSION}*_{arch}.deb"))
     tree = base / "tree"
     subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
     control = base / "control"
@@ -84,7 +83,9 @@ def test_control_fields(built: dict[str, Path]) -> None:
                           capture_output=True, text=True).stdout
     print(info)
     assert field(deb, "Package") == "warmer"
-    assert field(deb, "Version") == VERSION
+    # The project's version and the commit it was built from.
+    assert re.fullmatch(re.escape(VERSION) + r"(\+git\d{14}\.[0-9a-f]+(\.dirty)?)?",
+                        field(deb, "Version")), field(deb, "Version")
     assert field(deb, "Architecture") == subprocess.run(
         ["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
     minor = subprocess.run(["/usr/bin/python3", "-c",
@@ -120,7 +121,7 @@ def test_contents(built: dict[str, Path]) -> None:
     assert (built["tree"] / "usr/share/warmer/warmer.conf").read_text() == \
         (ROOT / "config/warmer-controller.conf").read_text()
     control = built["control"]
-    for script in ("postinst", "prerm", "postrm"):
+    for script in ("preinst", "postinst", "prerm", "postrm"):
         assert os.access(control / script, os.X_OK), script
     assert not (control / "conffiles").exists()
     assert (control / "md5sums").is_file()

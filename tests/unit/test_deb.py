@@ -25,7 +25,7 @@ def _build_deb() -> Any:
     return module
 
 
-@pytest.mark.parametrize("name", ["postinst", "prerm", "postrm"])
+@pytest.mark.parametrize("name", ["preinst", "postinst", "prerm", "postrm"])
 def test_maintainer_scripts_are_executable_posix_sh(name: str) -> None:
     script = SCRIPTS / name
     assert os.access(script, os.X_OK)
@@ -51,7 +51,9 @@ def test_scripts_name_what_the_package_ships() -> None:
     assert "try-restart --no-block warmer.service" in postinst
     assert "stop warmer.service" in (SCRIPTS / "prerm").read_text()
     postrm = (SCRIPTS / "postrm").read_text()
-    assert 'rm -rf "$ROOT/etc/warmer"' in postrm and "userdel" not in postrm.split("set -e")[1]
+    assert 'rm -f "$ROOT/etc/warmer/warmer.conf"' in postrm and "rm -rf" not in postrm
+    assert "userdel" not in postrm.split("set -e")[1]
+    assert "policy-rc.d warmer.service try-restart" in postinst
 
 
 def test_unit_goes_where_debian_packages_put_units() -> None:
@@ -74,3 +76,20 @@ def test_glibc_needed_is_the_newest_of_each_wheels_oldest(tmp_path: Path) -> Non
         info.mkdir(parents=True)
         (info / "WHEEL").write_text("Wheel-Version: 1.0\n" + "".join(f"Tag: {t}\n" for t in tags))
     assert tool.glibc_needed(tmp_path) == (2, 28)
+
+
+def test_preinst_refuses_to_install_over_a_tools_install_tree(tmp_path: Path) -> None:
+    preinst = SCRIPTS / "preinst"
+    env = {"DPKG_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    fresh = subprocess.run(["sh", "-e", str(preinst), "install"], env=env,
+                           capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    daemon = tmp_path / "opt" / "warmer" / "bin" / "warmer-daemon"
+    daemon.parent.mkdir(parents=True)
+    daemon.write_text("#!/bin/sh\n")
+    over = subprocess.run(["sh", "-e", str(preinst), "install"], env=env,
+                          capture_output=True, text=True)
+    assert over.returncode == 1 and "tools/install --uninstall" in over.stderr
+    upgrade = subprocess.run(["sh", "-e", str(preinst), "upgrade", "0.1.0"], env=env,
+                             capture_output=True, text=True)
+    assert upgrade.returncode == 0, upgrade.stderr  # its own files, from the old version
