@@ -218,7 +218,10 @@ class Engine:
         # volume (created_at), not when it said it was done: warm only if the
         # image was warm there since before then. A daemon that has no row
         # for it (a follower, a fresh restart) does not know: "unknown".
-        decided = (event.created_at or event.timestamp).timestamp()
+        when = event.created_at or event.timestamp
+        # Cinder's created_at may have whole seconds only: within that second
+        # it decided after the record was made, so give it the whole second.
+        decided = when.timestamp() + (1.0 if when.microsecond == 0 else 0.0)
         since = [self._warm_since.get((event.image_id, name)) for name in names]
         if any((event.image_id, name) not in self._status for name in names):
             state = "unknown"
