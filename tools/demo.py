@@ -150,6 +150,25 @@ def main() -> int:
         print(f"   copies so far: {written / MiB:.0f} MiB written, {skipped / MiB:.0f} MiB "
               "skipped (holes and zeroes), every copy verified against Glance's sha512")
 
+        say("8. Why an image does (not) clone: warmer doctor (Cinder's _is_cloneable, "
+            "replayed; read-only)")
+        for image_id in (qcow["id"], raw["id"]):
+            doctor = daemon.cli("doctor", image_id)
+            print(doctor.stdout, end="")
+            print(f"   (exit {doctor.returncode}: "
+                  f"{'blocked somewhere' if doctor.returncode == 1 else 'clones everywhere'})")
+
+        say("9. The value: volumes created from the images now, as Cinder reports them")
+        for _ in range(3):
+            cinder.volume_created(glance.get(raw["id"]))
+        daemon.wait_until(lambda: daemon.metric("warmer_volume_creates_total",
+                                                image_state="warm") >= 3, 20, "counted")
+        for line in daemon.get("/metrics").splitlines():
+            if line.startswith("warmer_volume_creates_total{"):
+                print("   " + line)
+        print("   (warm / (warm + cold) is the hit ratio Cinder sees; 'unknown' are volumes "
+              "of images warmer had not looked at yet)")
+
         say("Key metrics (curl http://127.0.0.1:9797/metrics)")
         for line in daemon.get("/metrics").splitlines():
             if line.startswith(("warmer_images{", "warmer_changes_total",
