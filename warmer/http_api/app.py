@@ -81,7 +81,7 @@ def image_view(engine: Engine, image_id: str, now: float,
         "demand": {name: {"score": v.score, "wanted": v.wanted, "why": v.reason}
                    for name, v in verdicts.items()},
         "targets": [
-            {k: v for k, v in dataclasses.asdict(s).items() if k != "image_id"}
+            {k: v for k, v in dataclasses.asdict(s).items() if k not in ("image_id", "warm_since")}
             for s in engine.status(image_id)
         ],
         "copying": {t.name: {"done_bytes": t.progress[image_id][0],

@@ -60,6 +60,8 @@ class ImageStatus:
     actions: tuple[str, ...]
     checked_at: float
     detail: str | None = None
+    # Since when the row has said warm, without a break (for the hit ratio).
+    warm_since: float | None = None
 
 
 class Leader(Protocol):
@@ -125,8 +127,6 @@ class Engine:
         self._admission_locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
         self._status: dict[tuple[str, str], ImageStatus] = {}
-        # (image, target) -> since when its row says warm (for the hit ratio)
-        self._warm_since: dict[tuple[str, str], float] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         # Consecutive retries per image that do not pass by themselves
         # (publish_refused, clones that keep a copy, an unconfirmed 404):
@@ -222,10 +222,11 @@ class Engine:
         # Cinder's created_at may have whole seconds only: within that second
         # it decided after the record was made, so give it the whole second.
         decided = when.timestamp() + (1.0 if when.microsecond == 0 else 0.0)
-        since = [self._warm_since.get((event.image_id, name)) for name in names]
-        if any((event.image_id, name) not in self._status for name in names):
+        rows = [self._status.get((event.image_id, name)) for name in names]
+        if any(row is None for row in rows):
             state = "unknown"
-        elif all(s is not None and s <= decided for s in since):
+        elif all(row is not None and row.warm_since is not None and row.warm_since <= decided
+                 for row in rows):
             state = State.WARM
         else:
             state = State.COLD
@@ -301,7 +302,6 @@ class Engine:
         if dropped:
             for key in [k for k in self._status if self.tracker.image(k[0]) is None]:
                 del self._status[key]
-                self._warm_since.pop(key, None)
             self.ops.forget([i for i, _ in self.ops.holds if self.tracker.image(i) is None]
                             + [i for i in self.ops.requests if self.tracker.image(i) is None])
             LOG.info("forgot %d images that went cold (below %s everywhere, no copy)",
@@ -723,7 +723,6 @@ class Engine:
                 used_bytes -= copy_.size
                 used_count -= 1
                 self._status.pop((copy_.name, target.name), None)
-                self._warm_since.pop((copy_.name, target.name), None)
         return fits()
 
     async def enforce_budgets(self) -> None:
@@ -841,13 +840,15 @@ class Engine:
 
     def _record(self, image_id: str, target: Target, result: TargetResult) -> None:
         key = (image_id, target.name)
-        if result.state == "warm":
-            self._warm_since.setdefault(key, self.clock())
-        else:
-            self._warm_since.pop(key, None)
-        self._status[(image_id, target.name)] = ImageStatus(
+        now = self.clock()
+        warm_since = None
+        if result.state == State.WARM:
+            last = self._status.get(key)
+            warm_since = last.warm_since if last is not None and last.warm_since is not None \
+                else now
+        self._status[key] = ImageStatus(
             image_id, target.name, _pool_of(result) or target.config.pool, result.state,
-            result.reason, result.location, result.actions, self.clock(), result.detail)
+            result.reason, result.location, result.actions, now, result.detail, warm_since)
 
     def _record_all(self, image_id: str, state: str, reason: str, location: str | None,
                     actions: tuple[str, ...]) -> None:
@@ -857,7 +858,6 @@ class Engine:
     def _drop_status(self, image_id: str) -> None:
         for target in self.targets:
             self._status.pop((image_id, target.name), None)
-            self._warm_since.pop((image_id, target.name), None)
 
     def _rows(self) -> list[ImageStatus]:
         """The status book, with copies under way shown as such: a copy
