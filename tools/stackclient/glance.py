@@ -73,18 +73,8 @@ class Glance:
 
     def remove_tag(self, image_id: str, tag: str) -> None:
         """Glance with sqlite answers 500 now and then when two requests
-        change one image at once (warmer may be adding a location): try
-        again, as a user would."""
-        for attempt in range(10):
-            try:
-                self._req("DELETE", f"/v2/images/{image_id}/tags/{tag}")
-                return
-            except GlanceError as exc:
-                if exc.status == 404:
-                    return
-                if exc.status != 500 or attempt == 9:
-                    raise
-            time.sleep(0.5)
+        change one image at once (warmer may be adding a location)."""
+        self._as_a_user_would("DELETE", f"/v2/images/{image_id}/tags/{tag}", {500}, 5.0)
 
     def ids(self, **filters: str) -> list[str]:
         """Every image id Glance lists with ``filters`` (all pages)."""
@@ -101,17 +91,23 @@ class Glance:
 
     def delete_eventually(self, image_id: str, timeout: float = 30.0) -> None:
         """Delete as a user would who tries again: Glance answers 409 ("in
-        use through the backend store") while any client, warmer's copy or
-        Cinder's clone included, has the RBD image open, and 500 when the
-        delete races a location change (seen with sqlite). 404: gone already."""
+        use through the backend store") while its RBD store cannot remove
+        the image yet, and 500 when the delete races a location change
+        (seen with sqlite)."""
+        self._as_a_user_would("DELETE", f"/v2/images/{image_id}", {409, 500}, timeout)
+
+    def _as_a_user_would(self, method: str, path: str, retry: set[int],
+                         timeout: float) -> None:
+        """``method path``, tried again every 0.5 s on the ``retry`` statuses
+        until ``timeout``; a 404 means it is done already."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.delete(image_id)
+                self._req(method, path)
                 return
             except GlanceError as exc:
                 if exc.status == 404:
                     return
-                if exc.status not in (409, 500) or time.monotonic() > deadline:
+                if exc.status not in retry or time.monotonic() > deadline:
                     raise
             time.sleep(0.5)
