@@ -5,6 +5,7 @@ Fake rados modules stand in for the real bindings."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,13 +39,22 @@ rados_mon_op_timeout = 1
 """
 
 
+@contextlib.contextmanager
+def running(tmp_path: Path, conf: str) -> Iterator[Service]:
+    """A Service built from ``conf`` (its Ceph bindings faked), closed after."""
+    path = tmp_path / "warmer.conf"
+    path.write_text(conf)
+    svc = Service(warmer_conf.load(["--config-file", str(path)]))
+    try:
+        yield svc
+    finally:
+        svc.close_ceph()
+
+
 @pytest.fixture
 def service(tmp_path: Path, bindings: object) -> Iterator[Service]:
-    path = tmp_path / "warmer.conf"
-    path.write_text(CONF)
-    svc = Service(warmer_conf.load(["--config-file", str(path)]))
-    yield svc
-    svc.close_ceph()
+    with running(tmp_path, CONF) as svc:
+        yield svc
 
 
 async def until(check: Callable[[], bool]) -> None:
@@ -183,11 +193,8 @@ def test_without_demand_patterns_one_shared_site_counts_for_every_target(
 
 @pytest.fixture
 def sited_service(tmp_path: Path, bindings: object) -> Iterator[Service]:
-    path = tmp_path / "warmer.conf"
-    path.write_text(CONF + "demand_backends = ceph-edge\n")  # in [edge]
-    svc = Service(warmer_conf.load(["--config-file", str(path)]))
-    yield svc
-    svc.close_ceph()
+    with running(tmp_path, CONF + "demand_backends = ceph-edge\n") as svc:  # in [edge]
+        yield svc
 
 
 def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
@@ -209,15 +216,10 @@ def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
 
 def test_without_a_state_cluster_demand_stays_in_memory(tmp_path: Path,
                                                          bindings: object) -> None:
-    path = tmp_path / "warmer.conf"
-    path.write_text(CONF + "[state]\nenabled = false\n")
-    svc = Service(warmer_conf.load(["--config-file", str(path)]))
-    try:
+    with running(tmp_path, CONF + "[state]\nenabled = false\n") as svc:
         assert isinstance(svc.fleet.base, MemoryStore)
         assert svc.state_executor is None
 
         async def scenario() -> None:
             assert await svc.fleet.start()
         asyncio.run(scenario())
-    finally:
-        svc.close_ceph()
