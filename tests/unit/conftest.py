@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import types
 from collections.abc import Iterator
@@ -34,3 +35,11 @@ def bindings(monkeypatch: pytest.MonkeyPatch) -> tuple[types.ModuleType, types.M
     FakeRados.on_call = None
     monkeypatch.setattr(ceph_client, "modules", lambda: mods)
     return mods
+
+
+@pytest.fixture(scope="module")
+def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    """Two threads for a module's Ceph calls (a module may define its own)."""
+    pool = concurrent.futures.ThreadPoolExecutor(2)
+    yield pool
+    pool.shutdown(wait=True)

@@ -16,6 +16,7 @@ import pytest
 
 from tests.unit import fake_rbd
 from tests.unit.fake_rbd import FakeCluster
+from tests.unit.state_stores import Clock
 from warmer.ceph import bindings, client, images
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.coordination import leader as leader_mod
@@ -25,14 +26,6 @@ from warmer.metrics import Metrics
 CONF = "state.conf"
 NAMESPACE = "warmer"
 LEASE = 30
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -52,7 +45,7 @@ def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
 
 @pytest.fixture
 def clock(cluster: FakeCluster) -> Clock:
-    c = Clock()
+    c = Clock(1000.0)
     cluster.clock = c
     return c
 

@@ -4,7 +4,6 @@ writes with a bounded delay, what a crash loses, re-basing, clean-up."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import random
 import time
@@ -16,28 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.state_stores import STORES, FlakyStore, fake_rados_modules, make_store
+from tests.unit.state_stores import STORES, Clock, FlakyStore, fake_rados_modules, make_store
 from warmer.state.demand import MAX_FUTURE, DemandWriter
 from warmer.state.store import REBASE_AFTER, Settings, ShardLost, StateStore, StateUnavailable
 
 T0 = 1_764_000_000.0
 HOUR = 3600.0
 IMAGES = sorted(str(uuid.UUID(int=n + 1)) for n in range(5))
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    yield pool
-    pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

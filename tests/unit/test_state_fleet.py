@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.unit import fake_rbd
-from tests.unit.state_stores import STATE_CONF, fake_rados_modules
+from tests.unit.state_stores import STATE_CONF, Clock, fake_rados_modules
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageDeleted, ImageInfo, ImageSent, VolumeCreatedFromImage
 from warmer.popularity import Policy
@@ -31,21 +31,6 @@ T0 = 1_764_000_000.0
 HOUR = 3600.0
 SITES = ("central", "edge")
 IMAGES = sorted(str(uuid.UUID(int=n + 1)) for n in range(6))
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    yield pool
-    pool.shutdown(wait=True)
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -5,7 +5,6 @@ calls off the event loop, and errors."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import threading
 import uuid
 from collections.abc import Iterator
@@ -32,13 +31,6 @@ from warmer.state.store import (
 
 T0 = 1_764_000_000
 HOUR = 3600.0
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    yield pool
-    pool.shutdown(wait=True)
 
 
 @pytest.fixture(autouse=True)

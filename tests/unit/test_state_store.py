@@ -4,7 +4,6 @@ and the store semantics that both stores must share."""
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import math
 import uuid
 from collections.abc import Iterator
@@ -31,13 +30,6 @@ HOUR = 3600.0
 
 def ids(n: int) -> list[str]:
     return sorted(str(uuid.uuid4()) for _ in range(n))
-
-
-@pytest.fixture(scope="module")
-def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
-    pool = concurrent.futures.ThreadPoolExecutor(2)
-    yield pool
-    pool.shutdown(wait=True)
 
 
 @pytest.fixture(params=STORES)
