@@ -99,14 +99,15 @@ def main() -> int:
     # image_utils before cinder.image.glance: the other order is a circular
     # import (cinder's own modules import image_utils first).
     from cinder.image import image_utils  # isort: skip
-    from cinder import context, objects
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    from cinder import objects
     from cinder.image import glance as cinder_glance
-    from cinder.volume import configuration
-    from cinder.volume.drivers import rbd as rbd_driver
-    from cinder.volume.flows.manager import create_volume as flow
+    from cinder_clone import BACKEND, stack_rbd_driver  # set up as tools/cinder_clone.py does
     from oslo_config import cfg
 
     objects.register_all()
+    # Only now: the flow's annotations name objects.Volume.
+    from cinder.volume.flows.manager import create_volume as flow
     glance = urllib.parse.urlsplit(args.glance_url)
     cfg.CONF([], project="cinder", default_config_files=[])
     for key, value in (("auth_strategy", "noauth"),
@@ -118,14 +119,7 @@ def main() -> int:
     # through it): the virtualenv's privsep-helper, without sudo (as root).
     cfg.CONF.set_override("helper_command", str(Path(sys.executable).parent / "privsep-helper"),
                           group="cinder_sys_admin")
-    group = "stackrbd"
-    config = configuration.Configuration(rbd_driver.RBD_OPTS, config_group=group)
-    for key, value in (("rbd_ceph_conf", args.ceph_conf), ("rbd_user", args.user),
-                       ("rbd_pool", args.pool)):
-        cfg.CONF.set_override(key, value, group=group)
-    driver = rbd_driver.RBDDriver(configuration=config, host=f"stack@{group}")
-    ctx = context.get_admin_context()
-    driver.do_setup(ctx)
+    driver, ctx = stack_rbd_driver(args.ceph_conf, args.user, args.pool)
 
     steps: dict[str, float] = {}
     for name in ("clone_image", "create_volume", "copy_image_to_volume", "_resize"):
@@ -149,7 +143,7 @@ def main() -> int:
         volume = objects.Volume(ctx, id=str(uuid.uuid4()), size=args.size_gb,
                                 volume_type=None, volume_type_id=None,
                                 encryption_key_id=None, _name_id=None,
-                                host=f"stack@{group}#{group}", cluster_name=None,
+                                host=f"stack@{BACKEND}#{BACKEND}", cluster_name=None,
                                 bootable=False, status="creating", group_id=None,
                                 consistencygroup_id=None, use_quota=True)
         started = time.monotonic()

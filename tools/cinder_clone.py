@@ -17,8 +17,30 @@ import time
 import urllib.request
 import uuid
 import warnings
+from typing import Any
 
 warnings.filterwarnings("ignore")
+
+
+BACKEND = "stackrbd"  # the driver's config group, and the backend of its host
+
+
+def stack_rbd_driver(ceph_conf: str, user: str, pool: str) -> tuple[Any, Any]:
+    """Cinder's RBDDriver for one cluster of the local stack, set up as
+    cinder-volume would (``do_setup``), with an admin context. Cinder's
+    config must be initialised (``cfg.CONF(...)``) first."""
+    from cinder import context
+    from cinder.volume import configuration
+    from cinder.volume.drivers import rbd as rbd_driver
+    from oslo_config import cfg
+
+    config = configuration.Configuration(rbd_driver.RBD_OPTS, config_group=BACKEND)
+    for key, value in (("rbd_ceph_conf", ceph_conf), ("rbd_user", user), ("rbd_pool", pool)):
+        cfg.CONF.set_override(key, value, group=BACKEND)
+    driver = rbd_driver.RBDDriver(configuration=config, host=f"stack@{BACKEND}")
+    ctx = context.get_admin_context()
+    driver.do_setup(ctx)
+    return driver, ctx
 
 
 def main() -> int:
@@ -31,21 +53,12 @@ def main() -> int:
     p.add_argument("image_id")
     args = p.parse_args()
 
-    from cinder import context, objects
-    from cinder.volume import configuration
-    from cinder.volume.drivers import rbd as rbd_driver
+    from cinder import objects
     from oslo_config import cfg
 
     objects.register_all()
     cfg.CONF([], project="cinder", default_config_files=[])
-    group = "stackrbd"
-    config = configuration.Configuration(rbd_driver.RBD_OPTS, config_group=group)
-    for key, value in (("rbd_ceph_conf", args.ceph_conf), ("rbd_user", args.user),
-                       ("rbd_pool", args.pool)):
-        cfg.CONF.set_override(key, value, group=group)
-    driver = rbd_driver.RBDDriver(configuration=config, host=f"stack@{group}")
-    ctx = context.get_admin_context()
-    driver.do_setup(ctx)
+    driver, ctx = stack_rbd_driver(args.ceph_conf, args.user, args.pool)
 
     with urllib.request.urlopen(f"{args.glance_url}/v2/images/{args.image_id}") as resp:
         image = json.load(resp)
