@@ -21,27 +21,19 @@ from stackclient.cinder import CinderNotifier, GlanceNotifier
 from stackclient.daemon import Daemon
 from stackclient.glance import Glance, GlanceError
 
+from tests.functional.edge import empty_edge, registry
 from tests.functional.test_copies import cinder_clone_image, edge_images, edge_url, locations
 from tests.functional.test_daemon import WARM, demand
 
 MiB = 1 << 20
 
 
-def registry(stack: Stack, cluster: str = "edge") -> dict[str, bytes]:
-    import rados
-    with ceph.connect(stack.ceph_conf(cluster), "admin", stack.keyring("admin", cluster)) as c, \
-            c.open_ioctx("images") as ioctx, rados.ReadOpCtx() as op:
-        values, _ = ioctx.get_omap_vals(op, "", "", 10_000)
-        try:
-            ioctx.operate_read_op(op, "warmer.registry")
-        except rados.ObjectNotFound:
-            return {}
-        return dict(values)
-
-
 @pytest.fixture
-def budget_daemon(stack: Stack) -> Iterator[Daemon]:
-    """A daemon that reconciles every 5 s and holds one copy on edge."""
+def budget_daemon(stack: Stack, glance: Glance) -> Iterator[Daemon]:
+    """A daemon that reconciles every 5 s and holds one copy on edge, which
+    starts empty: earlier tests' copies would fill edge's one slot, and
+    their pinned images would take it."""
+    empty_edge(stack, glance)
     d = Daemon(stack, name="owner", overrides=(
         "[warming]\nreconcile_interval = 5\nretry_delay = 1\n"
         "[central]\ncopy_images = false\n[edge]\ncapacity_images = 1\n")).start()
@@ -54,14 +46,6 @@ def test_a_cinder_clone_of_a_warmer_copy_survives_every_path(
         stack: Stack, budget_daemon: Daemon, glance: Glance, cinder: CinderNotifier,
         glance_bus: GlanceNotifier, flatten: bool) -> None:
     d = budget_daemon
-    # Earlier tests' copies would fill edge's one slot, and their pinned
-    # images would take it (worth more than any demand): unpin those, let
-    # Glance delete the copied ones, and warmer forget their copies.
-    for pinned in glance.ids(tag="warmer-pin"):
-        glance.remove_tag(pinned, "warmer-pin")
-    for leftover in registry(stack):
-        glance.delete_eventually(leftover)
-    d.wait_until(lambda: not registry(stack), 60, "edge registry empty")
     data = os.urandom(2 * MiB) + bytes(2 * MiB)
     image_id = glance.create(f"owned-{flatten}")["id"]
     glance.upload(image_id, data)

@@ -21,9 +21,9 @@ from stackclient.daemon import Daemon
 from stackclient.glance import Glance
 
 from tests.functional.conftest import record_timing
+from tests.functional.edge import registry
 from tests.functional.test_copies import edge_images
 from tests.functional.test_daemon import WARM, demand
-from tests.functional.test_ownership import registry
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

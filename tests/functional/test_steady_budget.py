@@ -19,8 +19,8 @@ from stackclient.cinder import CinderNotifier
 from stackclient.daemon import Daemon
 from stackclient.glance import Glance
 
+from tests.functional.edge import empty_edge
 from tests.functional.test_copies import edge_images
-from tests.functional.test_ownership import registry
 
 MiB = 1 << 20
 STEADY_SECONDS = float(os.environ.get("WARMER_STEADY_SECONDS", "60"))
@@ -29,15 +29,11 @@ STEADY_SECONDS = float(os.environ.get("WARMER_STEADY_SECONDS", "60"))
 @pytest.fixture
 def tight(stack: Stack, glance: Glance) -> Iterator[Daemon]:
     # Earlier tests' copies fill edge's registry, and their pinned images
-    # are worth any slot: start from an empty edge, as test_ownership does.
-    for pinned in glance.ids(tag="warmer-pin"):
-        glance.remove_tag(pinned, "warmer-pin")
-    for leftover in registry(stack):
-        glance.delete_eventually(leftover)
+    # are worth any slot: start from an empty edge.
+    empty_edge(stack, glance)
     d = Daemon(stack, name="steady", overrides=(
         "[warming]\nreconcile_interval = 5\nretry_delay = 1\n"
         "[central]\ncopy_images = false\n[edge]\ncapacity_images = 2\n")).start()
-    d.wait_until(lambda: not registry(stack), 60, "edge registry empty")
     yield d
     d.kill()
 

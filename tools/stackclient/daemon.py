@@ -193,7 +193,8 @@ class Daemon:
     def wait_until(self, check: Callable[[], Any], timeout: float, what: str,
                    interval: float = 0.05) -> Any:
         """Poll ``check`` until it is true; on a timeout, say what the daemon
-        logged last (CI keeps no stack directory to look at afterwards)."""
+        logged last (CI keeps no stack directory to look at afterwards, and
+        shows only the end of its output: what failed comes last)."""
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -201,13 +202,13 @@ class Daemon:
             except OSError as exc:  # the daemon's API did not answer: say why
                 exited = self.proc.poll() if self.proc is not None else None
                 state = "running" if exited is None else f"exited with {exited}"
-                raise RuntimeError(f"{what}: {exc} (daemon {state}); the end of "
-                                   f"{self.log}:\n{self.log_tail()}") from exc
+                raise RuntimeError(f"the end of {self.log}:\n{self.log_tail()}\n"
+                                   f"{what}: {exc} (daemon {state})") from exc
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not after {timeout}s; the end of {self.log}:\n"
-                                   f"{self.log_tail()}")
+                raise TimeoutError(f"the end of {self.log}:\n{self.log_tail()}\n"
+                                   f"{what}: not after {timeout}s")
             time.sleep(interval)
 
     def log_tail(self, lines: int = 60) -> str:
