@@ -9,6 +9,7 @@ file and a private directory of symlinks), not all of dist-packages.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import sys
@@ -18,7 +19,8 @@ from . import proc
 
 SYSTEM_PYTHON = "/usr/bin/python3"
 DIST_PACKAGES = Path("/usr/lib/python3/dist-packages")
-STAMP = ".stack-complete"
+STAMP = ".stack-complete"  # holds the hash of the constraints it was built with
+CONSTRAINTS = Path(__file__).resolve().parent / "constraints"
 
 
 def link_ceph_bindings(venv: Path) -> None:
@@ -39,16 +41,22 @@ def link_ceph_bindings(venv: Path) -> None:
 
 
 def ensure_venv(path: Path, requirements: list[str]) -> Path:
-    """Create (once) a venv at ``path`` with ``requirements`` installed."""
-    if (path / STAMP).exists():
+    """Create (once) a venv at ``path`` with ``requirements`` installed,
+    every dependency at the version of ``constraints/<venv name>.txt`` when
+    there is one (tools/freeze-constraints): a new release on PyPI must not
+    change the stack under the suite. A changed constraints file rebuilds."""
+    constraints = CONSTRAINTS / f"{path.name}.txt"
+    pins = constraints.read_text() if constraints.exists() else ""
+    stamp = hashlib.sha256(pins.encode()).hexdigest()
+    if (path / STAMP).exists() and (path / STAMP).read_text() == stamp:
         return path
     shutil.rmtree(path, ignore_errors=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     print(f"stack: installing {' '.join(requirements)} into {path}",
           file=sys.stderr, flush=True)
     proc.run([SYSTEM_PYTHON, "-m", "venv", str(path)])
-    proc.run([str(path / "bin" / "pip"), "install", "-q", *requirements],
-             timeout=1200)
+    proc.run([str(path / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
+              *(["-c", str(constraints)] if pins else []), *requirements], timeout=1200)
     link_ceph_bindings(path)
-    (path / STAMP).write_text("")
+    (path / STAMP).write_text(stamp)
     return path
