@@ -27,7 +27,7 @@ def registry(stack: Stack, cluster: str = "edge") -> dict[str, bytes]:
 def empty_edge(stack: Stack, glance: Glance, timeout: float = 120) -> None:
     """Unpin every image, let Glance delete every image warmer copied to
     edge, and wait until warmer has forgotten those copies. A daemon of its
-    own does the forgetting (image.delete, then reconciliations every 2 s),
+    own does the forgetting (image.delete, then reconciliations every 5 s),
     with no budget pressure: one that evicts while Glance deletes meets a
     changing location list and keeps hands off the image until the next
     reconciliation, which is slower. It is stopped cleanly (leases
@@ -35,7 +35,7 @@ def empty_edge(stack: Stack, glance: Glance, timeout: float = 120) -> None:
     for pinned in glance.ids(tag="warmer-pin"):
         glance.remove_tag(pinned, "warmer-pin")
     janitor = Daemon(stack, name="janitor", overrides=(
-        "[warming]\nreconcile_interval = 2\nretry_delay = 1\n"
+        "[warming]\nreconcile_interval = 5\nretry_delay = 1\n"
         "[central]\ncopy_images = false\n")).start()
     try:
         for leftover in registry(stack):

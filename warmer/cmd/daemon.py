@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import sys
 
 from oslo_log import log
@@ -13,6 +14,9 @@ from warmer.service import Service
 
 
 def main(argv: list[str] | None = None) -> int:
+    # A crash in librados/librbd (SIGABRT, SIGSEGV) prints every thread's
+    # Python stack to stderr, hence to the journal: which call it was.
+    faulthandler.enable()
     conf = warmer_conf.load(sys.argv[1:] if argv is None else argv)
     log.setup(conf, "warmer")
     memory.pin_mmap_threshold()
