@@ -148,6 +148,12 @@ class Metrics:
             "warmer_copy_bytes", "Bytes of image copies, by what happened to them: "
             "written, or skipped as a hole or an all-zero chunk", ["target", "kind"],
             registry=r)
+        self.copy_verifications = Counter(
+            "warmer_copy_verifications", "Copies by how their data was checked against "
+            "Glance's digest: verified (hashed, matched), mismatch (hashed, did not match: "
+            "not published), skipped_verified (not hashed: the same source snapshot was "
+            "verified before, [warming] trust_verified_snapshots), unverified (Glance "
+            "records no digest, allow_unverified_copies)", ["target", "result"], registry=r)
         self.ceph_operations = Counter(
             "warmer_ceph_operations", "rados/rbd operations started, by cephx user and "
             "operation", ["user", "operation"], registry=r)
@@ -209,6 +215,8 @@ class Metrics:
             self.copy_duration.labels(target)
             for kind in ("written", "hole", "zero"):
                 self.copied_bytes.labels(target, kind)
+            for result in ("verified", "mismatch", "skipped_verified"):
+                self.copy_verifications.labels(target, result)
             for reason in ("budget", "deleted"):
                 self.evictions.labels(target, reason, "removed")
         for kind in ("location_conflict", "unconfirmed_404"):

@@ -6,7 +6,10 @@ with ``data`` ``None`` for a hole it already knows about (RBD extents that
 
 * hashes every chunk in order (holes as zeroes), on one dedicated thread,
   with the algorithm Glance recorded (``os_hash_algo``) or MD5 for
-  ``checksum``;
+  ``checksum``; unless the verifier trusts the source (:meth:`Verifier.trust`:
+  the same immutable snapshot was hashed and matched before), in which case
+  nothing is hashed and the copy relies on librbd's acknowledged reads and
+  writes, as ``rbd import`` does;
 * writes chunks that are not all zero; holes and zero chunks are never
   written, so the copy stays as sparse as the source, or sparser;
 * keeps at most ``window`` chunks in flight (read, hashed or written), so
@@ -65,9 +68,20 @@ class CopyStats:
     def skipped(self) -> int:
         return self.skipped_holes + self.skipped_zeros
 
+    @property
+    def read(self) -> int:
+        """Bytes read from the source: all but the holes it knew of."""
+        return self.size - self.skipped_holes
+
 
 class Verifier:
-    """Checks the copied bytes against what Glance recorded for the image."""
+    """Checks the copied bytes against what Glance recorded for the image.
+
+    :attr:`outcome` says how the copy was checked, once :meth:`verify`
+    returned or raised: ``verified`` (hashed, and it matched),
+    ``mismatch``, ``skipped_verified`` (trusted: not hashed) or
+    ``unverified`` (Glance records no digest, and that is allowed).
+    """
 
     def __init__(self, image: ImageInfo, *, allow_unverified: bool = False) -> None:
         algo, expected = None, None
@@ -83,19 +97,45 @@ class Verifier:
         self.algo = algo
         self.expected = expected.lower() if expected else None
         self._hash: Any = hashlib.new(algo) if algo else None
+        self.trusted = False
+        self.outcome = "unverified" if algo is None else ""
+
+    @property
+    def digest(self) -> str | None:
+        """What Glance records, as ``algo:hex``; None when nothing."""
+        return f"{self.algo}:{self.expected}" if self.algo else None
+
+    @property
+    def hashing(self) -> bool:
+        return self._hash is not None
+
+    def trust(self) -> None:
+        """Hash nothing: the caller knows the source to be the very snapshot
+        that was hashed and matched :attr:`digest` before. :meth:`verify`
+        then returns :attr:`digest`."""
+        if self.digest is None:
+            raise ValueError("nothing to trust: Glance records no digest")
+        self.trusted, self._hash = True, None
 
     def update(self, data: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(data)
 
     def verify(self) -> str:
-        """Return ``algo:digest`` when it matches; raise otherwise."""
+        """Return ``algo:digest`` when it matches (or is trusted); raise
+        otherwise."""
+        if self.trusted:
+            self.outcome = "skipped_verified"
+            assert self.digest is not None
+            return self.digest
         if self._hash is None:
             return "unverified"
         digest = str(self._hash.hexdigest())
         if digest != self.expected:
+            self.outcome = "mismatch"
             raise CopyError("checksum_mismatch",
                             f"{self.algo} is {digest}, Glance says {self.expected}")
+        self.outcome = "verified"
         return f"{self.algo}:{digest}"
 
 
@@ -104,10 +144,12 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                chunk_size: int = CHUNK,
                progress: Callable[[int, int], None] | None = None) -> CopyStats:
     """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
-    ``executor``), skipping holes and zero chunks, hashing everything."""
+    ``executor``), skipping holes and zero chunks, hashing everything
+    (unless ``verifier`` hashes nothing)."""
     loop = asyncio.get_running_loop()
     stats = CopyStats(source.size)
     started = time.monotonic()
+    hashing = verifier.hashing
     hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
     slots = asyncio.Semaphore(window)
     in_flight: set[asyncio.Future[Any]] = set()
@@ -140,12 +182,15 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
             await slots.acquire()
             if failed:  # surface a failed write or hash now, not at the end
                 raise failed[0]
+            work: list[asyncio.Future[Any]] = []
             if data is None:
-                work = [submit(hasher, verifier.update, zeros[:length])]
+                if hashing:
+                    work.append(submit(hasher, verifier.update, zeros[:length]))
                 stats.skipped_holes += length
             else:
-                # One thread, in submission order: the digest sees the bytes in order.
-                work = [submit(hasher, verifier.update, data)]
+                if hashing:
+                    # One thread, in submission order: the digest sees the bytes in order.
+                    work.append(submit(hasher, verifier.update, data))
                 # bytes == bytes is a memcmp; against a memoryview it is 60x slower.
                 if data == (zero_bytes if length == chunk_size else zero_bytes[:length]):
                     stats.skipped_zeros += length
