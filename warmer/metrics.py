@@ -171,8 +171,9 @@ class Metrics:
             ["change"], registry=r)
         self.state_errors = Counter(
             "warmer_state_errors", "Operations on the shared state that failed, by "
-            "operation (start, refresh, tombstone, flush); each is retried at the next "
-            "interval", ["op"], registry=r)
+            "operation (start, refresh, tombstone, flush: retried at the next interval; "
+            "for copies: verified, put_verified, remove_verified, put_cost, remove_cost: "
+            "not retried, a copy whose record failed is hashed again)", ["op"], registry=r)
         self.state_last_refresh = Gauge(
             "warmer_state_last_refresh_timestamp_seconds", "When this daemon last read "
             "every site's demand from the other daemons (0: never)", registry=r)
