@@ -112,6 +112,47 @@ def test_no_checksum_at_all_is_refused_unless_allowed() -> None:
     assert Verifier(info, allow_unverified=True).verify() == "unverified"
 
 
+def test_a_trusted_copy_hashes_nothing_and_verifies_as_glances_digest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(CH)
+    chunks: list[bytes | None] = [data, None, bytes(CH), data]
+    info = image_for(expected_bytes(chunks))
+    verifier = Verifier(info)
+    assert verifier.hashing and verifier.outcome == ""
+    verifier.trust()
+    hashed: list[int] = []
+    monkeypatch.setattr(Verifier, "update", lambda self, d: hashed.append(len(d)))
+    written: dict[int, bytes] = {}
+
+    async def go() -> object:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return await copy(ListSource(chunks), lambda d, o: written.__setitem__(o, d),
+                              verifier, pool, chunk_size=CH)
+    stats = asyncio.run(go())
+    assert hashed == []  # not one byte
+    assert written == {0: data, 3 * CH: data}
+    assert stats.read == 3 * CH  # type: ignore[attr-defined]  # the hole was not read
+    assert verifier.verify() == f"sha512:{info.os_hash_value}"
+    assert verifier.outcome == "skipped_verified"
+
+
+def test_the_outcome_says_how_a_copy_was_checked() -> None:
+    data = os.urandom(CH)
+    ok = Verifier(image_for(data))
+    ok.update(data)
+    ok.verify()
+    assert ok.outcome == "verified"
+    bad = Verifier(image_for(data))
+    bad.update(os.urandom(CH))
+    with pytest.raises(CopyError):
+        bad.verify()
+    assert bad.outcome == "mismatch"
+    unverifiable = Verifier(ImageInfo(id="i", status="active"), allow_unverified=True)
+    assert unverifiable.outcome == "unverified" and unverifiable.digest is None
+    with pytest.raises(ValueError):
+        unverifiable.trust()  # nothing to trust
+
+
 def test_short_source_is_an_error() -> None:
     class Short(ListSource):
         async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
