@@ -60,7 +60,8 @@ class Daemon:
             t.records = self.records
             t.on_checked = lambda t, outcome: self.checks.append((t.name, outcome))
             self.targets[name] = t
-        self.glance = glance
+        self.glance, self.store = glance, store
+        self.central = FakeCluster.registry["central.conf"]
 
     def warm(self, name: str, image_id: str) -> TargetResult:
         return asyncio.run(self.targets[name].warm(self.glance.images[image_id]))
@@ -89,17 +90,29 @@ def records_of(store: MemoryStore, image_id: str) -> dict[str, VerifiedSnapshot]
     return asyncio.run(store.verified(image_id))
 
 
+def one_image(clusters: tuple[FakeCluster, FakeCluster], executor: Any, *,
+              data: bytes | None = None, store: MemoryStore | None = None,
+              first: str | None = "verified", trust: bool = True
+              ) -> tuple[Daemon, str, bytes]:
+    """An image Glance's RBD store wrote in central, a daemon with an empty
+    state (``store``), and the image's first copy, into edge, checked as
+    ``first`` says (None: no copy yet)."""
+    data = sparse_data() if data is None else data
+    glance = FakeGlance()
+    image_id = glance_image(clusters[0], glance, data)
+    daemon = Daemon(executor, glance, MemoryStore() if store is None else store, trust=trust)
+    if first is not None:
+        daemon.warm("edge", image_id)
+        assert daemon.checks == [("edge", first)]
+    return daemon, image_id, data
+
+
 def test_the_first_copy_hashes_and_records_and_a_later_copy_of_it_hashes_nothing(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    data = sparse_data()
-    image_id = glance_image(central, glance, data)
-    daemon = Daemon(executor, glance, store)
-    assert daemon.warm("edge", image_id).state == "warm"
-    assert daemon.checks == [("edge", "verified")]
-    (record,) = records_of(store, image_id).values()
+    daemon, image_id, data = one_image(clusters, executor)
+    central = daemon.central
+    (record,) = records_of(daemon.store, image_id).values()
     snap = central.images["images"][image_id].snaps["snap"]
     digest = "sha512:" + hashlib.sha512(data).hexdigest()
     assert (record.snapshot.fsid, record.snapshot.pool, record.snapshot.image,
@@ -120,28 +133,21 @@ def test_the_first_copy_hashes_and_records_and_a_later_copy_of_it_hashes_nothing
 
 def test_a_mismatch_records_nothing_and_the_next_copy_hashes_again(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    image_id = glance_image(central, glance, sparse_data())
-    central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)  # tampered
-    daemon = Daemon(executor, glance, store)
-    assert daemon.warm("edge", image_id).reason == "checksum_mismatch"
-    assert records_of(store, image_id) == {}
+    daemon, image_id, _ = one_image(clusters, executor, first=None)
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    assert daemon.warm("edge", image_id).reason == "checksum_mismatch"  # tampered
+    assert records_of(daemon.store, image_id) == {}
     assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
     assert daemon.checks == [("edge", "mismatch"), ("edge2", "mismatch")]
-    assert records_of(store, image_id) == {}
+    assert records_of(daemon.store, image_id) == {}
 
 
 def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
     """Same fsid, pool, image and snapshot name, Glance's digest unchanged,
     different data: trusting the old record would publish the wrong data."""
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    data = sparse_data()
-    image_id = glance_image(central, glance, data)
-    daemon = Daemon(executor, glance, store)
-    assert daemon.warm("edge", image_id).state == "warm"
+    daemon, image_id, data = one_image(clusters, executor)
+    central, glance, store = daemon.central, daemon.glance, daemon.store
     old = set(records_of(store, image_id))
     recreate_snapshot(central, image_id, os.urandom(MiB) + data[MiB:])
     result = daemon.warm("edge2", image_id)
@@ -162,11 +168,8 @@ def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
 
 def test_a_record_for_another_glance_digest_is_not_trusted(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    image_id = glance_image(central, glance, sparse_data())
-    daemon = Daemon(executor, glance, store)
-    assert daemon.warm("edge", image_id).state == "warm"
+    daemon, image_id, _ = one_image(clusters, executor)
+    glance = daemon.glance
     image = glance.images[image_id]
     glance.images[image_id] = GlanceImage(
         dataclasses.replace(image.info, os_hash_value="00" * 64), image.locations)
@@ -178,12 +181,8 @@ def test_a_record_for_another_rbd_image_of_the_same_name_is_not_trusted(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
     """An image removed and created again under its name, whose new
     snapshot happens to get the old one's id (a pool re-created)."""
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    data = sparse_data()
-    image_id = glance_image(central, glance, data)
-    daemon = Daemon(executor, glance, store)
-    assert daemon.warm("edge", image_id).state == "warm"
+    daemon, image_id, data = one_image(clusters, executor)
+    central = daemon.central
     old_id = central.images["images"][image_id].snaps["snap"].id
     tampered = central.put_image("images", image_id, os.urandom(MiB) + data[MiB:])
     tampered.snaps["snap"].id = old_id
@@ -193,10 +192,8 @@ def test_a_record_for_another_rbd_image_of_the_same_name_is_not_trusted(
 
 def test_a_failed_read_or_write_mid_copy_records_nothing(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, edge = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    image_id = glance_image(central, glance, os.urandom(8 * MiB))
-    daemon = Daemon(executor, glance, store)
+    edge = clusters[1]
+    daemon, image_id, _ = one_image(clusters, executor, data=os.urandom(8 * MiB), first=None)
     edge.fail["write"] = fake_rbd.RbdError("injected", 5)
     assert daemon.warm("edge", image_id).state != "warm"
     del edge.fail["write"]
@@ -212,7 +209,7 @@ def test_a_failed_read_or_write_mid_copy_records_nothing(
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fake_rbd.Image, "read", read_then_fail)
         assert daemon.warm("edge", image_id).state != "warm"
-    assert records_of(store, image_id) == {}
+    assert records_of(daemon.store, image_id) == {}
     assert daemon.checks == []  # neither copy got as far as a verdict
 
 
@@ -234,12 +231,8 @@ class UnavailableStore(MemoryStore):
 
 def test_a_state_that_cannot_be_read_means_hash(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), UnavailableStore()
-    data = sparse_data()
-    image_id = glance_image(central, glance, data)
-    daemon = Daemon(executor, glance, store)
-    assert daemon.warm("edge", image_id).state == "warm"
+    store = UnavailableStore()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
     store.down = True
     assert daemon.warm("edge2", image_id).state == "warm"
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
@@ -248,19 +241,14 @@ def test_a_state_that_cannot_be_read_means_hash(
 
 def test_without_trust_every_copy_hashes_and_records_are_still_written(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    image_id = glance_image(central, glance, sparse_data())
-    daemon = Daemon(executor, glance, store, trust=False)
-    daemon.warm("edge", image_id)
+    daemon, image_id, _ = one_image(clusters, executor, trust=False)
     daemon.warm("edge2", image_id)
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
-    assert len(records_of(store, image_id)) == 1
+    assert len(records_of(daemon.store, image_id)) == 1
 
 
 def test_a_download_through_glance_is_always_hashed_and_never_recorded(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
     glance, store = FakeGlance(), MemoryStore()
     data = os.urandom(2 * MiB)
     image_id = "0c3b5f55-8f0e-4d0a-9a3e-2f6f7b6c1d10"
@@ -293,13 +281,11 @@ def test_a_download_through_glance_is_always_hashed_and_never_recorded(
 
 def test_what_each_copy_cost_is_recorded_and_goes_with_the_copy(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
     # 4 MiB chunks: data, allocated zeroes (read, not written), a hole, data.
     data = os.urandom(4 * MiB) + bytes(8 * MiB) + os.urandom(4 * MiB)
-    image_id = glance_image(central, glance, data)
-    central.images["images"][image_id].snaps["snap"].data[4 * MiB] = bytes(MiB)
-    daemon = Daemon(executor, glance, store)
+    daemon, image_id, _ = one_image(clusters, executor, data=data, first=None)
+    daemon.central.images["images"][image_id].snaps["snap"].data[4 * MiB] = bytes(MiB)
+    store = daemon.store
     daemon.warm("edge", image_id)
     daemon.warm("edge2", image_id)
     edge = asyncio.run(store.costs("edge"))[image_id]
@@ -318,11 +304,8 @@ def test_what_each_copy_cost_is_recorded_and_goes_with_the_copy(
 
 def test_a_deleted_image_leaves_no_record_and_no_cost(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    central, _ = clusters
-    glance, store = FakeGlance(), MemoryStore()
-    image_id = glance_image(central, glance, sparse_data())
-    daemon = Daemon(executor, glance, store)
-    daemon.warm("edge", image_id)
+    daemon, image_id, _ = one_image(clusters, executor)
+    glance, store = daemon.glance, daemon.store
     assert records_of(store, image_id) and asyncio.run(store.costs("edge"))
     # Glance deleted the image (and the data at its locations) first.
     del glance.images[image_id]
