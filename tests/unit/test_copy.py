@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmer.events import ImageInfo
+from warmer.warming import copy as copy_module
 from warmer.warming.copy import Chunk, CopyError, RbdSource, Verifier, copy
 
 CH = 64 * 1024  # small chunks keep the tests fast
@@ -87,6 +88,39 @@ def test_digest_covers_every_byte_in_order(kinds: list[str]) -> None:
     for offset, data in written.items():
         rebuilt[offset:offset + len(data)] = data
     assert bytes(rebuilt) == image
+
+
+def test_zero_blocks_within_a_chunk_are_not_written() -> None:
+    block = copy_module.ZERO_BLOCK
+    data = (os.urandom(block) + bytes(2 * block) + os.urandom(block // 2) + bytes(block // 2)
+            + bytes(3 * block))
+    written: dict[int, bytes] = {}
+
+    async def go() -> object:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return await copy(ListSource([data]), lambda d, o: written.__setitem__(o, d),
+                              Verifier(image_for(data)), pool, chunk_size=len(data))
+    stats = asyncio.run(go())
+    assert written == {0: data[:block], 3 * block: data[3 * block:4 * block]}
+    assert (stats.written, stats.skipped_zeros) == (2 * block, 5 * block)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["data", "zero", "short"]), min_size=0, max_size=10),
+       st.integers(1, 4))
+def test_nonzero_runs_cover_every_non_zero_byte_and_no_zero_block(kinds: list[str],
+                                                                   block: int) -> None:
+    data = b"".join(os.urandom(block) if k == "data" else bytes(block) if k == "zero"
+                    else b"\0" * (block - 1) + b"x" for k in kinds)
+    runs = copy_module.nonzero_runs(data, bytes(len(data) + block), block)
+    rebuilt = bytearray(len(data))
+    for start, end in runs:
+        rebuilt[start:end] = data[start:end]
+    assert bytes(rebuilt) == data
+    assert all(a[1] < b[0] for a, b in zip(runs, runs[1:], strict=False))  # apart, in order
+    for start, end in runs:
+        for at in range(start, end, block):
+            assert data[at:at + block].strip(b"\0")  # no zero block is written
 
 
 def test_mismatch_against_glance_hash_is_an_error() -> None:
