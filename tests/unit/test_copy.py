@@ -112,7 +112,7 @@ def test_nonzero_runs_cover_every_non_zero_byte_and_no_zero_block(kinds: list[st
                                                                    block: int) -> None:
     data = b"".join(os.urandom(block) if k == "data" else bytes(block) if k == "zero"
                     else b"\0" * (block - 1) + b"x" for k in kinds)
-    runs = copy_module.nonzero_runs(data, bytes(len(data) + block), block)
+    runs = copy_module.nonzero_runs(data, block)
     rebuilt = bytearray(len(data))
     for start, end in runs:
         rebuilt[start:end] = data[start:end]
@@ -241,11 +241,31 @@ def test_a_failed_write_fails_the_copy() -> None:
         asyncio.run(go())
 
 
-def test_rbd_source_knows_which_chunks_are_allocated() -> None:
-    src = RbdSource(None, 10 * CH, [(CH, 10), (5 * CH, 2 * CH)], None, "t")  # type: ignore[arg-type]
-    assert [src.allocated(i * CH, CH) for i in range(10)] == [
-        False, True, False, False, False, True, True, False, False, False]
+def test_rbd_source_reads_only_allocated_pieces_each_within_a_chunk() -> None:
+    src = RbdSource(None, 10 * CH, [(CH, 10), (5 * CH - 5, 2 * CH)], None, "t")  # type: ignore[arg-type]
+    assert list(src.pieces(CH)) == [
+        (0, CH, False), (CH, 10, True), (CH + 10, CH - 10, False), (2 * CH, CH, False),
+        (3 * CH, CH, False), (4 * CH, CH - 5, False), (5 * CH - 5, 5, True),
+        (5 * CH, CH, True), (6 * CH, CH - 5, True), (7 * CH - 5, 5, False),
+        (7 * CH, CH, False), (8 * CH, CH, False), (9 * CH, CH, False)]
     assert src.allocated_bytes == 10 + 2 * CH
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=6),
+       st.integers(1, 40), st.integers(1, 8))
+def test_rbd_source_pieces_cover_the_image_in_order(extents: list[tuple[int, int]],
+                                                    size: int, chunk: int) -> None:
+    extents.sort()
+    src = RbdSource(None, size, extents, None, "t")  # type: ignore[arg-type]
+    pieces = list(src.pieces(chunk))
+    assert sum(n for _, n, _ in pieces) == size
+    at = 0
+    for offset, n, allocated in pieces:
+        assert offset == at and n > 0 and offset // chunk == (offset + n - 1) // chunk
+        inside = {b for start, length in extents for b in range(start, start + length)}
+        assert all((b in inside) == allocated for b in range(offset, offset + n))
+        at += n
 
 
 def test_a_cancelled_copy_waits_for_its_running_writes_without_blocking_the_loop() -> None:
