@@ -25,6 +25,7 @@ Nothing here publishes anything; the caller does that only after
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import hashlib
 import logging
@@ -43,6 +44,7 @@ CHUNK = 4 << 20
 ZERO_BLOCK = 64 << 10
 _ZEROS = bytes(CHUNK)
 _ZERO_BLOCK = bytes(ZERO_BLOCK)
+HOLES_AHEAD = 256  # pieces an RBD source holds ahead (holes, and reads in flight)
 
 Chunk = tuple[int, int, bytes | None]
 
@@ -318,20 +320,29 @@ class RbdSource:
                     offset += n
 
     async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
-        pending: list[tuple[int, int, concurrent.futures.Future[bytes] | None]] = []
+        # Up to read_ahead reads in flight; holes between them cost nothing
+        # and do not count (else a sparse image would read one piece at a
+        # time), within a bound on the pieces held.
+        pending: collections.deque[tuple[int, int, concurrent.futures.Future[bytes] | None]] = \
+            collections.deque()
+        reading = 0
         pieces = self.pieces(chunk_size)
         ahead = next(pieces, None)
         try:
             while ahead is not None or pending:
-                while ahead is not None and len(pending) < self._read_ahead:
+                while ahead is not None and reading < self._read_ahead \
+                        and len(pending) < HOLES_AHEAD:
                     offset, length, allocated = ahead
-                    read = (self._executor.submit(self._image.read, offset, length)
-                            if allocated else None)
+                    read = None
+                    if allocated:
+                        read = self._executor.submit(self._image.read, offset, length)
+                        reading += 1
                     pending.append((offset, length, read))
                     ahead = next(pieces, None)
-                start, length, read = pending.pop(0)
+                start, length, read = pending.popleft()
                 data: bytes | None = None
                 if read is not None:
+                    reading -= 1
                     data = await asyncio.wrap_future(read)
                 yield start, length, data
         finally:
