@@ -44,7 +44,7 @@ CHUNK = 4 << 20
 ZERO_BLOCK = 64 << 10
 _ZEROS = bytes(CHUNK)
 _ZERO_BLOCK = bytes(ZERO_BLOCK)
-HOLES_AHEAD = 256  # pieces an RBD source holds ahead (holes, and reads in flight)
+PIECES_AHEAD = 256  # pieces an RBD source holds ahead (holes, and reads in flight)
 
 Chunk = tuple[int, int, bytes | None]
 
@@ -331,7 +331,7 @@ class RbdSource:
         try:
             while ahead is not None or pending:
                 while ahead is not None and reading < self._read_ahead \
-                        and len(pending) < HOLES_AHEAD:
+                        and len(pending) < PIECES_AHEAD:
                     offset, length, allocated = ahead
                     read = None
                     if allocated:
