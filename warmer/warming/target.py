@@ -723,7 +723,7 @@ class Target:
         if not await self._has_anything(pool, image_id):
             if self.records is not None:
                 await self.records.removed(self.name, image_id)
-            return "gone"  # nothing registered, nothing to lock: write nothing
+            return "gone"  # nothing registered, nothing to lock: nothing written in the pool
         async with self._leased(pool, image_id) as lease:
             if lease is None:
                 return "busy"
