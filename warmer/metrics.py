@@ -148,6 +148,12 @@ class Metrics:
             "warmer_copy_bytes", "Bytes of image copies, by what happened to them: "
             "written, or skipped as a hole or an all-zero chunk", ["target", "kind"],
             registry=r)
+        self.copy_verifications = Counter(
+            "warmer_copy_verifications", "Copies by how their data was checked against "
+            "Glance's digest: verified (hashed, matched), mismatch (hashed, did not match: "
+            "not published), skipped_verified (not hashed: the same source snapshot was "
+            "verified before, [warming] trust_verified_snapshots), unverified (Glance "
+            "records no digest, allow_unverified_copies)", ["target", "result"], registry=r)
         self.ceph_operations = Counter(
             "warmer_ceph_operations", "rados/rbd operations started, by cephx user and "
             "operation", ["user", "operation"], registry=r)
@@ -165,8 +171,9 @@ class Metrics:
             ["change"], registry=r)
         self.state_errors = Counter(
             "warmer_state_errors", "Operations on the shared state that failed, by "
-            "operation (start, refresh, tombstone, flush); each is retried at the next "
-            "interval", ["op"], registry=r)
+            "operation (start, refresh, tombstone, flush: retried at the next interval; "
+            "for copies: verified, put_verified, remove_verified, put_cost, remove_cost: "
+            "not retried, a copy whose record failed is hashed again)", ["op"], registry=r)
         self.state_last_refresh = Gauge(
             "warmer_state_last_refresh_timestamp_seconds", "When this daemon last read "
             "every site's demand from the other daemons (0: never)", registry=r)
@@ -209,6 +216,8 @@ class Metrics:
             self.copy_duration.labels(target)
             for kind in ("written", "hole", "zero"):
                 self.copied_bytes.labels(target, kind)
+            for result in ("verified", "mismatch", "skipped_verified"):
+                self.copy_verifications.labels(target, result)
             for reason in ("budget", "deleted"):
                 self.evictions.labels(target, reason, "removed")
         for kind in ("location_conflict", "unconfirmed_404"):

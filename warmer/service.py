@@ -41,6 +41,7 @@ from warmer.state.rados import RadosStore
 from warmer.state.store import StateStore
 from warmer.tracker import Tracker, Weights
 from warmer.warming.engine import Alone, Draining, Engine
+from warmer.warming.records import CopyRecords
 from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
 
 LOG = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                               sources=lambda: {t.ceph.fsid: t.ceph for t in targets
                                                if t.ceph.fsid},
                               owner=f"warmer@{conf.host}"))
+        targets[-1].on_checked = lambda t, outcome: metrics.copy_verifications.labels(
+            t.name, outcome).inc()
     # Location changes of every target, and of every daemon, take one lock
     # per image in the first copying target's pool: all daemons must list
     # the same targets in the same order.
@@ -337,6 +340,11 @@ class Service:
         except ValueError as exc:  # a site or daemon name that cannot name a shard
             raise SystemExit(f"warmer-daemon: [state]: {exc}") from None
         self.tracker.on_demand = fleet.count
+        self.records = CopyRecords(
+            base, self.conf.host, trust=self.conf.warming.trust_verified_snapshots,
+            on_error=lambda op, exc: self.metrics.state_errors.labels(op).inc())
+        for target in self.targets:
+            target.records = self.records
         self.engine.on_deleted = fleet.record_deleted
         self.engine.on_revived = fleet.record_revived
         self.metrics.state_last_refresh.set_function(lambda: fleet.last_refresh or 0.0)

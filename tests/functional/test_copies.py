@@ -4,12 +4,16 @@ stores, plus a file store."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ from stackclient.glance import Glance
 
 from tests.functional.conftest import record_timing
 from tests.functional.test_daemon import WARM, demand
+from warmer.ceph.client import CephClient, ClusterConfig
+from warmer.state.rados import RadosStore
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[2]
@@ -145,12 +151,111 @@ def test_checksum_mismatch_publishes_nothing(
         img.write(os.urandom(MiB), 0)
         img.create_snap("snap")
         img.protect_snap("snap")
+    mismatches = verifications(daemon)["mismatch"]
     demand(cinder, glance, image_id)
     daemon.wait_until(lambda: daemon.target_state(image_id, "edge") ==
                       ("cold", "checksum_mismatch"), 30, "mismatch reported")
     assert edge_url(stack, image_id) not in locations(glance, image_id)
     names = edge_images(stack)
     assert image_id not in names and f"warmer-tmp.{image_id}" not in names
+    assert verifications(daemon)["mismatch"] == mismatches + 1
+    with shared_state(stack, daemon) as store:
+        assert asyncio.run(store.verified(image_id)) == {}  # nothing vouched for
+
+
+RESULTS = ("verified", "skipped_verified", "mismatch")
+
+
+def verifications(daemon: Daemon, target: str = "edge") -> dict[str, float]:
+    return {r: daemon.metric("warmer_copy_verifications_total", target=target, result=r)
+            for r in RESULTS}
+
+
+@contextlib.contextmanager
+def shared_state(stack: Stack, daemon: Daemon) -> Iterator[RadosStore]:
+    """The daemon's shared state (central's images pool, its namespace),
+    read as warmer's own user."""
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        client = CephClient(ClusterConfig(stack.ceph_conf(), "warmer",
+                                          stack.keyring("warmer")), executor)
+        try:
+            yield RadosStore(client, "images", daemon.state_namespace)
+        finally:
+            client.close()
+
+
+def snap_id(stack: Stack, image_id: str) -> int:
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as c, \
+            c.open_ioctx("images") as ioctx, rbd.Image(ioctx, image_id, read_only=True) as img:
+        return int(img.snap_get_id("snap"))
+
+
+def copy_again(daemon: Daemon, image_id: str) -> None:
+    """The operator evicts the copy from edge and warms it there again."""
+    status, body = daemon.request("POST", f"/v1/images/{image_id}/evict?target=edge")
+    assert status == 200, body
+    status, body = daemon.request("POST", f"/v1/images/{image_id}/warm?target=edge")
+    assert status == 202, body
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 30,
+                      "warm on edge again")
+
+
+def test_a_verified_snapshot_is_copied_again_without_a_hash_and_a_recreated_one_is_hashed(
+        stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNotifier) -> None:
+    data = sparse(32 * MiB, data_every=16)
+    image_id = glance.create("verify-once")["id"]
+    glance.upload(image_id, data)
+    with shared_state(stack, daemon) as store:
+        verify_once(stack, daemon, glance, cinder, store, image_id, data)
+
+
+def verify_once(stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNotifier,
+                store: RadosStore, image_id: str, data: bytes) -> None:
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    before = verifications(daemon)
+
+    # The first copy hashes every byte, and the state records the snapshot.
+    demand(cinder, glance, image_id)
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 30, "warm on edge")
+    assert verifications(daemon) == {**before, "verified": before["verified"] + 1}
+    first_snap = snap_id(stack, image_id)
+    key = f"{image_id}/{stack.fsid()}/images/{image_id}@{first_snap}"
+    records = asyncio.run(store.verified(image_id))
+    assert list(records) == [key] and records[key].digest == digest
+    assert records[key].size == len(data)
+
+    # A later copy of the very same snapshot hashes nothing; the data is right.
+    copy_again(daemon, image_id)
+    assert verifications(daemon) == {**before, "verified": before["verified"] + 1,
+                                     "skipped_verified": before["skipped_verified"] + 1}
+    with ceph.connect(stack.ceph_conf("edge"), "cinder", stack.keyring("cinder", "edge")) as c:
+        assert ceph.read_all(c, "images", image_id, "snap") == data
+    cost = asyncio.run(store.costs("edge"))[image_id]
+    host = daemon.get("/v1/status")["host"]
+    assert (cost.check, cost.digest, cost.by) == ("skipped_verified", digest, host)
+    # Glance's thin-provisioned store left holes (not read), and zeroes were read, not written.
+    assert 0 < cost.copied_bytes < cost.read_bytes < len(data)
+    view = daemon.image(image_id)
+    assert view is not None and view["copy_costs"]["edge"]["check"] == "skipped_verified"
+
+    # The snapshot removed and created again under the same name (same data,
+    # Glance's digest unchanged): a new snapshot id, hashed again.
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as c, \
+            c.open_ioctx("images") as ioctx, rbd.Image(ioctx, image_id) as img:
+        img.unprotect_snap("snap")
+        img.remove_snap("snap")
+        with contextlib.suppress(rbd.ImageExists):  # warmer's repair may be quicker
+            img.create_snap("snap")
+        if not img.is_protected_snap("snap"):
+            img.protect_snap("snap")
+    assert snap_id(stack, image_id) != first_snap
+    copy_again(daemon, image_id)
+    assert verifications(daemon)["verified"] == before["verified"] + 2
+    assert verifications(daemon)["skipped_verified"] == before["skipped_verified"] + 1
+    # Only the new snapshot's record stays.
+    assert list(asyncio.run(store.verified(image_id))) == [
+        f"{image_id}/{stack.fsid()}/images/{image_id}@{snap_id(stack, image_id)}"]
+    assert asyncio.run(store.costs("edge"))[image_id].check == "verified"
 
 
 def test_image_without_a_glance_checksum_is_never_published(
@@ -181,6 +286,10 @@ def test_image_delete_converges_in_either_order(
     # Glance answers 409 until that copy is done, as for a Cinder clone.
     glance.delete_eventually(image_id)
     daemon.wait_until(lambda: daemon.image(image_id) is None, 15, "forgotten")
+    with shared_state(stack, daemon) as store:  # the deleted image's records go too
+        daemon.wait_until(lambda: not asyncio.run(store.verified(image_id)) and
+                          image_id not in asyncio.run(store.costs("edge")), 30,
+                          "the image's verified snapshot and copy cost forgotten")
     # A copy may have been under way when Glance deleted the image (warmer
     # still wanted it); it must not survive either.
     daemon.wait_until(lambda: not {image_id, f"warmer-tmp.{image_id}"} & set(edge_images(stack)),

@@ -10,8 +10,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.unit import fake_rbd
 from tests.unit.fake_bindings import FakeRados, fake_bindings
+from tests.unit.fake_rbd import FakeCluster
+from warmer.ceph import bindings as ceph_bindings
 from warmer.ceph import client as ceph_client
+from warmer.ceph import images, ownership
 
 
 @pytest.fixture()
@@ -43,3 +47,13 @@ def executor() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
     pool = concurrent.futures.ThreadPoolExecutor(2)
     yield pool
     pool.shutdown(wait=True)
+
+
+@pytest.fixture
+def clusters(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeCluster, FakeCluster]:
+    """Two in-memory Ceph clusters (tests/unit/fake_rbd.py) under the real
+    CephClient: ``central.conf`` (fsid-central) and ``edge.conf`` (fsid-edge)."""
+    for module in (ceph_bindings, ceph_client, images, ownership):
+        monkeypatch.setattr(module, "modules", fake_rbd.modules)
+    FakeCluster.registry.clear()
+    return FakeCluster("central.conf", "fsid-central"), FakeCluster("edge.conf", "fsid-edge")

@@ -12,6 +12,9 @@ What it models, because warmer's safety depends on it:
 * RADOS namespaces (``Ioctx.set_namespace``): the default namespace's
   objects are ``cluster.objects[pool]``, the others' are
   ``cluster.ns_objects[(pool, namespace)]``;
+* snapshot ids, never reused (a snapshot re-created under the same name
+  gets a new one), ``set_snap_by_id`` (reads of a removed snapshot fail),
+  and each image's own RBD id (``Image.id()``);
 * ``WriteOpCtx.omap_cmp`` (an unmet comparison fails the whole op with
   ECANCELED, as the OSD does; a missing key compares as empty, a missing
   object fails with ObjectNotFound) and ``WriteOpCtx.new``.
@@ -30,6 +33,7 @@ import errno
 import itertools
 import time
 import types
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,10 +116,14 @@ class RbdTimeout(RbdError):
 # -- the cluster ---------------------------------------------------------------------
 
 
+_snap_ids = itertools.count(4)
+
+
 @dataclass
 class Snap:
     data: dict[int, bytes]
     protected: bool = False
+    id: int = field(default_factory=lambda: next(_snap_ids))
 
 
 @dataclass
@@ -126,6 +134,7 @@ class FakeImage:
     snaps: dict[str, Snap] = field(default_factory=dict)
     parent: tuple[str, str, str] | None = None
     lock_owners: list[str] = field(default_factory=list)
+    rbd_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
 
 
 @dataclass
@@ -439,6 +448,7 @@ class Image:
             raise ImageNotFound(name)
         self.img = img
         self.snapshot = snapshot
+        self.snap_id: int | None = None  # set_snap_by_id: reads come from that one only
         self.read_only = read_only
 
     def __enter__(self) -> Image:
@@ -456,6 +466,21 @@ class Image:
 
     def size(self) -> int:
         return self.img.size
+
+    def id(self) -> str:
+        return self.img.rbd_id
+
+    def snap_get_id(self, name: str) -> int:
+        snap = self.img.snaps.get(name)
+        if snap is None:
+            raise ImageNotFound(name)
+        return snap.id
+
+    def set_snap_by_id(self, snap_id: int) -> None:
+        names = [n for n, s in self.img.snaps.items() if s.id == snap_id]
+        if not names:
+            raise ImageNotFound(f"snap id {snap_id}")
+        self.snapshot, self.snap_id = names[0], snap_id
 
     def metadata_list(self) -> list[tuple[str, str]]:
         return list(self.img.meta.items())
@@ -525,6 +550,11 @@ class Image:
         return len(data)
 
     def _data(self) -> dict[int, bytes]:
+        if self.snap_id is not None:
+            snap = next((s for s in self.img.snaps.values() if s.id == self.snap_id), None)
+            if snap is None:
+                raise ImageNotFound(f"snap id {self.snap_id} was removed")
+            return snap.data
         return self.img.snaps[self.snapshot].data if self.snapshot else self.img.data
 
     def read(self, offset: int, length: int) -> bytes:

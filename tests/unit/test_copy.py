@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmer.events import ImageInfo
+from warmer.warming import copy as copy_module
 from warmer.warming.copy import Chunk, CopyError, RbdSource, Verifier, copy
 
 CH = 64 * 1024  # small chunks keep the tests fast
@@ -89,6 +90,39 @@ def test_digest_covers_every_byte_in_order(kinds: list[str]) -> None:
     assert bytes(rebuilt) == image
 
 
+def test_zero_blocks_within_a_chunk_are_not_written() -> None:
+    block = copy_module.ZERO_BLOCK
+    data = (os.urandom(block) + bytes(2 * block) + os.urandom(block // 2) + bytes(block // 2)
+            + bytes(3 * block))
+    written: dict[int, bytes] = {}
+
+    async def go() -> object:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return await copy(ListSource([data]), lambda d, o: written.__setitem__(o, d),
+                              Verifier(image_for(data)), pool, chunk_size=len(data))
+    stats = asyncio.run(go())
+    assert written == {0: data[:block], 3 * block: data[3 * block:4 * block]}
+    assert (stats.written, stats.skipped_zeros) == (2 * block, 5 * block)  # type: ignore[attr-defined]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(["data", "zero", "short"]), min_size=0, max_size=10),
+       st.integers(1, 4))
+def test_nonzero_runs_cover_every_non_zero_byte_and_no_zero_block(kinds: list[str],
+                                                                   block: int) -> None:
+    data = b"".join(os.urandom(block) if k == "data" else bytes(block) if k == "zero"
+                    else b"\0" * (block - 1) + b"x" for k in kinds)
+    runs = copy_module.nonzero_runs(data, block)
+    rebuilt = bytearray(len(data))
+    for start, end in runs:
+        rebuilt[start:end] = data[start:end]
+    assert bytes(rebuilt) == data
+    assert all(a[1] < b[0] for a, b in zip(runs, runs[1:], strict=False))  # apart, in order
+    for start, end in runs:
+        for at in range(start, end, block):
+            assert data[at:at + block].strip(b"\0")  # no zero block is written
+
+
 def test_mismatch_against_glance_hash_is_an_error() -> None:
     chunks: list[bytes | None] = [os.urandom(CH)]
     wrong = image_for(os.urandom(CH))
@@ -110,6 +144,47 @@ def test_no_checksum_at_all_is_refused_unless_allowed() -> None:
     with pytest.raises(CopyError, match="no_glance_checksum"):
         Verifier(info)
     assert Verifier(info, allow_unverified=True).verify() == "unverified"
+
+
+def test_a_trusted_copy_hashes_nothing_and_verifies_as_glances_digest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(CH)
+    chunks: list[bytes | None] = [data, None, bytes(CH), data]
+    info = image_for(expected_bytes(chunks))
+    verifier = Verifier(info)
+    assert verifier.hashing and verifier.outcome == ""
+    verifier.trust()
+    hashed: list[int] = []
+    monkeypatch.setattr(Verifier, "update", lambda self, d: hashed.append(len(d)))
+    written: dict[int, bytes] = {}
+
+    async def go() -> object:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            return await copy(ListSource(chunks), lambda d, o: written.__setitem__(o, d),
+                              verifier, pool, chunk_size=CH)
+    stats = asyncio.run(go())
+    assert hashed == []  # not one byte
+    assert written == {0: data, 3 * CH: data}
+    assert stats.read == 3 * CH  # type: ignore[attr-defined]  # the hole was not read
+    assert verifier.verify() == f"sha512:{info.os_hash_value}"
+    assert verifier.outcome == "skipped_verified"
+
+
+def test_the_outcome_says_how_a_copy_was_checked() -> None:
+    data = os.urandom(CH)
+    ok = Verifier(image_for(data))
+    ok.update(data)
+    ok.verify()
+    assert ok.outcome == "verified"
+    bad = Verifier(image_for(data))
+    bad.update(os.urandom(CH))
+    with pytest.raises(CopyError):
+        bad.verify()
+    assert bad.outcome == "mismatch"
+    unverifiable = Verifier(ImageInfo(id="i", status="active"), allow_unverified=True)
+    assert unverifiable.outcome == "unverified" and unverifiable.digest is None
+    with pytest.raises(ValueError):
+        unverifiable.trust()  # nothing to trust
 
 
 def test_short_source_is_an_error() -> None:
@@ -166,11 +241,31 @@ def test_a_failed_write_fails_the_copy() -> None:
         asyncio.run(go())
 
 
-def test_rbd_source_knows_which_chunks_are_allocated() -> None:
-    src = RbdSource(None, 10 * CH, [(CH, 10), (5 * CH, 2 * CH)], None, "t")  # type: ignore[arg-type]
-    assert [src.allocated(i * CH, CH) for i in range(10)] == [
-        False, True, False, False, False, True, True, False, False, False]
+def test_rbd_source_reads_only_allocated_pieces_each_within_a_chunk() -> None:
+    src = RbdSource(None, 10 * CH, [(CH, 10), (5 * CH - 5, 2 * CH)], None, "t")  # type: ignore[arg-type]
+    assert list(src.pieces(CH)) == [
+        (0, CH, False), (CH, 10, True), (CH + 10, CH - 10, False), (2 * CH, CH, False),
+        (3 * CH, CH, False), (4 * CH, CH - 5, False), (5 * CH - 5, 5, True),
+        (5 * CH, CH, True), (6 * CH, CH - 5, True), (7 * CH - 5, 5, False),
+        (7 * CH, CH, False), (8 * CH, CH, False), (9 * CH, CH, False)]
     assert src.allocated_bytes == 10 + 2 * CH
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 12)), max_size=6),
+       st.integers(1, 40), st.integers(1, 8))
+def test_rbd_source_pieces_cover_the_image_in_order(extents: list[tuple[int, int]],
+                                                    size: int, chunk: int) -> None:
+    extents.sort()
+    src = RbdSource(None, size, extents, None, "t")  # type: ignore[arg-type]
+    pieces = list(src.pieces(chunk))
+    assert sum(n for _, n, _ in pieces) == size
+    at = 0
+    for offset, n, allocated in pieces:
+        assert offset == at and n > 0 and offset // chunk == (offset + n - 1) // chunk
+        inside = {b for start, length in extents for b in range(start, start + length)}
+        assert all((b in inside) == allocated for b in range(offset, offset + n))
+        at += n
 
 
 def test_a_cancelled_copy_waits_for_its_running_writes_without_blocking_the_loop() -> None:

@@ -212,6 +212,14 @@ def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
         assert isinstance(writer.store.demand, RadosStore)
         namespaces[site] = writer.store.demand.namespace
     assert namespaces == {"central": "warmer.demand.central", "edge": "warmer.demand.edge"}
+    # Verified snapshots and copy costs: the base namespace, one book for every target.
+    assert service.records.store is service.fleet.base and service.records.trust
+    assert all(t.records is service.records for t in service.targets)
+    checked = service.targets[0].on_checked
+    assert checked is not None
+    checked(service.targets[0], "skipped_verified")
+    assert service.metrics.copy_verifications.labels(
+        service.targets[0].name, "skipped_verified")._value.get() == 1
 
 
 def test_without_a_state_cluster_demand_stays_in_memory(tmp_path: Path,

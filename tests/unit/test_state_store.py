@@ -4,6 +4,7 @@ and the store semantics that both stores must share."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import uuid
 from collections.abc import Iterator
@@ -20,8 +21,10 @@ from warmer.state.store import (
     Settings,
     ShardInfo,
     ShardLost,
+    SourceSnapshot,
     StateStore,
     Tombstone,
+    VerifiedSnapshot,
 )
 
 T0 = 1_764_000_000
@@ -61,8 +64,16 @@ def test_values_round_trip_through_json() -> None:
     assert Tombstone.from_json(image, tomb.to_json()) == tomb
     cost = CopyCost("edge", image, 1 << 30, 12.5, "sha512:" + "ab" * 64, T0)
     assert CopyCost.from_json("edge", image, cost.to_json()) == cost
+    full = CopyCost("edge", image, 4096, 0.5, "sha512:00", T0, 8192, "skipped_verified", "c-1")
+    assert CopyCost.from_json("edge", image, full.to_json()) == full
+    # A record written before bytes read, check and daemon were recorded.
+    assert CopyCost.from_json("edge", image, b'{"bytes": 1, "seconds": 2, "digest": "md5:0", '
+                                             b'"at": 3}') == CopyCost("edge", image, 1, 2.0,
+                                                                      "md5:0", 3.0)
     info = ShardInfo("ctl-1", "abc", T0)
     assert ShardInfo.from_json("ctl-1", info.to_json()) == info
+    record = VerifiedSnapshot(snapshot(image), "sha512:" + "ab" * 64, 1 << 30, T0, "ctl-1")
+    assert VerifiedSnapshot.from_json(record.snapshot.key, record.to_json()) == record
     assert Settings.from_json(Settings(86400.0, T0).to_json()) == Settings(86400.0, T0)
 
 
@@ -87,6 +98,35 @@ def test_unreadable_values_are_a_value_error() -> None:
         CopyCost.from_json("edge", image, b'{"bytes": -1, "seconds": 1, "at": 1}')
     with pytest.raises(ValueError):
         Settings.from_json(b'{"half_life": 0, "since": 1}')
+
+
+def snapshot(image_id: str, snap_id: int = 4, *, image: str | None = None,
+             rbd_id: str = "10a2b3c4d5") -> SourceSnapshot:
+    return SourceSnapshot(image_id, "fsid-central", "images", image or image_id, snap_id, rbd_id)
+
+
+def test_a_verified_record_whose_value_names_another_snapshot_is_a_value_error() -> None:
+    image = str(uuid.uuid4())
+    record = VerifiedSnapshot(snapshot(image, 4), "sha512:00", 1, T0)
+    with pytest.raises(ValueError):
+        VerifiedSnapshot.from_json(snapshot(image, 5).key, record.to_json())
+    with pytest.raises(ValueError):
+        VerifiedSnapshot.from_json(record.snapshot.key, record.to_json().replace(
+            b'"sha512:00"', b'"00"'))
+
+
+def test_a_verified_record_vouches_only_for_the_same_snapshot_size_and_digest() -> None:
+    image = str(uuid.uuid4())
+    snap = snapshot(image, 4)
+    record = VerifiedSnapshot(snap, "sha512:ab", 100, T0)
+    assert record.vouches_for(snap, "sha512:AB", 100)
+    assert not record.vouches_for(snapshot(image, 5), "sha512:ab", 100)  # re-created
+    assert not record.vouches_for(snapshot(image, 4, rbd_id="other"), "sha512:ab", 100)
+    assert not record.vouches_for(snapshot(image, 4, image="other"), "sha512:ab", 100)
+    assert not record.vouches_for(snap, "sha512:cd", 100)  # Glance says another digest
+    assert not record.vouches_for(snap, "md5:ab", 100)
+    assert not record.vouches_for(snap, "sha512:ab", 101)
+    assert not record.vouches_for(snap, "", 100)
 
 
 def test_a_value_that_is_not_finite_is_never_written() -> None:
@@ -200,6 +240,32 @@ def test_pins_tombstones_and_costs_are_kept_and_removed(store: StateStore) -> No
     run(go())
 
 
+def test_verified_snapshots_are_kept_per_image_replaced_per_rbd_image_and_removed(
+        store: StateStore) -> None:
+    a, b = ids(2)
+    first = VerifiedSnapshot(snapshot(a, 4), "sha512:aa", 10, T0, "ctl-1")
+    other_pool = VerifiedSnapshot(dataclasses.replace(snapshot(a, 4), pool="images-b"),
+                                  "sha512:aa", 10, T0, "ctl-1")
+    recreated = VerifiedSnapshot(snapshot(a, 9), "sha512:aa", 10, T0 + 1, "ctl-2")
+    of_b = VerifiedSnapshot(snapshot(b, 4), "sha512:bb", 10, T0, "ctl-1")
+
+    async def go() -> None:
+        assert await store.verified(a) == {}
+        for record in (first, other_pool, of_b, first):  # idempotent
+            await store.put_verified(record)
+        assert await store.verified(a) == {first.snapshot.key: first,
+                                           other_pool.snapshot.key: other_pool}
+        # The same RBD image's snapshot re-created: the older record goes.
+        await store.put_verified(recreated)
+        assert await store.verified(a) == {recreated.snapshot.key: recreated,
+                                           other_pool.snapshot.key: other_pool}
+        await store.remove_verified([a])
+        await store.remove_verified([a])
+        assert await store.verified(a) == {}
+        assert await store.verified(b) == {of_b.snapshot.key: of_b}
+    run(go())
+
+
 @pytest.mark.parametrize("bad", ["volume-1", "{x}", "A" * 36, ""])
 def test_keys_that_are_not_canonical_image_ids_are_refused(store: StateStore,
                                                            bad: str) -> None:
@@ -207,6 +273,10 @@ def test_keys_that_are_not_canonical_image_ids_are_refused(store: StateStore,
         run(store.put_pin(Pin(bad, "admin", T0)))
     with pytest.raises(ValueError):
         run(store.put_cost(CopyCost("edge", bad, 1, 1.0, "", T0)))
+    with pytest.raises(ValueError):
+        run(store.put_verified(VerifiedSnapshot(snapshot(bad), "md5:0", 1, T0)))
+    with pytest.raises(ValueError):
+        run(store.verified(bad))
 
 
 def test_names_that_are_not_tokens_are_refused(store: StateStore) -> None:

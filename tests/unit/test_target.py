@@ -19,7 +19,7 @@ import pytest
 from tests.unit import fake_rbd
 from tests.unit.fake_rbd import FakeCluster
 from tests.unit.fakes import FakeGlance
-from warmer.ceph import bindings, client, images, ownership
+from warmer.ceph import images, ownership
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageInfo
 from warmer.glance.stores import StoreCatalog
@@ -27,14 +27,6 @@ from warmer.warming.target import Target, TargetConfig, TargetResult
 
 MiB = 1 << 20
 CENTRAL, EDGE = "fsid-central", "fsid-edge"
-
-
-@pytest.fixture
-def clusters(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeCluster, FakeCluster]:
-    for module in (bindings, client, images, ownership):
-        monkeypatch.setattr(module, "modules", fake_rbd.modules)
-    FakeCluster.registry.clear()
-    return FakeCluster("central.conf", CENTRAL), FakeCluster("edge.conf", EDGE)
 
 
 @pytest.fixture

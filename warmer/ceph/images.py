@@ -68,6 +68,23 @@ class OpenImage:
                 ioctx.close()
 
 
+class OpenSnapshot(OpenImage):
+    """A snapshot open read-only, pinned by its id: ``snap_id`` is the
+    snapshot the reads come from, even if a snapshot of the same name
+    replaces it meanwhile (reads of a removed snapshot fail; they never
+    come from its successor). ``rbd_id`` is the image's own RBD id."""
+
+    def __init__(self, cluster: Rados, pool: str, name: str, snapshot: str) -> None:
+        super().__init__(cluster, pool, name, snapshot=snapshot, read_only=True)
+        try:
+            self.snap_id = int(self.image.snap_get_id(snapshot))
+            self.image.set_snap_by_id(self.snap_id)
+            self.rbd_id = str(self.image.id())
+        except Exception:
+            self.close()
+            raise
+
+
 inspect = ownership.inspect
 
 

@@ -36,6 +36,17 @@ OPTS = [
                       "as events arrive, two images of about equal demand would "
                       "otherwise take turns, each eviction a copy made again. 0: "
                       "any higher score evicts."),
+    cfg.BoolOpt("trust_verified_snapshots", default=True,
+                help="Verify each source snapshot once. An RBD snapshot never "
+                     "changes: once warmer has hashed every byte of one and matched "
+                     "Glance's os_hash_value (or checksum), it records that in the "
+                     "shared state ([state]), keyed by the snapshot's cluster, pool, "
+                     "image and snapshot id. A later copy of the same snapshot, while "
+                     "Glance records the same digest, then hashes nothing and relies "
+                     "on librbd's acknowledged reads and writes, as 'rbd import' "
+                     "does. A re-created snapshot (a new id) or a state that cannot "
+                     "be read means hash. False: hash every copy (records are still "
+                     "written for daemons that trust them)."),
     cfg.ListOpt("unmapped_demand",
                 help="Targets where demand counts when it matches no target's "
                      "demand_backends, demand_hosts or demand_zones, or says "

@@ -60,7 +60,9 @@ def image_view(engine: Engine, image_id: str, now: float,
     rounded for people; ``exact_score`` is the same score unrounded, at unix
     time ``scored_at`` (``now``), so that scores taken by two daemons at
     different instants can be compared exactly (every score decays by the
-    same factor ``2**(-dt/half_life)``)."""
+    same factor ``2**(-dt/half_life)``). ``copy_costs`` has, per target,
+    what the copy this daemon made lately cost (every daemon's copies are
+    in the shared state, ``warmer.costs.<target>``)."""
     tracker = engine.tracker
     info = tracker.image(image_id)
     if info is None:
@@ -87,6 +89,8 @@ def image_view(engine: Engine, image_id: str, now: float,
         "copying": {t.name: {"done_bytes": t.progress[image_id][0],
                              "size_bytes": t.progress[image_id][1]}
                     for t in engine.targets if image_id in t.progress},
+        "copy_costs": {t.name: cost.view() for t in engine.targets if t.records is not None
+                       and (cost := t.records.last_cost(t.name, image_id)) is not None},
         **ops.image_extras(engine, image_id, pins),
     }
 

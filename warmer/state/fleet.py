@@ -65,6 +65,7 @@ from warmer.state.store import (
     StateError,
     StateStore,
     Tombstone,
+    VerifiedSnapshot,
     pow2,
 )
 from warmer.tracker import Tracker
@@ -91,8 +92,8 @@ def demand_namespace(base: str, site: str) -> str:
 
 class SiteStore:
     """One site's view of the state: demand (shards, directory) in
-    ``demand``, everything else (settings, pins, tombstones, costs) in
-    ``base``. Closing it closes nothing: the stores are the caller's."""
+    ``demand``, everything else (settings, pins, tombstones, costs,
+    verified snapshots) in ``base``. Closing it closes nothing: the stores are the caller's."""
 
     def __init__(self, base: StateStore, demand: StateStore) -> None:
         self.base = base
@@ -143,6 +144,15 @@ class SiteStore:
 
     async def costs(self, target: str) -> dict[str, CopyCost]:
         return await self.base.costs(target)
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        return await self.base.verified(image_id)
+
+    async def put_verified(self, record: VerifiedSnapshot) -> None:
+        await self.base.put_verified(record)
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        await self.base.remove_verified(image_ids)
 
     async def close(self) -> None:
         pass

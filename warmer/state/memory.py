@@ -21,6 +21,7 @@ from warmer.state.store import (
     ShardLost,
     StateStore,
     Tombstone,
+    VerifiedSnapshot,
 )
 
 
@@ -36,6 +37,7 @@ class MemoryStore:
         self._pins: dict[str, Pin] = {}
         self._tombstones: dict[str, Tombstone] = {}
         self._costs: dict[str, dict[str, CopyCost]] = {}
+        self._verified: dict[str, VerifiedSnapshot] = {}
         self.writes = 0  # write_shard calls that were applied
 
     async def settings(self, proposed: Settings) -> Settings:
@@ -105,6 +107,22 @@ class MemoryStore:
 
     async def costs(self, target: str) -> dict[str, CopyCost]:
         return dict(self._costs.get(target, {}))
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        prefix = canonical_image_id(image_id) + "/"
+        return {k: v for k, v in self._verified.items() if k.startswith(prefix)}
+
+    async def put_verified(self, record: VerifiedSnapshot) -> None:
+        canonical_image_id(record.snapshot.image_id)
+        prefix = record.snapshot.location_prefix
+        for key in [k for k in self._verified if k.startswith(prefix)]:
+            del self._verified[key]
+        self._verified[record.snapshot.key] = record
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        prefixes = tuple(canonical_image_id(i) + "/" for i in image_ids)
+        for key in [k for k in self._verified if k.startswith(prefixes)]:
+            del self._verified[key]
 
     async def close(self) -> None:
         pass

@@ -13,6 +13,8 @@ object                         omap key                    value
 ``warmer.pins``                ``<image id>``              :class:`Pin`
 ``warmer.tombstones``          ``<image id>``              :class:`Tombstone`
 ``warmer.costs.<target>``      ``<image id>``              :class:`CopyCost`
+``warmer.verified``            ``<image id>/<fsid>/        :class:`VerifiedSnapshot`
+                               <pool>/<image>@<snap id>``
 =============================  ==========================  =======================
 
 Only the daemon named in a shard's object writes it, and only while the
@@ -59,6 +61,7 @@ from warmer.state.store import (
     StateStore,
     StateUnavailable,
     Tombstone,
+    VerifiedSnapshot,
 )
 
 LOG = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ OWNER_KEY = "_owner"
 PINS_OBJECT = "warmer.pins"
 TOMBSTONES_OBJECT = "warmer.tombstones"
 COSTS_PREFIX = "warmer.costs."
+VERIFIED_OBJECT = "warmer.verified"
 PAGE_SIZE = 1000
 WRITE_BATCH = 1000  # keys per write op; a shard write of more goes in steps
 
@@ -250,6 +254,35 @@ class RadosStore:
         return await self._all(costs_object(target),
                                lambda key, raw: CopyCost.from_json(target, key, raw))
 
+    # -- verified snapshots --------------------------------------------------------
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        prefix = canonical_image_id(image_id) + "/"
+        return await self._run("verified", lambda ioctx: _verified(ioctx, prefix,
+                                                                   self.page_size))
+
+    async def put_verified(self, record: VerifiedSnapshot) -> None:
+        canonical_image_id(record.snapshot.image_id)
+        key, value = record.snapshot.key, record.to_json()
+
+        def put(ioctx: Ioctx) -> None:
+            stale = [k for k, _ in _pages(ioctx, VERIFIED_OBJECT, self.page_size,
+                                          record.snapshot.location_prefix) if k != key]
+            _write(ioctx, VERIFIED_OBJECT, [(key, value)], stale, batch=self.write_batch)
+        await self._run("put_verified", put)
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        prefixes = [canonical_image_id(i) + "/" for i in image_ids]
+
+        def remove(ioctx: Ioctx) -> None:
+            keys = [k for prefix in prefixes
+                    for k, _ in _pages(ioctx, VERIFIED_OBJECT, self.page_size, prefix)]
+            if keys:
+                _write(ioctx, VERIFIED_OBJECT, (), keys, batch=self.write_batch,
+                       missing_ok=True)
+        if prefixes:
+            await self._run("remove_verified", remove)
+
     async def close(self) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.client.executor, self.client.close)
@@ -325,6 +358,16 @@ def _parse_contributions(obj: str, items: Iterable[tuple[str, bytes]]
             yield key, Contribution.from_json(raw)
         except ValueError as exc:
             _skip(obj, key, exc)
+
+
+def _verified(ioctx: Ioctx, prefix: str, page_size: int) -> dict[str, VerifiedSnapshot]:
+    found: dict[str, VerifiedSnapshot] = {}
+    for key, raw in _pages(ioctx, VERIFIED_OBJECT, page_size, prefix):
+        try:
+            found[key] = VerifiedSnapshot.from_json(key, raw)
+        except ValueError as exc:
+            _skip(VERIFIED_OBJECT, key, exc)
+    return found
 
 
 def _skip(obj: str, key: str, exc: Exception) -> None:

@@ -7,8 +7,12 @@ What every daemon of a fleet shares (issue 7):
   is the sum over all shards (:class:`DemandTotals`);
 * **pins** set through warmer, with who set them and when (:class:`Pin`);
 * **tombstones**: images Glance deleted, with when (:class:`Tombstone`);
-* **copy costs**: per target and image, the bytes and seconds a copy took
-  and the digest it was verified against (:class:`CopyCost`).
+* **copy costs**: per target and image, the bytes a copy read and wrote,
+  the seconds it took, when and by which daemon, and how it was checked
+  (:class:`CopyCost`);
+* **verified snapshots**: source RBD snapshots whose every byte warmer
+  hashed and matched against Glance's digest (:class:`VerifiedSnapshot`):
+  a later copy of the same snapshot needs no hash.
 
 Values are small JSON documents with ``to_json``/``from_json``, as
 ceph-mgr's rbd_support keeps its schedules and tasks; ``from_json`` raises
@@ -110,6 +114,13 @@ def _text(doc: dict[str, Any], key: str) -> str:
     return value
 
 
+def _count(doc: dict[str, Any], key: str) -> int:
+    value = doc.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key!r} is missing or not a non-negative integer")
+    return value
+
+
 def _dumps(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=_COMPACT, allow_nan=False).encode()
 
@@ -185,10 +196,15 @@ class Tombstone:
 
 @dataclass(frozen=True)
 class CopyCost:
-    """What copying ``image_id`` into ``target`` cost: ``copied_bytes`` written,
-    ``seconds`` taken, the ``digest`` it was verified against (as
-    ``algorithm:hex``), recorded at ``at``. JSON: ``{"bytes": ...,
-    "seconds": ..., "digest": ..., "at": ...}``."""
+    """What copying ``image_id`` into ``target`` cost: ``copied_bytes``
+    written, ``read_bytes`` read from the source (holes it knew of are not
+    read), ``seconds`` taken, recorded at ``at`` by daemon ``by``. ``digest``
+    is what the copy is known to match (``algorithm:hex``), and ``check``
+    how: ``verified`` (hashed), ``skipped_verified`` (its source snapshot was
+    verified before: :class:`VerifiedSnapshot`) or ``unverified``. JSON:
+    ``{"bytes": ..., "read": ..., "seconds": ..., "digest": ..., "check": ...,
+    "at": ..., "by": ...}``; ``read``, ``check`` and ``by`` may be absent
+    (records written before they existed)."""
 
     target: str
     image_id: str
@@ -196,19 +212,104 @@ class CopyCost:
     seconds: float
     digest: str
     at: float
+    read_bytes: int = 0
+    check: str = ""
+    by: str = ""
 
     def to_json(self) -> bytes:
-        return _dumps({"bytes": self.copied_bytes, "seconds": self.seconds,
-                       "digest": self.digest, "at": self.at})
+        return _dumps({"bytes": self.copied_bytes, "read": self.read_bytes,
+                       "seconds": self.seconds, "digest": self.digest, "check": self.check,
+                       "at": self.at, "by": self.by})
 
     @classmethod
     def from_json(cls, target: str, image_id: str, raw: bytes | str) -> CopyCost:
         doc = _load(raw)
-        size = doc.get("bytes")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError("'bytes' is missing or not a non-negative integer")
-        return cls(target, image_id, size, _number(doc, "seconds"), _text(doc, "digest"),
-                   _number(doc, "at"))
+        return cls(target, image_id, _count(doc, "bytes"), _number(doc, "seconds"),
+                   _text(doc, "digest"), _number(doc, "at"),
+                   _count(doc, "read") if "read" in doc else 0, _text(doc, "check"),
+                   _text(doc, "by"))
+
+    def view(self) -> dict[str, Any]:
+        """For the admin API."""
+        return {"written_bytes": self.copied_bytes, "read_bytes": self.read_bytes,
+                "seconds": self.seconds, "digest": self.digest, "check": self.check,
+                "at": self.at, "by": self.by}
+
+
+@dataclass(frozen=True)
+class SourceSnapshot:
+    """The RBD snapshot a copy of Glance image ``image_id`` reads, named by
+    what cannot change under that name: the cluster (``fsid``), the pool,
+    the RBD image (``image``, its name, and ``rbd_id``, the id RBD gave it
+    at creation, which an image re-created under the same name does not
+    have) and the snapshot's id (``snap_id``: RBD never gives one to two
+    snapshots of an image, so a snapshot removed and re-created under the
+    same name has a new one). A snapshot's data never changes."""
+
+    image_id: str
+    fsid: str
+    pool: str
+    image: str
+    snap_id: int
+    rbd_id: str = ""
+
+    @property
+    def key(self) -> str:
+        """``<image id>/<fsid>/<pool>/<image>@<snap id>``: Glance's image id
+        first, so that an image's records are found (and removed) by prefix."""
+        return f"{self.location_prefix}{self.snap_id}"
+
+    @property
+    def location_prefix(self) -> str:
+        """The key of any snapshot of the same RBD image, up to the snap id."""
+        return f"{self.image_id}/{self.fsid}/{self.pool}/{self.image}@"
+
+
+@dataclass(frozen=True)
+class VerifiedSnapshot:
+    """warmer read every byte of ``snapshot``, and their ``digest``
+    (``algorithm:hex``, over ``size`` bytes) matched what Glance records for
+    the image, at ``at``, on daemon ``by``. A later copy of the same
+    snapshot, while Glance records the same digest, needs no hash of its
+    own (:meth:`vouches_for`). Written only after a match. JSON, under
+    :attr:`SourceSnapshot.key`: ``{"fsid": ..., "pool": ..., "image": ...,
+    "snap_id": ..., "rbd_id": ..., "digest": ..., "size": ..., "at": ...,
+    "by": ...}``."""
+
+    snapshot: SourceSnapshot
+    digest: str
+    size: int
+    at: float
+    by: str = ""
+
+    def vouches_for(self, snapshot: SourceSnapshot, digest: str, size: int) -> bool:
+        """Whether this record makes hashing ``snapshot`` again useless: the
+        same snapshot (every part of its identity), the same size, and the
+        digest Glance records now."""
+        return (self.snapshot == snapshot and self.size == size and bool(digest)
+                and self.digest == digest.lower())
+
+    def to_json(self) -> bytes:
+        s = self.snapshot
+        return _dumps({"fsid": s.fsid, "pool": s.pool, "image": s.image,
+                       "snap_id": s.snap_id, "rbd_id": s.rbd_id, "digest": self.digest,
+                       "size": self.size, "at": self.at, "by": self.by})
+
+    @classmethod
+    def from_json(cls, key: str, raw: bytes | str) -> VerifiedSnapshot:
+        """Raises ``ValueError`` unless the value names the snapshot its
+        ``key`` names."""
+        doc = _load(raw)
+        image_id = key.split("/", 1)[0]
+        snapshot = SourceSnapshot(image_id, _text(doc, "fsid"), _text(doc, "pool"),
+                                  _text(doc, "image"), _count(doc, "snap_id"),
+                                  _text(doc, "rbd_id"))
+        if snapshot.key != key:
+            raise ValueError(f"the value names {snapshot.key!r}, not its key")
+        digest = _text(doc, "digest")
+        if ":" not in digest:
+            raise ValueError("'digest' is not algorithm:hex")
+        return cls(snapshot, digest, _count(doc, "size"), _number(doc, "at"), _text(doc, "by"))
 
 
 @dataclass(frozen=True)
@@ -377,5 +478,18 @@ class StateStore(Protocol):
     async def remove_cost(self, target: str, image_id: str) -> None: ...
 
     async def costs(self, target: str) -> dict[str, CopyCost]: ...
+
+    # verified snapshots ------------------------------------------------------------
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        """The records of Glance image ``image_id``, by key."""
+
+    async def put_verified(self, record: VerifiedSnapshot) -> None:
+        """Record ``record``, and drop the records of the other snapshots of
+        the same RBD image (:attr:`SourceSnapshot.location_prefix`): a
+        snapshot re-created under the same name leaves none behind."""
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        """Drop every record of these Glance images (deleted)."""
 
     async def close(self) -> None: ...

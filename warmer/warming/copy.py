@@ -6,9 +6,14 @@ with ``data`` ``None`` for a hole it already knows about (RBD extents that
 
 * hashes every chunk in order (holes as zeroes), on one dedicated thread,
   with the algorithm Glance recorded (``os_hash_algo``) or MD5 for
-  ``checksum``;
-* writes chunks that are not all zero; holes and zero chunks are never
-  written, so the copy stays as sparse as the source, or sparser;
+  ``checksum``; unless the verifier trusts the source (:meth:`Verifier.trust`:
+  the same immutable snapshot was hashed and matched before), in which case
+  nothing is hashed and the copy relies on librbd's acknowledged reads and
+  writes, as ``rbd import`` does;
+* writes what is not zero: holes, zero chunks, and zero blocks of
+  :data:`ZERO_BLOCK` bytes within a chunk are never written (each run of
+  non-zero blocks is one write), so the copy stays as sparse as the source,
+  or sparser, whatever the chunk size;
 * keeps at most ``window`` chunks in flight (read, hashed or written), so
   memory stays bounded whatever the image size, with several I/Os going at
   once on the Ceph thread pool.
@@ -20,12 +25,12 @@ Nothing here publishes anything; the caller does that only after
 from __future__ import annotations
 
 import asyncio
-import bisect
+import collections
 import concurrent.futures
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -33,7 +38,13 @@ from warmer.events import ImageInfo
 
 LOG = logging.getLogger(__name__)
 CHUNK = 4 << 20
+# Zeroes within a chunk are skipped in blocks of this size: a sparse source
+# read in 4 MiB chunks (1 MiB of data each, say) is written as sparse as it
+# is, not 4 MiB at a time.
+ZERO_BLOCK = 64 << 10
 _ZEROS = bytes(CHUNK)
+_ZERO_BLOCK = bytes(ZERO_BLOCK)
+PIECES_AHEAD = 256  # pieces an RBD source holds ahead (holes, and reads in flight)
 
 Chunk = tuple[int, int, bytes | None]
 
@@ -65,9 +76,20 @@ class CopyStats:
     def skipped(self) -> int:
         return self.skipped_holes + self.skipped_zeros
 
+    @property
+    def read(self) -> int:
+        """Bytes read from the source: all but the holes it knew of."""
+        return self.size - self.skipped_holes
+
 
 class Verifier:
-    """Checks the copied bytes against what Glance recorded for the image."""
+    """Checks the copied bytes against what Glance recorded for the image.
+
+    :attr:`outcome` says how the copy was checked, once :meth:`verify`
+    returned or raised: ``verified`` (hashed, and it matched),
+    ``mismatch``, ``skipped_verified`` (trusted: not hashed) or
+    ``unverified`` (Glance records no digest, and that is allowed).
+    """
 
     def __init__(self, image: ImageInfo, *, allow_unverified: bool = False) -> None:
         algo, expected = None, None
@@ -83,19 +105,45 @@ class Verifier:
         self.algo = algo
         self.expected = expected.lower() if expected else None
         self._hash: Any = hashlib.new(algo) if algo else None
+        self.trusted = False
+        self.outcome = "unverified" if algo is None else ""
+
+    @property
+    def digest(self) -> str | None:
+        """What Glance records, as ``algo:hex``; None when nothing."""
+        return f"{self.algo}:{self.expected}" if self.algo else None
+
+    @property
+    def hashing(self) -> bool:
+        return self._hash is not None
+
+    def trust(self) -> None:
+        """Hash nothing: the caller knows the source to be the very snapshot
+        that was hashed and matched :attr:`digest` before. :meth:`verify`
+        then returns :attr:`digest`."""
+        if self.digest is None:
+            raise ValueError("nothing to trust: Glance records no digest")
+        self.trusted, self._hash = True, None
 
     def update(self, data: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(data)
 
     def verify(self) -> str:
-        """Return ``algo:digest`` when it matches; raise otherwise."""
+        """Return ``algo:digest`` when it matches (or is trusted); raise
+        otherwise."""
+        if self.trusted:
+            self.outcome = "skipped_verified"
+            assert self.digest is not None
+            return self.digest
         if self._hash is None:
             return "unverified"
         digest = str(self._hash.hexdigest())
         if digest != self.expected:
+            self.outcome = "mismatch"
             raise CopyError("checksum_mismatch",
                             f"{self.algo} is {digest}, Glance says {self.expected}")
+        self.outcome = "verified"
         return f"{self.algo}:{digest}"
 
 
@@ -104,10 +152,12 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                chunk_size: int = CHUNK,
                progress: Callable[[int, int], None] | None = None) -> CopyStats:
     """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
-    ``executor``), skipping holes and zero chunks, hashing everything."""
+    ``executor``), skipping holes and zero chunks, hashing everything
+    (unless ``verifier`` hashes nothing)."""
     loop = asyncio.get_running_loop()
     stats = CopyStats(source.size)
     started = time.monotonic()
+    hashing = verifier.hashing
     hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
     slots = asyncio.Semaphore(window)
     in_flight: set[asyncio.Future[Any]] = set()
@@ -131,8 +181,7 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
         running.add(fut)
         fut.add_done_callback(running.discard)
         return asyncio.wrap_future(fut, loop=loop)
-    zero_bytes = _ZEROS if chunk_size == CHUNK else bytes(chunk_size)
-    zeros = memoryview(zero_bytes)
+    zeros = memoryview(_ZEROS if chunk_size == CHUNK else bytes(chunk_size))  # holes, hashed
     done = 0
     chunks = source.chunks(chunk_size)
     try:
@@ -140,18 +189,24 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
             await slots.acquire()
             if failed:  # surface a failed write or hash now, not at the end
                 raise failed[0]
+            work: list[asyncio.Future[Any]] = []
             if data is None:
-                work = [submit(hasher, verifier.update, zeros[:length])]
+                if hashing:
+                    work.append(submit(hasher, verifier.update, zeros[:length]))
                 stats.skipped_holes += length
             else:
-                # One thread, in submission order: the digest sees the bytes in order.
-                work = [submit(hasher, verifier.update, data)]
-                # bytes == bytes is a memcmp; against a memoryview it is 60x slower.
-                if data == (zero_bytes if length == chunk_size else zero_bytes[:length]):
-                    stats.skipped_zeros += length
-                else:
-                    work.append(submit(executor, write, data, offset))
-                    stats.written += length
+                if hashing:
+                    # One thread, in submission order: the digest sees the bytes in order.
+                    work.append(submit(hasher, verifier.update, data))
+                kept = 0
+                for start, end in nonzero_runs(data):
+                    # rbd's write takes bytes only: a slice is a copy, so the
+                    # whole chunk goes as it is when nothing in it is zero.
+                    piece = data if end - start == length else data[start:end]
+                    work.append(submit(executor, write, piece, offset + start))
+                    kept += end - start
+                stats.written += kept
+                stats.skipped_zeros += length - kept
             chunk_done = asyncio.gather(*work)
             in_flight.add(chunk_done)
             chunk_done.add_done_callback(settle)
@@ -174,6 +229,28 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
         hasher.shutdown(wait=False, cancel_futures=True)  # idle now: it ends by itself
     stats.seconds = time.monotonic() - started
     return stats
+
+
+def nonzero_runs(data: bytes, block: int = ZERO_BLOCK) -> list[tuple[int, int]]:
+    """The ``(start, end)`` runs of ``data`` that are not all zero, in
+    blocks of ``block`` bytes. Each block costs one compare in place
+    (``startswith`` at an offset is a memcmp: no copy, no memoryview, which
+    compares 60x slower), which stops at its first non-zero byte."""
+    zero = _ZERO_BLOCK if block == ZERO_BLOCK else bytes(block)
+    length = len(data)
+    runs: list[tuple[int, int]] = []
+    start: int | None = None
+    for at in range(0, length, block):
+        end = min(at + block, length)
+        if data.startswith(zero if end - at == block else zero[:end - at], at, end):
+            if start is not None:
+                runs.append((start, at))
+                start = None
+        elif start is None:
+            start = at
+    if start is not None:
+        runs.append((start, length))
+    return runs
 
 
 async def finish_threads(jobs: list[concurrent.futures.Future[Any]]) -> None:
@@ -200,7 +277,6 @@ class RbdSource:
                  read_ahead: int = 8) -> None:
         self._image = image
         self.size = size
-        self._starts = [start for start, _ in extents]
         self._extents = extents
         self._executor = executor
         self.description = description
@@ -225,33 +301,48 @@ class RbdSource:
         extents.sort()
         return cls(handle.image, size, extents, executor, description, read_ahead)
 
-    def allocated(self, offset: int, length: int) -> bool:
-        i = bisect.bisect_right(self._starts, offset) - 1
-        for start, ext_len in self._extents[max(i, 0):]:
-            if start >= offset + length:
-                return False
-            if start + ext_len > offset:
-                return True
-        return False
-
     @property
     def allocated_bytes(self) -> int:
         return sum(length for _, length in self._extents)
 
-    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
-        pending: list[tuple[int, int, concurrent.futures.Future[bytes] | None]] = []
+    def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bool]]:
+        """The image as ``(offset, length, allocated)`` pieces, in order:
+        each lies within one ``chunk_size``-aligned chunk and is all
+        allocated or all hole, so only allocated bytes are read (a chunk
+        with 1 MiB of data is a 1 MiB read, as ``export-diff`` reads it)."""
         offset = 0
+        for start, length in [*self._extents, (self.size, 0)]:
+            start, end = min(max(start, offset), self.size), min(start + length, self.size)
+            for stop, allocated in ((start, False), (end, True)):
+                while offset < stop:
+                    n = min(chunk_size - offset % chunk_size, stop - offset)
+                    yield offset, n, allocated
+                    offset += n
+
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
+        # Up to read_ahead reads in flight; holes between them cost nothing
+        # and do not count (else a sparse image would read one piece at a
+        # time), within a bound on the pieces held.
+        pending: collections.deque[tuple[int, int, concurrent.futures.Future[bytes] | None]] = \
+            collections.deque()
+        reading = 0
+        pieces = self.pieces(chunk_size)
+        ahead = next(pieces, None)
         try:
-            while offset < self.size or pending:
-                while offset < self.size and len(pending) < self._read_ahead:
-                    length = min(chunk_size, self.size - offset)
-                    read = (self._executor.submit(self._image.read, offset, length)
-                            if self.allocated(offset, length) else None)
+            while ahead is not None or pending:
+                while ahead is not None and reading < self._read_ahead \
+                        and len(pending) < PIECES_AHEAD:
+                    offset, length, allocated = ahead
+                    read = None
+                    if allocated:
+                        read = self._executor.submit(self._image.read, offset, length)
+                        reading += 1
                     pending.append((offset, length, read))
-                    offset += length
-                start, length, read = pending.pop(0)
+                    ahead = next(pieces, None)
+                start, length, read = pending.popleft()
                 data: bytes | None = None
                 if read is not None:
+                    reading -= 1
                     data = await asyncio.wrap_future(read)
                 yield start, length, data
         finally:

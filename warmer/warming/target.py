@@ -53,8 +53,10 @@ from warmer.glance.client import (
 from warmer.glance.stores import StoreCatalog
 from warmer.ids import is_canonical_image_id
 from warmer.locations import RbdLocation, parse_rbd_url
+from warmer.state.store import SourceSnapshot
 from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Source, Verifier
 from warmer.warming.copy import copy as copy_data
+from warmer.warming.records import CopyRecords
 
 LOG = logging.getLogger(__name__)
 
@@ -125,6 +127,12 @@ class Target:
         # answers, evicting lower-scored copies if it must.
         self.admit: Callable[[Target, str, int], Awaitable[bool]] | None = None
         self.on_copied: Callable[[Target, CopyStats], None] | None = None
+        # Told how each copy was checked (Verifier.outcome: verified,
+        # skipped_verified, mismatch, unverified); must not raise.
+        self.on_checked: Callable[[Target, str], None] | None = None
+        # Set by the service: verified source snapshots and copy costs in
+        # the shared state. None: every copy hashes, nothing is recorded.
+        self.records: CopyRecords | None = None
         # Copies under way (image id -> size): they count against the budget
         # before they show up in the pool's inventory.
         self.reserved: dict[str, int] = {}
@@ -379,7 +387,7 @@ class Target:
         over, and two writers must never share an image."""
         info = image.info
         verifier = Verifier(info, allow_unverified=self.config.allow_unverified_copies)
-        source, source_handle = await self._open_source(image, rbd_locations)
+        source, source_handle, snapshot = await self._open_source(image, rbd_locations)
         if info.size is not None and source.size != info.size:
             if source_handle is not None:
                 await self.ceph.offload(source_handle.close)
@@ -389,7 +397,11 @@ class Target:
         finished = lease_lost = False
         copying: asyncio.Task[CopyStats] | None = None
         lost = asyncio.create_task(lease.lost.wait())
+        records, digest = self.records, verifier.digest
         try:
+            if records is not None and snapshot is not None and digest is not None \
+                    and await records.trusted(snapshot, digest, source.size):
+                verifier.trust()  # this very snapshot matched Glance's digest before
             target = await self._ceph_step(pool, "create", lambda c: rbd_images.create_temp(
                 c, pool, info.id, source.size, source.description, self.cookie))
             LOG.info("target %s: copying image %s (%d bytes) from %s into %s", self.name,
@@ -405,7 +417,14 @@ class Target:
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
             stats = await self._ceph_result(pool, copying)
-            verified = verifier.verify()
+            try:
+                verified = verifier.verify()
+            finally:
+                if verifier.outcome and self.on_checked is not None:
+                    self.on_checked(self, verifier.outcome)
+            if records is not None and snapshot is not None and verifier.outcome == "verified":
+                # Every byte read and matched: only now is the snapshot vouched for.
+                await records.verified(snapshot, verified, source.size)
             try:
                 await self._confirm(lease)
             except LeaseLost:
@@ -417,9 +436,11 @@ class Target:
             if self.on_copied is not None:
                 self.on_copied(self, stats)
             LOG.info("target %s: image %s copied in %.1fs: %d bytes written, %d skipped "
-                     "(holes %d, zeroes %d), %s", self.name, info.id, stats.seconds,
+                     "(holes %d, zeroes %d), %s (%s)", self.name, info.id, stats.seconds,
                      stats.written, stats.skipped, stats.skipped_holes, stats.skipped_zeros,
-                     verified)
+                     verified, verifier.outcome)
+            if self.records is not None:
+                await self.records.copied(self.name, info.id, stats, verified, verifier.outcome)
             return stats
         finally:
             lost.cancel()
@@ -500,7 +521,10 @@ class Target:
                         image_id, exc)
 
     async def _open_source(self, image: GlanceImage, rbd_locations: list[RbdLocation]
-                           ) -> tuple[Source, rbd_images.OpenImage | None]:
+                           ) -> tuple[Source, rbd_images.OpenImage | None,
+                                      SourceSnapshot | None]:
+        """The source to read, its handle to close, and, for an RBD
+        snapshot, its identity (a download through Glance has none)."""
         sources = self._sources()
         unreadable: tuple[type[BaseException], ...] = (*ceph_errors(), CephUnavailable)
         for loc in rbd_locations:
@@ -508,22 +532,23 @@ class Target:
             if client is None:
                 continue
             try:
-                return await self._open_rbd_source(client, loc)
+                source, handle = await self._open_rbd_source(client, loc)
             except unreadable as exc:  # try the next one
                 LOG.info("target %s: cannot read %s directly (%s)", self.name, loc, exc)
+                continue
+            return source, handle, SourceSnapshot(image.info.id, loc.fsid, loc.pool,
+                                                  loc.image, handle.snap_id, handle.rbd_id)
         assert self.glance is not None
         glance, image_id = self.glance, image.info.id
         if image.info.size is None:
             raise CopyError("size_unknown", "Glance does not know the image size")
         return HttpSource(lambda: glance.download(image_id), image.info.size,
-                          f"glance {glance.endpoint}/v2/images/{image_id}/file"), None
+                          f"glance {glance.endpoint}/v2/images/{image_id}/file"), None, None
 
     async def _open_rbd_source(self, client: CephClient, loc: RbdLocation
-                               ) -> tuple[Source, rbd_images.OpenImage]:
-        def open_image(cluster: Any) -> rbd_images.OpenImage:
-            return rbd_images.OpenImage(cluster, loc.pool, loc.image, snapshot=loc.snapshot,
-                                        read_only=True)
-        handle = await client.run("open_source", open_image)
+                               ) -> tuple[Source, rbd_images.OpenSnapshot]:
+        handle = await client.run("open_source", lambda c: rbd_images.OpenSnapshot(
+            c, loc.pool, loc.image, loc.snapshot))
 
         def list_extents(cluster: Any) -> RbdSource:
             return RbdSource.open(handle, client.executor, f"rbd {loc}",
@@ -648,7 +673,7 @@ class Target:
         pool = await self.copy_pool()
         existing = await self._inspect(pool, image_id)
         if existing is None:
-            return await self.purge(image_id)
+            return await self._purge_copy(image_id)
         if not existing.owned:
             return "not_owned"
         if existing.protected and await self._has_children(pool, image_id):
@@ -685,12 +710,20 @@ class Target:
 
     async def purge(self, image_id: str) -> str:
         """Remove warmer's copy of ``image_id`` (no Glance call): for images
-        Glance confirmed gone. Children still win."""
+        Glance confirmed gone. Children still win. The shared state forgets
+        the image's verified snapshots and this copy's cost."""
         if not is_canonical_image_id(image_id):
             return "not_owned"  # no lock object, no lookup, for a crafted id
+        if self.records is not None:
+            await self.records.forget(image_id)
+        return await self._purge_copy(image_id)
+
+    async def _purge_copy(self, image_id: str) -> str:
         pool = await self.copy_pool()
         if not await self._has_anything(pool, image_id):
-            return "gone"  # nothing registered, nothing to lock: write nothing
+            if self.records is not None:
+                await self.records.removed(self.name, image_id)
+            return "gone"  # nothing registered, nothing to lock: nothing written in the pool
         async with self._leased(pool, image_id) as lease:
             if lease is None:
                 return "busy"
@@ -714,6 +747,8 @@ class Target:
             return "has_children"
         if result == "removed":
             LOG.info("target %s: removed warmer's copy %s/%s", self.name, pool, image_id)
+        if result in ("removed", "gone") and self.records is not None:
+            await self.records.removed(self.name, image_id)
         return result
 
     async def _has_children(self, pool: str, image_id: str) -> bool:

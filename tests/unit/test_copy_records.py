@@ -1,0 +1,315 @@
+"""Verify each source snapshot once (warmer/warming/records.py), through
+real Targets on the in-memory rados/rbd (tests/unit/fake_rbd.py) and the
+in-memory state store: the first copy of a snapshot hashes and records it,
+a later copy of the very same snapshot hashes nothing, and nothing else is
+ever trusted. Each test fails if a record were written when it must not
+be, or trusted when it must not be."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+from collections.abc import Collection
+from typing import Any
+
+import pytest
+
+from tests.unit import fake_rbd
+from tests.unit.fake_rbd import FakeCluster
+from tests.unit.fakes import FakeGlance
+from tests.unit.test_target import (
+    CENTRAL,
+    MiB,
+    glance_image,
+    sparse_data,
+)
+from warmer.ceph.client import CephClient, ClusterConfig
+from warmer.events import ImageInfo
+from warmer.glance.client import GlanceImage
+from warmer.glance.stores import StoreCatalog
+from warmer.state.memory import MemoryStore
+from warmer.state.store import StateUnavailable, VerifiedSnapshot
+from warmer.warming.copy import Verifier
+from warmer.warming.records import CopyRecords
+from warmer.warming.target import Target, TargetConfig, TargetResult
+
+EDGE2 = "fsid-edge2"
+DAEMON = "ctl-1"
+
+
+class Daemon:
+    """A daemon's targets (edge and edge2, two clusters that copy from
+    central) sharing one :class:`CopyRecords` on ``store``; ``checks`` has
+    every Verifier outcome in order."""
+
+    def __init__(self, executor: Any, glance: FakeGlance, store: Any, *,
+                 trust: bool = True) -> None:
+        FakeCluster("edge2.conf", EDGE2)
+        glance.fsids["edge2"] = EDGE2
+        central = CephClient(ClusterConfig("central.conf", "warmer"), executor)
+        self.records = CopyRecords(store, DAEMON, trust=trust)
+        self.checks: list[tuple[str, str]] = []
+        self.targets: dict[str, Target] = {}
+        for name in ("edge", "edge2"):
+            t = Target(TargetConfig(name, "volumes", name, True),
+                       CephClient(ClusterConfig(f"{name}.conf", "warmer"), executor),
+                       glance=glance, stores=StoreCatalog(glance),  # type: ignore[arg-type]
+                       sources=lambda: {CENTRAL: central}, owner=f"warmer@{DAEMON}")
+            t.records = self.records
+            t.on_checked = lambda t, outcome: self.checks.append((t.name, outcome))
+            self.targets[name] = t
+        self.glance, self.store = glance, store
+        self.central = FakeCluster.registry["central.conf"]
+
+    def warm(self, name: str, image_id: str) -> TargetResult:
+        return asyncio.run(self.targets[name].warm(self.glance.images[image_id]))
+
+    def evict(self, name: str, image_id: str) -> str:
+        return asyncio.run(self.targets[name].evict(image_id))
+
+
+def copied(image_id: str, cluster: str = "edge2.conf") -> bytes:
+    img = fake_rbd.Image(fake_rbd.Rados(cluster).open_ioctx("images"), image_id,
+                         snapshot="snap")
+    return img.read(0, img.size())
+
+
+def recreate_snapshot(central: FakeCluster, image_id: str, data: bytes) -> None:
+    """Behind Glance's back: the snapshot removed, the image's data changed
+    (or not), and ``snap`` created again under the same name."""
+    img = central.images["images"][image_id]
+    del img.snaps["snap"]
+    img.data = {off: data[off:off + MiB] for off in range(0, len(data), MiB)
+                if data[off:off + MiB].strip(b"\0")}
+    img.snaps["snap"] = fake_rbd.Snap(dict(img.data), True)
+
+
+def records_of(store: MemoryStore, image_id: str) -> dict[str, VerifiedSnapshot]:
+    return asyncio.run(store.verified(image_id))
+
+
+def one_image(clusters: tuple[FakeCluster, FakeCluster], executor: Any, *,
+              data: bytes | None = None, store: MemoryStore | None = None,
+              first: str | None = "verified", trust: bool = True
+              ) -> tuple[Daemon, str, bytes]:
+    """An image Glance's RBD store wrote in central, a daemon with an empty
+    state (``store``), and the image's first copy, into edge, checked as
+    ``first`` says (None: no copy yet)."""
+    data = sparse_data() if data is None else data
+    glance = FakeGlance()
+    image_id = glance_image(clusters[0], glance, data)
+    daemon = Daemon(executor, glance, MemoryStore() if store is None else store, trust=trust)
+    if first is not None:
+        daemon.warm("edge", image_id)
+        assert daemon.checks == [("edge", first)]
+    return daemon, image_id, data
+
+
+def test_the_first_copy_hashes_and_records_and_a_later_copy_of_it_hashes_nothing(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon, image_id, data = one_image(clusters, executor)
+    central = daemon.central
+    (record,) = records_of(daemon.store, image_id).values()
+    snap = central.images["images"][image_id].snaps["snap"]
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    assert (record.snapshot.fsid, record.snapshot.pool, record.snapshot.image,
+            record.snapshot.snap_id, record.snapshot.rbd_id) == (
+        CENTRAL, "images", image_id, snap.id, central.images["images"][image_id].rbd_id)
+    assert (record.digest, record.size, record.by) == (digest, len(data), DAEMON)
+
+    hashed: list[int] = []
+    monkeypatch.setattr(Verifier, "update", lambda self, d: hashed.append(len(d)))
+    result = daemon.warm("edge2", image_id)
+    assert (result.state, result.reason) == ("warm", "cloneable")
+    assert daemon.checks[-1] == ("edge2", "skipped_verified")
+    assert hashed == []
+    assert copied(image_id) == data
+    meta = fake_rbd.Image(fake_rbd.Rados("edge2.conf").open_ioctx("images"), image_id).img.meta
+    assert meta["warmer.verified"] == digest
+
+
+def test_a_mismatch_records_nothing_and_the_next_copy_hashes_again(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    daemon, image_id, _ = one_image(clusters, executor, first=None)
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    assert daemon.warm("edge", image_id).reason == "checksum_mismatch"  # tampered
+    assert records_of(daemon.store, image_id) == {}
+    assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert daemon.checks == [("edge", "mismatch"), ("edge2", "mismatch")]
+    assert records_of(daemon.store, image_id) == {}
+
+
+def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Same fsid, pool, image and snapshot name, Glance's digest unchanged,
+    different data: trusting the old record would publish the wrong data."""
+    daemon, image_id, data = one_image(clusters, executor)
+    central, glance, store = daemon.central, daemon.glance, daemon.store
+    old = set(records_of(store, image_id))
+    recreate_snapshot(central, image_id, os.urandom(MiB) + data[MiB:])
+    result = daemon.warm("edge2", image_id)
+    assert result.reason == "checksum_mismatch"
+    assert daemon.checks == [("edge", "verified"), ("edge2", "mismatch")]
+    assert glance.added[-1][2] == "edge"  # nothing published in edge2
+    # The same data again, under a third snapshot id: hashed (by another
+    # daemon: this one does not try again until Glance's view changes),
+    # matched, and only the newest snapshot's record stays.
+    recreate_snapshot(central, image_id, data)
+    other = Daemon(executor, glance, store)
+    assert other.warm("edge2", image_id).state == "warm"
+    assert other.checks == [("edge2", "verified")]
+    (key,) = records_of(store, image_id)
+    assert key not in old
+    assert key.endswith(f"@{central.images['images'][image_id].snaps['snap'].id}")
+
+
+def test_a_record_for_another_glance_digest_is_not_trusted(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    daemon, image_id, _ = one_image(clusters, executor)
+    glance = daemon.glance
+    image = glance.images[image_id]
+    glance.images[image_id] = GlanceImage(
+        dataclasses.replace(image.info, os_hash_value="00" * 64), image.locations)
+    assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert daemon.checks[-1] == ("edge2", "mismatch")
+
+
+def test_a_record_for_another_rbd_image_of_the_same_name_is_not_trusted(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """An image removed and created again under its name, whose new
+    snapshot happens to get the old one's id (a pool re-created)."""
+    daemon, image_id, data = one_image(clusters, executor)
+    central = daemon.central
+    old_id = central.images["images"][image_id].snaps["snap"].id
+    tampered = central.put_image("images", image_id, os.urandom(MiB) + data[MiB:])
+    tampered.snaps["snap"].id = old_id
+    assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert daemon.checks[-1] == ("edge2", "mismatch")
+
+
+def test_a_failed_read_or_write_mid_copy_records_nothing(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    edge = clusters[1]
+    daemon, image_id, _ = one_image(clusters, executor, data=os.urandom(8 * MiB), first=None)
+    edge.fail["write"] = fake_rbd.RbdError("injected", 5)
+    assert daemon.warm("edge", image_id).state != "warm"
+    del edge.fail["write"]
+    reads = 0
+    real_read = fake_rbd.Image.read
+
+    def read_then_fail(self: fake_rbd.Image, offset: int, length: int) -> bytes:
+        nonlocal reads
+        reads += 1
+        if reads > 1:
+            raise fake_rbd.RbdError("injected read error", 5)
+        return real_read(self, offset, length)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fake_rbd.Image, "read", read_then_fail)
+        assert daemon.warm("edge", image_id).state != "warm"
+    assert records_of(daemon.store, image_id) == {}
+    assert daemon.checks == []  # neither copy got as far as a verdict
+
+
+class UnavailableStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        if self.down:
+            raise StateUnavailable("injected")
+        return await super().verified(image_id)
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        if self.down:
+            raise StateUnavailable("injected")
+        await super().remove_verified(image_ids)
+
+
+def test_a_state_that_cannot_be_read_means_hash(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    store = UnavailableStore()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    store.down = True
+    assert daemon.warm("edge2", image_id).state == "warm"
+    assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
+    assert copied(image_id) == data
+
+
+def test_without_trust_every_copy_hashes_and_records_are_still_written(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    daemon, image_id, _ = one_image(clusters, executor, trust=False)
+    daemon.warm("edge2", image_id)
+    assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
+    assert len(records_of(daemon.store, image_id)) == 1
+
+
+def test_a_download_through_glance_is_always_hashed_and_never_recorded(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    glance, store = FakeGlance(), MemoryStore()
+    data = os.urandom(2 * MiB)
+    image_id = "0c3b5f55-8f0e-4d0a-9a3e-2f6f7b6c1d10"
+    glance.add(ImageInfo(image_id, "active", "raw", len(data), "public",
+                         os_hash_algo="sha512",
+                         os_hash_value=hashlib.sha512(data).hexdigest()),
+               f"file:///var/lib/glance/images/{image_id}")
+
+    class Response:
+        def __init__(self) -> None:
+            self.content = self
+
+        async def iter_chunked(self, n: int) -> Any:
+            for off in range(0, len(data), n):
+                yield data[off:off + n]
+
+        async def __aenter__(self) -> Response:
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            pass
+    glance.download = lambda _id: Response()  # type: ignore[attr-defined]
+    glance.endpoint = "http://glance"  # type: ignore[attr-defined]
+    daemon = Daemon(executor, glance, store)
+    assert daemon.warm("edge", image_id).state == "warm"
+    assert daemon.warm("edge2", image_id).state == "warm"
+    assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
+    assert records_of(store, image_id) == {}
+
+
+def test_what_each_copy_cost_is_recorded_and_goes_with_the_copy(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    # 4 MiB of data, 1 MiB of allocated zeroes (read, not written), a hole, 4 MiB of data.
+    data = os.urandom(4 * MiB) + bytes(8 * MiB) + os.urandom(4 * MiB)
+    daemon, image_id, _ = one_image(clusters, executor, data=data, first=None)
+    daemon.central.images["images"][image_id].snaps["snap"].data[4 * MiB] = bytes(MiB)
+    store = daemon.store
+    daemon.warm("edge", image_id)
+    daemon.warm("edge2", image_id)
+    edge = asyncio.run(store.costs("edge"))[image_id]
+    edge2 = asyncio.run(store.costs("edge2"))[image_id]
+    digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    for cost, check in ((edge, "verified"), (edge2, "skipped_verified")):
+        assert (cost.copied_bytes, cost.read_bytes) == (8 * MiB, 9 * MiB)
+        assert (cost.digest, cost.check, cost.by) == (digest, check, DAEMON)
+        assert cost.seconds > 0 and cost.at > 0
+        assert daemon.records.last_cost(cost.target, image_id) == cost
+    assert daemon.evict("edge", image_id) == "removed"
+    assert asyncio.run(store.costs("edge")) == {}
+    assert daemon.records.last_cost("edge", image_id) is None
+    assert image_id in asyncio.run(store.costs("edge2"))
+
+
+def test_a_deleted_image_leaves_no_record_and_no_cost(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    daemon, image_id, _ = one_image(clusters, executor)
+    glance, store = daemon.glance, daemon.store
+    assert records_of(store, image_id) and asyncio.run(store.costs("edge"))
+    # Glance deleted the image (and the data at its locations) first.
+    del glance.images[image_id]
+    for name in ("edge", "edge2"):
+        assert asyncio.run(daemon.targets[name].purge(image_id)) in ("removed", "gone")
+    assert records_of(store, image_id) == {}
+    assert asyncio.run(store.costs("edge")) == {} == asyncio.run(store.costs("edge2"))
