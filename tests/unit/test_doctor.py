@@ -115,3 +115,16 @@ def test_a_report_without_an_image_is_blocked_only_by_blocking_deployment_findin
     assert not report.blocked
     report.add("edge", Diagnosis("x", "y", "z", blocking=True))
     assert report.blocked and "[BLOCKING] x: y" in "\n".join(report.lines())
+
+
+def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
+    """Without any location there is nothing to copy: the remedy points at
+    the image's own diagnoses (no data, locations hidden), not at demand."""
+    verdict = replay([], {})
+    assert not verdict.clones and codes(verdict, blocking=True) == {"no_location_in_cluster"}
+    [diagnosis] = verdict.diagnoses
+    assert diagnosis.remedy is not None and "pin" not in diagnosis.remedy
+    assert "image's own diagnoses" in diagnosis.remedy
+    # With a location elsewhere, demand or a pin is the way.
+    [diagnosis] = replay([f"rbd://{OTHER}/images/{IMG}/snap"], {}).diagnoses
+    assert diagnosis.remedy is not None and "pin it" in diagnosis.remedy
