@@ -301,11 +301,19 @@ class Doctor:
         if copy_pool:
             read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, copy_pool))
             if read != OK or write != OK:
+                # Never advise write caps on Cinder's pool (invariant 7).
+                fix, writable = "", copy_pool
+                if copy_pool == t.group.pool:
+                    fix = (f"leave [{t.name}] copy_pool unset (copies belong in the Glance "
+                           "store's pool), then ")
+                    writable = (t.store.pool if t.store is not None and t.store.pool
+                                else "<the Glance store's pool>")
                 add(Diagnosis("warmer_cannot_write_copy_pool",
-                              f"client.{user} in copy pool {t.copy_pool}: read {read}, write "
+                              f"client.{user} in copy pool {copy_pool}: read {read}, write "
                               f"{write}: warmer can neither repair snapshots nor copy here",
-                              f"ceph auth caps client.{user} mon 'profile rbd' osd 'profile rbd "
-                              f"pool={t.copy_pool}, profile rbd-read-only pool={t.group.pool}'",
+                              f"{fix}ceph auth caps client.{user} mon 'profile rbd' osd "
+                              f"'profile rbd pool={writable}, "
+                              f"profile rbd-read-only pool={t.group.pool}'",
                               blocking=bool(t.group.copy_images)))
         pool = str(t.group.pool)
         read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, pool))
