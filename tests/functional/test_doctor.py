@@ -135,6 +135,9 @@ def test_a_missing_location_is_named_with_its_remedy(
     assert edge["clones"] is False
     assert "no_location_in_cluster" in codes(edge["diagnoses"], blocking=True)
     assert "pin it" in remedy(edge["diagnoses"], "no_location_in_cluster")
+    # Without --cinder-conf, how Cinder reads locations is an assumption, said so.
+    assert "--cinder-conf" in named(report["image"]["diagnoses"], text,
+                                    "locations_api_not_checked", blocking=False)
     assert "edge: DOES NOT CLONE" in text
 
 

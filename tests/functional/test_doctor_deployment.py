@@ -9,14 +9,23 @@ its own (:class:`Daemon`, never started) and runs the CLI on it.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from stackclient import Stack
 from stackclient.daemon import Daemon
+from stackclient.glance import Glance
 
 from tests.functional.conftest import user_keyring
-from tests.functional.test_doctor import cinder_conf, codes, doctor, glance_conf, named
+from tests.functional.test_doctor import (
+    cinder_conf,
+    codes,
+    doctor,
+    glance_conf,
+    named,
+    verdict,
+)
 
 # The documented caps (docs/cephx.md).
 WARMER_OSD = "profile rbd pool=images, profile rbd-read-only pool=volumes"
@@ -62,12 +71,39 @@ def test_warmer_with_write_caps_on_cinders_pool_is_warned_of_invariant_7(
     assert f"client.{user}: mon 'profile rbd, allow command \"auth get\"'" in text
 
 
-def test_warmer_that_cannot_connect_is_named_and_exits_1(stack: Stack, tmp_path: Path) -> None:
+def test_warmer_that_cannot_connect_is_named_and_the_image_not_checked_there(
+        stack: Stack, glance: Glance, tmp_path: Path) -> None:
     d = offline(stack, f"[edge]\nkeyring = {tmp_path / 'missing.keyring'}\n")
     rc, report, text = doctor(d, "--target", "edge")
     assert rc == 1, text
     fix = named(report["deployment"]["edge"], text, "warmer_cannot_connect", blocking=True)
     assert "[edge] ceph_conf and keyring" in fix
+    # An image that clones at central: edge could not be looked at, which
+    # is no "clones" (exit 1), and says so.
+    image_id = glance.create("doctor-edge-unchecked")["id"]
+    glance.upload(image_id, os.urandom(1 << 20))
+    rc, report, text = doctor(d, image_id)
+    assert rc == 1, text
+    assert verdict(report, "central")["clones"] is True
+    edge = verdict(report, "edge")
+    assert edge["clones"] is False and edge["checked"] is False
+    assert "edge: NOT CHECKED" in text
+    assert "fix what the deployment says of edge" in named(
+        edge["diagnoses"], text, "target_not_checked", blocking=True)
+
+
+def test_a_user_whose_calls_time_out_is_named_not_a_traceback(
+        stack: Stack, make_user: Any) -> None:
+    """Without mon caps a user connects, but cannot read the OSD map: every
+    pool open waits for the op timeouts. The doctor says so, in seconds."""
+    user = make_user("edge", WARMER_OSD, mon_caps='allow command "version"')
+    d = offline(stack, f"[edge]\nrados_user = {user}\n"
+                       f"keyring = {user_keyring(stack, 'edge', user)}\n"
+                       "rados_mon_op_timeout = 2\nrados_osd_op_timeout = 2\n")
+    rc, report, text = doctor(d, "--target", "edge")
+    assert rc == 1, text
+    fix = named(report["deployment"]["edge"], text, "ceph_unavailable", blocking=True)
+    assert "mon 'profile rbd'" in fix and f"client.{user}" in text
 
 
 def test_a_target_on_the_wrong_or_no_glance_store_cannot_copy_and_exits_1(
@@ -96,6 +132,14 @@ def test_copies_in_cinders_pool_are_named_and_write_caps_there_never_advised(
     fix = named(edge, text, "warmer_cannot_write_copy_pool", blocking=True)
     assert "leave [edge] copy_pool unset" in fix
     assert "profile rbd pool=volumes" not in fix and f"'{WARMER_OSD}'" in fix
+
+
+def test_a_cinder_pool_that_does_not_exist_is_named(stack: Stack) -> None:
+    rc, report, text = doctor(offline(stack, "[edge]\npool = no-such-pool\n"),
+                              "--target", "edge")
+    assert rc == 0, text  # warmer still warms; it cannot see clones
+    assert "set [edge] pool to Cinder's rbd_pool" == named(
+        report["deployment"]["edge"], text, "cinder_pool_missing", blocking=False)
 
 
 def test_a_glance_store_and_a_cinder_backend_no_target_serves_are_named(
