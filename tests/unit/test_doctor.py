@@ -135,7 +135,8 @@ def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
 # other code is named in tests/functional/test_doctor*.py.
 NOT_ON_THE_STACK = {
     "glance_stores_unknown": "the stack's Glance has several stores and warmer is admin",
-    "clone_format_unknown": "librados needs the mon caps that allow 'osd dump' to connect",
+    "clone_format_unknown": "'osd dump' needs the OSD map that every pool open needs: a "
+                            "user without it is ceph_unavailable first",
     "locations_hidden": "the stack's one Glance shows direct_url (unit-tested here)",
     "only_direct_url": "the stack's one Glance shows multiple locations (unit-tested here)",
     "location_malformed": "Glance refuses to store a malformed rbd:// location",
