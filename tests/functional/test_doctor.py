@@ -173,13 +173,21 @@ def test_qcow2_is_named_with_its_remedy(daemon: Daemon, glance: Glance, tmp_path
         assert "qemu-img convert -O raw" in remedy(v["diagnoses"], "disk_format_not_raw")
 
 
+def unprotected_at_central(stack: Stack, glance: Glance, d: Daemon
+                           ) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
+    """The doctor, with ``d``'s config, on an image registered with an
+    unprotected snapshot: exit status, report, text, central's verdict."""
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    rc, report, text = doctor(d, image_id, "--target", "central")
+    return rc, report, text, verdict(report, "central")
+
+
 def test_an_unprotected_snapshot_under_clone_v1_is_named_with_its_remedy(
         stack: Stack, daemon: Daemon, glance: Glance) -> None:
-    image_id = register_unprotected(stack, glance, os.urandom(MiB))
-    rc, report, text = doctor(daemon, image_id, "--target", "central")
+    rc, report, text, central = unprotected_at_central(stack, glance, daemon)
+    image_id = report["image"]["id"]
     assert rc == 1, text
     assert "clone_v1" in codes(report["deployment"]["central"])
-    central = verdict(report, "central")
     assert central["clones"] is False
     # Cinder would pick it (it passes _is_cloneable) and its clone would fail.
     assert central["location"] == f"rbd://{stack.fsid()}/images/{image_id}/snap"
@@ -282,11 +290,9 @@ def test_an_unprotected_snapshot_under_clone_v2_clones_and_exits_0(
     conf.write_text(Path(stack.ceph_conf()).read_text()
                     + "\n[client]\nrbd default clone format = 2\n")
     offline = Daemon(stack, overrides=f"[central]\nceph_conf = {conf}\n")
-    image_id = register_unprotected(stack, glance, os.urandom(MiB))
-    rc, report, text = doctor(offline, image_id, "--target", "central")
+    rc, report, text, central = unprotected_at_central(stack, glance, offline)
     assert rc == 0, text
     assert "clone_v2" in codes(report["deployment"]["central"])
-    central = verdict(report, "central")
     assert central["clones"] is True
     assert {"snapshot_unprotected_v2", "cloneable"} <= codes(central["diagnoses"])
     assert not codes(central["diagnoses"], blocking=True)

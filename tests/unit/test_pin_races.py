@@ -42,12 +42,16 @@ class SlowPins(MemoryStore):
         return snapshot
 
 
-def daemon(base: MemoryStore) -> tuple[Tracker, FleetDemand]:
+async def started() -> tuple[SlowPins, Tracker, FleetDemand]:
+    """A daemon's tracker and shared demand, started, on a :class:`SlowPins`."""
+    base = SlowPins()
     t = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
                 top_k=0, dedup_window=10)
     demand = MemoryStore()
-    return t, FleetDemand(t, base, {s: SiteStore(base, demand) for s in t.sites},
-                          daemon="a", flush_interval=5, refresh_interval=10)
+    fleet = FleetDemand(t, base, {s: SiteStore(base, demand) for s in t.sites},
+                        daemon="a", flush_interval=5, refresh_interval=10)
+    await fleet.start()
+    return base, t, fleet
 
 
 async def during_a_pins_read(base: SlowPins, fleet: FleetDemand, change: object) -> None:
@@ -66,9 +70,7 @@ async def during_a_pins_read(base: SlowPins, fleet: FleetDemand, change: object)
 
 def test_a_pin_set_during_a_refresh_of_the_pins_is_not_undone_by_it() -> None:
     async def scenario() -> None:
-        base = SlowPins()
-        t, fleet = daemon(base)
-        await fleet.start()
+        base, t, fleet = await started()
         await during_a_pins_read(base, fleet, fleet.pin(IMAGE, "uid 0"))
         assert t.pinned_through_warmer(IMAGE) and IMAGE in fleet.pins
         assert IMAGE in await MemoryStore.pins(base)
@@ -77,9 +79,7 @@ def test_a_pin_set_during_a_refresh_of_the_pins_is_not_undone_by_it() -> None:
 
 def test_an_unpin_during_a_refresh_of_the_pins_is_not_undone_by_it() -> None:
     async def scenario() -> None:
-        base = SlowPins()
-        t, fleet = daemon(base)
-        await fleet.start()
+        base, t, fleet = await started()
         await fleet.pin(IMAGE, "uid 0")
         await during_a_pins_read(base, fleet, fleet.unpin(IMAGE))
         assert not t.pinned_through_warmer(IMAGE) and IMAGE not in fleet.pins
@@ -88,9 +88,7 @@ def test_an_unpin_during_a_refresh_of_the_pins_is_not_undone_by_it() -> None:
 
 def test_unpin_then_pin_again_during_a_refresh_ends_pinned() -> None:
     async def scenario() -> None:
-        base = SlowPins()
-        t, fleet = daemon(base)
-        await fleet.start()
+        base, t, fleet = await started()
         await fleet.pin(IMAGE, "uid 0")
 
         async def unpin_then_pin() -> None:
