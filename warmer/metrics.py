@@ -19,7 +19,7 @@ process-wide: the daemon has no other registry that wants them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from prometheus_client import (
@@ -35,12 +35,16 @@ from prometheus_client.registry import Collector
 
 from warmer import __version__
 from warmer.events import is_known
+from warmer.reasons import Reason
 
 # Copies and repairs can take minutes; the buckets reach an hour.
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300,
                     600, 1800, 3600)
 
 StatusRows = Callable[[], Iterable[tuple[str, str, str, str, str]]]
+# Why warmer can keep its hands off an image (the engine's ``hands_off``);
+# each is exported from the start, at 0 while no image has it.
+HANDS_OFF_REASONS = (Reason.LOCATION_CONFLICT,)
 
 # Status-book states of an image that is wanted in a target but neither
 # warm nor under way there: the copy backlog.
@@ -110,6 +114,33 @@ class StateCollector(Collector):
         yield size
         yield GaugeMetricFamily("warmer_tracked_images",
                                 "Images warmer currently tracks", value=self._tracked())
+
+
+class HandsOffCollector(Collector):
+    """``warmer_hands_off_images{reason}``: images this daemon no longer
+    touches (no publish, no eviction, no removal) until it restarts, read
+    from the engine's ``hands_off`` (image id: reason) at scrape time. The
+    scrape runs on the event loop, where the engine changes that map, so
+    it is never read mid-change.
+
+    A gauge, not a counter: it stays up for as long as the image stays
+    hands-off, and falls back to 0 only when the daemon that let go of it
+    restarts."""
+
+    def __init__(self, hands_off: Callable[[], Mapping[str, str]]) -> None:
+        self._hands_off = hands_off
+
+    def collect(self) -> Iterator[Metric]:
+        counts: dict[str, int] = {str(r): 0 for r in HANDS_OFF_REASONS}
+        for reason in self._hands_off().values():
+            counts[reason] = counts.get(reason, 0) + 1
+        family = GaugeMetricFamily(
+            "warmer_hands_off_images", "Images this daemon no longer touches until it "
+            "restarts, by reason (location_conflict: Glance's locations changed under a "
+            "removal)", labels=["reason"])
+        for reason, n in sorted(counts.items()):
+            family.add_metric([reason], n)
+        yield family
 
 
 class Metrics:
@@ -199,6 +230,9 @@ class Metrics:
                             image: Callable[[str], Sized | None] | None = None,
                             targets: Sequence[str] = ()) -> None:
         self.registry.register(StateCollector(rows, tracked, image=image, targets=targets))
+
+    def add_hands_off(self, hands_off: Callable[[], Mapping[str, str]]) -> None:
+        self.registry.register(HandsOffCollector(hands_off))
 
     def start_targets(self, targets: Sequence[str], *, shared_site: bool = False) -> None:
         """Export the per-target counters at 0 from the start, so that a

@@ -185,6 +185,7 @@ class Service:
                                          lambda: len(self.tracker.image_ids()),
                                          image=self.tracker.image,
                                          targets=[t.name for t in self.targets])
+        self.metrics.add_hands_off(lambda: self.engine.hands_off)
         self.metrics.ready.set_function(lambda: float(all(self.ready().values())))
         self.state_executor: ThreadPoolExecutor | None = None
         self.fleet = self._build_fleet()

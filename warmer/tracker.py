@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -102,6 +104,12 @@ class Tracker:
         # Images whose view came from notifications only (Cinder's copy of
         # the metadata, or a Glance change): ask Glance's API before acting.
         self._stale: set[str] = set()
+        # When a notification last changed each image's view
+        # (time.monotonic()): a Glance read that began before then may show
+        # the image as it was, and must not undo the change (a pin added or
+        # removed by a tag or property). Glance's updated_at cannot order
+        # them: it has whole seconds.
+        self._changed_at: dict[str, float] = {}
         self._dedup = DedupWindow(dedup_window)
         self._tombstones: collections.OrderedDict[str, dt.datetime] = collections.OrderedDict()
 
@@ -237,6 +245,7 @@ class Tracker:
                 # Notifications say that something changed; Glance's API
                 # says what. Ask it before acting, whatever the order was.
                 self._stale.add(event.image.id)
+                self._changed_at[event.image.id] = time.monotonic()
             return applied
 
         image_id = event.image_id
@@ -280,13 +289,20 @@ class Tracker:
             self._track(ImageInfo(id=image_id, status="unknown"))
         self._rankings.set_remote(site, image_id, value, epoch)
 
-    def observe(self, image: ImageInfo, *, authoritative: bool = False) -> Applied:
+    def observe(self, image: ImageInfo, *, authoritative: bool = False,
+                read_at: float | None = None) -> Applied:
         """Take Glance's view of an image: from a notification, or (with
-        ``authoritative``) from Glance's API, which is current by definition."""
+        ``authoritative``) from Glance's API, which is current when it
+        answers. ``read_at``: when that request began (time.monotonic()); an
+        answer to a request that began before a notification changed the
+        image is ``stale`` and ignored: the image stays stale, and the
+        evaluation that notification queued asks Glance again."""
         if image.id in self._tombstones:
             return Applied(image.id, False, "deleted")
         if image.status in ("deleted", "pending_delete"):
             return self.delete(image.id, image.updated_at or dt.datetime.now(dt.UTC))
+        if read_at is not None and self._changed_at.get(image.id, -math.inf) >= read_at:
+            return Applied(image.id, False, "stale")
         current = self._images.get(image.id)
         if not authoritative and current is not None and _newer(current, image):
             return Applied(image.id, False, "stale")
@@ -322,6 +338,7 @@ class Tracker:
         """Drop an image without a tombstone (e.g. Glance says 404)."""
         self._images.pop(image_id, None)
         self._stale.discard(image_id)
+        self._changed_at.pop(image_id, None)
         self._pinned.discard(image_id)
         self._rankings.forget(image_id)
 

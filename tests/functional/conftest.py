@@ -13,8 +13,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +114,36 @@ def daemon(stack: Stack) -> Iterator[Daemon]:
     d = Daemon(stack).start()
     yield d
     d.kill()
+
+
+def admin(stack: Stack, cluster: str, *args: str) -> str:
+    """``ceph ARGS`` on ``cluster`` as client.admin; its stdout."""
+    return subprocess.run(["ceph", "--conf", stack.ceph_conf(cluster), "--name", "client.admin",
+                           "--keyring", stack.keyring("admin", cluster), *args],
+                          check=True, capture_output=True, text=True).stdout
+
+
+@pytest.fixture
+def make_user(stack: Stack) -> Iterator[Any]:
+    """``make_user(cluster, osd_caps, mon_caps="profile rbd")``: a cephx user
+    with those caps, whose keyring is where the stack's ceph.conf looks for
+    it ($cluster.$name.keyring, :func:`user_keyring`): a Cinder or Glance user
+    that connects with its ceph.conf alone. Deleted afterwards."""
+    made: list[tuple[str, str, Path]] = []
+
+    def make(cluster: str, osd_caps: str, mon_caps: str = "profile rbd") -> str:
+        name = f"doctor-{uuid.uuid4().hex[:8]}"
+        keyring = user_keyring(stack, cluster, name)
+        keyring.write_text(admin(stack, cluster, "auth", "get-or-create", f"client.{name}",
+                                 "mon", mon_caps, "osd", osd_caps))
+        made.append((cluster, name, keyring))
+        return name
+
+    yield make
+    for cluster, name, keyring in made:
+        admin(stack, cluster, "auth", "del", f"client.{name}")
+        keyring.unlink()
+
+
+def user_keyring(stack: Stack, cluster: str, name: str) -> Path:
+    return Path(stack.ceph_conf(cluster)).parent / f"ceph.client.{name}.keyring"

@@ -33,9 +33,15 @@ WARM = ("warm", "cloneable")
 
 def register_unprotected(stack: Stack, glance: Glance, data: bytes) -> str:
     """An image registered by location whose RBD snapshot was never protected."""
+    return register_by_location(stack, glance, data, protect=False)
+
+
+def register_by_location(stack: Stack, glance: Glance, data: bytes, *, protect: bool) -> str:
+    """An image whose RBD image and snapshot Glance's user wrote in central's
+    ``images`` pool, registered in Glance by its location."""
     image_id = str(uuid.uuid4())
     with ceph.connect(stack.ceph_conf(), "glance", stack.keyring("glance")) as cluster:
-        ceph.write_image(cluster, "images", image_id, data, protect=False)
+        ceph.write_image(cluster, "images", image_id, data, protect=protect)
     glance.create(f"registered-{image_id[:8]}", id=image_id)
     glance.add_location(image_id, f"rbd://{stack.fsid()}/images/{image_id}/snap", "central")
     return image_id

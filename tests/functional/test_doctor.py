@@ -13,66 +13,49 @@ import json
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
+import rbd
 from stackclient import Stack, ceph
 from stackclient.daemon import Daemon
 from stackclient.glance import Glance
 
-from tests.functional.test_daemon import WARM, register_unprotected
+from tests.functional.conftest import admin
+from tests.functional.test_daemon import WARM, register_by_location, register_unprotected
 
 MiB = 1 << 20
 
 
-def admin(stack: Stack, cluster: str, *args: str) -> str:
-    return subprocess.run(["ceph", "--conf", stack.ceph_conf(cluster), "--name", "client.admin",
-                           "--keyring", stack.keyring("admin", cluster), *args],
-                          check=True, capture_output=True, text=True).stdout
-
-
-@pytest.fixture
-def make_user(stack: Stack) -> Iterator[Any]:
-    """A cephx user with the given osd caps, whose keyring is where the
-    stack's ceph.conf looks for it ($cluster.$name.keyring): a Cinder or
-    Glance user that connects with its ceph.conf alone. Deleted afterwards."""
-    made: list[tuple[str, str, Path]] = []
-
-    def make(cluster: str, osd_caps: str) -> str:
-        name = f"doctor-{uuid.uuid4().hex[:8]}"
-        keyring = Path(stack.ceph_conf(cluster)).parent / f"ceph.client.{name}.keyring"
-        keyring.write_text(admin(stack, cluster, "auth", "get-or-create", f"client.{name}",
-                                 "mon", "profile rbd", "osd", osd_caps))
-        made.append((cluster, name, keyring))
-        return name
-
-    yield make
-    for cluster, name, keyring in made:
-        admin(stack, cluster, "auth", "del", f"client.{name}")
-        keyring.unlink()
-
-
-def cinder_conf(stack: Stack, path: Path, users: dict[str, str] | None = None) -> Path:
+def cinder_conf(stack: Stack, path: Path, users: dict[str, str] | None = None, *,
+                pools: dict[str, str] | None = None, extra: str = "",
+                more_backends: tuple[str, ...] = ()) -> Path:
     """A cinder.conf with one RBD backend per cluster, as Cinder's guide
-    has it (rbd_user cinder, rbd_pool volumes), unless ``users`` says."""
-    users = users or {}
-    text = "[DEFAULT]\nenabled_backends = ceph-central,ceph-edge\n"
+    has it (rbd_user cinder, rbd_pool volumes), unless ``users`` or
+    ``pools`` say; ``extra`` is appended (more sections), and
+    ``more_backends`` are enabled too."""
+    users, pools = users or {}, pools or {}
+    backends = ",".join(["ceph-central", "ceph-edge", *more_backends])
+    text = f"[DEFAULT]\nenabled_backends = {backends}\n"
     for cluster in ("central", "edge"):
         text += (f"[ceph-{cluster}]\nvolume_driver = cinder.volume.drivers.rbd.RBDDriver\n"
-                 f"rbd_user = {users.get(cluster, 'cinder')}\nrbd_pool = volumes\n"
+                 f"rbd_user = {users.get(cluster, 'cinder')}\n"
+                 f"rbd_pool = {pools.get(cluster, 'volumes')}\n"
                  f"rbd_ceph_conf = {stack.ceph_conf(cluster)}\n")
-    path.write_text(text)
+    path.write_text(text + extra)
     return path
 
 
-def glance_conf(stack: Stack, path: Path, users: dict[str, str] | None = None) -> Path:
-    """The stack's glance-api.conf, with other store users if ``users`` says."""
+def glance_conf(stack: Stack, path: Path, users: dict[str, str] | None = None, *,
+                ceph_confs: dict[str, str] | None = None) -> Path:
+    """The stack's glance-api.conf, with other store users if ``users`` says,
+    and other ``rbd_store_ceph_conf`` if ``ceph_confs`` does."""
     parser = configparser.RawConfigParser(strict=False, interpolation=None)
     parser.read(stack["GLANCE_CONF"])
     for store, user in (users or {}).items():
         parser.set(store, "rbd_store_user", user)
+    for store, conf in (ceph_confs or {}).items():
+        parser.set(store, "rbd_store_ceph_conf", conf)
     with open(path, "w") as f:
         parser.write(f)
     return path
@@ -101,6 +84,16 @@ def remedy(diagnoses: list[dict[str, Any]], code: str) -> str:
     return str(found[0])
 
 
+def named(diagnoses: list[dict[str, Any]], text: str, code: str, *, blocking: bool) -> str:
+    """``code`` is among ``diagnoses``, blocking or not as said, with a
+    remedy that the text report prints under it; returns the remedy."""
+    assert code in codes(diagnoses, blocking=blocking), (code, blocking, text)
+    fix = remedy(diagnoses, code)
+    level = "BLOCKING" if blocking else "warning"
+    assert f"[{level}] {code}: " in text and f"remedy: {fix}" in text, text
+    return fix
+
+
 def test_a_healthy_image_clones_in_both_targets_and_exits_0(
         stack: Stack, daemon: Daemon, glance: Glance, tmp_path: Path) -> None:
     image_id = glance.create("doctor-healthy", tags=["warmer-pin"])["id"]
@@ -119,6 +112,11 @@ def test_a_healthy_image_clones_in_both_targets_and_exits_0(
         assert v["location"] == f"rbd://{stack.fsid(target)}/images/{image_id}/snap"
         assert "cloneable" in codes(v["diagnoses"])
         assert f"{target}: CLONES from {v['location']}" in text
+    # What every report says, and what Cinder without service credentials sees.
+    assert "locations_visible" in codes(report["image"]["diagnoses"])
+    assert "cinder_no_glance_auth" in codes(report["deployment"]["cinder"])
+    assert "glance_stores" in codes(report["deployment"]["glance"])
+    assert {"cluster", "warmer_caps_probed"} <= codes(report["deployment"]["central"])
     deployment = report["deployment"]
     assert "glance_user_ok" in codes(deployment["edge"])
     assert "clone_v1" in codes(deployment["central"])
@@ -137,6 +135,9 @@ def test_a_missing_location_is_named_with_its_remedy(
     assert edge["clones"] is False
     assert "no_location_in_cluster" in codes(edge["diagnoses"], blocking=True)
     assert "pin it" in remedy(edge["diagnoses"], "no_location_in_cluster")
+    # Without --cinder-conf, how Cinder reads locations is an assumption, said so.
+    assert "--cinder-conf" in named(report["image"]["diagnoses"], text,
+                                    "locations_api_not_checked", blocking=False)
     assert "edge: DOES NOT CLONE" in text
 
 
@@ -172,13 +173,21 @@ def test_qcow2_is_named_with_its_remedy(daemon: Daemon, glance: Glance, tmp_path
         assert "qemu-img convert -O raw" in remedy(v["diagnoses"], "disk_format_not_raw")
 
 
+def unprotected_at_central(stack: Stack, glance: Glance, d: Daemon
+                           ) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
+    """The doctor, with ``d``'s config, on an image registered with an
+    unprotected snapshot: exit status, report, text, central's verdict."""
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    rc, report, text = doctor(d, image_id, "--target", "central")
+    return rc, report, text, verdict(report, "central")
+
+
 def test_an_unprotected_snapshot_under_clone_v1_is_named_with_its_remedy(
         stack: Stack, daemon: Daemon, glance: Glance) -> None:
-    image_id = register_unprotected(stack, glance, os.urandom(MiB))
-    rc, report, text = doctor(daemon, image_id, "--target", "central")
+    rc, report, text, central = unprotected_at_central(stack, glance, daemon)
+    image_id = report["image"]["id"]
     assert rc == 1, text
     assert "clone_v1" in codes(report["deployment"]["central"])
-    central = verdict(report, "central")
     assert central["clones"] is False
     # Cinder would pick it (it passes _is_cloneable) and its clone would fail.
     assert central["location"] == f"rbd://{stack.fsid()}/images/{image_id}/snap"
@@ -225,3 +234,105 @@ def test_glance_without_caps_on_the_copy_pool_is_named_with_its_remedy(
     # Without the image: the deployment alone blocks, and says so.
     rc, report, _ = doctor(daemon, "--target", "edge", "--glance-conf", str(conf))
     assert rc == 1 and report["image"] is None
+
+
+def test_stale_locations_are_named_snapshot_then_image_missing(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    """Someone removed the RBD snapshot, then the RBD image, behind Glance's
+    back (a manual clean-up): the location stays and Cinder downloads."""
+    image_id = register_by_location(stack, glance, os.urandom(MiB), protect=True)
+    with ceph.connect(stack.ceph_conf(), "glance", stack.keyring("glance")) as cluster, \
+            cluster.open_ioctx("images") as ioctx, rbd.Image(ioctx, image_id) as img:
+        img.unprotect_snap("snap")
+        img.remove_snap("snap")
+    rc, report, text = doctor(daemon, image_id, "--target", "central")
+    assert rc == 1, text
+    central = verdict(report, "central")
+    assert central["clones"] is False
+    fix = named(central["diagnoses"], text, "snapshot_missing", blocking=True)
+    assert f"rbd snap create images/{image_id}@snap" in fix
+    assert f"rbd snap protect images/{image_id}@snap" in fix
+    with ceph.connect(stack.ceph_conf(), "glance", stack.keyring("glance")) as cluster:
+        ceph.remove(cluster, "images", image_id)
+    rc, report, text = doctor(daemon, image_id, "--target", "central")
+    assert rc == 1, text
+    central = verdict(report, "central")
+    assert codes(central["diagnoses"]) == {"rbd_image_missing"}
+    assert "replace the stale location" in named(central["diagnoses"], text,
+                                                 "rbd_image_missing", blocking=True)
+
+
+def test_an_unknown_image_and_one_without_data_are_named(
+        daemon: Daemon, glance: Glance) -> None:
+    unknown = str(uuid.uuid4())
+    rc, report, text = doctor(daemon, unknown)
+    assert rc == 1, text
+    assert report["image"]["targets"] == []
+    assert "check the id" in named(report["image"]["diagnoses"], text, "image_not_found",
+                                   blocking=True)
+    queued = glance.create("doctor-no-data")["id"]
+    rc, report, text = doctor(daemon, queued, "--target", "edge")
+    assert rc == 1, text
+    image = report["image"]["diagnoses"]
+    assert "wait for the upload" in named(image, text, "image_not_active", blocking=True)
+    assert "upload the image's data" in named(image, text, "no_locations", blocking=True)
+    # Not sent to pinning: there is nothing to copy.
+    edge = verdict(report, "edge")
+    fix = named(edge["diagnoses"], text, "no_location_in_cluster", blocking=True)
+    assert "pin" not in fix and "image's own diagnoses" in fix
+
+
+def test_an_unprotected_snapshot_under_clone_v2_clones_and_exits_0(
+        stack: Stack, glance: Glance, tmp_path: Path) -> None:
+    """The same unprotected snapshot that blocks under clone v1 is fine when
+    librbd makes v2 clones: the doctor does not cry wolf."""
+    conf = tmp_path / "central-v2.conf"
+    conf.write_text(Path(stack.ceph_conf()).read_text()
+                    + "\n[client]\nrbd default clone format = 2\n")
+    offline = Daemon(stack, overrides=f"[central]\nceph_conf = {conf}\n")
+    rc, report, text, central = unprotected_at_central(stack, glance, offline)
+    assert rc == 0, text
+    assert "clone_v2" in codes(report["deployment"]["central"])
+    assert central["clones"] is True
+    assert {"snapshot_unprotected_v2", "cloneable"} <= codes(central["diagnoses"])
+    assert not codes(central["diagnoses"], blocking=True)
+
+
+def test_a_copy_glance_refuses_to_publish_is_named_with_glances_caps(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    """Glance opens a location it is given as its store's user: with that
+    user's caps narrowed on edge (live, as an operator might), warmer's
+    copy is complete but refused, and the doctor says both."""
+    narrowed = ("mon", "profile rbd", "osd", "profile rbd pool=volumes")
+    admin(stack, "edge", "auth", "caps", "client.glance", *narrowed)
+    try:
+        image_id = glance.create("doctor-refused", tags=["warmer-pin"])["id"]
+        glance.upload(image_id, os.urandom(MiB))
+        daemon.wait_until(lambda: daemon.target_state(image_id, "edge")
+                          == ("cold", "publish_refused"), 60, "publish refused on edge")
+        rc, report, text = doctor(daemon, image_id, "--target", "edge",
+                                  "--glance-conf", stack["GLANCE_CONF"])
+    finally:
+        admin(stack, "edge", "auth", "caps", "client.glance",
+              "mon", "profile rbd", "osd", "profile rbd pool=images")
+    assert rc == 1, text
+    edge = verdict(report, "edge")
+    assert edge["clones"] is False
+    fix = named(edge["diagnoses"], text, "copy_not_published", blocking=True)
+    assert f"warmer show {image_id}" in fix and "publish_refused" in fix
+    fix = named(edge["diagnoses"], text, "glance_user_cannot_read_copy_pool", blocking=True)
+    assert "client.glance" in fix and "profile rbd pool=images" in fix
+
+
+def test_cinder_with_service_credentials_reads_the_locations_api(
+        stack: Stack, daemon: Daemon, glance: Glance, tmp_path: Path) -> None:
+    image_id = glance.create("doctor-locations-api")["id"]
+    glance.upload(image_id, os.urandom(MiB))
+    conf = cinder_conf(stack, tmp_path / "cinder.conf",
+                       extra="[glance]\nauth_type = password\n")
+    rc, report, text = doctor(daemon, image_id, "--target", "central", "--cinder-conf",
+                              str(conf))
+    assert rc == 0, text
+    assert "cinder_glance_auth" in codes(report["deployment"]["cinder"])
+    assert "locations_api" in codes(report["image"]["diagnoses"])
+    assert verdict(report, "central")["clones"] is True

@@ -6,11 +6,12 @@ from pathlib import Path
 
 from warmer.doctor import rules
 from warmer.doctor.openstack_conf import read_cinder_conf, read_glance_conf
-from warmer.doctor.report import Diagnosis, Report, Verdict
+from warmer.doctor.report import Diagnosis, ImageReport, Report, Verdict
 from warmer.doctor.rules import GlanceView, SnapProbe
 
 FSID = "11111111-1111-1111-1111-111111111111"
 OTHER = "22222222-2222-2222-2222-222222222222"
+ROOT = Path(__file__).resolve().parents[2]
 IMG = "6f1c0a4e-5a1b-4c1e-9a3d-0f1e2d3c4b5a"
 URL = f"rbd://{FSID}/images/{IMG}/snap"
 COPY = f"rbd://{FSID}/images/{IMG}-b/snap"
@@ -115,3 +116,72 @@ def test_a_report_without_an_image_is_blocked_only_by_blocking_deployment_findin
     assert not report.blocked
     report.add("edge", Diagnosis("x", "y", "z", blocking=True))
     assert report.blocked and "[BLOCKING] x: y" in "\n".join(report.lines())
+
+
+def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
+    """Without any location there is nothing to copy: the remedy points at
+    the image's own diagnoses (no data, locations hidden), not at demand."""
+    verdict = replay([], {})
+    assert not verdict.clones and codes(verdict, blocking=True) == {"no_location_in_cluster"}
+    [diagnosis] = verdict.diagnoses
+    assert diagnosis.remedy is not None and "pin" not in diagnosis.remedy
+    assert "image's own diagnoses" in diagnosis.remedy
+    # With a location elsewhere, demand or a pin is the way.
+    [diagnosis] = replay([f"rbd://{OTHER}/images/{IMG}/snap"], {}).diagnoses
+    assert diagnosis.remedy is not None and "pin it" in diagnosis.remedy
+
+
+# Diagnoses that no functional test breaks on the stack, and why. Every
+# other code is named in tests/functional/test_doctor*.py.
+NOT_ON_THE_STACK = {
+    "glance_stores_unknown": "the stack's Glance has several stores and warmer is admin",
+    "clone_format_unknown": "'osd dump' needs the OSD map that every pool open needs: a "
+                            "user without it is ceph_unavailable first",
+    "locations_hidden": "the stack's one Glance shows direct_url (unit-tested here)",
+    "only_direct_url": "the stack's one Glance shows multiple locations (unit-tested here)",
+    "location_malformed": "Glance refuses to store a malformed rbd:// location",
+    "pool_missing": "Glance refuses a location in a pool its user cannot open, and a pool "
+                    "is not deleted under its images",
+    "open_failed": "any other librbd error while opening: nothing breaks it on purpose",
+}
+
+
+def diagnosis_codes() -> set[str]:
+    """Every code warmer/doctor/ gives a Diagnosis (a literal, or both
+    branches of a conditional)."""
+    import ast
+    found: set[str] = set()
+    for path in (ROOT / "warmer" / "doctor").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "Diagnosis" and node.args):
+                continue
+            code = node.args[0]
+            branches = [code.body, code.orelse] if isinstance(code, ast.IfExp) else [code]
+            for branch in branches:
+                assert isinstance(branch, ast.Constant), ast.unparse(node)
+                found.add(branch.value)
+    return found
+
+
+def test_every_diagnosis_is_broken_on_purpose_on_the_stack_or_says_why_not() -> None:
+    functional = "".join(p.read_text() for p in
+                         (ROOT / "tests" / "functional").glob("test_doctor*.py"))
+    codes_ = diagnosis_codes()
+    assert len(codes_) > 40
+    untested = {c for c in codes_ if f'"{c}"' not in functional}
+    assert untested == set(NOT_ON_THE_STACK), (untested - set(NOT_ON_THE_STACK),
+                                               set(NOT_ON_THE_STACK) - untested)
+
+
+def test_a_target_the_doctor_could_not_check_blocks_an_images_report() -> None:
+    """Nothing shows that the image clones there: exit 1, and it says "NOT
+    CHECKED", not "DOES NOT CLONE"."""
+    report = Report()
+    report.image = ImageReport(IMG, verdicts=[
+        Verdict("central", True, URL),
+        Verdict("edge", False, None, [Diagnosis("target_not_checked", "x", "y", True)],
+                checked=False)])
+    assert report.blocked
+    assert "  edge: NOT CHECKED" in report.lines()
+    assert report.as_json()["image"]["targets"][1]["checked"] is False

@@ -12,8 +12,17 @@ import uuid
 from prometheus_client import generate_latest
 
 from tests.unit.fakes import FakeCeph, FakeGlance, FakeRbdImage
-from tests.unit.test_engine import build, info, two_sites
+from tests.unit.test_engine import (
+    FakeCopyTarget,
+    build,
+    copy_engine,
+    demand,
+    info,
+    two_sites,
+    with_copies,
+)
 from warmer.events import ImageCacheUsed, VolumeCreatedFromImage
+from warmer.glance.client import LocationConflict
 from warmer.glance.stores import StoreCatalog
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
@@ -161,3 +170,33 @@ def test_copy_backlog_counts_wanted_images_neither_warm_nor_under_way() -> None:
     assert value("warmer_copy_backlog_bytes", {"target": "edge"}) == 120
     assert value("warmer_copy_backlog_images", {"target": "central"}) == 0
     assert value("warmer_copy_backlog_bytes", {"target": "central"}) == 0
+
+
+def test_images_let_go_after_a_location_conflict_stay_counted_until_restart() -> None:
+    """The gauge follows the engine's hands-off book, which only a restart
+    empties: an alert on it lasts as long as the images stay hands-off
+    (a counter's increase() would clear after its window)."""
+    target = ConflictingTarget(capacity_images=1)
+    engine, glance = copy_engine(target)
+    engine.metrics.add_hands_off(lambda: engine.hands_off)
+
+    def hands_off() -> float | None:
+        return engine.metrics.registry.get_sample_value(
+            "warmer_hands_off_images", {"reason": "location_conflict"})
+    assert hands_off() == 0  # exported before any conflict
+    with_copies(engine, glance, target, {"low": 1})
+    demand(engine, "new", 5)
+    asyncio.run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert engine.hands_off == {"low": "location_conflict"}
+    for _ in range(3):  # later scrapes: still there, not a one-off
+        assert hands_off() == 1
+    asyncio.run(engine.evaluate("low"))
+    assert hands_off() == 1
+
+
+class ConflictingTarget(FakeCopyTarget):
+    """Removing any copy changes the image's Glance locations under warmer."""
+
+    async def evict(self, image_id: str) -> str:
+        raise LocationConflict(image_id, f"rbd://fsid-edge/images/{image_id}/snap",
+                               ["a", "b"], ["b"])

@@ -56,6 +56,7 @@ def exported_names() -> set[str]:
     metrics.start_targets(["edge"])
     metrics.add_state_collector(lambda: [("a", "edge", "images", "cold", "over_budget")],
                                 lambda: 1, targets=["edge"])
+    metrics.add_hands_off(dict)
     for name in ("bus", "glance"):
         metrics.dependency_up.labels(name).set(1)
     metrics.warm_duration.labels("edge", "warm").observe(1)

@@ -231,3 +231,12 @@ def test_without_a_state_cluster_demand_stays_in_memory(tmp_path: Path,
         async def scenario() -> None:
             assert await svc.fleet.start()
         asyncio.run(scenario())
+
+
+def test_the_hands_off_gauge_reads_the_engines_book_at_each_scrape(service: Service) -> None:
+    def scraped() -> float | None:
+        return service.metrics.registry.get_sample_value(
+            "warmer_hands_off_images", {"reason": "location_conflict"})
+    assert scraped() == 0
+    service.engine.hands_off["a"] = "location_conflict"
+    assert scraped() == 1

@@ -14,9 +14,10 @@ not in the daemon behind the admin API:
 It needs what the daemon needs to read (warmer.conf, warmer's keyrings),
 which the daemon's group may read (docs/install.md).
 
-Exit status: 0 when the image clones in every target checked (without an
-image: when nothing in the deployment blocks warming), 1 when something
-blocks cloning, 2 when the doctor cannot run (config, arguments).
+Exit status: 0 when the image clones in every target (without an image:
+when nothing in the deployment blocks warming), 1 when something blocks
+cloning or a target's cluster could not be checked, 2 when the doctor
+cannot run (config, arguments).
 """
 
 from __future__ import annotations

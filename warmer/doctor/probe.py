@@ -29,7 +29,7 @@ from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.ceph.ownership import SNAPSHOT
 from warmer.doctor import rules
 from warmer.doctor.openstack_conf import CinderConf, GlanceStoreConf
-from warmer.doctor.report import Diagnosis, ImageReport, Report
+from warmer.doctor.report import Diagnosis, ImageReport, Report, Verdict
 from warmer.doctor.rules import OK, PERMISSION, GlanceView, SnapProbe
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient, GlanceUnavailable, parse_image
@@ -77,6 +77,18 @@ def _for_image(diagnosis: Diagnosis, image_id: str) -> Diagnosis:
     if diagnosis.remedy is None or " ID`" not in diagnosis.remedy:
         return diagnosis
     return replace(diagnosis, remedy=diagnosis.remedy.replace(" ID`", f" {image_id}`"))
+
+
+def _unavailable(t: TargetFacts, exc: CephUnavailable) -> Diagnosis:
+    """The target's cluster stopped answering mid-check (the op timeouts)."""
+    return Diagnosis("ceph_unavailable", f"{exc}: the doctor checked {t.name} no further",
+                     "check the cluster's health (ceph -s), and that user's mon caps: "
+                     "without mon 'profile rbd' a user connects, but cannot read the OSD "
+                     "map and every pool open times out", blocking=True)
+
+
+def _not_checked(target: str, why: Diagnosis) -> Verdict:
+    return Verdict(target, False, None, [why], checked=False)
 
 
 def _opener(loc: RbdLocation) -> Callable[[Rados], SnapProbe]:
@@ -211,7 +223,11 @@ class Doctor:
         report = Report()
         await self._glance_stores(report)
         for t in self.targets:
-            await self._target(report, t)
+            try:
+                await self._target(report, t)
+            except CephUnavailable as exc:
+                report.add(t.name, _unavailable(t, exc))
+                t.fsid = None  # checked no further
         await self._cinder(report)
         for t in self.targets:
             await self._glance_user(report, t)
@@ -301,11 +317,19 @@ class Doctor:
         if copy_pool:
             read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, copy_pool))
             if read != OK or write != OK:
+                # Never advise write caps on Cinder's pool (invariant 7).
+                fix, writable = "", copy_pool
+                if copy_pool == t.group.pool:
+                    fix = (f"leave [{t.name}] copy_pool unset (copies belong in the Glance "
+                           "store's pool), then ")
+                    writable = (t.store.pool if t.store is not None and t.store.pool
+                                else "<the Glance store's pool>")
                 add(Diagnosis("warmer_cannot_write_copy_pool",
-                              f"client.{user} in copy pool {t.copy_pool}: read {read}, write "
+                              f"client.{user} in copy pool {copy_pool}: read {read}, write "
                               f"{write}: warmer can neither repair snapshots nor copy here",
-                              f"ceph auth caps client.{user} mon 'profile rbd' osd 'profile rbd "
-                              f"pool={t.copy_pool}, profile rbd-read-only pool={t.group.pool}'",
+                              f"{fix}ceph auth caps client.{user} mon 'profile rbd' osd "
+                              f"'profile rbd pool={writable}, "
+                              f"profile rbd-read-only pool={t.group.pool}'",
                               blocking=bool(t.group.copy_images)))
         pool = str(t.group.pool)
         read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, pool))
@@ -477,26 +501,39 @@ class Doctor:
         known |= {s.fsid for s in ((await self._cached_stores()) or {}).values() if s.fsid}
         for t in self.targets:
             if t.fsid is None:
+                img.verdicts.append(_not_checked(t.name, Diagnosis(
+                    "target_not_checked", f"the doctor could not reach {t.name}'s cluster",
+                    f"fix what the deployment says of {t.name} first", blocking=True)))
                 continue
-            client, user = t.as_cinder()
-            probes: dict[str, SnapProbe] = {}
-            misplaced: dict[str, SnapProbe] = {}
-            for url in urls:
-                loc = parse_rbd_url(url)
-                if loc is None:
-                    continue
-                if loc.fsid == t.fsid:
-                    probes[url] = await client.run("doctor_open", _opener(loc))
-                elif loc.fsid not in known:
-                    misplaced[url] = await t.warmer.run("doctor_open", _opener(loc))
-            verdict = rules.replay(t.name, t.fsid, urls, raw=info.disk_format == "raw",
-                                   probes=probes, misplaced=misplaced, known_fsids=known,
-                                   v1=t.v1, cinder_user=user)
-            if not verdict.clones and info.disk_format == "raw":
-                await self._why_no_copy(t, image_id, urls, verdict.diagnoses)
+            try:
+                verdict = await self._verdict(t, image_id, urls, known,
+                                              raw=info.disk_format == "raw")
+            except CephUnavailable as exc:
+                verdict = _not_checked(t.name, _unavailable(t, exc))
             verdict.diagnoses = [_for_image(d, image_id) for d in verdict.diagnoses]
             img.verdicts.append(verdict)
         return img
+
+    async def _verdict(self, t: TargetFacts, image_id: str, urls: list[str],
+                       known: set[str], *, raw: bool) -> Verdict:
+        assert t.fsid is not None
+        client, user = t.as_cinder()
+        probes: dict[str, SnapProbe] = {}
+        misplaced: dict[str, SnapProbe] = {}
+        for url in urls:
+            loc = parse_rbd_url(url)
+            if loc is None:
+                continue
+            if loc.fsid == t.fsid:
+                probes[url] = await client.run("doctor_open", _opener(loc))
+            elif loc.fsid not in known:
+                misplaced[url] = await t.warmer.run("doctor_open", _opener(loc))
+        verdict = rules.replay(t.name, t.fsid, urls, raw=raw, probes=probes,
+                               misplaced=misplaced, known_fsids=known, v1=t.v1,
+                               cinder_user=user)
+        if not verdict.clones and raw:
+            await self._why_no_copy(t, image_id, urls, verdict.diagnoses)
+        return verdict
 
     async def _cached_stores(self) -> dict[str, Store] | None:
         try:

@@ -39,6 +39,9 @@ class Verdict:
     clones: bool
     location: str | None = None
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    # False: the doctor could not look (the target's cluster was out of
+    # reach); counted as not cloning, since nothing shows that it does.
+    checked: bool = True
 
 
 @dataclass
@@ -80,7 +83,8 @@ class Report:
                 "id": self.image.image_id,
                 "summary": self.image.summary,
                 "diagnoses": [dataclasses.asdict(d) for d in self.image.diagnoses],
-                "targets": [{"target": v.target, "clones": v.clones, "location": v.location,
+                "targets": [{"target": v.target, "clones": v.clones, "checked": v.checked,
+                             "location": v.location,
                              "diagnoses": [dataclasses.asdict(d) for d in v.diagnoses]}
                             for v in self.image.verdicts],
             },
@@ -97,7 +101,7 @@ class Report:
             out += _diagnosis_lines(img.diagnoses, "  ")
             for v in img.verdicts:
                 head = (f"CLONES from {v.location}" if v.clones
-                        else "DOES NOT CLONE")
+                        else "DOES NOT CLONE" if v.checked else "NOT CHECKED")
                 out.append(f"  {v.target}: {head}")
                 out += _diagnosis_lines(v.diagnoses, "    ")
         return out

@@ -219,7 +219,13 @@ def replay(target: str, fsid: str, urls: list[str], *, raw: bool,
                                                 f"client.{cinder_user}"
                                                 + (", protected" if probe.protected else "")))
         return Verdict(target, True, url, diagnoses)
-    if local == 0:
+    if not urls:
+        # Nothing to copy from or clone either: the image's own diagnoses
+        # (no_locations, locations_hidden, image_not_active) say why.
+        diagnoses.append(Diagnosis(
+            "no_location_in_cluster", "Cinder sees no location of this image at all",
+            "fix what the image's own diagnoses (above) say first", blocking=True))
+    elif local == 0:
         diagnoses.append(Diagnosis(
             "no_location_in_cluster",
             f"none of the {len(urls)} location(s) Cinder sees is in {target}'s cluster "

@@ -197,6 +197,12 @@ class FleetDemand:
         self._tombstones_seen: set[str] = set()
         # The pins set through warmer, as last read (or set here).
         self.pins: dict[str, Pin] = {}
+        # Held across a read of the pins and its apply, and across a pin or
+        # unpin and its apply: a read that began before a local change would
+        # otherwise land after it and undo it here until the next refresh
+        # (and pins and unpins of this daemon reach the state in the order
+        # they are applied here).
+        self._pins_lock = asyncio.Lock()
         self._tombstones_pending: dict[str, Tombstone] = {}
         # Tombstones to take out of the state (Glance still has the image),
         # and the ones this daemon applied (to notice when one goes).
@@ -367,12 +373,13 @@ class FleetDemand:
         (once eligible), and images whose pin came or went are evaluated.
         This is how every daemon of the fleet honours a pin another one
         set, within ``refresh_interval``, and a restarted one at start."""
-        try:
-            recorded = await self.base.pins()
-        except StateError as exc:
-            self._failed("pins", exc)
-            return False
-        self._apply_pins(recorded)
+        async with self._pins_lock:
+            try:
+                recorded = await self.base.pins()
+            except StateError as exc:
+                self._failed("pins", exc)
+                return False
+            self._apply_pins(recorded)
         return True
 
     def _apply_pins(self, pins: dict[str, Pin]) -> None:
@@ -387,18 +394,20 @@ class FleetDemand:
         first (:class:`~warmer.state.store.StateError` when it cannot be:
         nothing is pinned then), applied here at once, and by the other
         daemons at their next refresh. Pinning again replaces who, when and
-        why."""
-        pin = Pin(image_id, by, self._clock(), reason)
-        await self.base.put_pin(pin)
-        self._apply_pins({**self.pins, image_id: pin})
+        why. Waits for a read of the pins in flight (see ``_pins_lock``)."""
+        async with self._pins_lock:
+            pin = Pin(image_id, by, self._clock(), reason)
+            await self.base.put_pin(pin)
+            self._apply_pins({**self.pins, image_id: pin})
         return pin
 
     async def unpin(self, image_id: str) -> bool:
         """Remove the pin (idempotent); whether it was pinned, as this daemon
         last read the pins."""
-        await self.base.remove_pin(image_id)
-        was = image_id in self.pins
-        self._apply_pins({i: p for i, p in self.pins.items() if i != image_id})
+        async with self._pins_lock:
+            await self.base.remove_pin(image_id)
+            was = image_id in self.pins
+            self._apply_pins({i: p for i, p in self.pins.items() if i != image_id})
         return was
 
     async def run(self) -> None:

@@ -283,8 +283,9 @@ class Engine:
         if policy.pin_property:
             filters.append({policy.pin_property: "true"})
         for flt in filters:
+            started = time.monotonic()
             async for image in self.glance.list_images(**flt):
-                self.tracker.observe(image.info, authoritative=True)
+                self.tracker.observe(image.info, authoritative=True, read_at=started)
 
     def forget_cold(self) -> int:
         """Drop from memory the images that went cold (below
@@ -506,7 +507,7 @@ class Engine:
                                                        limit=str(len(batch) + 1)):
                 if self.tracker.image(image.info.id) is None:
                     continue  # forgotten meanwhile (or not asked for)
-                self.tracker.observe(image.info, authoritative=True)
+                self.tracker.observe(image.info, authoritative=True, read_at=started)
                 self._remember_view(image, started, generation)
                 read += 1
         return read
@@ -530,7 +531,7 @@ class Engine:
             self._drop_status(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return None
-        self.tracker.observe(fresh.info, authoritative=True)
+        self.tracker.observe(fresh.info, authoritative=True, read_at=started)
         self._remember_view(fresh, started, generation)
         if image_id in self._from_bus:
             self._last_alive = image_id  # our bus named it, and this Glance has it

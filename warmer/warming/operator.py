@@ -173,7 +173,7 @@ class Operator:
             raise Refused("unavailable", f"Glance cannot be asked now: {exc}") from exc
         if fresh is None:
             raise Refused("not_found", f"Glance has no image {image_id}")
-        engine.tracker.observe(fresh.info, authoritative=True)
+        engine.tracker.observe(fresh.info, authoritative=True, read_at=started)
         engine._remember_view(fresh, started, generation)
         return engine.tracker.policy.ineligible_reason(fresh.info)
 
