@@ -26,6 +26,7 @@ from typing import Any
 
 from warmer.ceph import ownership
 from warmer.ceph.bindings import Rados, modules
+from warmer.ceph.client import own_addresses
 from warmer.ceph.ownership import SNAPSHOT, TEMP_PREFIX, Entry, Inspection, temp_name
 
 VERIFIED_KEY = "warmer.verified"
@@ -145,11 +146,17 @@ def _remove_temp(cluster: Rados, pool: str, temp: Inspection) -> bool:
         raise NotOwned(f"{pool}/{temp.name}: {temp.why_not}")
     # A killed writer still owns the image's exclusive lock, and removing
     # the image would wait out its watch (30 s by default). The caller holds
-    # the copy lease, so that writer is dead: break its lock (librbd
-    # blocklists it) and remove at once.
+    # the copy lease, so that writer is dead or lost its lease: break its
+    # lock (librbd blocklists it) and remove at once. Never a lock of this
+    # process's own connections: that would fence warmer itself (every
+    # connection to the cluster, leases and leadership included); the copy
+    # that holds it closes the image, and the next clean-up removes it.
     handle = OpenImage(cluster, pool, temp.name)
     try:
-        for owner in list(handle.image.lock_get_owners()):
+        owners = list(handle.image.lock_get_owners())
+        if any(owner["owner"] in own_addresses() for owner in owners):
+            return False
+        for owner in owners:
             handle.image.lock_break(owner["mode"], owner["owner"])
         # A crash after the snapshot: take it away too, children first
         # (under clone v2 an unprotected snapshot can have clones as well).
