@@ -202,6 +202,36 @@ def test_short_source_is_an_error() -> None:
         asyncio.run(go())
 
 
+class ShortReads:
+    """An rbd image whose ``read`` returns fewer bytes than asked at
+    ``short_at`` (librbd's Image.read may)."""
+
+    def __init__(self, data: bytes, short_at: int) -> None:
+        self.data, self.short_at, self.reads = data, short_at, 0
+
+    def read(self, offset: int, length: int) -> bytes:
+        self.reads += 1
+        got = self.data[offset:offset + length]
+        return got[:-1] if offset <= self.short_at < offset + length else got
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_a_short_read_fails_the_copy_whether_hashed_or_trusted(trusted: bool) -> None:
+    """A trusted copy hashes nothing: without a length check, a short read
+    would be counted as whole and the copy published with bytes missing."""
+    data = os.urandom(3 * CH)
+    verifier = Verifier(image_for(data))
+    if trusted:
+        verifier.trust()
+
+    async def go() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            src = RbdSource(ShortReads(data, CH + 7), len(data), [(0, len(data))], pool, "t")
+            await copy(src, lambda d, o: None, verifier, pool, chunk_size=CH)
+    with pytest.raises(CopyError, match="short_read"):
+        asyncio.run(go())
+
+
 def test_chunks_in_flight_are_bounded_by_the_window() -> None:
     in_flight = 0
     peak = 0

@@ -186,6 +186,11 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
     chunks = source.chunks(chunk_size)
     try:
         async for offset, length, data in chunks:
+            if data is not None and len(data) != length:
+                # rbd's Image.read may return fewer bytes than asked: count
+                # what came, never what was asked for, hashed or not.
+                raise CopyError("short_read", f"{len(data)} of {length} bytes at offset "
+                                              f"{offset} from {source.description}")
             await slots.acquire()
             if failed:  # surface a failed write or hash now, not at the end
                 raise failed[0]
