@@ -1,8 +1,9 @@
 """Copying an image's data into a target pool: sparse, streamed, verified.
 
-A source yields the image as ``(offset, length, data)`` chunks in order,
-with ``data`` ``None`` for a hole it already knows about (RBD extents that
-``diff_iterate`` says are unallocated). The pipeline:
+A source yields the image as ``(offset, length, data)`` pieces in order:
+``data`` of at most one chunk, or ``None`` for a hole it already knows
+about (RBD extents that ``diff_iterate`` says are unallocated), of any
+length. The pipeline:
 
 * hashes every chunk in order (holes as zeroes), on one dedicated thread,
   with the algorithm Glance recorded (``os_hash_algo``) or MD5 for
@@ -181,7 +182,11 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
         running.add(fut)
         fut.add_done_callback(running.discard)
         return asyncio.wrap_future(fut, loop=loop)
-    zeros = memoryview(_ZEROS if chunk_size == CHUNK else bytes(chunk_size))  # holes, hashed
+    zeros = memoryview(_ZEROS)  # holes, hashed
+
+    def hash_zeros(length: int) -> None:
+        for at in range(0, length, len(zeros)):
+            verifier.update(zeros[:min(len(zeros), length - at)])
     done = 0
     chunks = source.chunks(chunk_size)
     try:
@@ -196,8 +201,8 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                 raise failed[0]
             work: list[asyncio.Future[Any]] = []
             if data is None:
-                if hashing:
-                    work.append(submit(hasher, verifier.update, zeros[:length]))
+                if hashing:  # a hole of any length: one job
+                    work.append(submit(hasher, hash_zeros, length))
                 stats.skipped_holes += length
             else:
                 if hashing:
@@ -311,18 +316,40 @@ class RbdSource:
         return sum(length for _, length in self._extents)
 
     def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bool]]:
-        """The image as ``(offset, length, allocated)`` pieces, in order:
-        each lies within one ``chunk_size``-aligned chunk and is all
-        allocated or all hole, so only allocated bytes are read (a chunk
-        with 1 MiB of data is a 1 MiB read, as ``export-diff`` reads it)."""
+        """The image as ``(offset, length, allocated)`` pieces, in order,
+        with at most one read per ``chunk_size``-aligned chunk: from the
+        chunk's first allocated byte to its last, in one piece (what lies
+        unallocated in between reads as zeroes, which the copy does not
+        write). So a chunk with 1 MiB of data is a 1 MiB read, as
+        ``export-diff`` reads it, and a fragmented chunk (4 KiB written
+        every 8 KiB) is one read, not hundreds. The holes between those
+        spans are one piece each, however many chunks they cross."""
         offset = 0
-        for start, length in [*self._extents, (self.size, 0)]:
-            start, end = min(max(start, offset), self.size), min(start + length, self.size)
-            for stop, allocated in ((start, False), (end, True)):
-                while offset < stop:
-                    n = min(chunk_size - offset % chunk_size, stop - offset)
-                    yield offset, n, allocated
-                    offset += n
+        for start, end in self._spans(chunk_size):
+            if start > offset:
+                yield offset, start - offset, False
+            yield start, end - start, True
+            offset = end
+        if offset < self.size:
+            yield offset, self.size - offset, False
+
+    def _spans(self, chunk_size: int) -> Iterator[tuple[int, int]]:
+        """Per chunk with allocated bytes, ``(first, last + 1)`` of them."""
+        span: tuple[int, int] | None = None
+        for first, length in self._extents:  # sorted by offset; may overlap
+            start = max(first, span[1] if span is not None else 0)
+            end = min(first + length, self.size)
+            while start < end:
+                stop = min(end, (start // chunk_size + 1) * chunk_size)
+                if span is not None and span[0] // chunk_size == start // chunk_size:
+                    span = (span[0], stop)
+                else:
+                    if span is not None:
+                        yield span
+                    span = (start, stop)
+                start = stop
+        if span is not None:
+            yield span
 
     async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
         # Up to read_ahead reads in flight; holes between them cost nothing
