@@ -30,7 +30,7 @@ from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
 from warmer.glance.stores import StoreCatalog
 from warmer.state.memory import MemoryStore
-from warmer.state.store import StateUnavailable, VerifiedSnapshot
+from warmer.state.store import CopyCost, StateUnavailable, VerifiedSnapshot
 from warmer.warming.copy import Verifier
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import Target, TargetConfig, TargetResult
@@ -237,6 +237,59 @@ def test_a_state_that_cannot_be_read_means_hash(
     assert daemon.warm("edge2", image_id).state == "warm"
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
     assert copied(image_id) == data
+
+
+class ShutDownStore(MemoryStore):
+    """The state's executor shut down under a stopping daemon: every copy
+    record call raises what ``Executor.submit`` raises then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        self._check()
+        return await super().verified(image_id)
+
+    async def put_verified(self, record: VerifiedSnapshot) -> None:
+        self._check()
+        await super().put_verified(record)
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        self._check()
+        await super().remove_verified(image_ids)
+
+    async def put_cost(self, cost: CopyCost) -> None:
+        self._check()
+        await super().put_cost(cost)
+
+    async def remove_cost(self, target: str, image_id: str) -> None:
+        self._check()
+        await super().remove_cost(target, image_id)
+
+
+def test_a_state_that_raises_anything_means_hash_and_the_copy_is_still_published(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = ShutDownStore()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    errors: list[tuple[str, str]] = []
+    daemon.records._on_error = lambda op, exc: errors.append((op, type(exc).__name__))
+    store.down = True
+    result = daemon.warm("edge2", image_id)
+    assert (result.state, result.reason) == ("warm", "cloneable")
+    assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
+    assert copied(image_id) == data
+    assert errors == [("verified", "RuntimeError"), ("put_verified", "RuntimeError"),
+                      ("put_cost", "RuntimeError")]
+    assert daemon.evict("edge2", image_id) == "removed"
+    assert errors[-1] == ("remove_cost", "RuntimeError")
+    failed = [r for r in caplog.records if "shared state" in r.getMessage()]
+    assert len(failed) == 4 and [r.exc_info is not None for r in failed].count(True) == 1
 
 
 def test_without_trust_every_copy_hashes_and_records_are_still_written(

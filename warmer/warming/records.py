@@ -17,8 +17,9 @@ Never trust without the record: a state that cannot be read, or does not
 answer within :data:`TIMEOUT`, means hash. A record is written only after
 a match (the caller's :meth:`~warmer.warming.copy.Verifier.verify`
 returned, after every byte was read); one that cannot be written means
-the next copy hashes again. Nothing here raises :class:`StateError`: each
-failure is logged and counted (``on_error(op, exc)``).
+the next copy hashes again. Nothing here raises, whatever the state
+raised (:class:`StateError`, a timeout, or anything else): each failure
+is logged and counted (``on_error(op, exc)``).
 
 Records are invalidated by nothing but identity: they are keyed by what
 cannot change. A record of an older snapshot of the same RBD image is
@@ -76,6 +77,7 @@ class CopyRecords:
         self.timeout = timeout
         self._costs: collections.OrderedDict[tuple[str, str], CopyCost] = \
             collections.OrderedDict()
+        self._unexpected: set[str] = set()  # kinds of exception logged with a traceback
 
     # -- verified snapshots -------------------------------------------------------
 
@@ -128,11 +130,22 @@ class CopyRecords:
     # -----------------------------------------------------------------------------------
 
     async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """``call()``, bounded by :attr:`timeout`: (whether it worked, its result)."""
+        """``call()``, bounded by :attr:`timeout`: (whether it worked, its
+        result). Any failure means the state is unavailable for this call,
+        whatever it raised: a RuntimeError from an executor shut down under
+        a stopping daemon, say, must not fail a copy that is already
+        finished, nor stop a hash. Only a cancellation goes through."""
         try:
             return True, await asyncio.wait_for(call(), self.timeout)
-        except (StateError, TimeoutError, ValueError) as exc:
-            LOG.warning("shared state: %s failed: %s", op, exc or "timed out")
+        except Exception as exc:  # any: see above
+            expected = isinstance(exc, (StateError, TimeoutError, ValueError))
+            kind = type(exc).__name__
+            if expected or kind in self._unexpected:
+                LOG.warning("shared state: %s failed: %s", op, exc or kind)
+            else:  # the first of its kind: with its traceback, once
+                self._unexpected.add(kind)
+                LOG.warning("shared state: %s failed (%s): %s; treated as unavailable",
+                            op, kind, exc, exc_info=exc)
             if self._on_error is not None:
                 self._on_error(op, exc)
             return False, None
