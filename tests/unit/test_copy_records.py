@@ -142,6 +142,41 @@ def test_a_mismatch_records_nothing_and_the_next_copy_hashes_again(
     assert records_of(daemon.store, image_id) == {}
 
 
+def test_a_mismatch_on_a_recorded_snapshot_revokes_its_record_for_every_daemon(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """The snapshot's bytes read otherwise now (bit rot, a librbd bug, a
+    write behind RBD's back: same snap id, same RBD id). A daemon that
+    hashes it sees the mismatch; the record must go before that copy fails,
+    or every trusting daemon publishes the bad bytes unhashed."""
+    daemon, image_id, data = one_image(clusters, executor)
+    assert len(records_of(daemon.store, image_id)) == 1
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    hasher = Daemon(executor, daemon.glance, daemon.store, trust=False)
+    assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert records_of(daemon.store, image_id) == {}
+    result = daemon.warm("edge2", image_id)
+    assert (result.state, result.reason) == ("cold", "checksum_mismatch")
+    assert daemon.checks[-1] == ("edge2", "mismatch")
+
+
+def test_a_daemon_that_saw_a_mismatch_never_trusts_that_snapshot_again(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Even when the record could not be dropped (the state was down), and
+    is readable again afterwards."""
+    store = UnavailableStore()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    store.down = True  # unreadable: hashed; and the record cannot be dropped
+    assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
+    store.down = False
+    assert len(records_of(store, image_id)) == 1  # still there
+    # edge's copy (made before the snapshot went bad) goes, and is copied again.
+    assert daemon.evict("edge", image_id) == "removed"
+    result = daemon.warm("edge", image_id)
+    assert (result.state, result.reason) == ("cold", "checksum_mismatch")
+    assert daemon.checks == [("edge", "verified"), ("edge2", "mismatch"), ("edge", "mismatch")]
+
+
 def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
     """Same fsid, pool, image and snapshot name, Glance's digest unchanged,

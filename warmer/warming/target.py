@@ -419,6 +419,10 @@ class Target:
             stats = await self._ceph_result(pool, copying)
             try:
                 verified = verifier.verify()
+            except CopyError:
+                if records is not None:  # before failing: no daemon may trust it now
+                    await records.revoke(info.id, snapshot)
+                raise
             finally:
                 if verifier.outcome and self.on_checked is not None:
                     self.on_checked(self, verifier.outcome)
