@@ -327,6 +327,31 @@ def test_a_state_that_raises_anything_means_hash_and_the_copy_is_still_published
     assert len(failed) == 4 and [r.exc_info is not None for r in failed].count(True) == 1
 
 
+def test_a_lease_lost_during_a_slow_records_check_creates_no_temp_image(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """The check may take up to records.TIMEOUT: a lease another daemon
+    took meanwhile must be seen before create_temp, which removes (and
+    re-creates) a temporary image that is the new holder's now."""
+    edge2: FakeCluster | None = None
+
+    class Slow(MemoryStore):
+        async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+            if edge2 is None:  # the first copy, into edge
+                return await super().verified(image_id)
+            # Another daemon takes the lease (as after a partition outlived it).
+            lock = edge2.objects["images"][f"warmer.lock.{image_id}"]
+            lock.lock = ("warmer@b", -1, float("inf"))
+            lock.xattrs["warmer.holder"] = b"warmer@b"
+            return await super().verified(image_id)
+    daemon, image_id, _ = one_image(clusters, executor, store=Slow())
+    edge2 = FakeCluster.registry["edge2.conf"]
+    edge2.log.clear()
+    result = daemon.warm("edge2", image_id)
+    assert result.reason == "lease_lost"
+    assert "create" not in edge2.log  # nor any removal of what b may have made
+    assert not any(op.startswith("remove") for op in edge2.log)
+
+
 def test_without_trust_every_copy_hashes_and_records_are_still_written(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
     daemon, image_id, _ = one_image(clusters, executor, trust=False)
