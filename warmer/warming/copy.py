@@ -154,7 +154,14 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                progress: Callable[[int, int], None] | None = None) -> CopyStats:
     """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
     ``executor``), skipping holes and zero chunks, hashing everything
-    (unless ``verifier`` hashes nothing)."""
+    (unless ``verifier`` hashes nothing).
+
+    Precondition: ``write`` writes into a freshly created image, all
+    zeroes. Holes, zero blocks and the unallocated gaps inside a read are
+    never written, and the digest covers what was *read*, not what the
+    target holds: a target with data in it would keep that data there and
+    still verify. :func:`warmer.ceph.images.create_temp` guarantees it (its
+    ``RBD.create`` fails rather than open an image that exists)."""
     loop = asyncio.get_running_loop()
     stats = CopyStats(source.size)
     started = time.monotonic()
