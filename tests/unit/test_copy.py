@@ -175,14 +175,21 @@ def test_the_outcome_says_how_a_copy_was_checked() -> None:
     ok = Verifier(image_for(data))
     ok.update(data)
     ok.verify()
-    assert ok.outcome == "verified"
+    assert ok.outcome == "verified" and ok.stamp == ok.digest
+    trusted = Verifier(image_for(data))
+    trusted.trust()
+    trusted.verify()
+    assert trusted.stamp == f"skipped_verified:{trusted.digest}"
     bad = Verifier(image_for(data))
     bad.update(os.urandom(CH))
     with pytest.raises(CopyError):
         bad.verify()
     assert bad.outcome == "mismatch"
+    with pytest.raises(ValueError):
+        bad.stamp  # noqa: B018  # nothing to stamp a mismatch with
     unverifiable = Verifier(ImageInfo(id="i", status="active"), allow_unverified=True)
     assert unverifiable.outcome == "unverified" and unverifiable.digest is None
+    assert unverifiable.stamp == "unverified"
     with pytest.raises(ValueError):
         unverifiable.trust()  # nothing to trust
 

@@ -8,7 +8,9 @@ A copy, in order (a crash at any step leaves something clean-up handles):
 1. the registry entry ``copying`` (before any image exists);
 2. ``warmer-tmp.<id>``, stamped as warmer's before any data goes in;
 3. data, verified by the caller;
-4. ``warmer.verified``, snapshot ``snap``, protect, ``warmer.state=complete``;
+4. ``warmer.verified`` (how the data was checked:
+   :attr:`~warmer.warming.copy.Verifier.stamp`), snapshot ``snap``,
+   protect, ``warmer.state=complete``;
 5. rename to ``<id>``: the final name only ever holds a complete, protected
    copy;
 6. the registry entry ``complete``.

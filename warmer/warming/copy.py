@@ -126,6 +126,20 @@ class Verifier:
             raise ValueError("nothing to trust: Glance records no digest")
         self.trusted, self._hash = True, None
 
+    @property
+    def stamp(self) -> str:
+        """How the copy was checked, for its ``warmer.verified`` image
+        metadata, once :meth:`verify` returned: ``algo:hex`` (hashed, and
+        it matched), ``skipped_verified:algo:hex`` (nothing hashed: the
+        source snapshot matched ``algo:hex`` before) or ``unverified``."""
+        if self.outcome == "skipped_verified":
+            return f"skipped_verified:{self.digest}"
+        if self.outcome == "verified":
+            return f"{self.algo}:{self.expected}"
+        if self.outcome == "unverified":
+            return "unverified"
+        raise ValueError(f"not verified ({self.outcome or 'not yet'})")
+
     def update(self, data: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(data)

@@ -443,7 +443,7 @@ class Target:
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed") from None
             await self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
-                c, opened, pool, info.id, self.cookie, verified))
+                c, opened, pool, info.id, self.cookie, verifier.stamp))
             finished = True
             if self.on_copied is not None:
                 self.on_copied(self, stats)
