@@ -250,7 +250,7 @@ class Metrics:
             self.copy_duration.labels(target)
             for kind in ("written", "hole", "zero"):
                 self.copied_bytes.labels(target, kind)
-            for result in ("verified", "mismatch", "skipped_verified"):
+            for result in ("verified", "mismatch", "skipped_verified", "unverified"):
                 self.copy_verifications.labels(target, result)
             for reason in ("budget", "deleted"):
                 self.evictions.labels(target, reason, "removed")

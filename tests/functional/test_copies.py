@@ -230,6 +230,9 @@ def verify_once(stack: Stack, daemon: Daemon, glance: Glance, cinder: CinderNoti
                                      "skipped_verified": before["skipped_verified"] + 1}
     with ceph.connect(stack.ceph_conf("edge"), "cinder", stack.keyring("cinder", "edge")) as c:
         assert ceph.read_all(c, "images", image_id, "snap") == data
+    with ceph.connect(stack.ceph_conf("edge"), "admin", stack.keyring("admin", "edge")) as c, \
+            c.open_ioctx("images") as ioctx, rbd.Image(ioctx, image_id, read_only=True) as img:
+        assert img.metadata_get("warmer.verified") == f"skipped_verified:{digest}"
     cost = asyncio.run(store.costs("edge"))[image_id]
     host = daemon.get("/v1/status")["host"]
     assert (cost.check, cost.digest, cost.by) == ("skipped_verified", digest, host)

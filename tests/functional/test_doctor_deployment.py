@@ -201,3 +201,16 @@ def test_an_unreachable_glance_blocks_and_exits_1(stack: Stack) -> None:
     assert rc == 1, text
     assert "[glance] endpoint" in named(report["deployment"]["glance"], text,
                                         "glance_unreachable", blocking=True)
+
+
+def test_trusting_a_state_that_glances_user_can_write_is_warned(stack: Stack) -> None:
+    """The stack keeps the state in central's images pool, Glance store
+    central's: with trust_verified_snapshots (the default) Glance's user
+    could write records that make warmer skip the hash."""
+    rc, report, text = doctor(offline(stack, ""))
+    fix = named(report["deployment"]["state"], text, "state_pool_shared_with_glance",
+                blocking=False)
+    assert "trust_verified_snapshots = false" in fix
+    assert rc == 0, text  # a warning: it does not keep warmer from warming
+    rc, report, text = doctor(offline(stack, "[warming]\ntrust_verified_snapshots = false\n"))
+    assert "state" not in report["deployment"] and "state_pool_shared" not in text

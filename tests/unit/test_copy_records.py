@@ -30,7 +30,7 @@ from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
 from warmer.glance.stores import StoreCatalog
 from warmer.state.memory import MemoryStore
-from warmer.state.store import StateUnavailable, VerifiedSnapshot
+from warmer.state.store import CopyCost, StateUnavailable, VerifiedSnapshot
 from warmer.warming.copy import Verifier
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import Target, TargetConfig, TargetResult
@@ -127,8 +127,10 @@ def test_the_first_copy_hashes_and_records_and_a_later_copy_of_it_hashes_nothing
     assert daemon.checks[-1] == ("edge2", "skipped_verified")
     assert hashed == []
     assert copied(image_id) == data
-    meta = fake_rbd.Image(fake_rbd.Rados("edge2.conf").open_ioctx("images"), image_id).img.meta
-    assert meta["warmer.verified"] == digest
+    for cluster, stamp in (("edge", digest), ("edge2", f"skipped_verified:{digest}")):
+        meta = fake_rbd.Image(fake_rbd.Rados(f"{cluster}.conf").open_ioctx("images"),
+                              image_id).img.meta
+        assert meta["warmer.verified"] == stamp  # how the copy was checked
 
 
 def test_a_mismatch_records_nothing_and_the_next_copy_hashes_again(
@@ -140,6 +142,41 @@ def test_a_mismatch_records_nothing_and_the_next_copy_hashes_again(
     assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
     assert daemon.checks == [("edge", "mismatch"), ("edge2", "mismatch")]
     assert records_of(daemon.store, image_id) == {}
+
+
+def test_a_mismatch_on_a_recorded_snapshot_revokes_its_record_for_every_daemon(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """The snapshot's bytes read otherwise now (bit rot, a librbd bug, a
+    write behind RBD's back: same snap id, same RBD id). A daemon that
+    hashes it sees the mismatch; the record must go before that copy fails,
+    or every trusting daemon publishes the bad bytes unhashed."""
+    daemon, image_id, data = one_image(clusters, executor)
+    assert len(records_of(daemon.store, image_id)) == 1
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    hasher = Daemon(executor, daemon.glance, daemon.store, trust=False)
+    assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert records_of(daemon.store, image_id) == {}
+    result = daemon.warm("edge2", image_id)
+    assert (result.state, result.reason) == ("cold", "checksum_mismatch")
+    assert daemon.checks[-1] == ("edge2", "mismatch")
+
+
+def test_a_daemon_that_saw_a_mismatch_never_trusts_that_snapshot_again(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Even when the record could not be dropped (the state was down), and
+    is readable again afterwards."""
+    store = UnavailableStore()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    store.down = True  # unreadable: hashed; and the record cannot be dropped
+    assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
+    store.down = False
+    assert len(records_of(store, image_id)) == 1  # still there
+    # edge's copy (made before the snapshot went bad) goes, and is copied again.
+    assert daemon.evict("edge", image_id) == "removed"
+    result = daemon.warm("edge", image_id)
+    assert (result.state, result.reason) == ("cold", "checksum_mismatch")
+    assert daemon.checks == [("edge", "verified"), ("edge2", "mismatch"), ("edge", "mismatch")]
 
 
 def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
@@ -237,6 +274,84 @@ def test_a_state_that_cannot_be_read_means_hash(
     assert daemon.warm("edge2", image_id).state == "warm"
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
     assert copied(image_id) == data
+
+
+class ShutDownStore(MemoryStore):
+    """The state's executor shut down under a stopping daemon: every copy
+    record call raises what ``Executor.submit`` raises then."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
+    async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+        self._check()
+        return await super().verified(image_id)
+
+    async def put_verified(self, record: VerifiedSnapshot) -> None:
+        self._check()
+        await super().put_verified(record)
+
+    async def remove_verified(self, image_ids: Collection[str]) -> None:
+        self._check()
+        await super().remove_verified(image_ids)
+
+    async def put_cost(self, cost: CopyCost) -> None:
+        self._check()
+        await super().put_cost(cost)
+
+    async def remove_cost(self, target: str, image_id: str) -> None:
+        self._check()
+        await super().remove_cost(target, image_id)
+
+
+def test_a_state_that_raises_anything_means_hash_and_the_copy_is_still_published(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = ShutDownStore()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    errors: list[tuple[str, str]] = []
+    daemon.records._on_error = lambda op, exc: errors.append((op, type(exc).__name__))
+    store.down = True
+    result = daemon.warm("edge2", image_id)
+    assert (result.state, result.reason) == ("warm", "cloneable")
+    assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
+    assert copied(image_id) == data
+    assert errors == [("verified", "RuntimeError"), ("put_verified", "RuntimeError"),
+                      ("put_cost", "RuntimeError")]
+    assert daemon.evict("edge2", image_id) == "removed"
+    assert errors[-1] == ("remove_cost", "RuntimeError")
+    failed = [r for r in caplog.records if "shared state" in r.getMessage()]
+    assert len(failed) == 4 and [r.exc_info is not None for r in failed].count(True) == 1
+
+
+def test_a_lease_lost_during_a_slow_records_check_creates_no_temp_image(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """The check may take up to records.TIMEOUT: a lease another daemon
+    took meanwhile must be seen before create_temp, which removes (and
+    re-creates) a temporary image that is the new holder's now."""
+    edge2: FakeCluster | None = None
+
+    class Slow(MemoryStore):
+        async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+            if edge2 is None:  # the first copy, into edge
+                return await super().verified(image_id)
+            # Another daemon takes the lease (as after a partition outlived it).
+            lock = edge2.objects["images"][f"warmer.lock.{image_id}"]
+            lock.lock = ("warmer@b", -1, float("inf"))
+            lock.xattrs["warmer.holder"] = b"warmer@b"
+            return await super().verified(image_id)
+    daemon, image_id, _ = one_image(clusters, executor, store=Slow())
+    edge2 = FakeCluster.registry["edge2.conf"]
+    edge2.log.clear()
+    result = daemon.warm("edge2", image_id)
+    assert result.reason == "lease_lost"
+    assert "create" not in edge2.log  # nor any removal of what b may have made
+    assert not any(op.startswith("remove") for op in edge2.log)
 
 
 def test_without_trust_every_copy_hashes_and_records_are_still_written(

@@ -148,6 +148,9 @@ def test_per_target_series_exist_at_zero_before_any_event_and_no_created_series(
                  'warmer_glance_refusals_total{kind="publish_refused",target="edge"} 0.0',
                  'warmer_leader_changes_total{change="became_leader"} 0.0'):
         assert line in text
+    for result in ("verified", "mismatch", "skipped_verified", "unverified"):
+        assert f'warmer_copy_verifications_total{{result="{result}",target="edge"}} 0.0' \
+            in text
     # With a site map, every Cinder event has one target: no target="" series.
     assert not [line for line in text.splitlines()
                 if line.startswith("warmer_volume_creates_total") and 'target=""' in line]

@@ -283,6 +283,21 @@ def test_clean_up_removes_a_crashed_copy_and_forgets_it(
     assert f"warmer.lock.{image_id}" not in edge.objects["images"]
 
 
+def test_create_temp_never_hands_out_an_image_that_has_data(
+        clusters: tuple[FakeCluster, FakeCluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    """copy() writes no zeroes: it needs a freshly created, all-zero image.
+    One that appears between the look-up and the create (inspect misses it
+    here) is refused, never opened and written over."""
+    central, edge = clusters
+    image_id = str(uuid.uuid4())
+    c = fake_rbd.Rados("edge.conf")
+    edge.put_image("images", f"warmer-tmp.{image_id}", b"x" * 4096, snapshot=None)
+    monkeypatch.setattr(images, "inspect", lambda *a: None)
+    with pytest.raises(fake_rbd.ImageExists):
+        images.create_temp(c, "images", image_id, MiB, "test", "warmer@a")  # type: ignore[arg-type]
+    assert edge.images["images"][f"warmer-tmp.{image_id}"].data == {0: b"x" * 4096}
+
+
 # -- invariant 2: never remove what is not provably warmer's ---------------------
 
 def _warmers_copy(central: FakeCluster, edge: FakeCluster, executor: Any,

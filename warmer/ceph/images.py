@@ -8,7 +8,9 @@ A copy, in order (a crash at any step leaves something clean-up handles):
 1. the registry entry ``copying`` (before any image exists);
 2. ``warmer-tmp.<id>``, stamped as warmer's before any data goes in;
 3. data, verified by the caller;
-4. ``warmer.verified``, snapshot ``snap``, protect, ``warmer.state=complete``;
+4. ``warmer.verified`` (how the data was checked:
+   :attr:`~warmer.warming.copy.Verifier.stamp`), snapshot ``snap``,
+   protect, ``warmer.state=complete``;
 5. rename to ``<id>``: the final name only ever holds a complete, protected
    copy;
 6. the registry entry ``complete``.
@@ -93,7 +95,12 @@ def create_temp(cluster: Rados, pool: str, image_id: str, size: int, source: str
                 holder: str) -> OpenImage:
     """Register the copy, create (or re-create, after a crash) the temporary
     image, stamp it as warmer's before any data goes in, and return it open
-    for writing. The caller holds the copy lease."""
+    for writing. The caller holds the copy lease.
+
+    The image returned is always freshly created, so all zeroes, as
+    :func:`warmer.warming.copy.copy` requires (it writes no zeroes): a
+    leftover is removed first, and ``RBD.create`` raises ``ImageExists``
+    rather than open an image made meanwhile. Never reuse an image here."""
     _, rbd = modules()
     name = temp_name(image_id)
     ownership.register(cluster, pool, Entry(image_id, "copying", holder, ownership.now()))

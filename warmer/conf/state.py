@@ -36,7 +36,11 @@ OPTS = [
     cfg.StrOpt("keyring", help="Keyring of rados_user; default: what ceph_conf says."),
     cfg.StrOpt("pool", default="images",
                help="Pool that holds the state objects. The default is the Glance "
-                    "store's pool, where warmer's user already has the rbd profile."),
+                    "store's pool, where warmer's user already has the rbd profile; "
+                    "but Glance's user can write there too (its pool cap covers every "
+                    "namespace), and with [warming] trust_verified_snapshots a record "
+                    "in the state makes warmer copy a snapshot unhashed: then use a "
+                    "pool only warmer's user can write (docs/cephx.md)."),
     cfg.StrOpt("namespace", default="warmer",
                help="RADOS namespace of the state objects in that pool, which keeps "
                     "them apart from RBD's own objects. Empty: the default namespace. "

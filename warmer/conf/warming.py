@@ -46,7 +46,12 @@ OPTS = [
                      "on librbd's acknowledged reads and writes, as 'rbd import' "
                      "does. A re-created snapshot (a new id) or a state that cannot "
                      "be read means hash. False: hash every copy (records are still "
-                     "written for daemons that trust them)."),
+                     "written for daemons that trust them). True makes the state part "
+                     "of the trust boundary: whoever can write [state] can make warmer "
+                     "skip the hash. Keep the state in a pool only warmer's user can "
+                     "write (by default it is in Glance's pool, which Glance's user "
+                     "can write, every namespace of it: docs/cephx.md); 'warmer "
+                     "doctor' warns (state_pool_shared_with_glance)."),
     cfg.ListOpt("unmapped_demand",
                 help="Targets where demand counts when it matches no target's "
                      "demand_backends, demand_hosts or demand_zones, or says "

@@ -231,6 +231,7 @@ class Doctor:
         await self._cinder(report)
         for t in self.targets:
             await self._glance_user(report, t)
+        await self._state_trust(report)
         if image_id is not None:
             report.image = await self._image(image_id)
         return report
@@ -263,6 +264,38 @@ class Doctor:
                     f"add a target with glance_store = {s.id} if Cinder clones there"))
         for t in self.targets:
             t.store = stores.get(t.glance_store)
+
+    async def _state_trust(self, report: Report) -> None:
+        """With ``trust_verified_snapshots``, a record in the shared state
+        makes warmer copy a snapshot without hashing it: whoever can write
+        the state is inside the trust boundary. Glance's user, with 'profile
+        rbd pool=<its pool>', can write every namespace of that pool."""
+        state = self.conf.state
+        if not (state.enabled and self.conf.warming.trust_verified_snapshots):
+            return
+        stores = await self._cached_stores()
+        if not stores:
+            return
+        client = self._client(ClusterConfig(state.ceph_conf, state.rados_user, state.keyring,
+                                            state.connect_timeout))
+        try:
+            fsid = await client.connect()
+        except CephUnavailable:
+            return  # the daemon says so itself (warmer_state_errors_total)
+        by_store = {t.glance_store: t.fsid for t in self.targets}
+        for store in stores.values():
+            if store.type == "rbd" and store.pool == state.pool \
+                    and (store.fsid or by_store.get(store.id)) == fsid:
+                report.add("state", Diagnosis(
+                    "state_pool_shared_with_glance",
+                    f"[warming] trust_verified_snapshots is on and the shared state is in "
+                    f"pool {state.pool} (namespace {state.namespace or '(default)'}), the "
+                    f"pool of Glance store {store.id}: Glance's user (and any user with a "
+                    f"cap on pool {state.pool} that names no namespace) can write a record "
+                    "that makes warmer copy a snapshot without hashing it",
+                    "move [state] to a pool only warmer's user can write (docs/cephx.md, "
+                    "'The shared state'), or set [warming] trust_verified_snapshots = false"))
+                return
 
     async def _target(self, report: Report, t: TargetFacts) -> None:
         def add(diagnosis: Diagnosis) -> None:

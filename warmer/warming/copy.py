@@ -1,8 +1,9 @@
 """Copying an image's data into a target pool: sparse, streamed, verified.
 
-A source yields the image as ``(offset, length, data)`` chunks in order,
-with ``data`` ``None`` for a hole it already knows about (RBD extents that
-``diff_iterate`` says are unallocated). The pipeline:
+A source yields the image as ``(offset, length, data)`` pieces in order:
+``data`` of at most one chunk, or ``None`` for a hole it already knows
+about (RBD extents that ``diff_iterate`` says are unallocated), of any
+length. The pipeline:
 
 * hashes every chunk in order (holes as zeroes), on one dedicated thread,
   with the algorithm Glance recorded (``os_hash_algo``) or MD5 for
@@ -125,6 +126,20 @@ class Verifier:
             raise ValueError("nothing to trust: Glance records no digest")
         self.trusted, self._hash = True, None
 
+    @property
+    def stamp(self) -> str:
+        """How the copy was checked, for its ``warmer.verified`` image
+        metadata, once :meth:`verify` returned: ``algo:hex`` (hashed, and
+        it matched), ``skipped_verified:algo:hex`` (nothing hashed: the
+        source snapshot matched ``algo:hex`` before) or ``unverified``."""
+        if self.outcome == "skipped_verified":
+            return f"skipped_verified:{self.digest}"
+        if self.outcome == "verified":
+            return f"{self.algo}:{self.expected}"
+        if self.outcome == "unverified":
+            return "unverified"
+        raise ValueError(f"not verified ({self.outcome or 'not yet'})")
+
     def update(self, data: bytes | memoryview) -> None:
         if self._hash is not None:
             self._hash.update(data)
@@ -153,7 +168,14 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                progress: Callable[[int, int], None] | None = None) -> CopyStats:
     """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
     ``executor``), skipping holes and zero chunks, hashing everything
-    (unless ``verifier`` hashes nothing)."""
+    (unless ``verifier`` hashes nothing).
+
+    Precondition: ``write`` writes into a freshly created image, all
+    zeroes. Holes, zero blocks and the unallocated gaps inside a read are
+    never written, and the digest covers what was *read*, not what the
+    target holds: a target with data in it would keep that data there and
+    still verify. :func:`warmer.ceph.images.create_temp` guarantees it (its
+    ``RBD.create`` fails rather than open an image that exists)."""
     loop = asyncio.get_running_loop()
     stats = CopyStats(source.size)
     started = time.monotonic()
@@ -181,18 +203,27 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
         running.add(fut)
         fut.add_done_callback(running.discard)
         return asyncio.wrap_future(fut, loop=loop)
-    zeros = memoryview(_ZEROS if chunk_size == CHUNK else bytes(chunk_size))  # holes, hashed
+    zeros = memoryview(_ZEROS)  # holes, hashed
+
+    def hash_zeros(length: int) -> None:
+        for at in range(0, length, len(zeros)):
+            verifier.update(zeros[:min(len(zeros), length - at)])
     done = 0
     chunks = source.chunks(chunk_size)
     try:
         async for offset, length, data in chunks:
+            if data is not None and len(data) != length:
+                # rbd's Image.read may return fewer bytes than asked: count
+                # what came, never what was asked for, hashed or not.
+                raise CopyError("short_read", f"{len(data)} of {length} bytes at offset "
+                                              f"{offset} from {source.description}")
             await slots.acquire()
             if failed:  # surface a failed write or hash now, not at the end
                 raise failed[0]
             work: list[asyncio.Future[Any]] = []
             if data is None:
-                if hashing:
-                    work.append(submit(hasher, verifier.update, zeros[:length]))
+                if hashing:  # a hole of any length: one job
+                    work.append(submit(hasher, hash_zeros, length))
                 stats.skipped_holes += length
             else:
                 if hashing:
@@ -306,18 +337,40 @@ class RbdSource:
         return sum(length for _, length in self._extents)
 
     def pieces(self, chunk_size: int) -> Iterator[tuple[int, int, bool]]:
-        """The image as ``(offset, length, allocated)`` pieces, in order:
-        each lies within one ``chunk_size``-aligned chunk and is all
-        allocated or all hole, so only allocated bytes are read (a chunk
-        with 1 MiB of data is a 1 MiB read, as ``export-diff`` reads it)."""
+        """The image as ``(offset, length, allocated)`` pieces, in order,
+        with at most one read per ``chunk_size``-aligned chunk: from the
+        chunk's first allocated byte to its last, in one piece (what lies
+        unallocated in between reads as zeroes, which the copy does not
+        write). So a chunk with 1 MiB of data is a 1 MiB read, as
+        ``export-diff`` reads it, and a fragmented chunk (4 KiB written
+        every 8 KiB) is one read, not hundreds. The holes between those
+        spans are one piece each, however many chunks they cross."""
         offset = 0
-        for start, length in [*self._extents, (self.size, 0)]:
-            start, end = min(max(start, offset), self.size), min(start + length, self.size)
-            for stop, allocated in ((start, False), (end, True)):
-                while offset < stop:
-                    n = min(chunk_size - offset % chunk_size, stop - offset)
-                    yield offset, n, allocated
-                    offset += n
+        for start, end in self._spans(chunk_size):
+            if start > offset:
+                yield offset, start - offset, False
+            yield start, end - start, True
+            offset = end
+        if offset < self.size:
+            yield offset, self.size - offset, False
+
+    def _spans(self, chunk_size: int) -> Iterator[tuple[int, int]]:
+        """Per chunk with allocated bytes, ``(first, last + 1)`` of them."""
+        span: tuple[int, int] | None = None
+        for first, length in self._extents:  # sorted by offset; may overlap
+            start = max(first, span[1] if span is not None else 0)
+            end = min(first + length, self.size)
+            while start < end:
+                stop = min(end, (start // chunk_size + 1) * chunk_size)
+                if span is not None and span[0] // chunk_size == start // chunk_size:
+                    span = (span[0], stop)
+                else:
+                    if span is not None:
+                        yield span
+                    span = (start, stop)
+                start = stop
+        if span is not None:
+            yield span
 
     async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
         # Up to read_ahead reads in flight; holes between them cost nothing

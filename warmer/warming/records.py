@@ -17,14 +17,17 @@ Never trust without the record: a state that cannot be read, or does not
 answer within :data:`TIMEOUT`, means hash. A record is written only after
 a match (the caller's :meth:`~warmer.warming.copy.Verifier.verify`
 returned, after every byte was read); one that cannot be written means
-the next copy hashes again. Nothing here raises :class:`StateError`: each
-failure is logged and counted (``on_error(op, exc)``).
+the next copy hashes again. Nothing here raises, whatever the state
+raised (:class:`StateError`, a timeout, or anything else): each failure
+is logged and counted (``on_error(op, exc)``).
 
-Records are invalidated by nothing but identity: they are keyed by what
-cannot change. A record of an older snapshot of the same RBD image is
-dropped when the new one is recorded, and every record of a Glance image
-goes when the image is deleted (:meth:`forget`, from
-:meth:`~warmer.warming.target.Target.purge`).
+Records are keyed by what cannot change. A record of an older snapshot
+of the same RBD image is dropped when the new one is recorded, and every
+record of a Glance image goes when the image is deleted (:meth:`forget`,
+from :meth:`~warmer.warming.target.Target.purge`), or as soon as any
+daemon hashes a copy of it that does not match (:meth:`revoke`): a
+snapshot's bytes are not supposed to change, but if they read otherwise
+once, no daemon should go on trusting them.
 
 **What each copy cost**, per target and image: bytes read and written,
 seconds, when, by which daemon, and how it was checked
@@ -58,6 +61,7 @@ T = TypeVar("T")
 # longer means hash; a write, that the next copy hashes again.
 TIMEOUT = 10.0
 MAX_COSTS = 10_000  # copy costs kept in memory, the latest first
+MAX_DISTRUSTED = 10_000  # snapshots remembered as mismatched, the latest first
 
 
 class CopyRecords:
@@ -76,13 +80,16 @@ class CopyRecords:
         self.timeout = timeout
         self._costs: collections.OrderedDict[tuple[str, str], CopyCost] = \
             collections.OrderedDict()
+        # Snapshots whose copy mismatched here: never trusted again (keys).
+        self._distrusted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._unexpected: set[str] = set()  # kinds of exception logged with a traceback
 
     # -- verified snapshots -------------------------------------------------------
 
     async def trusted(self, snapshot: SourceSnapshot, digest: str, size: int) -> bool:
         """Whether ``snapshot`` was verified before against ``digest`` (what
         Glance records now) over ``size`` bytes. False whenever unsure."""
-        if not self.trust or not digest:
+        if not self.trust or not digest or snapshot.key in self._distrusted:
             return False
         _, records = await self._call("verified",
                                       lambda: self.store.verified(snapshot.image_id))
@@ -97,6 +104,29 @@ class CopyRecords:
         if ok:
             LOG.info("image %s: source snapshot %s recorded as verified (%s)",
                      snapshot.image_id, snapshot.key, digest)
+
+    async def revoke(self, image_id: str, snapshot: SourceSnapshot | None) -> None:
+        """A copy of ``image_id`` hashed bytes that did not match Glance's
+        digest: drop every record of the image, before the copy fails, so
+        that no daemon trusts any of its snapshots any more (the record may
+        vouch for a snapshot whose bytes now read otherwise: bit rot, a
+        librbd bug, a write behind RBD's back). This daemon never trusts
+        ``snapshot`` again, even if the drop failed or a record of it comes
+        back: it hashes each copy of it."""
+        if snapshot is not None:
+            self._distrusted[snapshot.key] = None
+            self._distrusted.move_to_end(snapshot.key)
+            while len(self._distrusted) > MAX_DISTRUSTED:
+                self._distrusted.popitem(last=False)
+        ok, _ = await self._call("remove_verified",
+                                 lambda: self.store.remove_verified([image_id]))
+        if ok:
+            LOG.warning("image %s: a copy did not match Glance's digest: its verified "
+                        "snapshots are forgotten, every copy hashes them again", image_id)
+        else:
+            LOG.error("image %s: a copy did not match Glance's digest, and its verified "
+                      "snapshots could not be forgotten: daemons that trust them may copy "
+                      "them unhashed (this one will not)", image_id)
 
     async def forget(self, image_id: str) -> None:
         """Glance deleted ``image_id``: drop the records of its snapshots."""
@@ -128,11 +158,22 @@ class CopyRecords:
     # -----------------------------------------------------------------------------------
 
     async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> tuple[bool, T | None]:
-        """``call()``, bounded by :attr:`timeout`: (whether it worked, its result)."""
+        """``call()``, bounded by :attr:`timeout`: (whether it worked, its
+        result). Any failure means the state is unavailable for this call,
+        whatever it raised: a RuntimeError from an executor shut down under
+        a stopping daemon, say, must not fail a copy that is already
+        finished, nor stop a hash. Only a cancellation goes through."""
         try:
             return True, await asyncio.wait_for(call(), self.timeout)
-        except (StateError, TimeoutError, ValueError) as exc:
-            LOG.warning("shared state: %s failed: %s", op, exc or "timed out")
+        except Exception as exc:  # any: see above
+            expected = isinstance(exc, (StateError, TimeoutError, ValueError))
+            kind = type(exc).__name__
+            if expected or kind in self._unexpected:
+                LOG.warning("shared state: %s failed: %s", op, exc or kind)
+            else:  # the first of its kind: with its traceback, once
+                self._unexpected.add(kind)
+                LOG.warning("shared state: %s failed (%s): %s; treated as unavailable",
+                            op, kind, exc, exc_info=exc)
             if self._on_error is not None:
                 self._on_error(op, exc)
             return False, None

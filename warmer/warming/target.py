@@ -402,6 +402,14 @@ class Target:
             if records is not None and snapshot is not None and digest is not None \
                     and await records.trusted(snapshot, digest, source.size):
                 verifier.trust()  # this very snapshot matched Glance's digest before
+            try:
+                # That check may have taken seconds, and create_temp removes
+                # the temporary image, which is the new holder's if the
+                # lease was lost meanwhile.
+                await self._confirm(lease)
+            except LeaseLost:
+                lease_lost = True
+                raise CopyError("lease_lost", "the copy lease could not be renewed") from None
             target = await self._ceph_step(pool, "create", lambda c: rbd_images.create_temp(
                 c, pool, info.id, source.size, source.description, self.cookie))
             LOG.info("target %s: copying image %s (%d bytes) from %s into %s", self.name,
@@ -419,6 +427,10 @@ class Target:
             stats = await self._ceph_result(pool, copying)
             try:
                 verified = verifier.verify()
+            except CopyError:
+                if records is not None:  # before failing: no daemon may trust it now
+                    await records.revoke(info.id, snapshot)
+                raise
             finally:
                 if verifier.outcome and self.on_checked is not None:
                     self.on_checked(self, verifier.outcome)
@@ -431,7 +443,7 @@ class Target:
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed") from None
             await self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
-                c, opened, pool, info.id, self.cookie, verified))
+                c, opened, pool, info.id, self.cookie, verifier.stamp))
             finished = True
             if self.on_copied is not None:
                 self.on_copied(self, stats)
