@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from oslo_config import cfg
@@ -30,7 +30,7 @@ from warmer.ceph.ownership import SNAPSHOT
 from warmer.doctor import rules
 from warmer.doctor.openstack_conf import CinderConf, GlanceStoreConf
 from warmer.doctor.report import Diagnosis, ImageReport, Report, Verdict
-from warmer.doctor.rules import OK, PERMISSION, GlanceView, SnapProbe
+from warmer.doctor.rules import OK, PERMISSION, GlanceView, SnapProbe, caps_plus
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient, GlanceUnavailable, parse_image
 from warmer.glance.stores import Store, StoreCatalog
@@ -85,6 +85,18 @@ def _unavailable(t: TargetFacts, exc: CephUnavailable) -> Diagnosis:
                      "check the cluster's health (ceph -s), and that user's mon caps: "
                      "without mon 'profile rbd' a user connects, but cannot read the OSD "
                      "map and every pool open times out", blocking=True)
+
+
+def _glance_caps_remedy(t: TargetFacts, user: str) -> str:
+    """What gives Glance's store user the rbd profile on warmer's copy pool,
+    unless that pool is Cinder's: Glance's user may then not read or write
+    every Cinder volume either; the copies belong in the Glance store's
+    pool, which that user writes already."""
+    if t.copy_pool in t.cinder_pools:
+        return (f"leave [{t.name}] copy_pool unset: copies then go into the Glance store's "
+                f"pool, which client.{user} writes already (never give it caps on Cinder's "
+                f"pool {t.copy_pool})")
+    return caps_plus(user, f"profile rbd pool={t.copy_pool}")
 
 
 def _not_checked(target: str, why: Diagnosis) -> Verdict:
@@ -175,6 +187,8 @@ class TargetFacts:
     store: Store | None = None
     copy_pool: str | None = None
     cinder: User | None = None
+    cinder_pool: str | None = None  # rbd_pool of the backend whose user ``cinder`` is
+    backend_pools: set[str] = field(default_factory=set)  # of every backend here (cinder.conf)
     glance: User | None = None
     v1: bool | None = None
     glance_reads_copy_pool: bool | None = None
@@ -182,6 +196,12 @@ class TargetFacts:
     @property
     def glance_store(self) -> str:
         return str(self.group.glance_store or self.name)
+
+    @property
+    def cinder_pools(self) -> set[str]:
+        """Cinder's pool here, as warmer.conf and cinder.conf name it: no
+        remedy ever gives warmer or Glance caps there (invariant 7)."""
+        return {str(self.group.pool)} | self.backend_pools
 
     def as_cinder(self) -> tuple[CephClient, str]:
         if self.cinder is not None:
@@ -327,9 +347,9 @@ class Doctor:
                 add(Diagnosis("warmer_cannot_write_copy_pool",
                               f"client.{user} in copy pool {copy_pool}: read {read}, write "
                               f"{write}: warmer can neither repair snapshots nor copy here",
-                              f"{fix}ceph auth caps client.{user} mon 'profile rbd' osd "
-                              f"'profile rbd pool={writable}, "
-                              f"profile rbd-read-only pool={t.group.pool}'",
+                              fix + caps_plus(user, f"profile rbd pool={writable}")
+                              + f" (docs/cephx.md: mon 'profile rbd', osd 'profile rbd "
+                              f"pool={writable}, profile rbd-read-only pool={t.group.pool}')",
                               blocking=bool(t.group.copy_images)))
         pool = str(t.group.pool)
         read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, pool))
@@ -340,13 +360,14 @@ class Doctor:
             add(Diagnosis("warmer_cannot_read_cinder_pool",
                           f"client.{user} cannot read Cinder's pool {pool}: it cannot list "
                           "clones, so it treats every copy as in use and never evicts",
-                          f"add 'profile rbd-read-only pool={pool}' to client.{user}'s osd caps"))
+                          caps_plus(user, f"profile rbd-read-only pool={pool}")))
         if write == OK:
             add(Diagnosis("warmer_can_write_cinder_pool",
                           f"client.{user} may write Cinder's pool {pool}: every Cinder volume "
                           "is within warmer's reach (invariant 7)",
-                          f"make it 'profile rbd-read-only pool={pool}' in client.{user}'s "
-                          "osd caps (docs/cephx.md)"))
+                          f"ceph auth caps client.{user} with its current caps, but "
+                          f"'profile rbd-read-only pool={pool}' on osd instead of what lets it "
+                          "write there (docs/cephx.md)"))
 
     async def _cinder(self, report: Report) -> None:
         """Cinder's user per target: from cinder.conf's backend on the same
@@ -389,8 +410,10 @@ class Doctor:
                     continue
                 report.add("cinder", Diagnosis("cinder_backend", f"backend {b.name} is target "
                                                f"{t.name}: rbd_user {b.user}, rbd_pool {b.pool}"))
+                t.backend_pools.add(b.pool)
                 if t.cinder is None:
                     t.cinder = User(b.user, client, "cinder.conf")
+                    t.cinder_pool = b.pool
                 if b.pool != t.group.pool:
                     report.add(t.name, Diagnosis(
                         "cinder_pool_differs", f"Cinder's backend {b.name} has rbd_pool "
@@ -447,20 +470,20 @@ class Doctor:
                 f"rbd_store_ceph_conf is cluster {fsid}, not {t.fsid}",
                 f"point [{store.name}] rbd_store_ceph_conf at this cluster's ceph.conf"))
             return
-        caps = f"'profile rbd pool={t.copy_pool}'"
+        fix = _glance_caps_remedy(t, store.user)
         if read != OK:
             t.glance_reads_copy_pool = False
             report.add(t.name, Diagnosis(
                 "glance_user_cannot_read_copy_pool",
                 f"Glance's client.{store.user} cannot read {t.copy_pool}: Glance refuses "
                 "(HTTP 500) every location warmer publishes there",
-                f"add {caps} to client.{store.user}'s osd caps", blocking=True))
+                fix, blocking=True))
         elif write != OK:
             t.glance_reads_copy_pool = True
             report.add(t.name, Diagnosis(
                 "glance_user_cannot_write_copy_pool",
                 f"Glance's client.{store.user} cannot write {t.copy_pool}: deleting an image "
-                "leaves warmer's copies behind", f"add {caps} to client.{store.user}'s osd caps"))
+                "leaves warmer's copies behind", fix))
         else:
             t.glance_reads_copy_pool = True
             report.add(t.name, Diagnosis("glance_user_ok", f"Glance's client.{store.user} "
@@ -568,5 +591,4 @@ class Doctor:
                 "glance_user_cannot_read_copy_pool",
                 f"Glance's client.{t.glance.name} cannot read {t.copy_pool}: Glance would "
                 "refuse (HTTP 500) warmer's copy as a location",
-                f"add 'profile rbd pool={t.copy_pool}' to client.{t.glance.name}'s osd caps",
-                blocking=True))
+                _glance_caps_remedy(t, t.glance.name), blocking=True))

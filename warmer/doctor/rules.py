@@ -34,6 +34,13 @@ OK = "ok"
 PERMISSION = "permission_denied"
 
 
+def caps_plus(user: str, osd_caps: str) -> str:
+    """The remedy that adds ``osd_caps`` to a cephx user's caps. ``ceph auth
+    caps`` replaces all of a user's caps with those it is given: the
+    operator must give the current ones too, or lose them."""
+    return f"ceph auth caps client.{user} with its current caps plus '{osd_caps}' on osd"
+
+
 @dataclass(frozen=True)
 class SnapProbe:
     """Opening ``pool/image@snapshot`` read-only as one user: ``ok``,
@@ -135,8 +142,7 @@ def _failed_open(url: str, probe: SnapProbe, user: str, pool: str, image: str,
         return Diagnosis("cinder_user_cannot_read",
                          f"client.{user} cannot open {where} read-only (cephx), so "
                          f"_is_cloneable refuses {url}",
-                         f"ceph auth caps client.{user} with its current caps plus "
-                         f"'profile rbd-read-only pool={pool}' on osd", blocking=True)
+                         caps_plus(user, f"profile rbd-read-only pool={pool}"), blocking=True)
     if probe.result == "pool_missing":
         return Diagnosis("pool_missing", f"{url} names pool {pool}, which this cluster "
                                          "does not have", "fix the location's pool",
