@@ -29,19 +29,20 @@ MiB = 1 << 20
 
 def cinder_conf(stack: Stack, path: Path, users: dict[str, str] | None = None, *,
                 pools: dict[str, str] | None = None, extra: str = "",
-                more_backends: tuple[str, ...] = ()) -> Path:
+                more_backends: tuple[str, ...] = (),
+                ceph_confs: dict[str, Path] | None = None) -> Path:
     """A cinder.conf with one RBD backend per cluster, as Cinder's guide
-    has it (rbd_user cinder, rbd_pool volumes), unless ``users`` or
-    ``pools`` say; ``extra`` is appended (more sections), and
-    ``more_backends`` are enabled too."""
-    users, pools = users or {}, pools or {}
+    has it (rbd_user cinder, rbd_pool volumes, the stack's ceph.conf),
+    unless ``users``, ``pools`` or ``ceph_confs`` say; ``extra`` is
+    appended (more sections), and ``more_backends`` are enabled too."""
+    users, pools, confs = users or {}, pools or {}, ceph_confs or {}
     backends = ",".join(["ceph-central", "ceph-edge", *more_backends])
     text = f"[DEFAULT]\nenabled_backends = {backends}\n"
     for cluster in ("central", "edge"):
         text += (f"[ceph-{cluster}]\nvolume_driver = cinder.volume.drivers.rbd.RBDDriver\n"
                  f"rbd_user = {users.get(cluster, 'cinder')}\n"
                  f"rbd_pool = {pools.get(cluster, 'volumes')}\n"
-                 f"rbd_ceph_conf = {stack.ceph_conf(cluster)}\n")
+                 f"rbd_ceph_conf = {confs.get(cluster, stack.ceph_conf(cluster))}\n")
     path.write_text(text + extra)
     return path
 
@@ -173,19 +174,19 @@ def test_qcow2_is_named_with_its_remedy(daemon: Daemon, glance: Glance, tmp_path
         assert "qemu-img convert -O raw" in remedy(v["diagnoses"], "disk_format_not_raw")
 
 
-def unprotected_at_central(stack: Stack, glance: Glance, d: Daemon
-                           ) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
-    """The doctor, with ``d``'s config, on an image registered with an
-    unprotected snapshot: exit status, report, text, central's verdict."""
-    image_id = register_unprotected(stack, glance, os.urandom(MiB))
-    rc, report, text = doctor(d, image_id, "--target", "central")
+def at_central(d: Daemon, image_id: str, *args: str
+               ) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
+    """The doctor, with ``d``'s config, on ``image_id`` at central: exit
+    status, report, text, central's verdict."""
+    rc, report, text = doctor(d, image_id, "--target", "central", *args)
     return rc, report, text, verdict(report, "central")
 
 
 def test_an_unprotected_snapshot_under_clone_v1_is_named_with_its_remedy(
-        stack: Stack, daemon: Daemon, glance: Glance) -> None:
-    rc, report, text, central = unprotected_at_central(stack, glance, daemon)
-    image_id = report["image"]["id"]
+        stack: Stack, daemon: Daemon, glance: Glance, tmp_path: Path) -> None:
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    rc, report, text, central = at_central(daemon, image_id, "--cinder-conf",
+                                           str(cinder_conf(stack, tmp_path / "cinder.conf")))
     assert rc == 1, text
     assert "clone_v1" in codes(report["deployment"]["central"])
     assert central["clones"] is False
@@ -194,6 +195,15 @@ def test_an_unprotected_snapshot_under_clone_v1_is_named_with_its_remedy(
     assert "snapshot_unprotected" in codes(central["diagnoses"], blocking=True)
     assert (f"rbd snap protect images/{image_id}@snap"
             in remedy(central["diagnoses"], "snapshot_unprotected"))
+    # Without cinder.conf, Cinder's clone format is not known: not CLONES.
+    rc, report, text, central = at_central(daemon, image_id)
+    assert rc == 1, text
+    assert "--cinder-conf" in named(report["deployment"]["central"], text,
+                                    "clone_format_unknown", blocking=False)
+    assert central["clones"] is False
+    assert "central: DOES NOT CLONE" in text
+    assert f"rbd snap protect images/{image_id}@snap" in named(
+        central["diagnoses"], text, "clone_format_unknown", blocking=True)
 
 
 def test_cinder_without_read_access_is_named_with_its_remedy(
@@ -282,17 +292,31 @@ def test_an_unknown_image_and_one_without_data_are_named(
     assert "pin" not in fix and "image's own diagnoses" in fix
 
 
-def test_an_unprotected_snapshot_under_clone_v2_clones_and_exits_0(
+def test_an_unprotected_snapshot_clones_only_where_cinders_own_config_says_v2(
         stack: Stack, glance: Glance, tmp_path: Path) -> None:
-    """The same unprotected snapshot that blocks under clone v1 is fine when
-    librbd makes v2 clones: the doctor does not cry wolf."""
-    conf = tmp_path / "central-v2.conf"
-    conf.write_text(Path(stack.ceph_conf()).read_text()
-                    + "\n[client]\nrbd default clone format = 2\n")
-    offline = Daemon(stack, overrides=f"[central]\nceph_conf = {conf}\n")
-    rc, report, text, central = unprotected_at_central(stack, glance, offline)
+    """warmer's ceph.conf at clone v2 says nothing of Cinder's clones: the
+    stack's Cinder (its ceph.conf: auto, on a luminous cluster) still makes
+    v1 clones, and an unprotected snapshot does not clone. With Cinder's own
+    rbd_ceph_conf at v2, it clones and the doctor exits 0: it does not cry
+    wolf."""
+    v2 = tmp_path / "v2" / "ceph.conf"  # librados names the cluster after the file
+    v2.parent.mkdir()
+    v2.write_text(Path(stack.ceph_conf()).read_text()
+                  + "\n[client]\nrbd default clone format = 2\n")
+    warmer_v2 = Daemon(stack, overrides=f"[central]\nceph_conf = {v2}\n")
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    rc, report, text, central = at_central(
+        warmer_v2, image_id, "--cinder-conf", str(cinder_conf(stack, tmp_path / "cinder.conf")))
+    assert rc == 1, text
+    assert "clone_v1" in codes(report["deployment"]["central"])
+    assert central["clones"] is False
+    assert "snapshot_unprotected" in codes(central["diagnoses"], blocking=True)
+    # Cinder's rbd_ceph_conf at clone v2.
+    conf = cinder_conf(stack, tmp_path / "cinder-v2.conf", ceph_confs={"central": v2})
+    rc, report, text, central = at_central(Daemon(stack), image_id, "--cinder-conf", str(conf))
     assert rc == 0, text
-    assert "clone_v2" in codes(report["deployment"]["central"])
+    [note] = [d for d in report["deployment"]["central"] if d["code"] == "clone_v2"]
+    assert f"read as it, with {v2} from cinder.conf" in note["message"], text
     assert central["clones"] is True
     assert {"snapshot_unprotected_v2", "cloneable"} <= codes(central["diagnoses"])
     assert not codes(central["diagnoses"], blocking=True)

@@ -34,6 +34,36 @@ def test_clone_format_follows_librbd() -> None:
     assert rules.clone_v1("1", "reef") is True
     assert rules.clone_v1("2", "luminous") is False
     assert rules.clone_v1("auto", None) is None
+    # Not known is not auto.
+    assert rules.clone_v1(None, "luminous") is None
+
+
+def facts(pool: str | None = "", client: str | None = "auto", compat: str | None = "luminous",
+          db: str | None = None) -> rules.CloneFacts:
+    return rules.CloneFacts("volumes", pool, "cinder", client, "test", compat, db)
+
+
+def test_cinders_clone_format_is_its_pools_then_its_own_config() -> None:
+    """librbd applies the overrides of the pool it clones into above the
+    client's config; without Cinder's own config (not warmer's), the format
+    is unknown, whatever the config database says."""
+    assert facts().v1 is True
+    assert facts(client="2").v1 is False
+    assert facts(pool="1", client="2").v1 is True
+    assert facts(pool="2", client=None).v1 is False
+    assert facts(client=None, db="2").v1 is None
+    assert facts(pool=None, client="2").v1 is None
+    note = rules.clone_format_note(facts(client=None, db="2"))
+    assert note.code == "clone_format_unknown" and note.remedy is not None
+    assert "--cinder-conf" in note.remedy and "config database" in note.message
+    assert rules.clone_format_note(facts(client="2")).code == "clone_v2"
+
+
+def test_an_unprotected_snapshot_under_an_unknown_clone_format_does_not_clone() -> None:
+    verdict = replay([URL], {URL: SnapProbe("ok", protected=False)}, v1=None)
+    assert not verdict.clones and codes(verdict, blocking=True) == {"clone_format_unknown"}
+    # Protected, it clones whatever the format.
+    assert replay([URL], {URL: SnapProbe("ok", protected=True)}, v1=None).clones
 
 
 def test_the_first_location_that_passes_is_cloned_even_when_unprotected_under_v1() -> None:
@@ -112,7 +142,7 @@ def test_glance_conf_stores(tmp_path: Path) -> None:
 
 def test_a_report_without_an_image_is_blocked_only_by_blocking_deployment_findings() -> None:
     report = Report()
-    report.add("edge", rules.clone_format_note("auto", "luminous"))
+    report.add("edge", rules.clone_format_note(facts()))
     assert not report.blocked
     report.add("edge", Diagnosis("x", "y", "z", blocking=True))
     assert report.blocked and "[BLOCKING] x: y" in "\n".join(report.lines())
@@ -135,8 +165,6 @@ def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
 # other code is named in tests/functional/test_doctor*.py.
 NOT_ON_THE_STACK = {
     "glance_stores_unknown": "the stack's Glance has several stores and warmer is admin",
-    "clone_format_unknown": "'osd dump' needs the OSD map that every pool open needs: a "
-                            "user without it is ceph_unavailable first",
     "locations_hidden": "the stack's one Glance shows direct_url (unit-tested here)",
     "only_direct_url": "the stack's one Glance shows multiple locations (unit-tested here)",
     "location_malformed": "Glance refuses to store a malformed rbd:// location",

@@ -117,3 +117,39 @@ def test_every_caps_remedy_keeps_the_users_current_caps() -> None:
         assert "with its current caps" in remedy, remedy
     for d in found:
         assert "pool=volumes'" not in (d.remedy or "").replace("rbd-read-only pool=volumes'", ""), d
+
+
+def clone_format(t: probe.TargetFacts) -> Diagnosis:
+    report = Report()
+    asyncio.run(doctor()._clone_format(report, t))
+    [note] = diagnoses(report)
+    return note
+
+
+def test_warmers_own_clone_format_says_nothing_of_cinders() -> None:
+    """warmer's ceph.conf or config section at clone v2 is not Cinder's:
+    without Cinder's own connection the format is unknown."""
+    warmer = FakeClient({"doctor_pool_config": "", "doctor_osd_dump": "luminous",
+                         "doctor_conf_get": "2", "doctor_config_dump": "2"})
+    t = target("images", warmer)
+    t.group.cinder_user = None
+    note = clone_format(t)
+    assert note.code == "clone_format_unknown" and t.v1 is None, note
+    # Cinder's user from warmer.conf connects with warmer's ceph.conf: no better.
+    t.group.cinder_user = "cinder"
+    t.cinder = probe.User("cinder", warmer, "warmer.conf")  # type: ignore[arg-type]
+    assert clone_format(t).code == "clone_format_unknown"
+
+
+def test_cinders_clone_format_is_read_as_cinder_with_its_ceph_conf() -> None:
+    warmer = FakeClient({"doctor_pool_config": "", "doctor_osd_dump": "luminous"})
+    cinder = FakeClient({"doctor_pool_config": "", "doctor_conf_get": "2"})
+    cinder.config = types.SimpleNamespace(conf_file="/etc/ceph/ceph.conf")  # type: ignore[attr-defined]
+    t = target("images", warmer)
+    t.cinder = probe.User("cinder", cinder, "cinder.conf")  # type: ignore[arg-type]
+    note = clone_format(t)
+    assert note.code == "clone_v2" and t.v1 is False, note
+    assert "with /etc/ceph/ceph.conf from cinder.conf" in note.message
+    # Cinder's pool overrides every client's setting.
+    cinder.answers["doctor_pool_config"] = "1"
+    assert clone_format(t).code == "clone_v1" and t.v1 is True

@@ -150,14 +150,63 @@ def _mon_json(cluster: Rados, command: dict[str, str]) -> object | None:
     return json.loads(out) if ret == 0 and out else None
 
 
-def _clone_facts(cluster: Rados) -> tuple[str | None, str | None]:
-    try:
-        fmt = str(cluster.conf_get("rbd_default_clone_format"))  # type: ignore[attr-defined]
-    except Exception:  # an unknown option on an old librbd
-        fmt = None
+CLONE_FORMAT = "rbd_default_clone_format"
+
+
+def _min_compat(cluster: Rados) -> str | None:
+    """The cluster's ``require_min_compat_client`` (``auto`` follows it)."""
     osdmap = _mon_json(cluster, {"prefix": "osd dump"})
     compat = osdmap.get("require_min_compat_client") if isinstance(osdmap, dict) else None
-    return fmt, compat if isinstance(compat, str) else None
+    return compat if isinstance(compat, str) else None
+
+
+def _pool_clone_format(cluster: Rados, pool: str) -> str | None:
+    """``pool``'s own ``rbd_default_clone_format`` (``rbd config pool set``,
+    kept in the pool's RBD metadata), which librbd applies over the
+    client's config to a clone made in that pool: "" when the pool sets
+    none, None when it cannot be read."""
+    rados, rbd = modules()
+    try:
+        ioctx = cluster.open_ioctx(pool)
+    except rados.Error:
+        return None
+    try:
+        return str(rbd.RBD().pool_metadata_get(ioctx, f"conf_{CLONE_FORMAT}"))
+    except KeyError:
+        return ""
+    except (rados.Error, rbd.Error):
+        return None
+    finally:
+        ioctx.close()
+
+
+def _own_clone_format(cluster: Rados) -> str | None:
+    """``rbd_default_clone_format`` as this connection's librados has it: its
+    ceph.conf, then the config database for its own entity."""
+    try:
+        return str(cluster.conf_get(CLONE_FORMAT))  # type: ignore[attr-defined]
+    except Exception:  # an unknown option on an old librbd
+        return None
+
+
+def _config_db(cluster: Rados, entity: str, option: str) -> str | None:
+    """What the cluster's config database gives ``entity`` for ``option``
+    (its own section, else ``client``, else ``global``): "" when it sets
+    nothing, None when it cannot be read or depends on a mask (a host or
+    a device class the doctor cannot know). A hint only: a client's
+    ceph.conf overrides it."""
+    dump = _mon_json(cluster, {"prefix": "config dump"})
+    if not isinstance(dump, list):
+        return None
+    found: dict[str, str] = {}
+    for entry in dump:
+        if not isinstance(entry, dict) or entry.get("name") != option:
+            continue
+        section = str(entry.get("section"))
+        if section in (entity, "client", "global") and entry.get("mask"):
+            return None
+        found[section] = str(entry.get("value"))
+    return next((found[s] for s in (entity, "client", "global") if s in found), "")
 
 
 def _auth_caps(cluster: Rados, entity: str) -> dict[str, str] | None:
@@ -250,6 +299,14 @@ class Doctor:
                 t.fsid = None  # checked no further
         await self._cinder(report)
         for t in self.targets:
+            if t.fsid is None:
+                continue
+            try:
+                await self._clone_format(report, t)
+            except CephUnavailable as exc:
+                report.add(t.name, _unavailable(t, exc))
+                t.fsid = None
+        for t in self.targets:
             await self._glance_user(report, t)
         if image_id is not None:
             report.image = await self._image(image_id)
@@ -320,9 +377,6 @@ class Doctor:
                           "warmer and Glance then need write caps on every Cinder volume",
                           "leave copy_pool unset: copies belong in the Glance store's pool"))
         await self._warmer_caps(t, add)
-        fmt, compat = await t.warmer.run("doctor_clone_facts", _clone_facts)
-        t.v1 = rules.clone_v1(fmt, compat)
-        add(rules.clone_format_note(fmt, compat))
 
     async def _warmer_caps(self, t: TargetFacts, add: Callable[[Diagnosis], None]) -> None:
         user = str(t.group.rados_user)
@@ -439,6 +493,38 @@ class Doctor:
                     "cinder_user_not_checked", f"Cinder's user for {t.name} is unknown: "
                     f"snapshots were opened as client.{t.group.rados_user} instead",
                     f"set [{t.name}] cinder_user and cinder_keyring, or give --cinder-conf"))
+
+    async def _clone_format(self, report: Report, t: TargetFacts) -> None:
+        """The format of the clones Cinder makes here (:class:`rules.CloneFacts`).
+        Cinder's own config is read only on a connection as its rbd_user with
+        its rbd_ceph_conf (from cinder.conf), which is what Cinder's librbd
+        reads; otherwise the doctor says it does not know, unless Cinder's
+        pool decides for every client."""
+        pool = t.cinder_pool or str(t.group.pool)
+        pool_setting = None
+        if t.cinder is not None:
+            pool_setting = await t.cinder.client.run(
+                "doctor_pool_config", lambda c: _pool_clone_format(c, pool))
+        if pool_setting is None:
+            pool_setting = await t.warmer.run(
+                "doctor_pool_config", lambda c: _pool_clone_format(c, pool))
+        compat = await t.warmer.run("doctor_osd_dump", _min_compat)
+        user = t.cinder.name if t.cinder is not None else t.group.cinder_user
+        client_setting, db = None, None
+        if t.cinder is not None and t.cinder.source == "cinder.conf":
+            client_setting = await t.cinder.client.run("doctor_conf_get", _own_clone_format)
+            source = f"read as it, with {t.cinder.client.config.conf_file} from cinder.conf"
+        else:
+            source = ("its rbd_ceph_conf is unknown without --cinder-conf" if t.cinder is None
+                      else f"connected with warmer's ceph_conf ({t.group.ceph_conf}), not "
+                           "Cinder's rbd_ceph_conf: give --cinder-conf")
+            if user:
+                entity = f"client.{user}"
+                db = await t.warmer.run("doctor_config_dump",
+                                        lambda c: _config_db(c, entity, CLONE_FORMAT))
+        facts = rules.CloneFacts(pool, pool_setting, user, client_setting, source, compat, db)
+        t.v1 = facts.v1
+        report.add(t.name, rules.clone_format_note(facts))
 
     async def _glance_user(self, report: Report, t: TargetFacts) -> None:
         """Glance validates a location it is given by opening it as its
