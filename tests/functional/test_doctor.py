@@ -85,12 +85,15 @@ def remedy(diagnoses: list[dict[str, Any]], code: str) -> str:
     return str(found[0])
 
 
-def named(diagnoses: list[dict[str, Any]], text: str, code: str, *, blocking: bool) -> str:
-    """``code`` is among ``diagnoses``, blocking or not as said, with a
-    remedy that the text report prints under it; returns the remedy."""
+def named(diagnoses: list[dict[str, Any]], text: str, code: str, *, blocking: bool,
+          unsafe: bool = False) -> str:
+    """``code`` is among ``diagnoses``, blocking or not and unsafe or not as
+    said, with a remedy that the text report prints under it; returns the
+    remedy."""
     assert code in codes(diagnoses, blocking=blocking), (code, blocking, text)
+    assert any(d["code"] == code and d["unsafe"] == unsafe for d in diagnoses), (code, text)
     fix = remedy(diagnoses, code)
-    level = "BLOCKING" if blocking else "warning"
+    level = "UNSAFE" if unsafe else "BLOCKING" if blocking else "warning"
     assert f"[{level}] {code}: " in text and f"remedy: {fix}" in text, text
     return fix
 

@@ -61,14 +61,18 @@ def test_warmer_without_write_caps_on_the_copy_pool_cannot_warm_and_exits_1(
                    "'profile rbd-read-only pool=volumes' on osd")
 
 
-def test_warmer_with_write_caps_on_cinders_pool_is_warned_of_invariant_7(
+def test_warmer_with_write_caps_on_cinders_pool_is_unsafe_and_exits_1(
         stack: Stack, make_user: Any) -> None:
+    """It works, but every Cinder volume is within warmer's reach
+    (invariant 7): the doctor exits 1, and says UNSAFE, not BLOCKING."""
     user, d = as_warmer(stack, make_user, "profile rbd pool=images, profile rbd pool=volumes",
                         mon_caps='profile rbd, allow command "auth get"')
     rc, report, text = doctor(d, "--target", "edge")
-    assert rc == 0, text  # it works; it is just too much
+    assert rc == 1, text
+    assert report["unsafe"] is True and report["blocked"] is True
     edge = report["deployment"]["edge"]
-    fix = named(edge, text, "warmer_can_write_cinder_pool", blocking=False)
+    assert not codes(edge, blocking=True), text  # nothing keeps warmer from warming
+    fix = named(edge, text, "warmer_can_write_cinder_pool", blocking=False, unsafe=True)
     assert f"client.{user} with its current caps, but 'profile rbd-read-only pool=volumes'" in fix
     # Allowed to read its own caps, the doctor shows them.
     assert "warmer_caps" in codes(edge)

@@ -202,6 +202,18 @@ def test_every_diagnosis_is_broken_on_purpose_on_the_stack_or_says_why_not() -> 
                                                set(NOT_ON_THE_STACK) - untested)
 
 
+def test_an_unsafe_deployment_exits_non_zero_even_where_the_image_clones() -> None:
+    """warmer's user may write Cinder's pool (invariant 7): wrong whatever
+    the image does, so the exit status is 1 with or without an image."""
+    report = Report()
+    report.add("edge", Diagnosis("warmer_can_write_cinder_pool", "x", "y", unsafe=True))
+    assert report.blocked and report.unsafe
+    report.image = ImageReport(IMG, verdicts=[Verdict("edge", True, URL)])
+    assert not report.image.blocked
+    assert report.blocked and report.as_json()["unsafe"] is True
+    assert "    [UNSAFE] warmer_can_write_cinder_pool: x" in report.lines()
+
+
 def test_a_target_the_doctor_could_not_check_blocks_an_images_report() -> None:
     """Nothing shows that the image clones there: exit 1, and it says "NOT
     CHECKED", not "DOES NOT CLONE"."""

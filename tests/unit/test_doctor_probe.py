@@ -153,3 +153,9 @@ def test_cinders_clone_format_is_read_as_cinder_with_its_ceph_conf() -> None:
     # Cinder's pool overrides every client's setting.
     cinder.answers["doctor_pool_config"] = "1"
     assert clone_format(t).code == "clone_v1" and t.v1 is True
+
+
+def test_warmer_that_may_write_cinders_pool_is_unsafe() -> None:
+    found = warmer_caps_report("images", {"images": (OK, OK), "volumes": (OK, OK)})
+    [unsafe] = [d for d in found if d.unsafe]
+    assert unsafe.code == "warmer_can_write_cinder_pool" and unsafe.level == "UNSAFE"

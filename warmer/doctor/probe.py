@@ -421,7 +421,7 @@ class Doctor:
                           "is within warmer's reach (invariant 7)",
                           f"ceph auth caps client.{user} with its current caps, but "
                           f"'profile rbd-read-only pool={pool}' on osd instead of what lets it "
-                          "write there (docs/cephx.md)"))
+                          "write there (docs/cephx.md)", unsafe=True))
 
     async def _cinder(self, report: Report) -> None:
         """Cinder's user per target: from cinder.conf's backend on the same
