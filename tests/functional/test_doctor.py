@@ -13,9 +13,11 @@ import json
 import os
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import rbd
 from stackclient import Stack, ceph
 from stackclient.daemon import Daemon
@@ -99,8 +101,9 @@ def named(diagnoses: list[dict[str, Any]], text: str, code: str, *, blocking: bo
 
 
 def test_a_healthy_image_clones_in_both_targets_and_exits_0(
-        stack: Stack, daemon: Daemon, glance: Glance, tmp_path: Path) -> None:
-    image_id = glance.create("doctor-healthy", tags=["warmer-pin"])["id"]
+        stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str],
+        tmp_path: Path) -> None:
+    image_id = pinned("doctor-healthy")
     glance.upload(image_id, os.urandom(4 * MiB))
     for target in ("central", "edge"):
         daemon.wait_until(lambda t=target: daemon.target_state(image_id, t) == WARM, 30,
@@ -325,23 +328,43 @@ def test_an_unprotected_snapshot_clones_only_where_cinders_own_config_says_v2(
     assert not codes(central["diagnoses"], blocking=True)
 
 
+@pytest.fixture
+def pinned(glance: Glance) -> Iterator[Callable[[str], str]]:
+    """``pinned(name)``: a new image tagged warmer-pin, deleted afterwards
+    however the test ends (left behind, it would stay wanted in every
+    target for the rest of the session)."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        made.append(glance.create(name, tags=["warmer-pin"])["id"])
+        return made[-1]
+
+    yield make
+    for image_id in made:
+        glance.delete_eventually(image_id)
+
+
 def test_a_copy_glance_refuses_to_publish_is_named_with_glances_caps(
-        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+        stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str]) -> None:
     """Glance opens a location it is given as its store's user: with that
     user's caps narrowed on edge (live, as an operator might), warmer's
-    copy is complete but refused, and the doctor says both."""
-    narrowed = ("mon", "profile rbd", "osd", "profile rbd pool=volumes")
-    admin(stack, "edge", "auth", "caps", "client.glance", *narrowed)
+    copy is complete but refused, and the doctor says both. The caps it
+    had are put back whatever happens, before its image is deleted."""
+    [entry] = json.loads(admin(stack, "edge", "auth", "get", "client.glance",
+                               "--format", "json"))
+    caps = [arg for kind, cap in sorted(entry["caps"].items()) for arg in (kind, cap)]
+    assert caps == ["mon", "profile rbd", "osd", "profile rbd pool=images"], caps
+    admin(stack, "edge", "auth", "caps", "client.glance",
+          "mon", "profile rbd", "osd", "profile rbd pool=volumes")
     try:
-        image_id = glance.create("doctor-refused", tags=["warmer-pin"])["id"]
+        image_id = pinned("doctor-refused")
         glance.upload(image_id, os.urandom(MiB))
         daemon.wait_until(lambda: daemon.target_state(image_id, "edge")
                           == ("cold", "publish_refused"), 60, "publish refused on edge")
         rc, report, text = doctor(daemon, image_id, "--target", "edge",
                                   "--glance-conf", stack["GLANCE_CONF"])
     finally:
-        admin(stack, "edge", "auth", "caps", "client.glance",
-              "mon", "profile rbd", "osd", "profile rbd pool=images")
+        admin(stack, "edge", "auth", "caps", "client.glance", *caps)
     assert rc == 1, text
     edge = verdict(report, "edge")
     assert edge["clones"] is False
