@@ -321,6 +321,7 @@ def test_an_unprotected_snapshot_clones_only_where_cinders_own_config_says_v2(
     conf = cinder_conf(stack, tmp_path / "cinder-v2.conf", ceph_confs={"central": v2})
     rc, report, text, central = at_central(Daemon(stack), image_id, "--cinder-conf", str(conf))
     assert rc == 0, text
+    assert "clone_v2" in codes(report["deployment"]["central"]), text
     [note] = [d for d in report["deployment"]["central"] if d["code"] == "clone_v2"]
     assert f"read as it, with {v2} from cinder.conf" in note["message"], text
     assert central["clones"] is True
