@@ -108,7 +108,9 @@ class Tracker:
         # (time.monotonic()): a Glance read that began before then may show
         # the image as it was, and must not undo the change (a pin added or
         # removed by a tag or property). Glance's updated_at cannot order
-        # them: it has whole seconds.
+        # them: it has whole seconds. An answer taken from Glance's API
+        # ends it (the entry goes), so that only images with a change not
+        # read back yet are kept here.
         self._changed_at: dict[str, float] = {}
         self._dedup = DedupWindow(dedup_window)
         self._tombstones: collections.OrderedDict[str, dt.datetime] = collections.OrderedDict()
@@ -296,7 +298,11 @@ class Tracker:
         answers. ``read_at``: when that request began (time.monotonic()); an
         answer to a request that began before a notification changed the
         image is ``stale`` and ignored: the image stays stale, and the
-        evaluation that notification queued asks Glance again."""
+        evaluation that notification queued asks Glance again. An
+        authoritative answer that is taken drops the notification's time:
+        it is the newer view. (A still older read of the same image landing
+        after it is then taken, as are any two reads of Glance that land
+        out of order.)"""
         if image.id in self._tombstones:
             return Applied(image.id, False, "deleted")
         if image.status in ("deleted", "pending_delete"):
@@ -309,6 +315,8 @@ class Tracker:
         changed = current != image
         self._images[image.id] = image
         self._stale.discard(image.id)
+        if authoritative:
+            self._changed_at.pop(image.id, None)
         self._classify(image.id)
         return Applied(image.id, changed, "handled")
 

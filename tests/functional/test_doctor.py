@@ -13,9 +13,11 @@ import json
 import os
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import rbd
 from stackclient import Stack, ceph
 from stackclient.daemon import Daemon
@@ -29,19 +31,20 @@ MiB = 1 << 20
 
 def cinder_conf(stack: Stack, path: Path, users: dict[str, str] | None = None, *,
                 pools: dict[str, str] | None = None, extra: str = "",
-                more_backends: tuple[str, ...] = ()) -> Path:
+                more_backends: tuple[str, ...] = (),
+                ceph_confs: dict[str, Path] | None = None) -> Path:
     """A cinder.conf with one RBD backend per cluster, as Cinder's guide
-    has it (rbd_user cinder, rbd_pool volumes), unless ``users`` or
-    ``pools`` say; ``extra`` is appended (more sections), and
-    ``more_backends`` are enabled too."""
-    users, pools = users or {}, pools or {}
+    has it (rbd_user cinder, rbd_pool volumes, the stack's ceph.conf),
+    unless ``users``, ``pools`` or ``ceph_confs`` say; ``extra`` is
+    appended (more sections), and ``more_backends`` are enabled too."""
+    users, pools, confs = users or {}, pools or {}, ceph_confs or {}
     backends = ",".join(["ceph-central", "ceph-edge", *more_backends])
     text = f"[DEFAULT]\nenabled_backends = {backends}\n"
     for cluster in ("central", "edge"):
         text += (f"[ceph-{cluster}]\nvolume_driver = cinder.volume.drivers.rbd.RBDDriver\n"
                  f"rbd_user = {users.get(cluster, 'cinder')}\n"
                  f"rbd_pool = {pools.get(cluster, 'volumes')}\n"
-                 f"rbd_ceph_conf = {stack.ceph_conf(cluster)}\n")
+                 f"rbd_ceph_conf = {confs.get(cluster, stack.ceph_conf(cluster))}\n")
     path.write_text(text + extra)
     return path
 
@@ -84,19 +87,23 @@ def remedy(diagnoses: list[dict[str, Any]], code: str) -> str:
     return str(found[0])
 
 
-def named(diagnoses: list[dict[str, Any]], text: str, code: str, *, blocking: bool) -> str:
-    """``code`` is among ``diagnoses``, blocking or not as said, with a
-    remedy that the text report prints under it; returns the remedy."""
+def named(diagnoses: list[dict[str, Any]], text: str, code: str, *, blocking: bool,
+          unsafe: bool = False) -> str:
+    """``code`` is among ``diagnoses``, blocking or not and unsafe or not as
+    said, with a remedy that the text report prints under it; returns the
+    remedy."""
     assert code in codes(diagnoses, blocking=blocking), (code, blocking, text)
+    assert any(d["code"] == code and d["unsafe"] == unsafe for d in diagnoses), (code, text)
     fix = remedy(diagnoses, code)
-    level = "BLOCKING" if blocking else "warning"
+    level = "UNSAFE" if unsafe else "BLOCKING" if blocking else "warning"
     assert f"[{level}] {code}: " in text and f"remedy: {fix}" in text, text
     return fix
 
 
 def test_a_healthy_image_clones_in_both_targets_and_exits_0(
-        stack: Stack, daemon: Daemon, glance: Glance, tmp_path: Path) -> None:
-    image_id = glance.create("doctor-healthy", tags=["warmer-pin"])["id"]
+        stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str],
+        tmp_path: Path) -> None:
+    image_id = pinned("doctor-healthy")
     glance.upload(image_id, os.urandom(4 * MiB))
     for target in ("central", "edge"):
         daemon.wait_until(lambda t=target: daemon.target_state(image_id, t) == WARM, 30,
@@ -173,19 +180,19 @@ def test_qcow2_is_named_with_its_remedy(daemon: Daemon, glance: Glance, tmp_path
         assert "qemu-img convert -O raw" in remedy(v["diagnoses"], "disk_format_not_raw")
 
 
-def unprotected_at_central(stack: Stack, glance: Glance, d: Daemon
-                           ) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
-    """The doctor, with ``d``'s config, on an image registered with an
-    unprotected snapshot: exit status, report, text, central's verdict."""
-    image_id = register_unprotected(stack, glance, os.urandom(MiB))
-    rc, report, text = doctor(d, image_id, "--target", "central")
+def at_central(d: Daemon, image_id: str, *args: str
+               ) -> tuple[int, dict[str, Any], str, dict[str, Any]]:
+    """The doctor, with ``d``'s config, on ``image_id`` at central: exit
+    status, report, text, central's verdict."""
+    rc, report, text = doctor(d, image_id, "--target", "central", *args)
     return rc, report, text, verdict(report, "central")
 
 
 def test_an_unprotected_snapshot_under_clone_v1_is_named_with_its_remedy(
-        stack: Stack, daemon: Daemon, glance: Glance) -> None:
-    rc, report, text, central = unprotected_at_central(stack, glance, daemon)
-    image_id = report["image"]["id"]
+        stack: Stack, daemon: Daemon, glance: Glance, tmp_path: Path) -> None:
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    rc, report, text, central = at_central(daemon, image_id, "--cinder-conf",
+                                           str(cinder_conf(stack, tmp_path / "cinder.conf")))
     assert rc == 1, text
     assert "clone_v1" in codes(report["deployment"]["central"])
     assert central["clones"] is False
@@ -194,6 +201,15 @@ def test_an_unprotected_snapshot_under_clone_v1_is_named_with_its_remedy(
     assert "snapshot_unprotected" in codes(central["diagnoses"], blocking=True)
     assert (f"rbd snap protect images/{image_id}@snap"
             in remedy(central["diagnoses"], "snapshot_unprotected"))
+    # Without cinder.conf, Cinder's clone format is not known: not CLONES.
+    rc, report, text, central = at_central(daemon, image_id)
+    assert rc == 1, text
+    assert "--cinder-conf" in named(report["deployment"]["central"], text,
+                                    "clone_format_unknown", blocking=False)
+    assert central["clones"] is False
+    assert "central: DOES NOT CLONE" in text
+    assert f"rbd snap protect images/{image_id}@snap" in named(
+        central["diagnoses"], text, "clone_format_unknown", blocking=True)
 
 
 def test_cinder_without_read_access_is_named_with_its_remedy(
@@ -282,39 +298,74 @@ def test_an_unknown_image_and_one_without_data_are_named(
     assert "pin" not in fix and "image's own diagnoses" in fix
 
 
-def test_an_unprotected_snapshot_under_clone_v2_clones_and_exits_0(
+def test_an_unprotected_snapshot_clones_only_where_cinders_own_config_says_v2(
         stack: Stack, glance: Glance, tmp_path: Path) -> None:
-    """The same unprotected snapshot that blocks under clone v1 is fine when
-    librbd makes v2 clones: the doctor does not cry wolf."""
-    conf = tmp_path / "central-v2.conf"
-    conf.write_text(Path(stack.ceph_conf()).read_text()
-                    + "\n[client]\nrbd default clone format = 2\n")
-    offline = Daemon(stack, overrides=f"[central]\nceph_conf = {conf}\n")
-    rc, report, text, central = unprotected_at_central(stack, glance, offline)
+    """warmer's ceph.conf at clone v2 says nothing of Cinder's clones: the
+    stack's Cinder (its ceph.conf: auto, on a luminous cluster) still makes
+    v1 clones, and an unprotected snapshot does not clone. With Cinder's own
+    rbd_ceph_conf at v2, it clones and the doctor exits 0: it does not cry
+    wolf."""
+    v2 = tmp_path / "v2" / "ceph.conf"  # librados names the cluster after the file
+    v2.parent.mkdir()
+    v2.write_text(Path(stack.ceph_conf()).read_text()
+                  + "\n[client]\nrbd default clone format = 2\n")
+    warmer_v2 = Daemon(stack, overrides=f"[central]\nceph_conf = {v2}\n")
+    image_id = register_unprotected(stack, glance, os.urandom(MiB))
+    rc, report, text, central = at_central(
+        warmer_v2, image_id, "--cinder-conf", str(cinder_conf(stack, tmp_path / "cinder.conf")))
+    assert rc == 1, text
+    assert "clone_v1" in codes(report["deployment"]["central"])
+    assert central["clones"] is False
+    assert "snapshot_unprotected" in codes(central["diagnoses"], blocking=True)
+    # Cinder's rbd_ceph_conf at clone v2.
+    conf = cinder_conf(stack, tmp_path / "cinder-v2.conf", ceph_confs={"central": v2})
+    rc, report, text, central = at_central(Daemon(stack), image_id, "--cinder-conf", str(conf))
     assert rc == 0, text
-    assert "clone_v2" in codes(report["deployment"]["central"])
+    assert "clone_v2" in codes(report["deployment"]["central"]), text
+    [note] = [d for d in report["deployment"]["central"] if d["code"] == "clone_v2"]
+    assert f"read as it, with {v2} from cinder.conf" in note["message"], text
     assert central["clones"] is True
     assert {"snapshot_unprotected_v2", "cloneable"} <= codes(central["diagnoses"])
     assert not codes(central["diagnoses"], blocking=True)
 
 
+@pytest.fixture
+def pinned(glance: Glance) -> Iterator[Callable[[str], str]]:
+    """``pinned(name)``: a new image tagged warmer-pin, deleted afterwards
+    however the test ends (left behind, it would stay wanted in every
+    target for the rest of the session)."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        made.append(glance.create(name, tags=["warmer-pin"])["id"])
+        return made[-1]
+
+    yield make
+    for image_id in made:
+        glance.delete_eventually(image_id)
+
+
 def test_a_copy_glance_refuses_to_publish_is_named_with_glances_caps(
-        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+        stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str]) -> None:
     """Glance opens a location it is given as its store's user: with that
     user's caps narrowed on edge (live, as an operator might), warmer's
-    copy is complete but refused, and the doctor says both."""
-    narrowed = ("mon", "profile rbd", "osd", "profile rbd pool=volumes")
-    admin(stack, "edge", "auth", "caps", "client.glance", *narrowed)
+    copy is complete but refused, and the doctor says both. The caps it
+    had are put back whatever happens, before its image is deleted."""
+    [entry] = json.loads(admin(stack, "edge", "auth", "get", "client.glance",
+                               "--format", "json"))
+    caps = [arg for kind, cap in sorted(entry["caps"].items()) for arg in (kind, cap)]
+    assert caps == ["mon", "profile rbd", "osd", "profile rbd pool=images"], caps
+    admin(stack, "edge", "auth", "caps", "client.glance",
+          "mon", "profile rbd", "osd", "profile rbd pool=volumes")
     try:
-        image_id = glance.create("doctor-refused", tags=["warmer-pin"])["id"]
+        image_id = pinned("doctor-refused")
         glance.upload(image_id, os.urandom(MiB))
         daemon.wait_until(lambda: daemon.target_state(image_id, "edge")
                           == ("cold", "publish_refused"), 60, "publish refused on edge")
         rc, report, text = doctor(daemon, image_id, "--target", "edge",
                                   "--glance-conf", stack["GLANCE_CONF"])
     finally:
-        admin(stack, "edge", "auth", "caps", "client.glance",
-              "mon", "profile rbd", "osd", "profile rbd pool=images")
+        admin(stack, "edge", "auth", "caps", "client.glance", *caps)
     assert rc == 1, text
     edge = verdict(report, "edge")
     assert edge["clones"] is False

@@ -51,21 +51,29 @@ def test_warmer_without_write_caps_on_the_copy_pool_cannot_warm_and_exits_1(
     assert rc == 1, text
     edge = report["deployment"]["edge"]
     fix = named(edge, text, "warmer_cannot_write_copy_pool", blocking=True)
-    assert fix == f"ceph auth caps client.{user} mon 'profile rbd' osd '{WARMER_OSD}'"
+    # ``ceph auth caps`` replaces every cap: the remedy keeps the current ones.
+    assert fix.startswith(f"ceph auth caps client.{user} with its current caps plus "
+                          "'profile rbd pool=images' on osd"), fix
+    assert f"osd '{WARMER_OSD}'" in fix
     # It cannot read Cinder's pool either: it could never see clones.
     fix = named(edge, text, "warmer_cannot_read_cinder_pool", blocking=False)
-    assert f"'profile rbd-read-only pool=volumes' to client.{user}'s osd caps" in fix
+    assert fix == (f"ceph auth caps client.{user} with its current caps plus "
+                   "'profile rbd-read-only pool=volumes' on osd")
 
 
-def test_warmer_with_write_caps_on_cinders_pool_is_warned_of_invariant_7(
+def test_warmer_with_write_caps_on_cinders_pool_is_unsafe_and_exits_1(
         stack: Stack, make_user: Any) -> None:
+    """It works, but every Cinder volume is within warmer's reach
+    (invariant 7): the doctor exits 1, and says UNSAFE, not BLOCKING."""
     user, d = as_warmer(stack, make_user, "profile rbd pool=images, profile rbd pool=volumes",
                         mon_caps='profile rbd, allow command "auth get"')
     rc, report, text = doctor(d, "--target", "edge")
-    assert rc == 0, text  # it works; it is just too much
+    assert rc == 1, text
+    assert report["unsafe"] is True and report["blocked"] is True
     edge = report["deployment"]["edge"]
-    fix = named(edge, text, "warmer_can_write_cinder_pool", blocking=False)
-    assert f"'profile rbd-read-only pool=volumes' in client.{user}'s osd caps" in fix
+    assert not codes(edge, blocking=True), text  # nothing keeps warmer from warming
+    fix = named(edge, text, "warmer_can_write_cinder_pool", blocking=False, unsafe=True)
+    assert f"client.{user} with its current caps, but 'profile rbd-read-only pool=volumes'" in fix
     # Allowed to read its own caps, the doctor shows them.
     assert "warmer_caps" in codes(edge)
     assert f"client.{user}: mon 'profile rbd, allow command \"auth get\"'" in text
@@ -122,9 +130,12 @@ def test_a_target_on_the_wrong_or_no_glance_store_cannot_copy_and_exits_1(
 
 
 def test_copies_in_cinders_pool_are_named_and_write_caps_there_never_advised(
-        stack: Stack) -> None:
+        stack: Stack, tmp_path: Path) -> None:
+    """Neither warmer's nor Glance's user is ever told to take write caps on
+    Cinder's pool: the fix is to leave copy_pool unset."""
     rc, report, text = doctor(offline(stack, "[edge]\ncopy_pool = volumes\n"),
-                              "--target", "edge")
+                              "--target", "edge", "--glance-conf",
+                              str(glance_conf(stack, tmp_path / "glance.conf")))
     assert rc == 1, text
     edge = report["deployment"]["edge"]
     assert "leave copy_pool unset" in named(edge, text, "copies_in_cinder_pool",
@@ -132,6 +143,11 @@ def test_copies_in_cinders_pool_are_named_and_write_caps_there_never_advised(
     fix = named(edge, text, "warmer_cannot_write_copy_pool", blocking=True)
     assert "leave [edge] copy_pool unset" in fix
     assert "profile rbd pool=volumes" not in fix and f"'{WARMER_OSD}'" in fix
+    # Glance's client.glance (profile rbd pool=images) cannot open copies there.
+    fix = named(edge, text, "glance_user_cannot_read_copy_pool", blocking=True)
+    assert fix.startswith("leave [edge] copy_pool unset") and "pool=volumes" not in fix
+    assert "pool=volumes" not in "".join(d["remedy"] or "" for d in edge).replace(
+        "rbd-read-only pool=volumes", "")
 
 
 def test_a_cinder_pool_that_does_not_exist_is_named(stack: Stack) -> None:
@@ -181,7 +197,8 @@ def test_glance_store_users_that_cannot_write_or_look_elsewhere_are_named(
     assert rc == 0, text  # locations are accepted; only deletes leave copies behind
     fix = named(report["deployment"]["edge"], text, "glance_user_cannot_write_copy_pool",
                 blocking=False)
-    assert f"add 'profile rbd pool=images' to client.{reader}'s osd caps" == fix
+    assert fix == (f"ceph auth caps client.{reader} with its current caps plus "
+                   "'profile rbd pool=images' on osd")
     # The edge store's ceph.conf points at central.
     conf = glance_conf(stack, tmp_path / "glance2.conf",
                        ceph_confs={"edge": stack.ceph_conf("central")})

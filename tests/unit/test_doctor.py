@@ -34,6 +34,36 @@ def test_clone_format_follows_librbd() -> None:
     assert rules.clone_v1("1", "reef") is True
     assert rules.clone_v1("2", "luminous") is False
     assert rules.clone_v1("auto", None) is None
+    # Not known is not auto.
+    assert rules.clone_v1(None, "luminous") is None
+
+
+def facts(pool: str | None = "", client: str | None = "auto", compat: str | None = "luminous",
+          db: str | None = None) -> rules.CloneFacts:
+    return rules.CloneFacts("volumes", pool, "cinder", client, "test", compat, db)
+
+
+def test_cinders_clone_format_is_its_pools_then_its_own_config() -> None:
+    """librbd applies the overrides of the pool it clones into above the
+    client's config; without Cinder's own config (not warmer's), the format
+    is unknown, whatever the config database says."""
+    assert facts().v1 is True
+    assert facts(client="2").v1 is False
+    assert facts(pool="1", client="2").v1 is True
+    assert facts(pool="2", client=None).v1 is False
+    assert facts(client=None, db="2").v1 is None
+    assert facts(pool=None, client="2").v1 is None
+    note = rules.clone_format_note(facts(client=None, db="2"))
+    assert note.code == "clone_format_unknown" and note.remedy is not None
+    assert "--cinder-conf" in note.remedy and "config database" in note.message
+    assert rules.clone_format_note(facts(client="2")).code == "clone_v2"
+
+
+def test_an_unprotected_snapshot_under_an_unknown_clone_format_does_not_clone() -> None:
+    verdict = replay([URL], {URL: SnapProbe("ok", protected=False)}, v1=None)
+    assert not verdict.clones and codes(verdict, blocking=True) == {"clone_format_unknown"}
+    # Protected, it clones whatever the format.
+    assert replay([URL], {URL: SnapProbe("ok", protected=True)}, v1=None).clones
 
 
 def test_the_first_location_that_passes_is_cloned_even_when_unprotected_under_v1() -> None:
@@ -112,7 +142,7 @@ def test_glance_conf_stores(tmp_path: Path) -> None:
 
 def test_a_report_without_an_image_is_blocked_only_by_blocking_deployment_findings() -> None:
     report = Report()
-    report.add("edge", rules.clone_format_note("auto", "luminous"))
+    report.add("edge", rules.clone_format_note(facts()))
     assert not report.blocked
     report.add("edge", Diagnosis("x", "y", "z", blocking=True))
     assert report.blocked and "[BLOCKING] x: y" in "\n".join(report.lines())
@@ -132,11 +162,10 @@ def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
 
 
 # Diagnoses that no functional test breaks on the stack, and why. Every
-# other code is named in tests/functional/test_doctor*.py.
+# other code is asserted in the doctor's report by
+# tests/functional/test_doctor*.py (:func:`asserted_codes`).
 NOT_ON_THE_STACK = {
     "glance_stores_unknown": "the stack's Glance has several stores and warmer is admin",
-    "clone_format_unknown": "'osd dump' needs the OSD map that every pool open needs: a "
-                            "user without it is ceph_unavailable first",
     "locations_hidden": "the stack's one Glance shows direct_url (unit-tested here)",
     "only_direct_url": "the stack's one Glance shows multiple locations (unit-tested here)",
     "location_malformed": "Glance refuses to store a malformed rbd:// location",
@@ -164,14 +193,63 @@ def diagnosis_codes() -> set[str]:
     return found
 
 
+# Helpers of tests/functional/test_doctor.py that look a code up in the
+# doctor's report: ``named`` and ``remedy`` assert it is there themselves.
+REPORT_LOOKUPS = {"codes", "named", "remedy"}
+
+
+def asserted_codes(source: str) -> set[str]:
+    """The strings that a functional test asserts the doctor's report has:
+    the code given to ``named`` or ``remedy``, or any string in an
+    ``assert`` that looks at the report's codes (``codes(...)``, ...). A
+    code only mentioned (a comment, a docstring, an argument) is not."""
+    import ast
+
+    def lookups(node: ast.AST) -> bool:
+        return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+                   and n.func.id in REPORT_LOOKUPS for n in ast.walk(node))
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Assert) and lookups(node.test):
+            scope: list[ast.AST] = [node.test]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("named", "remedy")):
+            scope = list(node.args)
+        else:
+            continue
+        found |= {n.value for s in scope for n in ast.walk(s)
+                  if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+    return found
+
+
+def test_asserted_codes_are_those_the_report_is_checked_for() -> None:
+    source = ('"""not_this"""\n# "nor_this"\nx = "nor_that"\n'
+              'assert "this" in codes(d)\nassert {"both", "of"} <= codes(d)\n'
+              'fix = named(d, t, "named_one", blocking=True)\nassert "a" in fix\n')
+    assert asserted_codes(source) == {"this", "both", "of", "named_one"}
+
+
 def test_every_diagnosis_is_broken_on_purpose_on_the_stack_or_says_why_not() -> None:
-    functional = "".join(p.read_text() for p in
-                         (ROOT / "tests" / "functional").glob("test_doctor*.py"))
+    asserted = set().union(*(asserted_codes(p.read_text()) for p in
+                             (ROOT / "tests" / "functional").glob("test_doctor*.py")))
     codes_ = diagnosis_codes()
     assert len(codes_) > 40
-    untested = {c for c in codes_ if f'"{c}"' not in functional}
+    untested = codes_ - asserted
     assert untested == set(NOT_ON_THE_STACK), (untested - set(NOT_ON_THE_STACK),
                                                set(NOT_ON_THE_STACK) - untested)
+
+
+def test_an_unsafe_deployment_exits_non_zero_even_where_the_image_clones() -> None:
+    """warmer's user may write Cinder's pool (invariant 7): wrong whatever
+    the image does, so the exit status is 1 with or without an image."""
+    report = Report()
+    report.add("edge", Diagnosis("warmer_can_write_cinder_pool", "x", "y", unsafe=True))
+    assert report.blocked and report.unsafe
+    report.image = ImageReport(IMG, verdicts=[Verdict("edge", True, URL)])
+    assert not report.image.blocked
+    assert report.blocked and report.as_json()["unsafe"] is True
+    assert "    [UNSAFE] warmer_can_write_cinder_pool: x" in report.lines()
 
 
 def test_a_target_the_doctor_could_not_check_blocks_an_images_report() -> None:

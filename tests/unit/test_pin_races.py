@@ -99,6 +99,40 @@ def test_unpin_then_pin_again_during_a_refresh_ends_pinned() -> None:
     asyncio.run(scenario())
 
 
+def test_pin_and_unpin_do_not_wait_for_a_pins_read_in_flight() -> None:
+    """A read of a sick state waits for its op timeouts (30 s by default;
+    `warmer pin` gives up after 10 s): a pin or unpin answers meanwhile,
+    and the read, when it lands, undoes neither."""
+    async def scenario() -> None:
+        base, t, fleet = await started()
+        other = str(uuid.UUID(int=8))
+        base.gate.clear()
+        base.reading.clear()
+        refresh = asyncio.create_task(fleet.refresh())
+        await base.reading.wait()
+        await asyncio.wait_for(fleet.pin(IMAGE, "uid 0"), 1)
+        await asyncio.wait_for(fleet.pin(other, "uid 0"), 1)
+        assert await asyncio.wait_for(fleet.unpin(other), 1)
+        assert t.pinned_through_warmer(IMAGE) and not t.pinned_through_warmer(other)
+        assert not refresh.done()
+        base.gate.set()
+        assert await refresh
+        assert t.pinned_through_warmer(IMAGE) and set(fleet.pins) == {IMAGE}
+    asyncio.run(scenario())
+
+
+def test_a_pins_read_dropped_for_a_local_pin_is_read_again_at_the_next_refresh() -> None:
+    async def scenario() -> None:
+        base, t, fleet = await started()
+        theirs = str(uuid.UUID(int=9))
+        await MemoryStore.put_pin(base, Pin(theirs, "daemon b", 0.0))
+        await during_a_pins_read(base, fleet, fleet.pin(IMAGE, "uid 0"))
+        await fleet.refresh()
+        assert set(fleet.pins) == {IMAGE, theirs}
+        assert t.pinned_through_warmer(IMAGE) and t.pinned_through_warmer(theirs)
+    asyncio.run(scenario())
+
+
 class SlowGlance(FakeGlance):
     """Glance whose answers are taken when asked and given when ``gate``
     opens: a GET or a listing page in flight while Glance changes."""

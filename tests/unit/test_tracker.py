@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -118,6 +119,26 @@ def test_api_view_replaces_a_stale_image_from_cinder() -> None:
     assert not t.is_stale("img")
     info = t.image("img")
     assert info is not None and info.name == "ubuntu"
+
+
+def test_a_read_that_began_after_an_ignored_one_clears_stale_and_is_forgotten() -> None:
+    """A read that began before a notification changed the image is ignored
+    and the image stays stale; the next read, begun after it, is taken and
+    clears stale, though no notification comes: the image is not left stale
+    forever. The notification's time is then dropped, so that the tracker
+    keeps one only for images with a change not read back yet."""
+    t = tracker()
+    t.observe(image("active", 0), authoritative=True)
+    before = time.monotonic()
+    t.apply(changed(image("active", 1, tags=frozenset({"warmer-pin"}))))
+    assert t.is_stale("img")
+    applied = t.observe(image("active", 0), authoritative=True, read_at=before)
+    assert applied.outcome == "stale" and t.is_stale("img")
+    after = time.monotonic()
+    applied = t.observe(image("active", 1, tags=frozenset({"warmer-pin"})),
+                        authoritative=True, read_at=after)
+    assert applied.outcome == "handled" and not t.is_stale("img")
+    assert t._changed_at == {}
 
 
 def test_warmers_own_downloads_are_not_demand() -> None:

@@ -16,8 +16,9 @@ which the daemon's group may read (docs/install.md).
 
 Exit status: 0 when the image clones in every target (without an image:
 when nothing in the deployment blocks warming), 1 when something blocks
-cloning or a target's cluster could not be checked, 2 when the doctor
-cannot run (config, arguments).
+cloning, a target's cluster could not be checked, or the deployment is
+unsafe (warmer's user may write Cinder's pool: invariant 7), 2 when the
+doctor cannot run (config, arguments).
 """
 
 from __future__ import annotations

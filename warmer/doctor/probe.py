@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from oslo_config import cfg
@@ -30,7 +30,7 @@ from warmer.ceph.ownership import SNAPSHOT
 from warmer.doctor import rules
 from warmer.doctor.openstack_conf import CinderConf, GlanceStoreConf
 from warmer.doctor.report import Diagnosis, ImageReport, Report, Verdict
-from warmer.doctor.rules import OK, PERMISSION, GlanceView, SnapProbe
+from warmer.doctor.rules import OK, PERMISSION, GlanceView, SnapProbe, caps_plus
 from warmer.glance.auth import GlanceAuth
 from warmer.glance.client import GlanceClient, GlanceUnavailable, parse_image
 from warmer.glance.stores import Store, StoreCatalog
@@ -87,6 +87,18 @@ def _unavailable(t: TargetFacts, exc: CephUnavailable) -> Diagnosis:
                      "map and every pool open times out", blocking=True)
 
 
+def _glance_caps_remedy(t: TargetFacts, user: str) -> str:
+    """What gives Glance's store user the rbd profile on warmer's copy pool,
+    unless that pool is Cinder's: Glance's user may then not read or write
+    every Cinder volume either; the copies belong in the Glance store's
+    pool, which that user writes already."""
+    if t.copy_pool in t.cinder_pools:
+        return (f"leave [{t.name}] copy_pool unset: copies then go into the Glance store's "
+                f"pool, which client.{user} writes already (never give it caps on Cinder's "
+                f"pool {t.copy_pool})")
+    return caps_plus(user, f"profile rbd pool={t.copy_pool}")
+
+
 def _not_checked(target: str, why: Diagnosis) -> Verdict:
     return Verdict(target, False, None, [why], checked=False)
 
@@ -138,14 +150,63 @@ def _mon_json(cluster: Rados, command: dict[str, str]) -> object | None:
     return json.loads(out) if ret == 0 and out else None
 
 
-def _clone_facts(cluster: Rados) -> tuple[str | None, str | None]:
-    try:
-        fmt = str(cluster.conf_get("rbd_default_clone_format"))  # type: ignore[attr-defined]
-    except Exception:  # an unknown option on an old librbd
-        fmt = None
+CLONE_FORMAT = "rbd_default_clone_format"
+
+
+def _min_compat(cluster: Rados) -> str | None:
+    """The cluster's ``require_min_compat_client`` (``auto`` follows it)."""
     osdmap = _mon_json(cluster, {"prefix": "osd dump"})
     compat = osdmap.get("require_min_compat_client") if isinstance(osdmap, dict) else None
-    return fmt, compat if isinstance(compat, str) else None
+    return compat if isinstance(compat, str) else None
+
+
+def _pool_clone_format(cluster: Rados, pool: str) -> str | None:
+    """``pool``'s own ``rbd_default_clone_format`` (``rbd config pool set``,
+    kept in the pool's RBD metadata), which librbd applies over the
+    client's config to a clone made in that pool: "" when the pool sets
+    none, None when it cannot be read."""
+    rados, rbd = modules()
+    try:
+        ioctx = cluster.open_ioctx(pool)
+    except rados.Error:
+        return None
+    try:
+        return str(rbd.RBD().pool_metadata_get(ioctx, f"conf_{CLONE_FORMAT}"))
+    except KeyError:
+        return ""
+    except (rados.Error, rbd.Error):
+        return None
+    finally:
+        ioctx.close()
+
+
+def _own_clone_format(cluster: Rados) -> str | None:
+    """``rbd_default_clone_format`` as this connection's librados has it: its
+    ceph.conf, then the config database for its own entity."""
+    try:
+        return str(cluster.conf_get(CLONE_FORMAT))  # type: ignore[attr-defined]
+    except Exception:  # an unknown option on an old librbd
+        return None
+
+
+def _config_db(cluster: Rados, entity: str, option: str) -> str | None:
+    """What the cluster's config database gives ``entity`` for ``option``
+    (its own section, else ``client``, else ``global``): "" when it sets
+    nothing, None when it cannot be read or depends on a mask (a host or
+    a device class the doctor cannot know). A hint only: a client's
+    ceph.conf overrides it."""
+    dump = _mon_json(cluster, {"prefix": "config dump"})
+    if not isinstance(dump, list):
+        return None
+    found: dict[str, str] = {}
+    for entry in dump:
+        if not isinstance(entry, dict) or entry.get("name") != option:
+            continue
+        section = str(entry.get("section"))
+        if section in (entity, "client", "global") and entry.get("mask"):
+            return None
+        found[section] = str(entry.get("value"))
+    return next((found[s] for s in (entity, "client", "global") if s in found), "")
 
 
 def _auth_caps(cluster: Rados, entity: str) -> dict[str, str] | None:
@@ -175,6 +236,8 @@ class TargetFacts:
     store: Store | None = None
     copy_pool: str | None = None
     cinder: User | None = None
+    cinder_pool: str | None = None  # rbd_pool of the backend whose user ``cinder`` is
+    backend_pools: set[str] = field(default_factory=set)  # of every backend here (cinder.conf)
     glance: User | None = None
     v1: bool | None = None
     glance_reads_copy_pool: bool | None = None
@@ -182,6 +245,12 @@ class TargetFacts:
     @property
     def glance_store(self) -> str:
         return str(self.group.glance_store or self.name)
+
+    @property
+    def cinder_pools(self) -> set[str]:
+        """Cinder's pool here, as warmer.conf and cinder.conf name it: no
+        remedy ever gives warmer or Glance caps there (invariant 7)."""
+        return {str(self.group.pool)} | self.backend_pools
 
     def as_cinder(self) -> tuple[CephClient, str]:
         if self.cinder is not None:
@@ -229,6 +298,14 @@ class Doctor:
                 report.add(t.name, _unavailable(t, exc))
                 t.fsid = None  # checked no further
         await self._cinder(report)
+        for t in self.targets:
+            if t.fsid is None:
+                continue
+            try:
+                await self._clone_format(report, t)
+            except CephUnavailable as exc:
+                report.add(t.name, _unavailable(t, exc))
+                t.fsid = None
         for t in self.targets:
             await self._glance_user(report, t)
         await self._state_trust(report)
@@ -333,9 +410,6 @@ class Doctor:
                           "warmer and Glance then need write caps on every Cinder volume",
                           "leave copy_pool unset: copies belong in the Glance store's pool"))
         await self._warmer_caps(t, add)
-        fmt, compat = await t.warmer.run("doctor_clone_facts", _clone_facts)
-        t.v1 = rules.clone_v1(fmt, compat)
-        add(rules.clone_format_note(fmt, compat))
 
     async def _warmer_caps(self, t: TargetFacts, add: Callable[[Diagnosis], None]) -> None:
         user = str(t.group.rados_user)
@@ -360,9 +434,9 @@ class Doctor:
                 add(Diagnosis("warmer_cannot_write_copy_pool",
                               f"client.{user} in copy pool {copy_pool}: read {read}, write "
                               f"{write}: warmer can neither repair snapshots nor copy here",
-                              f"{fix}ceph auth caps client.{user} mon 'profile rbd' osd "
-                              f"'profile rbd pool={writable}, "
-                              f"profile rbd-read-only pool={t.group.pool}'",
+                              fix + caps_plus(user, f"profile rbd pool={writable}")
+                              + f" (docs/cephx.md: mon 'profile rbd', osd 'profile rbd "
+                              f"pool={writable}, profile rbd-read-only pool={t.group.pool}')",
                               blocking=bool(t.group.copy_images)))
         pool = str(t.group.pool)
         read, write = await t.warmer.run("doctor_caps", lambda c: _caps(c, pool))
@@ -373,13 +447,14 @@ class Doctor:
             add(Diagnosis("warmer_cannot_read_cinder_pool",
                           f"client.{user} cannot read Cinder's pool {pool}: it cannot list "
                           "clones, so it treats every copy as in use and never evicts",
-                          f"add 'profile rbd-read-only pool={pool}' to client.{user}'s osd caps"))
+                          caps_plus(user, f"profile rbd-read-only pool={pool}")))
         if write == OK:
             add(Diagnosis("warmer_can_write_cinder_pool",
                           f"client.{user} may write Cinder's pool {pool}: every Cinder volume "
                           "is within warmer's reach (invariant 7)",
-                          f"make it 'profile rbd-read-only pool={pool}' in client.{user}'s "
-                          "osd caps (docs/cephx.md)"))
+                          f"ceph auth caps client.{user} with its current caps, but "
+                          f"'profile rbd-read-only pool={pool}' on osd instead of what lets it "
+                          "write there (docs/cephx.md)", unsafe=True))
 
     async def _cinder(self, report: Report) -> None:
         """Cinder's user per target: from cinder.conf's backend on the same
@@ -422,8 +497,10 @@ class Doctor:
                     continue
                 report.add("cinder", Diagnosis("cinder_backend", f"backend {b.name} is target "
                                                f"{t.name}: rbd_user {b.user}, rbd_pool {b.pool}"))
+                t.backend_pools.add(b.pool)
                 if t.cinder is None:
                     t.cinder = User(b.user, client, "cinder.conf")
+                    t.cinder_pool = b.pool
                 if b.pool != t.group.pool:
                     report.add(t.name, Diagnosis(
                         "cinder_pool_differs", f"Cinder's backend {b.name} has rbd_pool "
@@ -449,6 +526,38 @@ class Doctor:
                     "cinder_user_not_checked", f"Cinder's user for {t.name} is unknown: "
                     f"snapshots were opened as client.{t.group.rados_user} instead",
                     f"set [{t.name}] cinder_user and cinder_keyring, or give --cinder-conf"))
+
+    async def _clone_format(self, report: Report, t: TargetFacts) -> None:
+        """The format of the clones Cinder makes here (:class:`rules.CloneFacts`).
+        Cinder's own config is read only on a connection as its rbd_user with
+        its rbd_ceph_conf (from cinder.conf), which is what Cinder's librbd
+        reads; otherwise the doctor says it does not know, unless Cinder's
+        pool decides for every client."""
+        pool = t.cinder_pool or str(t.group.pool)
+        pool_setting = None
+        if t.cinder is not None:
+            pool_setting = await t.cinder.client.run(
+                "doctor_pool_config", lambda c: _pool_clone_format(c, pool))
+        if pool_setting is None:
+            pool_setting = await t.warmer.run(
+                "doctor_pool_config", lambda c: _pool_clone_format(c, pool))
+        compat = await t.warmer.run("doctor_osd_dump", _min_compat)
+        user = t.cinder.name if t.cinder is not None else t.group.cinder_user
+        client_setting, db = None, None
+        if t.cinder is not None and t.cinder.source == "cinder.conf":
+            client_setting = await t.cinder.client.run("doctor_conf_get", _own_clone_format)
+            source = f"read as it, with {t.cinder.client.config.conf_file} from cinder.conf"
+        else:
+            source = ("its rbd_ceph_conf is unknown without --cinder-conf" if t.cinder is None
+                      else f"connected with warmer's ceph_conf ({t.group.ceph_conf}), not "
+                           "Cinder's rbd_ceph_conf: give --cinder-conf")
+            if user:
+                entity = f"client.{user}"
+                db = await t.warmer.run("doctor_config_dump",
+                                        lambda c: _config_db(c, entity, CLONE_FORMAT))
+        facts = rules.CloneFacts(pool, pool_setting, user, client_setting, source, compat, db)
+        t.v1 = facts.v1
+        report.add(t.name, rules.clone_format_note(facts))
 
     async def _glance_user(self, report: Report, t: TargetFacts) -> None:
         """Glance validates a location it is given by opening it as its
@@ -480,20 +589,20 @@ class Doctor:
                 f"rbd_store_ceph_conf is cluster {fsid}, not {t.fsid}",
                 f"point [{store.name}] rbd_store_ceph_conf at this cluster's ceph.conf"))
             return
-        caps = f"'profile rbd pool={t.copy_pool}'"
+        fix = _glance_caps_remedy(t, store.user)
         if read != OK:
             t.glance_reads_copy_pool = False
             report.add(t.name, Diagnosis(
                 "glance_user_cannot_read_copy_pool",
                 f"Glance's client.{store.user} cannot read {t.copy_pool}: Glance refuses "
                 "(HTTP 500) every location warmer publishes there",
-                f"add {caps} to client.{store.user}'s osd caps", blocking=True))
+                fix, blocking=True))
         elif write != OK:
             t.glance_reads_copy_pool = True
             report.add(t.name, Diagnosis(
                 "glance_user_cannot_write_copy_pool",
                 f"Glance's client.{store.user} cannot write {t.copy_pool}: deleting an image "
-                "leaves warmer's copies behind", f"add {caps} to client.{store.user}'s osd caps"))
+                "leaves warmer's copies behind", fix))
         else:
             t.glance_reads_copy_pool = True
             report.add(t.name, Diagnosis("glance_user_ok", f"Glance's client.{store.user} "
@@ -601,5 +710,4 @@ class Doctor:
                 "glance_user_cannot_read_copy_pool",
                 f"Glance's client.{t.glance.name} cannot read {t.copy_pool}: Glance would "
                 "refuse (HTTP 500) warmer's copy as a location",
-                f"add 'profile rbd pool={t.copy_pool}' to client.{t.glance.name}'s osd caps",
-                blocking=True))
+                _glance_caps_remedy(t, t.glance.name), blocking=True))

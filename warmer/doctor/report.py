@@ -6,7 +6,11 @@ whether it is ``blocking``. A blocking diagnosis on an image and target
 means Cinder's ``clone_image`` will not clone there (it downloads instead,
 or, for an unprotected snapshot under clone v1, fails the volume); on the
 deployment it means warmer cannot make images cloneable in that target.
-Everything else is a warning or a note, and never changes the exit code.
+An ``unsafe`` diagnosis is a breach of one of warmer's invariants (its
+user may write Cinder's pool: invariant 7): it makes the exit status 1
+whether or not an image is given, since it is wrong even where every
+image clones. Everything else is a warning or a note, and never changes
+the exit code.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ class Diagnosis:
     message: str
     remedy: str | None = None
     blocking: bool = False
+    unsafe: bool = False
 
     @property
     def level(self) -> str:
+        if self.unsafe:
+            return "UNSAFE"
         if self.blocking:
             return "BLOCKING"
         return "warning" if self.remedy else "ok"
@@ -69,14 +76,22 @@ class Report:
     @property
     def blocked(self) -> bool:
         """Exit non-zero: with an image, when it does not clone in some
-        target; without, when the deployment keeps warmer from warming."""
+        target; without, when the deployment keeps warmer from warming;
+        either way, when the deployment is unsafe."""
+        if self.unsafe:
+            return True
         if self.image is not None:
             return self.image.blocked
         return any(d.blocking for ds in self.deployment.values() for d in ds)
 
+    @property
+    def unsafe(self) -> bool:
+        return any(d.unsafe for ds in self.deployment.values() for d in ds)
+
     def as_json(self) -> dict[str, Any]:
         return {
             "blocked": self.blocked,
+            "unsafe": self.unsafe,
             "deployment": {scope: [dataclasses.asdict(d) for d in ds]
                            for scope, ds in self.deployment.items()},
             "image": None if self.image is None else {

@@ -34,6 +34,13 @@ OK = "ok"
 PERMISSION = "permission_denied"
 
 
+def caps_plus(user: str, osd_caps: str) -> str:
+    """The remedy that adds ``osd_caps`` to a cephx user's caps. ``ceph auth
+    caps`` replaces all of a user's caps with those it is given: the
+    operator must give the current ones too, or lose them."""
+    return f"ceph auth caps client.{user} with its current caps plus '{osd_caps}' on osd"
+
+
 @dataclass(frozen=True)
 class SnapProbe:
     """Opening ``pool/image@snapshot`` read-only as one user: ``ok``,
@@ -58,28 +65,84 @@ class GlanceView:
 def clone_v1(clone_format: str | None, min_compat: str | None) -> bool | None:
     """Whether librbd makes v1 clones (snapshots must be protected):
     ``rbd_default_clone_format`` 1, or auto with ``require_min_compat_client``
-    older than mimic. None when it cannot be told."""
+    older than mimic. None when it cannot be told (``clone_format`` None:
+    not known)."""
     if clone_format in ("1", "2"):
         return clone_format == "1"
-    if min_compat in RELEASES:
+    if clone_format == "auto" and min_compat in RELEASES:
         return RELEASES.index(min_compat) < RELEASES.index("mimic")
     return None
 
 
-def clone_format_note(clone_format: str | None, min_compat: str | None) -> Diagnosis:
-    v1 = clone_v1(clone_format, min_compat)
-    facts = (f"rbd_default_clone_format={clone_format or '?'}, "
-             f"require_min_compat_client={min_compat or '?'}")
+@dataclass(frozen=True)
+class CloneFacts:
+    """What decides the format of the clones Cinder makes in one target.
+
+    librbd takes ``rbd_default_clone_format`` from the overrides of the
+    pool the clone is created in (``rbd config pool set``: Cinder's pool),
+    above the client's own config, in which Cinder's ceph.conf
+    (``rbd_ceph_conf``) wins over the cluster's config database; ``auto``
+    follows the cluster's ``require_min_compat_client``. warmer's own
+    ceph.conf and config section say nothing of Cinder's clones.
+    """
+
+    pool: str
+    pool_setting: str | None  # Cinder's pool's override; "" none; None: not read
+    user: str | None  # Cinder's rbd_user, when known
+    client_setting: str | None  # as Cinder's own librados sees it; None: not read
+    client_source: str  # where client_setting was read, or why it was not
+    min_compat: str | None
+    db_setting: str | None = None  # the config database for client.<user>: a hint only
+
+    @property
+    def setting(self) -> str | None:
+        if self.pool_setting:
+            return self.pool_setting
+        return self.client_setting if self.pool_setting == "" else None
+
+    @property
+    def v1(self) -> bool | None:
+        return clone_v1(self.setting, self.min_compat)
+
+    def describe(self) -> str:
+        who = f"client.{self.user}" if self.user else "Cinder's rbd_user"
+        pool = ("not read" if self.pool_setting is None
+                else self.pool_setting or "not set")
+        text = (f"pool {self.pool} override: {pool}; {who}: "
+                f"{self.client_setting or 'not read'} ({self.client_source})")
+        if self.client_setting is None and self.db_setting is not None:
+            text += (f"; the config database gives {who} "
+                     f"{self.db_setting or 'nothing'}, which a setting in Cinder's ceph.conf "
+                     "would override")
+        return text + f"; require_min_compat_client={self.min_compat or '?'}"
+
+
+UNKNOWN_CLONE_FORMAT = "Cinder's clone format is unknown"
+
+
+def clone_format_note(facts: CloneFacts) -> Diagnosis:
+    v1 = facts.v1
     if v1 is None:
+        if facts.pool_setting is None:
+            fix = (f"let warmer's user read Cinder's pool {facts.pool} ('profile "
+                   f"rbd-read-only pool={facts.pool}'), or give --cinder-conf")
+        elif facts.setting is None:
+            fix = ("give --cinder-conf (run as root) so that the doctor connects as Cinder's "
+                   "rbd_user with its rbd_ceph_conf, as Cinder's librbd does")
+        elif facts.setting == "auto":
+            fix = ("let warmer's user run the mon command 'osd dump' (mon 'profile rbd' "
+                   "allows it)")
+        else:
+            fix = (f"set rbd_default_clone_format to 1, 2 or auto (it is "
+                   f"{facts.setting!r})")
         return Diagnosis("clone_format_unknown",
-                         f"cannot tell the clone format ({facts}); assuming v1, which "
-                         "needs protected snapshots",
-                         "let warmer's user run the mon command 'osd dump' (mon 'profile "
-                         "rbd' allows it)")
+                         f"{UNKNOWN_CLONE_FORMAT} ({facts.describe()}): an unprotected "
+                         "snapshot is not taken to clone", fix)
     if v1:
-        return Diagnosis("clone_v1", f"clones are v1 ({facts}): Cinder can clone only "
-                                     "protected snapshots")
-    return Diagnosis("clone_v2", f"clones are v2 ({facts}): snapshots need no protection")
+        return Diagnosis("clone_v1", f"Cinder's clones are v1 ({facts.describe()}): it can "
+                                     "clone only protected snapshots")
+    return Diagnosis("clone_v2", f"Cinder's clones are v2 ({facts.describe()}): snapshots "
+                                 "need no protection")
 
 
 GLANCE_LOCATIONS_REMEDY = (
@@ -135,8 +198,7 @@ def _failed_open(url: str, probe: SnapProbe, user: str, pool: str, image: str,
         return Diagnosis("cinder_user_cannot_read",
                          f"client.{user} cannot open {where} read-only (cephx), so "
                          f"_is_cloneable refuses {url}",
-                         f"ceph auth caps client.{user} with its current caps plus "
-                         f"'profile rbd-read-only pool={pool}' on osd", blocking=True)
+                         caps_plus(user, f"profile rbd-read-only pool={pool}"), blocking=True)
     if probe.result == "pool_missing":
         return Diagnosis("pool_missing", f"{url} names pool {pool}, which this cluster "
                                          "does not have", "fix the location's pool",
@@ -201,12 +263,21 @@ def replay(target: str, fsid: str, urls: list[str], *, raw: bool,
             continue
         where = f"{loc.pool}/{loc.image}@{loc.snapshot}"
         # _is_cloneable passes: Cinder clones this one, whatever follows.
-        if probe.protected is False and v1 is not False:
+        if probe.protected is False and v1 is None:
+            diagnoses.append(Diagnosis(
+                "clone_format_unknown",
+                f"{url} passes _is_cloneable but {where} is not protected, and "
+                f"{UNKNOWN_CLONE_FORMAT}: under clone v1 Cinder's clone fails and the "
+                "volume goes to error (no download)",
+                f"rbd snap protect {where} (then it clones in either format); or let the "
+                "doctor read Cinder's clone format (see clone_format_unknown under the "
+                "deployment)", blocking=True))
+            return Verdict(target, False, url, diagnoses)
+        if probe.protected is False and v1:
             diagnoses.append(Diagnosis(
                 "snapshot_unprotected",
-                f"{url} passes _is_cloneable but {where} is not protected and clones are "
-                f"{'v1' if v1 else 'probably v1'}: Cinder's clone fails and the volume "
-                "goes to error (no download)",
+                f"{url} passes _is_cloneable but {where} is not protected and Cinder's "
+                "clones are v1: its clone fails and the volume goes to error (no download)",
                 f"rbd snap protect {where} (warmer does it in its Glance store's pool "
                 "with repair_glance_snapshots = true)", blocking=True))
             return Verdict(target, False, url, diagnoses)

@@ -47,11 +47,12 @@ Everything here runs on the event loop; :meth:`count` does no I/O.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 
 from warmer.ids import bounded_token
 from warmer.state.demand import DemandWriter
@@ -197,11 +198,16 @@ class FleetDemand:
         self._tombstones_seen: set[str] = set()
         # The pins set through warmer, as last read (or set here).
         self.pins: dict[str, Pin] = {}
-        # Held across a read of the pins and its apply, and across a pin or
-        # unpin and its apply: a read that began before a local change would
-        # otherwise land after it and undo it here until the next refresh
-        # (and pins and unpins of this daemon reach the state in the order
-        # they are applied here).
+        # A read of the pins is applied only if no pin or unpin of this
+        # daemon was under way at any time while it was read: one that
+        # began before a local change may land after it, and would undo it
+        # here until the next refresh, which reads again. ``_pin_changes``
+        # counts the local changes' starts and ends. The lock is held across
+        # a pin or unpin and its apply, never across a read (a read of a
+        # sick state waits for its op timeouts, and ``warmer pin`` must
+        # not): pins and unpins of this daemon reach the state in the order
+        # they are applied here.
+        self._pin_changes = 0
         self._pins_lock = asyncio.Lock()
         self._tombstones_pending: dict[str, Tombstone] = {}
         # Tombstones to take out of the state (Glance still has the image),
@@ -372,14 +378,20 @@ class FleetDemand:
         """Read every pin: the tracker wants pinned images in every site
         (once eligible), and images whose pin came or went are evaluated.
         This is how every daemon of the fleet honours a pin another one
-        set, within ``refresh_interval``, and a restarted one at start."""
-        async with self._pins_lock:
-            try:
-                recorded = await self.base.pins()
-            except StateError as exc:
-                self._failed("pins", exc)
-                return False
-            self._apply_pins(recorded)
+        set, within ``refresh_interval``, and a restarted one at start. A
+        read that overlapped a pin or unpin here is dropped (see
+        ``_pin_changes``): the next refresh reads again."""
+        changes, busy = self._pin_changes, self._pins_lock.locked()
+        try:
+            recorded = await self.base.pins()
+        except StateError as exc:
+            self._failed("pins", exc)
+            return False
+        if busy or self._pin_changes != changes:
+            LOG.debug("pins read overlapped a pin or unpin here: dropped, read again at the "
+                      "next refresh")
+            return True
+        self._apply_pins(recorded)
         return True
 
     def _apply_pins(self, pins: dict[str, Pin]) -> None:
@@ -394,8 +406,9 @@ class FleetDemand:
         first (:class:`~warmer.state.store.StateError` when it cannot be:
         nothing is pinned then), applied here at once, and by the other
         daemons at their next refresh. Pinning again replaces who, when and
-        why. Waits for a read of the pins in flight (see ``_pins_lock``)."""
-        async with self._pins_lock:
+        why. Never waits for a read of the pins (see ``_pin_changes``); waits
+        for a pin or unpin under way here."""
+        async with self._local_pin_change():
             pin = Pin(image_id, by, self._clock(), reason)
             await self.base.put_pin(pin)
             self._apply_pins({**self.pins, image_id: pin})
@@ -404,11 +417,20 @@ class FleetDemand:
     async def unpin(self, image_id: str) -> bool:
         """Remove the pin (idempotent); whether it was pinned, as this daemon
         last read the pins."""
-        async with self._pins_lock:
+        async with self._local_pin_change():
             await self.base.remove_pin(image_id)
             was = image_id in self.pins
             self._apply_pins({i: p for i, p in self.pins.items() if i != image_id})
         return was
+
+    @contextlib.asynccontextmanager
+    async def _local_pin_change(self) -> AsyncIterator[None]:
+        async with self._pins_lock:
+            self._pin_changes += 1
+            try:
+                yield
+            finally:
+                self._pin_changes += 1
 
     async def run(self) -> None:
         """Write each site's shard (the writers' own loops) and refresh every
