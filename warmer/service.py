@@ -336,6 +336,7 @@ class Service:
                 self.tracker, base, {site: SiteStore(base, demand[site]) for site in demand},
                 daemon=self.conf.host, flush_interval=group.flush_interval,
                 refresh_interval=group.refresh_interval, floor=group.demand_floor,
+                tombstone_ttl=group.tombstone_ttl,
                 on_error=lambda op, exc: self.metrics.state_errors.labels(op).inc(),
                 on_changed=self.engine.enqueue)
         except ValueError as exc:  # a site or daemon name that cannot name a shard

@@ -29,6 +29,7 @@ from warmer.tracker import Tracker, Weights
 
 T0 = 1_764_000_000.0
 HOUR = 3600.0
+DAY = 86400.0
 SITES = ("central", "edge")
 IMAGES = sorted(str(uuid.UUID(int=n + 1)) for n in range(6))
 
@@ -406,5 +407,45 @@ def test_a_peer_that_re_bases_its_epoch_changes_nothing_here(
         await store.write_shard("ctl-9", "i1", {IMAGES[0]: Contribution(1.0, later)}, ())
         await f.refresh()
         assert changed == [IMAGES[0]]  # a real change still counts
+
+    asyncio.run(go())
+
+
+def test_tombstones_older_than_the_ttl_leave_the_state_without_reviving_anything(
+        state: tuple[StateStore, dict[str, StateStore]]) -> None:
+    base, stores = state
+    clock = Clock(T0)
+    changed: list[str] = []
+    a_t, b_t = tracker(), tracker()
+    old, recent = IMAGES[:2]
+
+    async def go() -> None:
+        a = fleet(a_t, base, stores, "ctl-1", clock, tombstone_ttl=DAY)
+        b = fleet(b_t, base, stores, "ctl-2", clock, tombstone_ttl=DAY,
+                  on_changed=changed.append)
+        await a.start()
+        await b.start()
+        a.record_deleted(old)
+        await a.refresh()
+        await b.refresh()
+        assert b_t.is_deleted(old)
+        clock.now = T0 + DAY / 2
+        a.record_deleted(recent)
+        await a.refresh()
+        await b.refresh()
+        changed.clear()
+        clock.now = T0 + DAY + 1  # old's tombstone is a day old, recent's half
+        await b.refresh()
+        assert set(await base.tombstones()) == {recent}
+        assert old not in changed  # expired, not revived: nothing to look at
+        await a.refresh()  # a sees it gone too, and does not take it back
+        assert set(await base.tombstones()) == {recent}
+        assert old not in changed
+        # Without a TTL nothing expires.
+        keeper = fleet(tracker(), base, stores, "ctl-3", clock)
+        clock.now = T0 + 100 * DAY
+        await keeper.start()
+        await keeper.refresh()
+        assert set(await base.tombstones()) == {recent}
 
     asyncio.run(go())

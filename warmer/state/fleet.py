@@ -172,6 +172,7 @@ class FleetDemand:
     def __init__(self, tracker: Tracker, base: StateStore, stores: Mapping[str, StateStore],
                  *, daemon: str, flush_interval: float, refresh_interval: float,
                  floor: float = 0.0, clock: Callable[[], float] = time.time,
+                 tombstone_ttl: float = 0.0,
                  on_error: Callable[[str, Exception], None] | None = None,
                  on_changed: Callable[[str], None] | None = None) -> None:
         missing = set(tracker.sites) - set(stores)
@@ -181,6 +182,10 @@ class FleetDemand:
         self.base = base
         self.daemon = bounded_token(daemon, "daemon name")
         self.refresh_interval = refresh_interval
+        # Seconds a tombstone stays in the state (0: for ever). Long enough
+        # for every daemon, and one restarted after an outage, to apply it;
+        # after that it only makes the tombstone object grow.
+        self.tombstone_ttl = tombstone_ttl
         self._clock = clock
         self._on_error = on_error
         self._on_changed = on_changed
@@ -364,13 +369,37 @@ class FleetDemand:
                 self._applied.add(image_id)
                 self._changed(image_id)
             self._drop(image_id)
+        expired = await self._expire_tombstones(recorded)
         for image_id in [i for i in self._applied if i not in recorded]:
-            # Its tombstone was taken out (Glance still has the image): look
-            # again, and Glance's answer revives it here too.
             self._applied.discard(image_id)
             self._tombstones_seen.discard(image_id)
-            self._changed(image_id)
+            if image_id not in expired:
+                # Its tombstone was taken out (Glance still has the image):
+                # look again, and Glance's answer revives it here too.
+                self._changed(image_id)
         return True
+
+    async def _expire_tombstones(self, recorded: dict[str, Tombstone]) -> set[str]:
+        """Take the tombstones older than ``tombstone_ttl`` out of the state
+        (any daemon may: removing one twice is harmless) and out of
+        ``recorded``. Returns the ids taken out, or none if that failed
+        (the next refresh tries again)."""
+        if self.tombstone_ttl <= 0:
+            return set()
+        cutoff = self._clock() - self.tombstone_ttl
+        expired = {i for i, t in recorded.items() if t.at < cutoff}
+        if not expired:
+            return set()
+        try:
+            await self.base.remove_tombstones(sorted(expired))
+        except StateError as exc:
+            self._failed("tombstone", exc)
+            return set()
+        for image_id in expired:
+            del recorded[image_id]
+        LOG.info("shared state: %d tombstones older than %.0fs removed", len(expired),
+                 self.tombstone_ttl)
+        return expired
 
     # -- pins set through warmer (the admin API and CLI) -------------------------------
 
