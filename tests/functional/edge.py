@@ -52,4 +52,7 @@ def empty_edge(stack: Stack, glance: Glance, timeout: float = 120) -> None:
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}\nstill in edge's registry: {last_seen}") from None
     finally:
-        janitor.terminate()
+        try:
+            assert janitor.terminate() == 0, "the janitor did not stop cleanly"
+        finally:
+            janitor.kill()  # if it did not stop in time (a no-op once it exited)

@@ -441,6 +441,12 @@ def test_tombstones_older_than_the_ttl_leave_the_state_without_reviving_anything
         await a.refresh()  # a sees it gone too, and does not take it back
         assert set(await base.tombstones()) == {recent}
         assert old not in changed
+        # The engine confirms the same delete again (a purge that waits for
+        # clones does, every pass): an expired tombstone is not recorded anew.
+        for daemon in (a, b):
+            daemon.record_deleted(old)
+            await daemon.refresh()
+        assert set(await base.tombstones()) == {recent}
         # Without a TTL nothing expires.
         keeper = fleet(tracker(), base, stores, "ctl-3", clock)
         clock.now = T0 + 100 * DAY

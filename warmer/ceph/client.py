@@ -37,26 +37,6 @@ T = TypeVar("T")
 P = ParamSpec("P")
 
 
-# The client addresses of this process's live rados connections: a lock on
-# an RBD image owned by one of them is ours, and breaking it would make
-# librbd blocklist (fence) this very process (see images.remove_temp).
-_own_addresses: set[str] = set()
-_own_lock = threading.Lock()
-
-
-def own_addresses() -> frozenset[str]:
-    """The addresses of this process's rados connections not shut down yet."""
-    with _own_lock:
-        return frozenset(_own_addresses)
-
-
-def _address(cluster: Rados) -> str | None:
-    try:
-        return str(cluster.get_addrs())  # type: ignore[attr-defined]
-    except Exception:  # not connected, or bindings without it
-        return None
-
-
 class CephUnavailable(Exception):
     """The cluster cannot be reached now; the operation may succeed later."""
 
@@ -128,10 +108,6 @@ class CephClient:
                     cluster.shutdown()
                     raise
                 self.fsid = cluster.get_fsid()
-                address = _address(cluster)
-                if address is not None:
-                    with _own_lock:
-                        _own_addresses.add(address)
                 self._cluster = cluster
             return self._cluster
 
@@ -167,14 +143,10 @@ class CephClient:
 
     @staticmethod
     def _shutdown(cluster: Rados) -> None:
-        address = _address(cluster)
         try:
             cluster.shutdown()
         except Exception:  # already dead; nothing more to release
             LOG.debug("shutdown of a broken rados connection failed", exc_info=True)
-        if address is not None:
-            with _own_lock:
-                _own_addresses.discard(address)
 
     def _call(self, fn: Callable[[Rados], T]) -> T:
         if self._retired:

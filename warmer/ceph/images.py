@@ -28,7 +28,6 @@ from typing import Any
 
 from warmer.ceph import ownership
 from warmer.ceph.bindings import Rados, modules
-from warmer.ceph.client import own_addresses
 from warmer.ceph.ownership import SNAPSHOT, TEMP_PREFIX, Entry, Inspection, temp_name
 
 VERIFIED_KEY = "warmer.verified"
@@ -154,14 +153,16 @@ def _remove_temp(cluster: Rados, pool: str, temp: Inspection) -> bool:
     # A killed writer still owns the image's exclusive lock, and removing
     # the image would wait out its watch (30 s by default). The caller holds
     # the copy lease, so that writer is dead or lost its lease: break its
-    # lock (librbd blocklists it) and remove at once. Never a lock of this
-    # process's own connections: that would fence warmer itself (every
-    # connection to the cluster, leases and leadership included); the copy
-    # that holds it closes the image, and the next clean-up removes it.
+    # lock (librbd blocklists that client instance only) and remove at once.
+    # Unless the owner is this very connection (a copy of ours still closing
+    # the image): librbd refuses to blocklist itself (EINVAL), which would
+    # stop a clean-up's pass over its other entries. The copy closes it, and
+    # the next clean-up removes it.
     handle = OpenImage(cluster, pool, temp.name)
     try:
         owners = list(handle.image.lock_get_owners())
-        if any(owner["owner"] in own_addresses() for owner in owners):
+        me = str(cluster.get_addrs())  # type: ignore[attr-defined]
+        if any(owner["owner"] == me for owner in owners):
             return False
         for owner in owners:
             handle.image.lock_break(owner["mode"], owner["owner"])

@@ -62,7 +62,7 @@ OPTS = [
                       "flush_interval + refresh_interval seconds behind. A failed read "
                       "is logged, counted in warmer_state_errors_total, and retried "
                       "at the next interval."),
-    cfg.FloatOpt("tombstone_ttl", default=7 * 86400.0, min=0.0,
+    cfg.FloatOpt("tombstone_ttl", default=7 * 86400.0, min=3600.0,
                  help="Seconds a tombstone (an image delete the engine confirmed with "
                       "Glance) stays in the shared state. Every daemon applies it at "
                       "its next refresh, and a daemon that starts later at its start; "
@@ -70,7 +70,8 @@ OPTS = [
                       "without end. A daemon down for longer than this may count its "
                       "own old demand for a deleted image again: Glance then answers "
                       "404, which is never taken for a delete, and the image is "
-                      "forgotten once cold. 0: keep them for ever."),
+                      "forgotten once cold. At least an hour: the daemons' wall "
+                      "clocks are compared."),
     cfg.FloatOpt("demand_floor", default=0.001, min=0.0, max=1000.0,
                  help="A daemon drops an image from its own demand once that image's "
                       "decayed demand there falls below this (in units of event "

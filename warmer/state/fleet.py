@@ -372,11 +372,15 @@ class FleetDemand:
         expired = await self._expire_tombstones(recorded)
         for image_id in [i for i in self._applied if i not in recorded]:
             self._applied.discard(image_id)
+            if image_id in expired:
+                # Still seen: a later confirmation of the same delete (the
+                # engine repeats it while a purge waits, e.g. for clones)
+                # must not record it again and restart its TTL.
+                continue
+            # Its tombstone was taken out (Glance still has the image): look
+            # again, and Glance's answer revives it here too.
             self._tombstones_seen.discard(image_id)
-            if image_id not in expired:
-                # Its tombstone was taken out (Glance still has the image):
-                # look again, and Glance's answer revives it here too.
-                self._changed(image_id)
+            self._changed(image_id)
         return True
 
     async def _expire_tombstones(self, recorded: dict[str, Tombstone]) -> set[str]:
