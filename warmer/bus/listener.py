@@ -191,7 +191,6 @@ class BusListener:
             except Exception:  # the driver retries on its own; never die silently
                 LOG.exception("consuming notifications failed; trying again")
                 self._stopping.wait(1.0)
-            self._heartbeat()
             if self._inflight is not None:
                 results = self._bridge.poll(self._inflight.batch)
                 if results is not None:
@@ -248,6 +247,7 @@ class BusListener:
                         consumer.consume(driver, tag=tag)
                         driver._new_tags.remove(tag)
             self._read(driver, kombu_conn, wait)
+            self._heartbeat(driver)
 
         with driver._connection_lock:
             driver.ensure(session, recoverable_error_callback=recoverable,
@@ -285,19 +285,19 @@ class BusListener:
                 except OSError:  # closed: the driver reconnects
                     pass
 
-    def _heartbeat(self) -> None:
-        """Between sessions: send a heartbeat when one is due, at most every
-        ``SLICE`` (a quarter of ``heartbeat_timeout_threshold``)."""
+    def _heartbeat(self, driver: Any) -> None:
+        """At the end of a session, under the driver's timeout again: send a
+        heartbeat when one is due, and check that the broker's came, at most
+        every ``SLICE`` (a quarter of ``heartbeat_timeout_threshold``), as
+        the driver's ``consume()`` does on an idle connection. Inside the
+        session: a broker that went silent raises into ``ensure()``, which
+        reconnects."""
         now = time.monotonic()
         if now - self._last_heartbeat < self._bridge.SLICE:
             return
         self._last_heartbeat = now
-        try:
-            driver = self._conn.connection
-            if driver.connection.connected and driver._heartbeat_supported_and_enabled():
-                driver._heartbeat_check()
-        except Exception as exc:  # the next session's ensure() deals with it
-            LOG.debug("heartbeat check failed: %s", _describe(exc))
+        if driver._heartbeat_supported_and_enabled():
+            driver._heartbeat_check()
 
     def _keepalive(self) -> None:
         """Between slices of a long wait for the loop, in the consumer thread:
