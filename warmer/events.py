@@ -381,11 +381,9 @@ def _opt_timestamp(value: Any) -> dt.datetime | None:
 
 
 def _parse_ts(value: Any) -> dt.datetime | None:
-    if not isinstance(value, str):
+    text = _ts_text(value)
+    if text is None:
         return None
-    text = value.strip().rstrip("Z")
-    if text.endswith("+00:00"):
-        text = text[:-6]
     match = _TS_CANONICAL.fullmatch(text)
     if match is not None:
         year, month, day, hour, minute, second, fraction = match.groups()
@@ -395,6 +393,19 @@ def _parse_ts(value: Any) -> dt.datetime | None:
                                tzinfo=dt.UTC)
         except ValueError:  # out of range (month 13, 24 o'clock): strptime decides
             pass
+    return _strptime_ts(text)
+
+
+def _ts_text(value: Any) -> str | None:
+    """A UTC timestamp's text without its zone (``Z`` or ``+00:00``)."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip().rstrip("Z")
+    return text[:-6] if text.endswith("+00:00") else text
+
+
+def _strptime_ts(text: str) -> dt.datetime | None:
+    """:data:`_TS_FORMATS`, the definition of what a timestamp may be."""
     for fmt in _TS_FORMATS:
         try:
             return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)

@@ -468,6 +468,61 @@ class _Heartbeats:
         raise TimeoutError()
 
 
+class _Consumer:
+    def __init__(self, log: Log) -> None:
+        self.log = log
+
+    def consume(self, driver: Any, tag: int) -> None:
+        self.log.append(("consumed", tag, False))
+
+
+class _Ensuring(_Heartbeats):
+    """The rabbit driver's connection around a session: ``ensure()`` runs it
+    and, on an error, calls the recoverable callback (where the driver
+    re-registers consumers) and runs it again. Its first heartbeat check
+    finds the broker silent."""
+
+    _consume_loop_stopped = False
+
+    def __init__(self, kombu_conn: Any, log: Log) -> None:
+        super().__init__(None, log)
+        self.connection = kombu_conn
+        self._connection_lock = threading.Lock()
+        self._consumers = {_Consumer(log): 1}
+        self._new_tags: set[int] = set()
+        self.fail = True
+
+    def _heartbeat_check(self) -> None:
+        super()._heartbeat_check()
+        if self.fail:
+            self.fail = False
+            raise amqp.exceptions.ConnectionForced("Too many heartbeats missed")
+
+    def ensure(self, method: Callable[[], None], recoverable_error_callback: Any,
+               error_callback: Any) -> None:
+        try:
+            method()
+        except amqp.exceptions.ConnectionForced as exc:
+            self.log.append(("recover", 0, False))
+            recoverable_error_callback(exc)
+            method()
+
+
+def test_missed_heartbeats_in_a_session_go_through_the_drivers_recovery(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """A broker gone silent makes the heartbeat check raise; it must reach
+    the driver's ensure() (which reconnects and re-registers the consumers),
+    not be swallowed, or the listener would wait on a dead connection."""
+    listener, _ = _listener(loop)
+    log: Log = []
+    kombu_conn = _Deliveries(listener._received, 0, [])
+    kombu_conn.connected = True  # type: ignore[attr-defined]
+    driver = _Ensuring(kombu_conn, log)
+    listener._conn = type("Context", (), {"connection": driver})()
+    listener._drain(0.01)
+    assert log == [("heartbeat", 0, False), ("recover", 0, False), ("consumed", 1, False)]
+
+
 def test_a_long_hand_off_keeps_sending_and_reading_heartbeats(
         loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     """A listening connection has no heartbeat thread: while the consumer
@@ -496,63 +551,6 @@ def test_heartbeats_at_the_end_of_sessions_are_checked_at_most_every_slice(
     time.sleep(0.25)
     listener._heartbeat(driver)
     assert len(log) == 2
-
-
-class _Consumer:
-    def __init__(self, log: Log) -> None:
-        self.log = log
-
-    def consume(self, driver: Any, tag: int) -> None:
-        self.log.append(("consumed", tag, False))
-
-
-class _Ensuring:
-    """The rabbit driver's connection around a session: ``ensure()`` runs it
-    and, on an error, calls the recoverable callback (where the driver
-    re-registers consumers) and runs it again."""
-
-    _consume_loop_stopped = False
-
-    def __init__(self, kombu_conn: Any, log: Log) -> None:
-        self.connection = kombu_conn
-        self._connection_lock = threading.Lock()
-        self._consumers = {_Consumer(log): 1}
-        self._new_tags: set[int] = set()
-        self.log = log
-        self.fail = True
-
-    def _heartbeat_supported_and_enabled(self) -> bool:
-        return True
-
-    def _heartbeat_check(self) -> None:
-        self.log.append(("heartbeat", 0, False))
-        if self.fail:
-            self.fail = False
-            raise amqp.exceptions.ConnectionForced("Too many heartbeats missed")
-
-    def ensure(self, method: Callable[[], None], recoverable_error_callback: Any,
-               error_callback: Any) -> None:
-        try:
-            method()
-        except amqp.exceptions.ConnectionForced as exc:
-            self.log.append(("recover", 0, False))
-            recoverable_error_callback(exc)
-            method()
-
-
-def test_missed_heartbeats_in_a_session_go_through_the_drivers_recovery(
-        loop: asyncio.AbstractEventLoop) -> None:
-    """A broker gone silent makes the heartbeat check raise; it must reach
-    the driver's ensure() (which reconnects and re-registers the consumers),
-    not be swallowed, or the listener would wait on a dead connection."""
-    listener, _ = _listener(loop)
-    log: Log = []
-    kombu_conn = _Deliveries(listener._received, 0, [])
-    kombu_conn.connected = True  # type: ignore[attr-defined]
-    driver = _Ensuring(kombu_conn, log)
-    listener._conn = type("Context", (), {"connection": driver})()
-    listener._drain(0.01)
-    assert log == [("heartbeat", 0, False), ("recover", 0, False), ("consumed", 1, False)]
 
 
 @pytest.mark.parametrize("configured,prefetch,batch", [(0, 32, 16), (10, 10, 5)])
