@@ -309,3 +309,20 @@ def test_poll_takes_back_a_batch_the_loop_did_not_start_in_time(
     assert bridge.poll(batch) == [REQUEUE]
     time.sleep(0.5)  # the loop is free again: the batch was taken back
     assert seen == [] and count(metrics, "image.activate", "requeued") == 1
+
+
+class _Fatal(BaseException):
+    pass
+
+
+def test_a_fold_that_dies_of_a_base_exception_requeues_its_batch(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """Not one of the fold's outcomes: the batch is requeued, and nothing
+    escapes into the consumer thread (which would die)."""
+    def fatal(ev: Event) -> str:
+        raise _Fatal()
+    bridge, metrics, _ = make(loop, fatal)
+    batch = prepare_batch(bridge, [_message(), _message()])
+    bridge.submit(batch)
+    assert bridge.finish(batch) == [REQUEUE, REQUEUE]
+    assert count(metrics, "image.activate", "requeued") == 2

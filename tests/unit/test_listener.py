@@ -243,6 +243,32 @@ def test_an_undecodable_message_is_acked_with_its_batch_and_counted_malformed(
     assert count(metrics, "image.activate", "handled") == 1
 
 
+def test_a_bug_while_settling_gives_the_channel_up_and_acks_nothing(
+        loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer thread survives a bug between sessions; what it held is
+    left to the broker, and nothing is acked on that channel again."""
+    listener, _ = _listener(loop)
+    log: Log = []
+    channel = _Channel(log)
+    listener._conn = _Conn(channel, log)
+    sessions: list[float] = []
+
+    def drain(wait: float) -> None:
+        sessions.append(wait)
+        if len(sessions) <= 2:
+            listener._received(_Raw(channel, len(sessions)))
+        else:
+            listener._stopping.set()
+
+    def broken(batch: Any) -> None:
+        raise RuntimeError("bug")
+    monkeypatch.setattr(listener, "_drain", drain)
+    monkeypatch.setattr(listener._bridge, "poll", broken)
+    listener._consume()
+    assert log == [("collect", 0, False)]
+    assert listener._pending == [] and listener._inflight is None
+
+
 def test_a_settle_that_fails_gives_the_channel_up_and_never_acks_on_it_again(
         loop: asyncio.AbstractEventLoop) -> None:
     listener, _ = _listener(loop)

@@ -227,8 +227,9 @@ class Bridge:
         if batch.closed:
             return batch.results
         job = batch.job
-        outcomes = ([REQUEUE] * len(batch.events) if job is None or job.abandoned
-                    else job.outcomes)
+        outcomes = ([REQUEUE] * len(batch.events)
+                    if job is None or job.abandoned or len(job.outcomes) != len(batch.events)
+                    else job.outcomes)  # no outcomes: the fold died of a BaseException
         for (n, event_type), outcome in zip(batch.slots, outcomes, strict=True):
             if outcome == REQUEUE:
                 batch.results[n] = REQUEUE

@@ -191,13 +191,28 @@ class BusListener:
             except Exception:  # the driver retries on its own; never die silently
                 LOG.exception("consuming notifications failed; trying again")
                 self._stopping.wait(1.0)
-            if self._inflight is not None:
-                results = self._bridge.poll(self._inflight.batch)
-                if results is not None:
-                    self._settle_inflight(results)
-            if self._pending:
-                self._hand_off()
-        self._flush()
+            try:
+                if self._inflight is not None:
+                    results = self._bridge.poll(self._inflight.batch)
+                    if results is not None:
+                        self._settle_inflight(results)
+                if self._pending:
+                    self._hand_off()
+            except Exception:  # a bug: never die, never ack what is unknown
+                LOG.exception("settling notifications failed; the broker redelivers them")
+                self._give_up()
+        try:
+            self._flush()
+        except Exception:
+            LOG.exception("settling notifications at stop failed; the broker redelivers them")
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """After a bug: forget every message taken and not settled, and give
+        the channel up, so that the broker redelivers them all and no later
+        ``multiple`` ack covers them."""
+        self._pending, self._inflight = [], None
+        self._abandon_channel()
 
     def _flush(self) -> None:
         """Hand off everything pending and settle every batch, waiting for
