@@ -84,6 +84,7 @@ from warmer.bus.bridge import (
 
 LOG = logging.getLogger(__name__)
 
+# The bridge's names too, for whoever takes them from here (service, bench).
 __all__ = ["CONSUMED_PRIORITIES", "HANDLED", "PRIORITIES", "REQUEUE", "Bridge", "BusListener",
            "Notification", "Sink", "TransientHandoffError", "dispatch", "dispatch_batch",
            "envelope"]
