@@ -92,6 +92,16 @@ def _listener(loop: asyncio.AbstractEventLoop, sink: Any = ok,
     return BusListener(conf, bridge), metrics
 
 
+def _wired(loop: asyncio.AbstractEventLoop, sink: Any = ok, timeout: float = 2.0,
+           fail: bool = False) -> tuple[BusListener, Metrics, Log, _Channel]:
+    """A listener on a fake connection whose channel logs what is settled."""
+    listener, metrics = _listener(loop, sink, timeout)
+    log: Log = []
+    channel = _Channel(log, fail)
+    listener._conn = _Conn(channel, log)
+    return listener, metrics, log, channel
+
+
 def _memory_conf(tmp_path: Any, extra: str = "") -> cfg.ConfigOpts:
     conf_file = tmp_path / "warmer.conf"
     conf_file.write_text(f"[DEFAULT]\ntransport_url = kombu+memory:////\n{extra}")
@@ -207,10 +217,7 @@ def test_a_batch_whose_hand_off_raised_is_requeued_before_the_next_multiple_ack(
         loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     """The review's message loss: a batch left unsettled was acked, unseen,
     by the next batch's ``multiple`` ack."""
-    listener, _ = _listener(loop)
-    log: Log = []
-    channel = _Channel(log)
-    listener._conn = _Conn(channel, log)
+    listener, _, log, channel = _wired(loop)
     real = listener_mod.prepare_batch
     calls: list[int] = []
 
@@ -231,10 +238,7 @@ def test_a_batch_whose_hand_off_raised_is_requeued_before_the_next_multiple_ack(
 
 def test_an_undecodable_message_is_acked_with_its_batch_and_counted_malformed(
         loop: asyncio.AbstractEventLoop) -> None:
-    listener, metrics = _listener(loop)
-    log: Log = []
-    channel = _Channel(log)
-    listener._conn = _Conn(channel, log)
+    listener, metrics, log, channel = _wired(loop)
     listener._received(_Raw(channel, 1))
     listener._received(_Raw(channel, 2, body=b"\x80 not json"))
     listener._flush()
@@ -247,10 +251,7 @@ def test_a_bug_while_settling_gives_the_channel_up_and_acks_nothing(
         loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     """The consumer thread survives a bug between sessions; what it held is
     left to the broker, and nothing is acked on that channel again."""
-    listener, _ = _listener(loop)
-    log: Log = []
-    channel = _Channel(log)
-    listener._conn = _Conn(channel, log)
+    listener, _, log, channel = _wired(loop)
     sessions: list[float] = []
 
     def drain(wait: float) -> None:
@@ -271,10 +272,7 @@ def test_a_bug_while_settling_gives_the_channel_up_and_acks_nothing(
 
 def test_a_settle_that_fails_gives_the_channel_up_and_never_acks_on_it_again(
         loop: asyncio.AbstractEventLoop) -> None:
-    listener, _ = _listener(loop)
-    log: Log = []
-    channel = _Channel(log, fail=True)
-    listener._conn = _Conn(channel, log)
+    listener, _, log, channel = _wired(loop, fail=True)
     listener._settle([_Raw(channel, 1), _Raw(channel, 2)], [REQUEUE, "handled"])
     assert log == [("collect", 0, False)]  # the broker redelivers both
     listener._settle([_Raw(channel, 3)], ["handled"])  # still the dead channel
