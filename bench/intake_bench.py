@@ -18,7 +18,8 @@ On the local stack (tools/stack: its RabbitMQ and its Glance), per run:
    from the listener's start until every message was handed off and
    counted (a message is acked only after that);
 4. a bare kombu consumer drains the same messages from its own queue:
-   the same prefetch as warmer's, ``ack()`` per message, no decoding;
+   the same prefetch as warmer's, ``ack()`` per message, and kombu's own
+   decoding of the body (the outer JSON; not oslo's envelope, no parse);
 5. the Glance reads of the run: ``GET /v2/images/{id}`` lines in the
    stack's uwsgi log, per image, once the engine is idle.
 
@@ -29,9 +30,13 @@ in ``DIR/intake-images.json`` for later runs.
 
 Reported: msg/s of both, their ratio, medians of ``--repeat`` runs.
 
+``--intake-only`` hands the events to a sink that only counts them, with
+no engine (no fold into the tracker, no evaluation, no Glance read): the
+listener and the bridge alone, against the same bare consumer.
+
   tools/stack up /tmp/st && \\
   .venv/bin/python bench/intake_bench.py --stack /tmp/st [--images 1000,10000] \\
-      [--events 20000] [--repeat 3]
+      [--events 20000] [--repeat 3] [--intake-only]
 """
 
 from __future__ import annotations
@@ -146,11 +151,18 @@ def counted(service: Service) -> float:
     return total
 
 
-async def run_warmer(service: Service, events: int) -> tuple[float, dict[str, float]]:
+def only_count(event: Any) -> str:
+    """The sink of ``--intake-only``."""
+    return "handled"
+
+
+async def run_warmer(service: Service, events: int,
+                     intake_only: bool = False) -> tuple[float, dict[str, float]]:
     loop = asyncio.get_running_loop()
     bindings.modules()  # the daemon loaded them when it connected to Ceph
     engine_task = asyncio.create_task(service.engine.run())
-    bridge = Bridge(loop, service.engine.fold, service.metrics,
+    sink = only_count if intake_only else service.engine.fold
+    bridge = Bridge(loop, sink, service.metrics,
                     max_payload_bytes=service.conf.bus.max_payload_bytes,
                     handoff_timeout=service.conf.bus.handoff_timeout, transient=(Draining,))
     listener = BusListener(service.conf, bridge)
@@ -198,7 +210,8 @@ def glance_gets(log: Path, offset: int, ids: set[str]) -> Counter[str]:
     return Counter(m for m in GET_IMAGE.findall(text) if m in ids)
 
 
-def one_run(stack: Stack, ids: list[str], events: int, seed: int, extra: str) -> dict[str, Any]:
+def one_run(stack: Stack, ids: list[str], events: int, seed: int, extra: str,
+            intake_only: bool = False) -> dict[str, Any]:
     vhost = f"intake-{uuid.uuid4().hex[:8]}"
     url = rabbit.add_vhost(stack, vhost)
     pool = "warmer-bench"
@@ -220,7 +233,7 @@ def one_run(stack: Stack, ids: list[str], events: int, seed: int, extra: str) ->
         prefetch = getattr(conf.oslo_messaging_rabbit, "rabbit_qos_prefetch_count", 0)
         log = stack.dir / "log" / "glance-uwsgi.log"
         offset = log.stat().st_size
-        warmer_s, outcomes = asyncio.run(run_warmer(service, events))
+        warmer_s, outcomes = asyncio.run(run_warmer(service, events, intake_only))
         gets = glance_gets(log, offset, set(ids))
         service.close_ceph()
         bare_s = run_bare(url, "bare", events, prefetch)
@@ -240,13 +253,16 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--conf", default="", help="extra config lines for warmer")
+    parser.add_argument("--intake-only", action="store_true",
+                        help="a sink that only counts: no engine, no Glance reads")
     args = parser.parse_args()
     stack = Stack.load(args.stack)
     results: dict[int, list[dict[str, Any]]] = {}
     for count in [int(n) for n in args.images.split(",")]:
         ids = images(stack, count)
         for n in range(args.repeat):
-            r = one_run(stack, ids, args.events, seed=n, extra=args.conf.replace("\\n", "\n"))
+            r = one_run(stack, ids, args.events, seed=n, extra=args.conf.replace("\\n", "\n"),
+                        intake_only=args.intake_only)
             results.setdefault(count, []).append(r)
             print(f"{count:6} images, run {n + 1}: warmer {r['warmer']:7.0f} msg/s, "
                   f"bare kombu {r['bare']:7.0f} msg/s, ratio {r['ratio']:.2f}; "

@@ -56,6 +56,11 @@ MAX_TEXT_LEN = 255  # hosts, user and project ids
 _DIGITS = re.compile(r"[0-9]{1,20}")
 _TS_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S",
                "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S")
+#: The shape every OpenStack service writes its timestamps in, which the
+#: formats above read too; read here without ``strptime`` (7-8 us each, two
+#: per ``volume.create.end``).
+_TS_CANONICAL = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?")
 
 
 class MalformedEvent(ValueError):
@@ -376,11 +381,31 @@ def _opt_timestamp(value: Any) -> dt.datetime | None:
 
 
 def _parse_ts(value: Any) -> dt.datetime | None:
+    text = _ts_text(value)
+    if text is None:
+        return None
+    match = _TS_CANONICAL.fullmatch(text)
+    if match is not None:
+        year, month, day, hour, minute, second, fraction = match.groups()
+        try:
+            return dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                               int(second), int(fraction.ljust(6, "0")) if fraction else 0,
+                               tzinfo=dt.UTC)
+        except ValueError:  # out of range (month 13, 24 o'clock): strptime decides
+            pass
+    return _strptime_ts(text)
+
+
+def _ts_text(value: Any) -> str | None:
+    """A UTC timestamp's text without its zone (``Z`` or ``+00:00``)."""
     if not isinstance(value, str):
         return None
     text = value.strip().rstrip("Z")
-    if text.endswith("+00:00"):
-        text = text[:-6]
+    return text[:-6] if text.endswith("+00:00") else text
+
+
+def _strptime_ts(text: str) -> dt.datetime | None:
+    """:data:`_TS_FORMATS`, the definition of what a timestamp may be."""
     for fmt in _TS_FORMATS:
         try:
             return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)

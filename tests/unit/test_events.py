@@ -357,3 +357,30 @@ def test_the_worst_tokens_stay_within_json_growth(token: str) -> None:
     text = token if token[0] in "-0123456789[" else json.dumps(token, ensure_ascii=False)
     body = len(text.encode())
     assert len(json.dumps(json.loads(text))) <= events.JSON_GROWTH * body
+
+
+def _strptime_only(value: Any) -> dt.datetime | None:
+    """What events._parse_ts answered before its fast path."""
+    text = events._ts_text(value)
+    return None if text is None else events._strptime_ts(text)
+
+
+_TWO = st.integers(0, 99).map(lambda n: f"{n:02d}")
+
+
+@given(st.tuples(st.integers(0, 9999).map(lambda n: f"{n:04d}"), _TWO, _TWO,
+                 st.sampled_from([" ", "T", "t", "_"]), _TWO, _TWO, _TWO,
+                 st.one_of(st.just(""), st.text("0123456789", min_size=0, max_size=8)
+                           .map(lambda d: "." + d)),
+                 st.sampled_from(["", "Z", "+00:00", " ", "+01:00"])))
+def test_the_timestamp_fast_path_answers_what_strptime_answers(parts: tuple[str, ...]) -> None:
+    year, month, day, sep, hour, minute, second, fraction, tail = parts
+    text = f"{year}-{month}-{day}{sep}{hour}:{minute}:{second}{fraction}{tail}"
+    assert events._parse_ts(text) == _strptime_only(text)
+
+
+@pytest.mark.parametrize("text", ["2026-11-25 10:00:00.5", "2026-11-25T10:00:00+00:00",
+                                  "2026-02-30 10:00:00", "2026-11-25 24:00:00",
+                                  "2026-1-5 1:2:3", "\uff12026-11-25 10:00:00", ""])
+def test_the_timestamp_fast_path_on_edge_cases(text: str) -> None:
+    assert events._parse_ts(text) == _strptime_only(text)

@@ -13,8 +13,8 @@ the bridge must do with it:
 * ``ignored``: an event type warmer does not use; acked, counted
   ``ignored``, never handed on.
 
-Nothing may escape ``deliver``, and nothing may be requeued: a requeued
-poison message would loop forever.
+Nothing may escape the parsing (``Bridge.prepare``), and nothing may be
+requeued: a requeued poison message would loop forever.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from warmer.bus import bridge as bridge_mod
 from warmer.bus import listener
 from warmer.bus.listener import HANDLED, REQUEUE, Bridge, dispatch
 from warmer.events import Event, ImageChanged, VolumeCreatedFromImage
@@ -316,18 +317,18 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
     metrics.notification = counting  # type: ignore[method-assign]
     bridge = Bridge(loop, sink, metrics, max_payload_bytes=MAX_PAYLOAD, handoff_timeout=5.0)
     escaped: list[tuple[str, BaseException]] = []
-    deliver = bridge.deliver_batch
+    prepare = bridge.prepare
 
-    def watched(*args: Any) -> list[str]:
+    def watched(*args: Any) -> None:
         try:
-            return deliver(*args)
-        except BaseException as exc:  # what oslo.messaging would turn into a requeue
+            prepare(*args)
+        except BaseException as exc:  # what the listener would turn into a requeue
             escaped.append((current.name, exc))
             raise
 
-    bridge.deliver_batch = watched  # type: ignore[method-assign]
+    bridge.prepare = watched  # type: ignore[method-assign]
     logs = _LogCheck()
-    logger = logging.getLogger(listener.__name__)
+    logger = logging.getLogger(bridge_mod.__name__)
     logger.addHandler(logs)
     level = logger.level
     logger.setLevel(logging.DEBUG)
@@ -363,7 +364,7 @@ def test_ten_thousand_hostile_notifications_never_escape_requeue_or_reach_the_en
         logger.setLevel(level)
     elapsed = time.monotonic() - started
     print(f"\n{CASES} hostile notifications in {elapsed:.2f}s: {sorted(tally.items())}")
-    assert escaped == [], f"{len(escaped)} escaped deliver(), e.g. {escaped[:3]}"
+    assert escaped == [], f"{len(escaped)} escaped prepare(), e.g. {escaped[:3]}"
     assert requeued == [], f"{len(requeued)} requeued, e.g. {requeued[:5]}"
     assert wrong == [], f"{len(wrong)} cases handled wrongly, e.g.\n" + "\n".join(wrong[:10])
     # The generator must really have exercised every expectation.
@@ -384,13 +385,6 @@ class _Raw:
         self.body = body
 
 
-class _Delivered(dict[str, Any]):
-    """A notification as the rabbit driver hands it over: the decoded inner
-    message, with the kombu message it came in."""
-
-    _raw_message: _Raw
-
-
 def test_an_astral_character_body_over_the_limit_is_malformed_not_waved_through(
         loop: asyncio.AbstractEventLoop) -> None:
     """py-amqp decodes a body that has a content encoding into ``str``. A
@@ -408,12 +402,11 @@ def test_an_astral_character_body_over_the_limit_is_malformed_not_waved_through(
     bridge = Bridge(loop, sink, metrics, max_payload_bytes=MAX_PAYLOAD, handoff_timeout=5.0)
     image = {"id": "0b7e5c3a-2f41-4d8e-9c6b-1a2b3c4d5e6f", "status": "active",
              "disk_format": "raw", "size": 1, "properties": {"k": "\U0001f600" * 8000}}
-    message = _Delivered(priority="INFO", event_type="image.update", publisher_id="image.h",
-                         payload=image, message_id="m", timestamp="2026-11-25 10:00:00")
+    message = dict(priority="INFO", event_type="image.update", publisher_id="image.h",
+                   payload=image, message_id="m", timestamp="2026-11-25 10:00:00")
     body = '{"oslo.version": "2.0", "oslo.message": "' + "\U0001f600" * 8000 + '"}'
-    message._raw_message = _Raw(body)
     assert len(body) * 8 <= MAX_PAYLOAD < len(body.encode()) * 8  # the bypass
-    size = listener._body_size(message)
+    size = listener._body_size(_Raw(body))
     assert size == len(body.encode())
     assert listener.dispatch_batch(bridge, [message], [size]) == [HANDLED]
     assert seen == []

@@ -1,11 +1,15 @@
-"""The notification listener: oslo.messaging's rabbit connection, consumed
-in batches, and bridged into the asyncio loop.
+"""The notification listener: oslo.messaging's rabbit connection, drained
+in batches by one consumer thread, and bridged into the asyncio loop
+(:mod:`warmer.bus.bridge`).
 
 oslo.messaging has no asyncio executor, and its notification servers
 (threading executor, even in batch mode) take the messages one at a time
-through a poller, an executor and a dispatcher: here they topped out below
-half of what a bare kombu consumer of the same queue does. So the listener
-keeps everything oslo.messaging decides and drives the consumption itself:
+through a poller, an executor and a dispatcher; its connection's
+``consume()`` reads one message per call, each inside ``ensure()`` (kombu's
+retry wrapper) and with two socket timeout changes per AMQP frame. Here
+that topped out below a third of what a bare kombu consumer of the same
+queue does. So the listener keeps everything oslo.messaging decides and
+drives the consumption itself:
 
 * the connection is the rabbit driver's own, made as its notification
   listener makes it (``transport_url``, every ``[oslo_messaging_rabbit]``
@@ -16,52 +20,42 @@ keeps everything oslo.messaging decides and drives the consumption itself:
   bound to ``<topic>.<priority>`` (info, warn, error) on the Glance and
   Cinder exchanges, with the driver's durable, auto-delete, quorum and HA
   arguments;
-* one consumer thread drains the socket and hands the messages to the loop
-  in batches: all that is waiting, up to ``[bus] batch_size`` (half the
-  prefetch when one is set), or what came within ``batch_linger``.
-  Each message is parsed in that thread, then one
-  ``loop.call_soon_threadsafe`` folds the whole batch into the engine on
-  the loop (synchronously), and only then is anything acked (one
-  ``basic.ack`` with ``multiple`` for the batch, after the requeues).
+* the consumer thread drains the socket in *sessions*: each one runs
+  inside the driver's ``ensure()``, as the driver's own ``consume()`` does,
+  so that a broken connection or channel is recovered exactly as the
+  driver recovers it (failover to the next host, reconnection with its
+  back-off, queues declared and consumers registered again), but reads
+  every message that comes until a batch is full, or the socket was silent
+  for :attr:`BusListener.GAP` (or ``batch_linger`` passed), with the
+  socket's timeout set once per session instead of twice per frame;
+* the driver's consumers deliver the raw messages to the listener, which
+  decodes each body once (:func:`warmer.bus.bridge.decode`, as the driver
+  would: JSON, then oslo's envelope) when it hands the batch off;
+* the hand-off is pipelined: while the loop folds a batch, the consumer
+  thread drains, decodes and parses the next one. At most one batch is on
+  the loop at a time, and a batch is settled only once the loop answered
+  for it, in the order the batches came: its requeues, then one
+  ``basic.ack`` with ``multiple`` of its last message. Every message of a
+  later batch has a higher delivery tag, so that ack never covers one the
+  loop has not folded.
 
-Ack and requeue rules, per message:
-
-* handed off (the loop folded the event into its state): ack;
-* unknown event type, or a priority warmer has no use for: ack, counted as
-  ``ignored``;
-* malformed (bad envelope, an unknown priority, missing or mistyped
-  fields, an image id that is not a canonical UUID, oversized payload),
-  and *any* exception raised while parsing, even one that is a bug of the
-  parser: ack, logged in one bounded line (no traceback) and counted as
-  ``malformed``. Never requeued, so a poison message cannot loop, and it
-  never reaches the engine, so it never touches Ceph;
-* a body that is not JSON, or an envelope the driver cannot decode: the
-  rabbit driver logs "Failed to process message ... skipping it" and
-  rejects it without requeue before warmer sees it;
-  :class:`_DriverDropCounter` counts those log records as ``malformed``;
-* the loop is draining, or did not start folding the batch within
-  ``handoff_timeout``: requeue, so another daemon of the pool, or this one
-  after a restart, gets them. A handshake (:class:`_Job`) decides, once,
-  whether the loop folds a batch or the consumer thread takes it back: a
-  batch is never both folded and requeued, and a fold that started in
-  time is waited for and acked;
-* a bug while handling: ack, logged and counted as ``error`` (requeueing
-  it would only repeat the bug forever).
-
+The ack and requeue rules per message are :mod:`warmer.bus.bridge`'s; a
+body that cannot be decoded is malformed (acked, counted), never requeued.
 When the connection breaks, messages taken and not acked yet are
 redelivered by the broker (and counted as ``duplicate`` if they had been
-folded in); the consumer thread never acks a message that came on a
-channel the connection no longer uses (delivery tags are per channel).
+folded in); the consumer thread never acks or requeues a message that came
+on a channel the connection no longer uses (delivery tags are per
+channel). Heartbeats: a listening connection has no heartbeat thread; the
+consumer thread sends them and reads the broker's between sessions and
+while it waits for the loop.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import oslo_messaging
@@ -69,234 +63,40 @@ from oslo_config import cfg
 from oslo_messaging._drivers import common as driver_common
 from oslo_messaging._drivers import impl_rabbit
 
-from warmer import events
-from warmer.metrics import Metrics
+from warmer.bus.bridge import (
+    CONSUMED_PRIORITIES,
+    HANDLED,
+    PRIORITIES,
+    REQUEUE,
+    Batch,
+    Bridge,
+    Notification,
+    Sink,
+    TransientHandoffError,
+    Undecodable,
+    _describe,
+    decode,
+    dispatch,
+    dispatch_batch,
+    envelope,
+    prepare_batch,
+)
 
 LOG = logging.getLogger(__name__)
 
-HANDLED: str = oslo_messaging.NotificationResult.HANDLED
-REQUEUE: str = oslo_messaging.NotificationResult.REQUEUE
-
-#: The priorities oslo.messaging knows; warmer's queue is bound to these three.
-PRIORITIES = frozenset({"audit", "debug", "info", "warn", "error", "critical", "sample"})
-CONSUMED_PRIORITIES = ("info", "warn", "error")
-
-Sink = Callable[[events.Event], str]
-#: One notification as the bridge takes it: publisher_id, event_type,
-#: payload, metadata (message_id, timestamp).
-Notification = tuple[Any, Any, Any, Any]
+# The bridge's names too, for whoever takes them from here (service, bench).
+__all__ = ["CONSUMED_PRIORITIES", "HANDLED", "PRIORITIES", "REQUEUE", "Bridge", "BusListener",
+           "Notification", "Sink", "TransientHandoffError", "dispatch", "dispatch_batch",
+           "envelope"]
 
 
-class TransientHandoffError(Exception):
-    """The loop could not take the event now; the message is requeued."""
+class _InFlight:
+    """The batch on the loop: its messages, in order, and what the bridge
+    made of them."""
 
-
-class _Job:
-    """One batch handed to the loop, and the handshake that decides whether
-    the loop folds it or the consumer thread takes it back.
-
-    Under ``lock``, the loop marks it ``started`` unless the consumer thread
-    marked it ``abandoned`` first (after ``handoff_timeout``); exactly one of
-    the two happens. A started fold is synchronous and runs to its end
-    (``done``), so what the loop folded is always acked and never requeued,
-    and what it did not fold is requeued and never folded."""
-
-    def __init__(self, batch: list[events.Event]) -> None:
+    def __init__(self, messages: list[Any], batch: Batch) -> None:
+        self.messages = messages
         self.batch = batch
-        self.lock = threading.Lock()
-        self.started = False
-        self.abandoned = False
-        self.done = threading.Event()
-        self.outcomes: list[str] = []
-
-
-class Bridge:
-    """Hands parsed events from the consumer thread to the loop.
-
-    ``sink`` folds one event into the engine's state, on the loop,
-    synchronously (no I/O), and returns the outcome to count."""
-
-    #: Seconds between two calls of :attr:`keepalive` while waiting.
-    SLICE = 1.0
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Sink, metrics: Metrics, *,
-                 max_payload_bytes: int, handoff_timeout: float,
-                 transient: tuple[type[BaseException], ...] = ()) -> None:
-        self._loop = loop
-        self._sink = sink
-        self._metrics = metrics
-        self._max_payload_bytes = max_payload_bytes
-        self._handoff_timeout = handoff_timeout
-        self._transient: tuple[type[BaseException], ...] = (TransientHandoffError, *transient)
-        #: Called in the waiting thread between slices of a wait (the
-        #: listener keeps its connection's heartbeats going with it).
-        self.keepalive: Callable[[], None] | None = None
-
-    def deliver(self, publisher_id: Any, event_type: Any, payload: Any,
-                metadata: Any) -> str:
-        """Parse one notification and hand it to the loop; return HANDLED
-        (ack) or REQUEUE. Never raises for anything the message holds."""
-        return self.deliver_batch([(publisher_id, event_type, payload, metadata)])[0]
-
-    def deliver_batch(self, notifications: Sequence[Notification],
-                      body_bytes: Sequence[int | None] | None = None) -> list[str]:
-        """Parse each notification here, hand the usable ones to the loop in
-        one call, wait for it, and return HANDLED (ack) or REQUEUE for each,
-        in order. Never raises for anything the messages hold.
-        ``body_bytes``: the size of each one's message body, when known
-        (see :func:`warmer.events.parse`)."""
-        sizes = body_bytes if body_bytes is not None else [None] * len(notifications)
-        results = [HANDLED] * len(notifications)
-        tally: collections.Counter[tuple[Any, str]] = collections.Counter()
-        parsed: list[tuple[int, Any, events.Event]] = []
-        for n, (publisher_id, event_type, payload, metadata) in enumerate(notifications):
-            try:
-                event = events.parse(event_type, payload, metadata, publisher_id=publisher_id,
-                                     max_payload_bytes=self._max_payload_bytes,
-                                     body_bytes=sizes[n])
-            except Exception as exc:  # whatever the input does, ack it
-                LOG.warning("dropping malformed notification %s from %s: %s",
-                            _short(event_type), _short(publisher_id), _describe(exc))
-                tally[_label(event_type), "malformed"] += 1
-                continue
-            if event is None:
-                tally[_label(event_type), "ignored"] += 1
-            else:
-                parsed.append((n, event_type, event))
-        if parsed:
-            outcomes = self._hand_off([event for _, _, event in parsed])
-            for (n, event_type, _), outcome in zip(parsed, outcomes, strict=True):
-                if outcome == REQUEUE:
-                    results[n] = REQUEUE
-                    outcome = "requeued"
-                tally[_label(event_type), outcome] += 1
-        for (label, outcome), count in tally.items():
-            self._metrics.notification(label, outcome, count)
-        return results
-
-    def _hand_off(self, batch: list[events.Event]) -> list[str]:
-        """The outcome of each event: what the loop's fold returned, or
-        REQUEUE for all when the loop did not start folding the batch within
-        ``handoff_timeout`` (or is closed)."""
-        job = _Job(batch)
-        try:
-            self._loop.call_soon_threadsafe(self._run, job)
-        except RuntimeError:  # loop closed
-            return [REQUEUE] * len(batch)
-        if not self._wait(job.done, self._handoff_timeout):
-            with job.lock:
-                job.abandoned = not job.started
-            if job.abandoned:
-                LOG.info("requeueing %d notifications: the loop did not take them "
-                         "within %.1fs", len(batch), self._handoff_timeout)
-                return [REQUEUE] * len(batch)
-            self._wait(job.done, None)  # started: the fold is synchronous and bounded
-        return job.outcomes
-
-    def _wait(self, done: threading.Event, timeout: float | None) -> bool:
-        """Wait for ``done`` at most ``timeout`` seconds (None: for ever), in
-        slices with :attr:`keepalive` between them."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = self.SLICE if deadline is None else min(self.SLICE,
-                                                           deadline - time.monotonic())
-            if left <= 0:
-                return done.is_set()
-            if done.wait(left):
-                return True
-            if self.keepalive is not None:
-                self.keepalive()
-
-    def _run(self, job: _Job) -> None:
-        """On the loop: fold the batch, unless the consumer thread took it back."""
-        with job.lock:
-            if job.abandoned:
-                return
-            job.started = True
-        try:
-            job.outcomes = [self._fold_one(event) for event in job.batch]
-        finally:
-            job.done.set()
-
-    def _fold_one(self, event: events.Event) -> str:
-        try:
-            return self._sink(event)
-        except self._transient:
-            return REQUEUE
-        except Exception:
-            LOG.exception("handling %s failed; dropping it", type(event).__name__)
-            return "error"
-
-    def ignored(self, event_type: Any) -> None:
-        self._metrics.notification(event_type, "ignored")
-
-    def malformed_envelope(self, exc: BaseException) -> None:
-        LOG.warning("dropping a notification with a malformed envelope: %s", _describe(exc))
-        self._metrics.notification(None, "malformed")
-
-
-def envelope(message: Any) -> tuple[str, Notification]:
-    """The priority and the fields of a decoded oslo.messaging notification
-    (the inner ``oslo.message``), as oslo.messaging's dispatcher extracts
-    them. Raises ValueError for an envelope that is not an object or has no
-    known priority."""
-    if not isinstance(message, dict):
-        raise ValueError(f"envelope is {type(message).__name__}, not an object")
-    priority = message.get("priority")
-    if not isinstance(priority, str) or priority.lower() not in PRIORITIES:
-        raise ValueError(f"priority {_short(priority)}")
-    metadata = {"message_id": message.get("message_id"),
-                "timestamp": message.get("timestamp")}
-    return priority.lower(), (message.get("publisher_id"), message.get("event_type"),
-                              message.get("payload"), metadata)
-
-
-def dispatch_batch(bridge: Bridge, messages: Sequence[Any],
-                   body_bytes: Sequence[int | None] | None = None) -> list[str]:
-    """What to do with each decoded notification (the inner
-    ``oslo.message`` objects, in order): HANDLED (ack) or REQUEUE. A
-    malformed envelope is acked and counted; a priority warmer's queue is
-    not bound to is acked as ``ignored``; the rest goes to the bridge in
-    one batch."""
-    sizes = body_bytes if body_bytes is not None else [None] * len(messages)
-    results = [HANDLED] * len(messages)
-    usable: list[int] = []
-    notifications: list[Notification] = []
-    for n, message in enumerate(messages):
-        try:
-            priority, fields = envelope(message)
-        except Exception as exc:
-            bridge.malformed_envelope(exc)
-            continue
-        if priority not in CONSUMED_PRIORITIES:
-            bridge.ignored(fields[1])
-            continue
-        usable.append(n)
-        notifications.append(fields)
-    delivered = bridge.deliver_batch(notifications, [sizes[n] for n in usable])
-    for n, result in zip(usable, delivered, strict=True):
-        results[n] = result
-    return results
-
-
-def dispatch(bridge: Bridge, message: Any) -> str:
-    """:func:`dispatch_batch` of one message."""
-    return dispatch_batch(bridge, [message])[0]
-
-
-class _DriverDropCounter(logging.Handler):
-    """Counts the messages oslo.messaging's rabbit driver rejects before
-    warmer sees them (it says so only in a log record)."""
-
-    MARK = "Failed to process message"
-
-    def __init__(self, bridge: Bridge) -> None:
-        super().__init__(logging.ERROR)
-        self._bridge = bridge
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if isinstance(record.msg, str) and record.msg.startswith(self.MARK):
-            self._bridge.malformed_envelope(ValueError("rejected by the rabbit driver"))
 
 
 class BusListener:
@@ -317,11 +117,12 @@ class BusListener:
     not yet acked when the connection broke are redelivered by the broker.
     """
 
-    #: Seconds one wait for the socket lasts while nothing is pending (how
-    #: soon :meth:`stop` is noticed).
+    #: Seconds one session waits for the socket while nothing is pending
+    #: nor on the loop (how soon :meth:`stop` is noticed).
     IDLE_POLL = 0.5
     #: Seconds of silence on the socket after which a pending batch is
-    #: handed off without waiting to fill.
+    #: handed off without waiting to fill (and how often a batch on the loop
+    #: is looked at while nothing comes).
     GAP = 0.002
     #: Seconds to wait after a batch was requeued whole, doubled each time
     #: in a row, up to MAX_BACK_OFF.
@@ -335,16 +136,15 @@ class BusListener:
         self._conn: Any = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        #: (channel generation, message) of the batch being gathered.
-        self._pending: list[tuple[int, Any]] = []
-        self._channel: Any = None
+        #: The raw messages of the batch being gathered, in delivery order.
+        self._pending: list[Any] = []
+        self._inflight: _InFlight | None = None
         self._dead_channel: Any = None
-        self._generation = 0
         self._requeue_streak = 0
         self._oldest = 0.0
+        self._last_heartbeat = 0.0
         self._batch = conf.bus.batch_size
         self._linger = conf.bus.batch_linger
-        self._drop_counter = _DriverDropCounter(bridge)
         self.running = False
 
     def start(self) -> None:
@@ -355,14 +155,14 @@ class BusListener:
         prefetch = _bounded_prefetch(self._conf)
         self._batch = max(1, min(self._batch, prefetch // 2))
         self._transport = oslo_messaging.get_notification_transport(self._conf)
-        logging.getLogger("oslo.messaging._drivers.impl_rabbit").addHandler(self._drop_counter)
         self._conn = _listen_connection(self._transport)
         for exchange in (bus.glance_exchange, bus.cinder_exchange):
             for topic in bus.topics:
                 for priority in CONSUMED_PRIORITIES:
                     self._conn.declare_topic_consumer(
                         exchange_name=exchange, topic=f"{topic}.{priority}",
-                        callback=self._received, queue_name=bus.pool)
+                        queue_name=bus.pool)
+        _deliver_raw(self._conn.connection, self._received)
         self._bridge.keepalive = self._keepalive
         threshold = self._conf.oslo_messaging_rabbit.heartbeat_timeout_threshold
         if threshold > 0:  # several heartbeat checks per threshold, as the driver does
@@ -374,12 +174,146 @@ class BusListener:
         self._thread.start()
 
     def _received(self, message: Any) -> None:
-        """The driver's callback, in the consumer thread, for each message it
-        could decode: keep it for the next batch, with the generation of the
-        channel it came on."""
+        """The driver's consumers' callback, in the consumer thread, for each
+        message (py-amqp's, undecoded): keep it for the next batch."""
         if not self._pending:
             self._oldest = time.monotonic()
-        self._pending.append((self._generation_now(), message))
+        self._pending.append(message)
+
+    # -- the consumer thread ---------------------------------------------------
+
+    def _consume(self) -> None:
+        while not self._stopping.is_set():
+            busy = bool(self._pending) or self._inflight is not None
+            try:
+                self._drain(self.GAP if busy else self.IDLE_POLL)
+            except driver_common.Timeout:
+                pass  # reconnecting took the session's time: look at the rest
+            except Exception:  # the driver retries on its own; never die silently
+                LOG.exception("consuming notifications failed; trying again")
+                self._stopping.wait(1.0)
+            try:
+                if self._inflight is not None:
+                    results = self._bridge.poll(self._inflight.batch)
+                    if results is not None:
+                        self._settle_inflight(results)
+                if self._pending:
+                    self._hand_off()
+            except Exception:  # a bug: never die, never ack what is unknown
+                LOG.exception("settling notifications failed; the broker redelivers them")
+                self._give_up()
+        try:
+            self._flush()
+        except Exception:
+            LOG.exception("settling notifications at stop failed; the broker redelivers them")
+            self._give_up()
+
+    def _give_up(self) -> None:
+        """After a bug: forget every message taken and not settled, and give
+        the channel up, so that the broker redelivers them all and no later
+        ``multiple`` ack covers them."""
+        self._pending, self._inflight = [], None
+        self._abandon_channel()
+
+    def _flush(self) -> None:
+        """Hand off everything pending and settle every batch, waiting for
+        the loop. When stopping, the engine is draining by then: what had
+        not reached the loop is requeued."""
+        while self._pending:
+            self._hand_off()
+        if self._inflight is not None:
+            self._settle_inflight(self._bridge.finish(self._inflight.batch))
+
+    def _drain(self, wait: float) -> None:
+        """One session: read what comes for the next batch, inside the
+        driver's ``ensure()``, as its ``consume()`` does, so that every
+        connection or channel error is recovered the driver's way (its
+        error callbacks re-register every consumer after a reconnection,
+        and give up with ``Timeout`` once the session's time is spent).
+        Returns when the batch is full, when ``batch_linger`` passed, or
+        after the socket was silent for ``wait`` seconds (:attr:`GAP` as
+        soon as something is pending)."""
+        driver = self._conn.connection
+        timer = driver_common.DecayingTimer(duration=max(wait, self.GAP))
+        timer.start()
+
+        def raise_timeout() -> None:
+            raise driver_common.Timeout()
+
+        def recoverable(exc: BaseException) -> None:
+            if not isinstance(exc, driver_common.Timeout):
+                driver._new_tags = set(driver._consumers.values())
+            timer.check_return(raise_timeout)
+
+        def failed(exc: BaseException) -> None:
+            recoverable(exc)
+            LOG.error("Failed to consume message from queue: %s", exc)
+
+        def session() -> None:
+            kombu_conn = driver.connection
+            if not kombu_conn.connected:
+                # As the driver does (its bug 2126768): fail over to the
+                # next host rather than loop on a dead one.
+                kombu_conn.maybe_switch_next()
+                raise kombu_conn.recoverable_connection_errors[0]
+            _read_ahead(kombu_conn)
+            while driver._new_tags:
+                for consumer, tag in driver._consumers.items():
+                    if tag in driver._new_tags:
+                        consumer.consume(driver, tag=tag)
+                        driver._new_tags.remove(tag)
+            self._read(driver, kombu_conn, wait)
+            self._heartbeat(driver)
+
+        with driver._connection_lock:
+            driver.ensure(session, recoverable_error_callback=recoverable,
+                          error_callback=failed)
+
+    def _read(self, driver: Any, kombu_conn: Any, wait: float) -> None:
+        """Drain messages (each comes to :meth:`_received`) until the batch
+        is ready or the socket is silent for ``wait``. py-amqp sets and
+        restores the socket's timeout around every frame unless it already
+        is the one asked for: set it here, once, and put the driver's back
+        afterwards (acks and heartbeats are written under the driver's)."""
+        sock = _socket(kombu_conn)
+        previous = sock.gettimeout() if sock is not None else None
+        try:
+            while not driver._consume_loop_stopped:
+                timeout = self.GAP if self._pending else wait
+                if sock is not None and sock.gettimeout() != timeout:
+                    sock.settimeout(timeout)
+                try:
+                    kombu_conn.drain_events(timeout=timeout)
+                except TimeoutError:
+                    return
+                except kombu_conn.channel_errors as exc:
+                    if exc.code == 406 and exc.method_name == "Basic.ack":
+                        # As the driver does: another consumer acked it; recover
+                        raise kombu_conn.recoverable_channel_errors[0] from exc
+                    raise
+                if len(self._pending) >= self._batch or (
+                        self._pending and time.monotonic() - self._oldest >= self._linger):
+                    return
+        finally:
+            if sock is not None:
+                try:
+                    sock.settimeout(previous)
+                except OSError:  # closed: the driver reconnects
+                    pass
+
+    def _heartbeat(self, driver: Any) -> None:
+        """At the end of a session, under the driver's timeout again: send a
+        heartbeat when one is due, and check that the broker's came, at most
+        every ``SLICE`` (a quarter of ``heartbeat_timeout_threshold``), as
+        the driver's ``consume()`` does on an idle connection. Inside the
+        session: a broker that went silent raises into ``ensure()``, which
+        reconnects."""
+        now = time.monotonic()
+        if now - self._last_heartbeat < self._bridge.SLICE:
+            return
+        self._last_heartbeat = now
+        if driver._heartbeat_supported_and_enabled():
+            driver._heartbeat_check()
 
     def _keepalive(self) -> None:
         """Between slices of a long wait for the loop, in the consumer thread:
@@ -393,7 +327,7 @@ class BusListener:
             driver_conn = self._conn.connection  # the pool's context wraps it
             kombu_conn = driver_conn.connection
             if kombu_conn is None or not kombu_conn.connected:
-                return  # broken: the next consume reconnects
+                return  # broken: the next session reconnects
             if driver_conn._heartbeat_supported_and_enabled():
                 driver_conn._heartbeat_check()
             kombu_conn.drain_events(timeout=0.001)
@@ -403,60 +337,36 @@ class BusListener:
             LOG.warning("the bus connection failed during a hand-off: %s", _describe(exc))
             self._abandon_channel()
 
-    def _generation_now(self) -> int:
-        """The generation of the channel the connection consumes on now.
-
-        Delivery tags mean something only on the channel that gave them, and
-        a ``multiple`` ack covers every earlier tag of that channel. So each
-        channel gets a number when first seen, and a channel this listener
-        gave up on (:meth:`_abandon_channel`) never gets one again: nothing
-        that came on it is acked or requeued afterwards."""
-        channel = self._conn.channel
-        if channel is None or channel is self._dead_channel:
-            return -1
-        if channel is not self._channel:
-            self._channel = channel
-            self._generation += 1
-        return self._generation
-
-    def _consume(self) -> None:
-        conn = self._conn
-        while not self._stopping.is_set():
-            if self._pending:
-                timeout = max(0.0005, min(self.GAP,
-                                          self._oldest + self._linger - time.monotonic()))
-            else:
-                timeout = self.IDLE_POLL
-            try:
-                conn.consume(timeout=timeout)
-            except driver_common.Timeout:
-                if self._pending:
-                    self._hand_off()
-                continue
-            except Exception:  # the driver retries on its own; never die silently
-                LOG.exception("consuming notifications failed; trying again")
-                self._stopping.wait(1.0)
-                continue
-            if len(self._pending) >= self._batch or (
-                    self._pending and time.monotonic() - self._oldest >= self._linger):
-                self._hand_off()
-        if self._pending:
-            self._hand_off()  # the engine is draining by now: these are requeued
-
     def _hand_off(self) -> None:
-        """Hand the pending batch to the loop and settle it. Whatever goes
-        wrong, the batch is settled here and now, message by message if need
-        be, or its channel is given up: an unsettled message must never sit
-        below a later batch's ``multiple`` ack, which would ack it unseen."""
-        batch, self._pending = self._pending, []
+        """Decode and parse the next batch (at most ``batch_size`` of what is
+        pending), then settle the batch on the loop once it is folded, then
+        submit this one. Whatever goes wrong, no message is left unsettled
+        below a later ``multiple`` ack: a batch that cannot be prepared is
+        requeued at once (per message, which leaves the batch on the loop
+        alone)."""
+        messages = self._pending[:self._batch]
+        self._pending = self._pending[self._batch:]
+        if self._pending:
+            self._oldest = time.monotonic()
         try:
-            results = dispatch_batch(self._bridge, [m for _, m in batch],
-                                     [_body_size(m) for _, m in batch])
+            batch = prepare_batch(self._bridge, [_decoded(m) for m in messages],
+                                  [_body_size(m) for m in messages])
         except Exception:  # a bug of the bridge: the messages are not lost
             LOG.exception("handing %d notifications off failed; requeueing them",
-                          len(batch))
-            results = [REQUEUE] * len(batch)
-        self._settle(batch, results)
+                          len(messages))
+            results = [REQUEUE] * len(messages)
+            self._settle(messages, results)
+            self._back_off(results)
+            return
+        if self._inflight is not None:
+            self._settle_inflight(self._bridge.finish(self._inflight.batch))
+        self._bridge.submit(batch)
+        self._inflight = _InFlight(messages, batch)
+
+    def _settle_inflight(self, results: list[str]) -> None:
+        inflight, self._inflight = self._inflight, None
+        assert inflight is not None
+        self._settle(inflight.messages, results)
         self._back_off(results)
 
     def _back_off(self, results: list[str]) -> None:
@@ -481,11 +391,12 @@ class BusListener:
                 return
             self._keepalive()
 
-    def _settle(self, batch: list[tuple[int, Any]], results: list[str]) -> None:
+    def _settle(self, messages: list[Any], results: list[str]) -> None:
         """Requeue what must be, then ack the rest with one ``multiple``
         ack of the last one (every earlier message of this channel is
         settled by then). Messages of a channel the connection no longer
-        uses are left alone: the broker redelivers them.
+        uses, or that this listener gave up, are left alone: the broker
+        redelivers them.
 
         If any of it fails, what this channel holds unsettled is unknown, so
         the channel is given up (:meth:`_abandon_channel`): the broker then
@@ -495,37 +406,39 @@ class BusListener:
         No lock: the rabbit driver's ``_connection_lock`` is a no-op for a
         listening connection (there is no heartbeat thread), and only the
         consumer thread uses the connection."""
-        current = self._generation_now()
+        channel = self._conn.channel
+        if channel is None or channel is self._dead_channel:
+            return
         try:
             last = None
-            for (generation, message), result in zip(batch, results, strict=True):
-                if generation != current or generation < 0:
+            for message, result in zip(messages, results, strict=True):
+                if message.channel is not channel:
                     continue
-                raw = message._raw_message
                 if result == REQUEUE:
-                    raw.requeue()
+                    channel.basic_reject(message.delivery_tag, requeue=True)
                 else:
-                    last = raw
+                    last = message
             if last is not None:
-                last.ack(multiple=True)
+                channel.basic_ack(last.delivery_tag, multiple=True)
         except Exception as exc:  # connection or channel gone, or worse: never die here
             LOG.warning("could not settle %d notifications (%s); dropping the channel, "
-                        "the broker redelivers them", len(batch), _describe(exc))
+                        "the broker redelivers them", len(messages), _describe(exc))
             self._abandon_channel()
 
     def _abandon_channel(self) -> None:
         """Give up the current channel: nothing that came on it is settled
         any more, and the connection's socket is closed without a handshake
         (kombu's ``collect``), so the broker requeues every message of it
-        not acked yet. The rabbit driver reconnects on the next consume."""
+        not acked yet. The rabbit driver reconnects on the next session."""
         conn = self._conn
         self._dead_channel = conn.channel
-        self._channel = None
         try:
             conn.connection.connection.collect()  # context, driver, kombu
         except Exception as exc:
             LOG.warning("closing the bus connection after a failed settle: %s",
                         _describe(exc))
+
+    # -- state and shutdown -----------------------------------------------------
 
     def connected(self) -> bool | None:
         """Whether the listener's AMQP connection is up right now: True or
@@ -573,8 +486,74 @@ class BusListener:
         if self._transport is not None:
             self._transport.cleanup()
             self._transport = None
-        logging.getLogger("oslo.messaging._drivers.impl_rabbit").removeHandler(
-            self._drop_counter)
+
+
+def _deliver_raw(driver: Any, callback: Callable[[Any], None]) -> None:
+    """Make each of the driver's consumers hand its messages to ``callback``
+    as they come (py-amqp's, not decoded), instead of decoding them one by
+    one into a ``RabbitMessage`` (kombu's message, JSON decoded twice) and
+    rejecting in the consumer what does not decode: the listener decodes
+    them once, per batch, and acks what does not decode as malformed.
+    ``Consumer.consume`` registers ``self._callback`` with the broker each
+    time it (re)starts consuming, after every reconnection too, so an
+    attribute of the instance is what it registers. Checked at start: an
+    oslo.messaging without that method would decode and reject again
+    behind warmer's back."""
+    consumers = list(driver._consumers)
+    if not consumers or not all(callable(getattr(type(c), "_callback", None))
+                                for c in consumers):
+        raise RuntimeError("this oslo.messaging's rabbit driver does not register "
+                           "Consumer._callback; warmer cannot consume with it")
+    for consumer in consumers:
+        consumer._callback = callback
+
+
+class _ReadAhead:
+    """py-amqp's transport reads each frame with three ``recv`` calls of
+    exactly the bytes it needs next (header, payload, end octet): nine
+    system calls for a notification, and as many times the GIL is given to
+    the loop's thread and waited for again. Its read buffer keeps whatever
+    a ``recv`` returned beyond what was asked, so asking for at least
+    :data:`READ_AHEAD` bytes makes one call serve several frames; a call
+    still returns as soon as anything is there. Nothing else changes: the
+    same socket, timeouts and errors."""
+
+    def __init__(self, recv: Callable[[int], bytes]) -> None:
+        self.recv = recv
+
+    def __call__(self, n: int) -> bytes:
+        return self.recv(max(n, READ_AHEAD))
+
+
+#: Bytes asked of the socket at least, per read (see :class:`_ReadAhead`):
+#: a few notifications; more would make py-amqp copy its buffer's rest for
+#: every frame.
+READ_AHEAD = 16384
+
+
+def _read_ahead(kombu_conn: Any) -> None:
+    """Install :class:`_ReadAhead` on the connection's py-amqp transport (a
+    new one after every reconnection), if it is one."""
+    transport: Any = getattr(kombu_conn.connection, "transport", None)
+    recv = getattr(transport, "_quick_recv", None)
+    if recv is not None and not isinstance(recv, _ReadAhead):
+        transport._quick_recv = _ReadAhead(recv)
+
+
+def _socket(kombu_conn: Any) -> Any:
+    """The socket under a py-amqp connection; None for other transports
+    (kombu's in-memory one in tests)."""
+    transport = getattr(kombu_conn.connection, "transport", None)
+    sock = getattr(transport, "sock", None)
+    return sock if hasattr(sock, "settimeout") else None
+
+
+def _decoded(message: Any) -> Any:
+    """The notification in a raw message, or :class:`Undecodable`."""
+    try:
+        return decode(message.body, getattr(message, "content_type", None))
+    except Exception as exc:  # whatever the body holds: malformed, acked
+        return Undecodable(exc)
 
 
 def _bounded_prefetch(conf: cfg.ConfigOpts) -> int:
@@ -612,33 +591,9 @@ def _body_size(message: Any) -> int | None:
     has a content encoding into ``str``; its length in characters would
     undercount (an astral character is 4 bytes) and let an oversized
     payload skip the size check (invariant 6)."""
-    body = getattr(getattr(message, "_raw_message", None), "body", None)
+    body = getattr(message, "body", None)
     if isinstance(body, str):
         return len(body.encode("utf-8", "surrogatepass"))
     return len(body) if isinstance(body, bytes) else None
 
 
-def _label(event_type: Any) -> Any:
-    return event_type if events.is_known(event_type) else None
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, str):
-        return value[:80]
-    if value is None or isinstance(value, (bool, int, float)):
-        return repr(value)[:80]
-    return f"<{type(value).__name__}>"  # never repr() a container from the wire
-
-
-def _describe(exc: BaseException) -> str:
-    """One bounded line about ``exc``: a parser's own message for
-    :class:`~warmer.events.MalformedEvent`, the type and the start of the
-    message for anything else."""
-    try:
-        text = str(exc)
-    except Exception:  # a message that cannot even be shown
-        text = ""
-    text = " ".join(text.split())[:200]
-    if isinstance(exc, events.MalformedEvent):
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

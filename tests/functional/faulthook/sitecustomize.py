@@ -54,16 +54,16 @@ def _install(faults: dict[str, Any]) -> None:
     listener.Bridge._run = run  # type: ignore[method-assign]
 
     if "fail_dispatch" in faults:
-        real_dispatch = listener.dispatch_batch
+        real_prepare = listener.prepare_batch
         calls: list[int] = []
 
-        def dispatch_batch(*args: Any) -> list[str]:
+        def prepare_batch(*args: Any) -> Any:
             calls.append(1)
             if len(calls) <= faults["fail_dispatch"]:
                 raise RuntimeError("injected fault: the hand-off failed")
-            return real_dispatch(*args)
+            return real_prepare(*args)
 
-        listener.dispatch_batch = dispatch_batch
+        listener.prepare_batch = prepare_batch
 
 
 _spec = os.environ.get("WARMER_TEST_FAULTS")
