@@ -236,6 +236,10 @@ class Rados:
     def get_fsid(self) -> str:
         return self.cluster.fsid
 
+    def get_addrs(self) -> str:
+        """This client instance's address, as librbd names a lock owner."""
+        return f"127.0.0.1:0/{self.id}"
+
     def get_cluster_stats(self) -> dict[str, int]:
         self.cluster.op("stats")
         return {"kb": 1}

@@ -161,7 +161,7 @@ def _remove_temp(cluster: Rados, pool: str, temp: Inspection) -> bool:
     handle = OpenImage(cluster, pool, temp.name)
     try:
         owners = list(handle.image.lock_get_owners())
-        me = str(cluster.get_addrs())  # type: ignore[attr-defined]
+        me = str(cluster.get_addrs())
         if any(owner["owner"] == me for owner in owners):
             return False
         for owner in owners:
