@@ -663,7 +663,7 @@ def test_cold_images_are_forgotten_but_never_one_warmer_holds() -> None:
     demand(engine, "hot", 3)
     engine._copied.add("copied")
     engine.enqueue("queued")
-    engine._record("warm_row", engine.targets[0], TargetResult("warm", "cloneable", "rbd://x"))
+    engine.book.record("warm_row", engine.targets[0], TargetResult("warm", "cloneable", "rbd://x"))
     assert engine.forget_cold() == 1
     assert engine.tracker.image("cold") is None
     for kept in ("hot", "copied", "queued", "warm_row", "pinned"):

@@ -287,7 +287,7 @@ def test_the_summary_counts_warm_rows_copies_under_way_and_errors() -> None:
         await engine.evaluate("a")
         await engine.evaluate("b")
         target.progress["c"] = (1, 10)
-        engine._record_all("d", "error", "ceph_unavailable", None, ())
+        engine.book.record_all("d", "error", "ceph_unavailable")
         assert engine.ops.summary() == (2, 1, 1)
     run(scenario())
 

@@ -22,7 +22,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from warmer.ceph.bindings import errors as ceph_errors
@@ -44,24 +43,10 @@ from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
 from warmer.warming.operator import Operator
+from warmer.warming.status import ImageStatus, StatusBook, pool_of
 from warmer.warming.target import Target, TargetProblem, TargetResult
 
 LOG = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ImageStatus:
-    image_id: str
-    target: str
-    pool: str
-    state: str  # a State (warm, cold, busy, not_wanted, error)
-    reason: str  # a Reason
-    location: str | None
-    actions: tuple[str, ...]
-    checked_at: float
-    detail: str | None = None
-    # Since when the row has said warm, without a break (for the hit ratio).
-    warm_since: float | None = None
 
 
 class Leader(Protocol):
@@ -126,7 +111,6 @@ class Engine:
         self._active: set[str] = set()
         self._admission_locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
-        self._status: dict[tuple[str, str], ImageStatus] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         # Consecutive retries per image that do not pass by themselves
         # (publish_refused, clones that keep a copy, an unconfirmed 404):
@@ -135,6 +119,8 @@ class Engine:
         # Images warmer stopped touching (their Glance locations changed
         # under a removal), with the reason; until an operator looks.
         self.hands_off: dict[str, str] = {}
+        # The last result of each image in each target (warming/status.py).
+        self.book = StatusBook(targets, self._now)
         # An image Glance showed recently, and images warmer keeps copies
         # of: the positive controls of a 404.
         self._last_alive: str | None = None
@@ -159,6 +145,10 @@ class Engine:
                               shared_site=sites is None and len(targets) > 1)
         # Operator requests (warm now, evict now; warming/operator.py).
         self.ops = Operator(self)
+
+    def _now(self) -> float:
+        # The parts read the engine's clock at each call: it may be replaced.
+        return self.clock()
 
     # -- intake (on the loop, called by the bus bridge) -------------------------
 
@@ -193,7 +183,7 @@ class Engine:
             self._bus_deleted[event.image_id] = None
             if len(self._bus_deleted) > 10_000:
                 self._bus_deleted.popitem(last=False)
-            self._drop_status(event.image_id)
+            self.book.drop(event.image_id)
             self.enqueue(event.image_id)  # to remove warmer's copies of it, once confirmed
         elif applied.changed:
             self.enqueue(applied.image_id)
@@ -222,7 +212,7 @@ class Engine:
         # Cinder's created_at may have whole seconds only: within that second
         # it decided after the record was made, so give it the whole second.
         decided = when.timestamp() + (1.0 if when.microsecond == 0 else 0.0)
-        rows = [self._status.get((event.image_id, name)) for name in names]
+        rows = [self.book.get(event.image_id, name) for name in names]
         if any(row is None for row in rows):
             state = "unknown"
         elif all(row is not None and row.warm_since is not None and row.warm_since <= decided
@@ -298,11 +288,10 @@ class Engine:
         held |= set(self._retries) | set(self.hands_off) | set(self.ops.forced)
         for target in self.targets:
             held |= set(target.reserved) | set(target.progress)
-        held |= {image_id for (image_id, _), row in self._status.items() if row.state == State.WARM}
+        held |= {row.image_id for row in self.book.recorded() if row.state == State.WARM}
         dropped = self.tracker.sweep(self.clock(), self.forget_below, held.__contains__)
         if dropped:
-            for key in [k for k in self._status if self.tracker.image(k[0]) is None]:
-                del self._status[key]
+            self.book.keep_only(lambda image_id: self.tracker.image(image_id) is not None)
             self.ops.forget([i for i, _ in self.ops.holds if self.tracker.image(i) is None]
                             + [i for i in self.ops.requests if self.tracker.image(i) is None])
             LOG.info("forgot %d images that went cold (below %s everywhere, no copy)",
@@ -342,14 +331,14 @@ class Engine:
         forced = self.ops.take(image_id)  # an operator's warm request, if any
         try:
             if image_id in self.hands_off:
-                self._record_all(image_id, State.ERROR, self.hands_off[image_id], None, ())
+                self.book.record_all(image_id, State.ERROR, self.hands_off[image_id])
                 return
             await self._evaluate(image_id, forced)
         except (GlanceUnavailable, CephUnavailable) as exc:
             delay = (self._backoff(self._bump(image_id))
                      if isinstance(exc, UnconfirmedNotFound) else self.retry_delay)
             LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, delay)
-            self._record_all(image_id, State.ERROR, _error_reason(exc), None, ())
+            self.book.record_all(image_id, State.ERROR, _error_reason(exc))
             self._retry_later(image_id, delay)
         except LocationConflict as exc:
             self._let_go(image_id, exc)
@@ -378,7 +367,7 @@ class Engine:
             LOG.info("image %s was deleted in Glance; removing warmer's copies of it", image_id)
             if self.on_deleted is not None:
                 self.on_deleted(image_id)
-            self._drop_status(image_id)
+            self.book.drop(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return
         fresh: GlanceImage | None = None
@@ -394,7 +383,7 @@ class Engine:
                 return
             verdicts = self.ops.override(image_id, forced, self.verdicts(image_id))
         if all(v is None for v in verdicts.values()):
-            self._drop_status(image_id)
+            self.book.drop(image_id)
             return
         wanted = []
         for target in self.targets:
@@ -402,7 +391,7 @@ class Engine:
             if verdict is not None and verdict.wanted:
                 wanted.append(target)
                 continue
-            last = self._status.get((image_id, target.name))
+            last = self.book.get(image_id, target.name)
             if last is not None and last.state == State.WARM and verdict is not None \
                     and verdict.reason == Reason.BELOW_THRESHOLD:
                 # Demand alone went: the copy is still published and
@@ -410,7 +399,7 @@ class Engine:
                 # needs the room.
                 continue
             # Demand elsewhere is not demand here (site-local demand).
-            self._record(image_id, target, TargetResult(
+            self.book.record(image_id, target, TargetResult(
                 State.NOT_WANTED, verdict.reason if verdict else Reason.UNKNOWN, None))
         if not wanted:
             return
@@ -449,12 +438,12 @@ class Engine:
         self.metrics.warm_duration.labels(target.name, result.state).observe(
             time.monotonic() - started)
         for action in result.actions:
-            self.metrics.changes.labels(target.name, _pool_of(result), action).inc()
+            self.metrics.changes.labels(target.name, pool_of(result), action).inc()
         if result.reason == Reason.PUBLISH_REFUSED:
             self.metrics.glance_refusals.labels(target.name, Reason.PUBLISH_REFUSED).inc()
         if "copied" in result.actions or "published_location" in result.actions:
             self._copied.add(image.info.id)
-        self._record(image_id=image.info.id, target=target, result=result)
+        self.book.record(image.info.id, target, result)
         return result
 
     def _bump(self, image_id: str) -> int:
@@ -473,7 +462,7 @@ class Engine:
         LOG.error("%s; warmer will not touch image %s again until restarted", exc, image_id)
         self.hands_off[image_id] = Reason.LOCATION_CONFLICT
         self.metrics.glance_refusals.labels("", Reason.LOCATION_CONFLICT).inc()
-        self._record_all(image_id, State.ERROR, Reason.LOCATION_CONFLICT, None, ())
+        self.book.record_all(image_id, State.ERROR, Reason.LOCATION_CONFLICT)
 
     def _remember_view(self, image: GlanceImage, at: float, generation: int) -> None:
         if self.view_ttl <= 0 or generation != self._view_generation:
@@ -528,7 +517,7 @@ class Engine:
                 raise
             LOG.info("image %s is gone from Glance; forgetting it", image_id)
             self.tracker.forget(image_id)
-            self._drop_status(image_id)
+            self.book.drop(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return None
         self.tracker.observe(fresh.info, authoritative=True, read_at=started)
@@ -723,7 +712,7 @@ class Engine:
             if result in ("removed", "gone"):
                 used_bytes -= copy_.size
                 used_count -= 1
-                self._status.pop((copy_.name, target.name), None)
+                self.book.drop(copy_.name, target.name)
         return fits()
 
     async def enforce_budgets(self) -> None:
@@ -837,47 +826,13 @@ class Engine:
         except failures as exc:
             LOG.warning("target %s: clean-up of leftovers failed: %s", target.name, exc)
 
-    # -- status (cached; read by scrapes and the admin API) -----------------------
-
-    def _record(self, image_id: str, target: Target, result: TargetResult) -> None:
-        key = (image_id, target.name)
-        now = self.clock()
-        warm_since = None
-        if result.state == State.WARM:
-            last = self._status.get(key)
-            warm_since = last.warm_since if last is not None and last.warm_since is not None \
-                else now
-        self._status[key] = ImageStatus(
-            image_id, target.name, _pool_of(result) or target.config.pool, result.state,
-            result.reason, result.location, result.actions, now, result.detail, warm_since)
-
-    def _record_all(self, image_id: str, state: str, reason: str, location: str | None,
-                    actions: tuple[str, ...]) -> None:
-        for target in self.targets:
-            self._record(image_id, target, TargetResult(state, reason, location, actions))
-
-    def _drop_status(self, image_id: str) -> None:
-        for target in self.targets:
-            self._status.pop((image_id, target.name), None)
-
-    def _rows(self) -> list[ImageStatus]:
-        """The status book, with copies under way shown as such: a copy
-        takes minutes, and the row of the evaluation before it is stale."""
-        rows = dict(self._status)
-        for target in self.targets:
-            for image_id in list(target.progress):
-                old = rows.get((image_id, target.name))
-                rows[(image_id, target.name)] = ImageStatus(
-                    image_id, target.name, old.pool if old else "", State.BUSY, Reason.COPYING,
-                    None, (), old.checked_at if old else self.clock())
-        return list(rows.values())
+    # -- status (the book the API and scrapes read) ----------------------------------
 
     def status(self, image_id: str | None = None) -> list[ImageStatus]:
-        rows = [s for s in self._rows() if image_id is None or s.image_id == image_id]
-        return sorted(rows, key=lambda s: (s.image_id, s.target))
+        return self.book.status(image_id)
 
     def status_rows(self) -> list[tuple[str, str, str, str, str]]:
-        return [(s.image_id, s.target, s.pool, s.state, s.reason) for s in self._rows()]
+        return self.book.status_rows()
 
     def stop_intake(self) -> None:
         self.accepting = False
@@ -909,8 +864,3 @@ def _error_reason(exc: Exception) -> str:
     if isinstance(exc, UnconfirmedNotFound):
         return Reason.GLANCE_404_UNCONFIRMED
     return Reason.GLANCE_UNAVAILABLE
-
-
-def _pool_of(result: TargetResult) -> str:
-    loc = parse_rbd_url(result.location) if result.location else None
-    return loc.pool if loc else ""

@@ -205,7 +205,7 @@ class Operator:
             return
         engine = self.engine
         again = {name for name in forced
-                 if (row := engine._status.get((image_id, name))) is not None
+                 if (row := engine.book.get(image_id, name)) is not None
                  and (row.state == State.BUSY or (row.state == State.ERROR
                                                   and row.reason in PASSING_ERRORS))
                  and engine.tracker.image(image_id) is not None}
@@ -258,8 +258,8 @@ class Operator:
         LOG.info("image %s: evicted from target %s by an operator", image_id, name)
         if engine.tracker.image(image_id) is not None:
             self.holds[(image_id, name)] = Hold(engine._demand_in(image_id, now, target), now)
-        engine._record(image_id, target, TargetResult(State.NOT_WANTED,
-                                                      Reason.EVICTED_BY_OPERATOR, None))
+        engine.book.record(image_id, target, TargetResult(State.NOT_WANTED,
+                                                          Reason.EVICTED_BY_OPERATOR, None))
         return result
 
     def apply_holds(self, image_id: str, now: float, found: dict[str, Verdict | None]) -> None:
@@ -299,7 +299,7 @@ class Operator:
         under way, rows in error. O(rows)."""
         engine = self.engine
         warm = failing = 0
-        for row in engine._status.values():
+        for row in engine.book.recorded():
             if row.state == State.WARM:
                 warm += 1
             elif row.state == State.ERROR:
