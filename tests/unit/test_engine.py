@@ -28,8 +28,9 @@ def info(image_id: str, **over: Any) -> ImageInfo:
     return ImageInfo(**fields)
 
 
-def build(repair: bool = True) -> tuple[Engine, FakeGlance, FakeCeph]:
-    glance, ceph = FakeGlance(), FakeCeph(FSID)
+def build(repair: bool = True, glance: FakeGlance | None = None
+          ) -> tuple[Engine, FakeGlance, FakeCeph]:
+    glance, ceph = glance or FakeGlance(), FakeCeph(FSID)
     tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
                       top_k=0, dedup_window=100)
     config = TargetConfig("central", "volumes", "central", repair, copy_images=False)
@@ -690,7 +691,7 @@ def test_a_copy_is_evicted_only_for_one_worth_more_than_the_margin() -> None:
 
 def test_a_burst_of_demand_reads_glance_once_per_image_within_the_view_ttl() -> None:
     engine, glance, ceph = build()
-    engine.view_ttl = 30
+    engine.views.ttl = 30
     glance.add(info("a"), f"rbd://{FSID}/images/a/snap")
     ceph.images[("images", "a")] = FakeRbdImage({"snap": True})
 
@@ -709,7 +710,7 @@ def test_a_burst_of_demand_reads_glance_once_per_image_within_the_view_ttl() -> 
 
 def test_reconciliation_lists_what_it_acts_on_in_pages_not_one_get_each() -> None:
     engine, glance, ceph = build()
-    engine.view_ttl = 30
+    engine.views.ttl = 30
     ids = [f"img-{n:03d}" for n in range(120)]
     for image_id in ids:
         glance.add(info(image_id), f"rbd://{FSID}/images/{image_id}/snap")
@@ -740,7 +741,7 @@ def test_a_copy_whose_image_this_daemon_does_not_know_is_never_evicted_on_a_gues
     demand(engine, "new", 5)
     assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == []
-    run(engine.discover_pins())  # every daemon does, every reconcile_interval
+    run(engine.views.discover_pins())  # every daemon does, every reconcile_interval
     assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == [] and engine._keep_score("pinned", 0.0, target) == float("inf")
 

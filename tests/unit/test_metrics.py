@@ -125,7 +125,7 @@ def test_without_a_site_map_several_targets_count_under_no_target_warm_only_if_w
     assert creates(engine, "central", "warm") == 0 and creates(engine, "edge", "cold") == 0
     clusters["edge"].images[("images", "a")] = FakeRbdImage({"snap": True})
     glance.add(info("a"), "rbd://fsid-central/images/a/snap", "rbd://fsid-edge/images/a/snap")
-    engine._views.clear()
+    engine.views.drop("a")
     asyncio.run(engine.evaluate("a"))
     feed(engine, volume("a"))
     assert creates(engine, "", "warm") == 1

@@ -173,9 +173,8 @@ async def glance_changes_during_a_get(glance: SlowGlance, engine: object, new: I
 
 def slow_engine(start: ImageInfo) -> tuple[object, SlowGlance]:
     """An engine that does not know ``p`` yet: its evaluation asks Glance."""
-    engine, _, _ = build()
     glance = SlowGlance()
-    engine.glance = glance  # type: ignore[assignment]
+    engine, _, _ = build(glance=glance)
     glance.add(start, "rbd://fsid-central/images/p/snap")
     return engine, glance
 

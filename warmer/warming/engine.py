@@ -45,6 +45,7 @@ from warmer.warming.copy import CopyStats
 from warmer.warming.operator import Operator
 from warmer.warming.status import ImageStatus, StatusBook, pool_of
 from warmer.warming.target import Target, TargetProblem, TargetResult
+from warmer.warming.views import GlanceViews
 
 LOG = logging.getLogger(__name__)
 
@@ -79,15 +80,8 @@ class Engine:
                  leader: Leader | None = None, forget_below: float = 0.0,
                  eviction_margin: float = 0.0, view_ttl: float = 0.0) -> None:
         self.tracker = tracker
-        # Glance's view of an image as last read (a GET, or a page of a
-        # reconciliation's listing), reused for view_ttl seconds: a burst of
-        # events for one image makes one Glance read, not one per event.
-        self.view_ttl = view_ttl
-        self._views: collections.OrderedDict[str, tuple[float, GlanceImage]] = \
-            collections.OrderedDict()
-        # Bumped by every change notification: a read that began before one
-        # is not remembered (it may show the image as it was).
-        self._view_generation = 0
+        # Glance's views of images, reused for view_ttl (warming/views.py).
+        self.views = GlanceViews(glance, tracker, view_ttl)
         self.eviction_margin = eviction_margin
         self.forget_below = forget_below
         # Where each demand event counts (None: in every target, through
@@ -177,8 +171,7 @@ class Engine:
             if len(self._from_bus) > 1000:
                 del self._from_bus[next(iter(self._from_bus))]
         if isinstance(event, ImageChanged | ImageDeleted):
-            self._views.pop(applied.image_id, None)  # Glance's view changed
-            self._view_generation += 1
+            self.views.changed(applied.image_id)
         if isinstance(event, ImageDeleted):
             self._bus_deleted[event.image_id] = None
             if len(self._bus_deleted) > 10_000:
@@ -256,26 +249,13 @@ class Engine:
         them, and forget the images that went cold."""
         while True:
             try:
-                await self.discover_pins()
+                await self.views.discover_pins()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Glance down: next time
                 LOG.warning("pin discovery failed: %s", exc)
             self.forget_cold()
             await asyncio.sleep(self.reconcile_interval)
-
-    async def discover_pins(self) -> None:
-        """Images pinned in Glance (tag or property), listed in pages."""
-        policy = self.tracker.policy
-        filters: list[dict[str, str]] = []
-        if policy.pin_tag:
-            filters.append({"tag": policy.pin_tag})
-        if policy.pin_property:
-            filters.append({policy.pin_property: "true"})
-        for flt in filters:
-            started = time.monotonic()
-            async for image in self.glance.list_images(**flt):
-                self.tracker.observe(image.info, authoritative=True, read_at=started)
 
     def forget_cold(self) -> int:
         """Drop from memory the images that went cold (below
@@ -407,7 +387,7 @@ class Engine:
         results = await asyncio.gather(*(self._warm_one(target, fresh)
                                          for target in wanted))
         if any(r.actions or r.state != State.WARM for r in results):
-            self._views.pop(image_id, None)  # it changed, or will be tried again
+            self.views.drop(image_id)  # it changed, or will be tried again
         refused = any(r.reason == Reason.PUBLISH_REFUSED for r in results)
         if refused:
             # Glance refusing a location does not pass by itself: back off.
@@ -464,49 +444,11 @@ class Engine:
         self.metrics.glance_refusals.labels("", Reason.LOCATION_CONFLICT).inc()
         self.book.record_all(image_id, State.ERROR, Reason.LOCATION_CONFLICT)
 
-    def _remember_view(self, image: GlanceImage, at: float, generation: int) -> None:
-        if self.view_ttl <= 0 or generation != self._view_generation:
-            return
-        self._views[image.info.id] = (at, image)
-        self._views.move_to_end(image.info.id)
-        while len(self._views) > MAX_VIEWS:
-            self._views.popitem(last=False)
-
-    def _recent_view(self, image_id: str) -> GlanceImage | None:
-        seen = self._views.get(image_id)
-        if seen is None:
-            return None
-        if time.monotonic() - seen[0] >= self.view_ttl:
-            del self._views[image_id]
-            return None
-        return seen[1]
-
-    async def _read_views(self, image_ids: list[str]) -> int:
-        """Glance's current view of ``image_ids``, listed in pages of
-        :data:`VIEW_BATCH` ids (``?id=in:...``) instead of one GET each, and
-        remembered for ``view_ttl``. An image Glance does not list is left
-        to its own GET (and its 404 to the usual confirmation)."""
-        read = 0
-        for at in range(0, len(image_ids), VIEW_BATCH):
-            batch = image_ids[at:at + VIEW_BATCH]
-            started, generation = time.monotonic(), self._view_generation
-            # One more than asked for: a full page would make Glance link
-            # a next one, an extra request for nothing.
-            async for image in self.glance.list_images(id="in:" + ",".join(batch),
-                                                       limit=str(len(batch) + 1)):
-                if self.tracker.image(image.info.id) is None:
-                    continue  # forgotten meanwhile (or not asked for)
-                self.tracker.observe(image.info, authoritative=True, read_at=started)
-                self._remember_view(image, started, generation)
-                read += 1
-        return read
-
     async def _refresh(self, image_id: str) -> GlanceImage | None:
-        recent = self._recent_view(image_id)
+        recent = self.views.recent(image_id)
         if recent is not None:
             return recent
-        started, generation = time.monotonic(), self._view_generation
-        fresh = await self.glance.get_image(image_id)
+        fresh = await self.views.fetch(image_id)
         if fresh is None:
             try:
                 await self._confirm_gone(image_id)
@@ -520,8 +462,6 @@ class Engine:
             self.book.drop(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return None
-        self.tracker.observe(fresh.info, authoritative=True, read_at=started)
-        self._remember_view(fresh, started, generation)
         if image_id in self._from_bus:
             self._last_alive = image_id  # our bus named it, and this Glance has it
         return fresh
@@ -580,7 +520,7 @@ class Engine:
         """Glance no longer has the image: remove warmer's copies of it.
         Either order of events converges: if Glance deleted them first
         (it deletes the data at every location), this finds them gone."""
-        self._views.pop(image_id, None)
+        self.views.drop(image_id)
         deferred = False
         for target in self.targets:
             if not target.config.copy_images:
@@ -708,7 +648,7 @@ class Engine:
                 self._let_go(copy_.name, exc)
                 continue
             self.metrics.evictions.labels(target.name, "budget", result).inc()
-            self._views.pop(copy_.name, None)  # its locations changed
+            self.views.drop(copy_.name)  # its locations changed
             if result in ("removed", "gone"):
                 used_bytes -= copy_.size
                 used_count -= 1
@@ -798,7 +738,7 @@ class Engine:
         Leader's work: each step starts only while this daemon leads
         (:class:`NotLeader` otherwise)."""
         self._check_leader()
-        await self.discover_pins()
+        await self.views.discover_pins()
         self._check_leader()
         # Those the evaluations will ask Glance about (not yet seen there,
         # wanted somewhere, or copied): listed in pages, not one GET each.
@@ -806,8 +746,8 @@ class Engine:
         asked = set(self.tracker.stale_ids()) | self._copied
         for site in self.tracker.sites:
             asked.update(self.tracker.wanted(site, now))
-        if self.view_ttl > 0:
-            await self._read_views(sorted(i for i in asked if self.tracker.image(i)))
+        if self.views.ttl > 0:
+            await self.views.read(sorted(i for i in asked if self.tracker.image(i)))
         self._check_leader()
         for image_id in self.tracker.image_ids():
             self.enqueue(image_id)
@@ -843,10 +783,6 @@ class Engine:
 
 class NotLeader(Exception):
     """The fleet-wide work stops: this daemon does not lead (any more)."""
-
-
-VIEW_BATCH = 50  # image ids per listing request (?id=in:...): a URL of ~2 KB
-MAX_VIEWS = 100_000
 
 
 class Draining(Exception):

@@ -41,7 +41,6 @@ from __future__ import annotations
 import collections
 import logging
 import math
-import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -166,15 +165,12 @@ class Operator:
         such image (nothing is removed or forgotten for that: a 404 is not
         a delete) or cannot be asked."""
         engine = self.engine
-        started, generation = time.monotonic(), engine._view_generation
         try:
-            fresh = await engine.glance.get_image(image_id)
+            fresh = await engine.views.fetch(image_id)
         except GlanceUnavailable as exc:
             raise Refused("unavailable", f"Glance cannot be asked now: {exc}") from exc
         if fresh is None:
             raise Refused("not_found", f"Glance has no image {image_id}")
-        engine.tracker.observe(fresh.info, authoritative=True, read_at=started)
-        engine._remember_view(fresh, started, generation)
         return engine.tracker.policy.ineligible_reason(fresh.info)
 
     def take(self, image_id: str) -> set[str] | None:
