@@ -86,7 +86,7 @@ def test_without_the_socket_tcp_and_the_token_from_the_config_are_used(
                        f"admin_token = {TOKEN}\n")
     code, out, err = run_cli(capsys, "--config-file", conf, "evaluate", str(uuid.uuid4()))
     assert (code, err) == (0, "")
-    assert daemon.engine._queue.qsize() == 1
+    assert daemon.engine.scheduler.depth() == 1
 
 
 def test_url_and_token_override_the_config(daemon: Running,

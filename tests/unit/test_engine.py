@@ -362,7 +362,7 @@ def test_a_sick_target_fails_only_its_own_row() -> None:
 def test_publish_refused_backs_off_exponentially_up_to_the_cap() -> None:
     async def scenario() -> list[float]:
         engine, glance, _ = build()
-        engine.max_retry_delay = 0.4
+        engine.scheduler.max_retry_delay = 0.4
         glance.add(info("r"))
         demand(engine, "r", 3)
         refused = TargetResult("cold", "publish_refused", detail="HTTP 500")
@@ -371,7 +371,7 @@ def test_publish_refused_backs_off_exponentially_up_to_the_cap() -> None:
         loop = asyncio.get_running_loop()
         for _ in range(5):
             await engine.evaluate("r")
-            handle = engine._retries.pop("r")
+            handle = engine.scheduler._retries.pop("r")
             delays.append(round(handle.when() - loop.time(), 2))
             handle.cancel()
         return delays
@@ -719,10 +719,9 @@ def test_reconciliation_lists_what_it_acts_on_in_pages_not_one_get_each() -> Non
 
     async def scenario() -> None:
         await engine.reconcile()
-        while engine._pending or engine._active:
-            image_id = engine._queue.get_nowait()
-            engine._pending.discard(image_id)
-            await engine.evaluate(image_id)
+        worker = asyncio.create_task(engine.scheduler.work(engine.evaluate))
+        await engine.idle()
+        worker.cancel()
     run(scenario())
     by_id = [f for f in glance.listings if "id" in f]
     assert len(by_id) == 3  # 120 ids, 50 a page

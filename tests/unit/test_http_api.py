@@ -77,7 +77,7 @@ def test_tcp_post_is_refused_when_no_token_is_configured() -> None:
     status, body = with_client(app_for(engine, token=None), go)
     assert status == 403
     assert "admin_token" in body and "admin socket" in body
-    assert engine._queue.qsize() == 0
+    assert engine.scheduler.depth() == 0
 
 
 @pytest.mark.parametrize("headers", [{}, bearer("wrong-token"), {"Authorization": TOKEN},
@@ -92,7 +92,7 @@ def test_tcp_post_without_the_right_token_is_refused(headers: dict[str, str]) ->
         return (await client.post(evaluate_path(), headers=headers)).status
 
     assert with_client(app_for(engine, token=TOKEN), go) == 403
-    assert engine._queue.qsize() == 0
+    assert engine.scheduler.depth() == 0
 
 
 def test_tcp_post_with_the_right_token_is_accepted_and_queued() -> None:
@@ -105,7 +105,7 @@ def test_tcp_post_with_the_right_token_is_accepted_and_queued() -> None:
         return resp.status, await resp.json()
 
     assert with_client(app_for(engine, token=TOKEN), go) == (202, {"queued": image_id})
-    assert engine._queue.qsize() == 1
+    assert engine.scheduler.depth() == 1
 
 
 def test_other_write_methods_need_the_token_too() -> None:
@@ -171,7 +171,7 @@ def test_evaluate_beyond_the_queue_bound_is_429_and_the_queue_stays_bounded() ->
 
     counts = with_client(app_for(engine, token=TOKEN, max_queue=bound), go)
     assert counts == {202: bound, 429: posts - bound}
-    assert engine._queue.qsize() == bound
+    assert engine.scheduler.depth() == bound
 
 
 def test_image_already_queued_is_accepted_without_growing_a_full_queue() -> None:
@@ -180,20 +180,20 @@ def test_image_already_queued_is_accepted_without_growing_a_full_queue() -> None
     assert engine.request(queued, 2) and engine.request(str(uuid.uuid4()), 2)
     assert not engine.request(str(uuid.uuid4()), 2)
     assert engine.request(queued, 2)
-    assert engine._queue.qsize() == 2
+    assert engine.scheduler.depth() == 2
     engine.enqueue(str(uuid.uuid4()))  # events and reconciliation are not bounded
-    assert engine._queue.qsize() == 3
+    assert engine.scheduler.depth() == 3
 
 
 def test_evaluate_while_stopping_is_503() -> None:
     engine = build_engine()
-    engine.accepting = False
+    engine.stop_intake()
 
     async def go(client: TestClient[Any, Any]) -> int:
         return (await client.post(evaluate_path(), headers=bearer(TOKEN))).status
 
     assert with_client(app_for(engine, token=TOKEN), go) == 503
-    assert engine._queue.qsize() == 0
+    assert engine.scheduler.depth() == 0
 
 
 # -- request sizes and ids --------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_oversize_body_is_413(token: str | None) -> None:
     statuses = with_client(app_for(engine, token=token), go)
     if token:
         assert statuses == [413, 413, 413, 202]
-        assert engine._queue.qsize() == 1
+        assert engine.scheduler.depth() == 1
     else:  # refused before anyone reads a body, unless it declares its size
         assert statuses == [413, 403, 413, 403]
 
@@ -240,7 +240,7 @@ def test_non_canonical_image_ids_are_400(bad: str) -> None:
                 (await client.post(evaluate_path(bad), headers=bearer(TOKEN))).status]
 
     assert with_client(app_for(engine, token=TOKEN), go) == [400, 400]
-    assert engine._queue.qsize() == 0
+    assert engine.scheduler.depth() == 0
 
 
 # -- the listeners: admin socket, metrics-only --------------------------------------------
@@ -290,7 +290,7 @@ def test_post_over_the_admin_socket_needs_no_token_and_the_socket_is_0660(
 
     (unix_post, _), (unix_get, _), (tcp_post, _) = asyncio.run(go())
     assert (unix_post, unix_get, tcp_post) == (202, 200, 403)
-    assert list(engine._pending) == [image_id]
+    assert engine.scheduler.depth() == 1 and engine.scheduler.is_queued(image_id)
     assert not os.path.exists(sock), "the socket file is removed at shutdown"
 
 
@@ -332,7 +332,7 @@ def test_admin_routes_are_absent_on_the_metrics_listener(sockdir: Path) -> None:
     statuses = asyncio.run(go())
     assert statuses == {"GET /metrics": 200, "GET /healthz": 200, "GET /readyz": 200,
                         "GET /v1/images": 404, **{k: 404 for k in statuses if "/v1/images/" in k}}
-    assert engine._queue.qsize() == 0
+    assert engine.scheduler.depth() == 0
 
 
 def test_without_metrics_port_there_is_one_tcp_listener() -> None:

@@ -43,6 +43,7 @@ from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.copy import CopyStats
 from warmer.warming.operator import Operator
+from warmer.warming.scheduler import Scheduler
 from warmer.warming.status import ImageStatus, StatusBook, pool_of
 from warmer.warming.target import Target, TargetProblem, TargetResult
 from warmer.warming.views import GlanceViews
@@ -92,24 +93,18 @@ class Engine:
                              f"{sites.targets}: their demand would be lost")
         self.glance = glance
         self.stores = stores
-        self.max_retry_delay = max_retry_delay
         self.targets = targets
         self.metrics = metrics
         self.workers = workers
         self.reconcile_interval = reconcile_interval
-        self.retry_delay = retry_delay
         self.clock = clock
         self.leader: Leader = leader or Alone()
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._pending: set[str] = set()
+        # The queue, its workers and the retry timers (warming/scheduler.py).
+        self.scheduler = Scheduler(metrics, retry_delay=retry_delay,
+                                   max_retry_delay=max_retry_delay)
         self._active: set[str] = set()
         self._admission_locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
-        self._retries: dict[str, asyncio.TimerHandle] = {}
-        # Consecutive retries per image that do not pass by themselves
-        # (publish_refused, clones that keep a copy, an unconfirmed 404):
-        # each one waits longer, up to max_retry_delay.
-        self._refusals: dict[str, int] = {}
         # Images warmer stopped touching (their Glance locations changed
         # under a removal), with the reason; until an operator looks.
         self.hands_off: dict[str, str] = {}
@@ -120,7 +115,6 @@ class Engine:
         self._last_alive: str | None = None
         self._copied: set[str] = set()
         self._from_bus: dict[str, None] = {}  # recent image ids from notifications
-        self.accepting = True
         self.reconciled = asyncio.Event()
         # Told of every image.delete that Glance confirmed (the shared
         # state records a tombstone); must not raise.
@@ -216,22 +210,17 @@ class Engine:
         self.metrics.volume_creates.labels(target, state).inc()
 
     def enqueue(self, image_id: str) -> None:
-        if image_id in self._pending:
-            return
-        self._pending.add(image_id)
-        self._queue.put_nowait(image_id)
-        self.metrics.queue_depth.set(self._queue.qsize())
+        self.scheduler.enqueue(image_id)
 
     def request(self, image_id: str, limit: int) -> bool:
-        """An operator asks for ``image_id`` to be evaluated (admin API).
-        Refused (False) while the queue holds ``limit`` images or more, so
-        requests cannot grow it without bound; an image already queued is
-        accepted without growing it. :meth:`enqueue`, used by events and
-        reconciliation, is not bounded."""
-        if image_id not in self._pending and self._queue.qsize() >= limit:
-            return False
-        self.enqueue(image_id)
-        return True
+        """An operator asks for ``image_id`` to be evaluated (admin API);
+        False while the queue is full (:meth:`Scheduler.request`)."""
+        return self.scheduler.request(image_id, limit)
+
+    @property
+    def accepting(self) -> bool:
+        """False once the daemon stops taking work (:meth:`stop_intake`)."""
+        return self.scheduler.accepting
 
     # -- work --------------------------------------------------------------------
 
@@ -239,7 +228,7 @@ class Engine:
         """Run the workers and the reconciler until cancelled."""
         async with asyncio.TaskGroup() as tg:
             for n in range(self.workers):
-                tg.create_task(self._worker(), name=f"warm-worker-{n}")
+                tg.create_task(self.scheduler.work(self.evaluate), name=f"warm-worker-{n}")
             tg.create_task(self._reconcile_loop(), name="reconciler")
             tg.create_task(self._housekeeping_loop(), name="housekeeping")
 
@@ -264,8 +253,8 @@ class Engine:
         it, for its own memory; O(N), every reconcile_interval."""
         if self.forget_below <= 0:
             return 0
-        held = set(self._copied) | self._pending | self._active | self._again
-        held |= set(self._retries) | set(self.hands_off) | set(self.ops.forced)
+        held = set(self._copied) | self.scheduler.waiting() | self._active | self._again
+        held |= set(self.hands_off) | set(self.ops.forced)
         for target in self.targets:
             held |= set(target.reserved) | set(target.progress)
         held |= {row.image_id for row in self.book.recorded() if row.state == State.WARM}
@@ -278,28 +267,10 @@ class Engine:
                      dropped, self.forget_below)
         return dropped
 
-    async def _worker(self) -> None:
-        while True:
-            image_id = await self._queue.get()
-            self._pending.discard(image_id)
-            self.metrics.queue_depth.set(self._queue.qsize())
-            if not self.accepting:  # draining: leave the backlog to the next start
-                self._queue.task_done()
-                continue
-            try:
-                await self.evaluate(image_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                LOG.exception("evaluating image %s failed", image_id)
-                self._retry_later(image_id)
-            finally:
-                self._queue.task_done()
-
     async def idle(self) -> None:
         """Wait until the queue is empty and nothing is being evaluated
         (once draining, queued images are dropped, not evaluated)."""
-        await self._queue.join()
+        await self.scheduler.idle()
 
     async def evaluate(self, image_id: str) -> None:
         """Evaluate one image. Never two evaluations of the same image at
@@ -315,11 +286,13 @@ class Engine:
                 return
             await self._evaluate(image_id, forced)
         except (GlanceUnavailable, CephUnavailable) as exc:
-            delay = (self._backoff(self._bump(image_id))
-                     if isinstance(exc, UnconfirmedNotFound) else self.retry_delay)
+            if isinstance(exc, UnconfirmedNotFound):
+                delay = self.scheduler.retry_backing_off(image_id)
+            else:
+                delay = self.scheduler.retry_delay
+                self.scheduler.retry_later(image_id)
             LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, delay)
             self.book.record_all(image_id, State.ERROR, _error_reason(exc))
-            self._retry_later(image_id, delay)
         except LocationConflict as exc:
             self._let_go(image_id, exc)
         finally:
@@ -391,12 +364,12 @@ class Engine:
         refused = any(r.reason == Reason.PUBLISH_REFUSED for r in results)
         if refused:
             # Glance refusing a location does not pass by itself: back off.
-            self._retry_later(image_id, self._backoff(self._bump(image_id)))
+            self.scheduler.retry_backing_off(image_id)
         else:
-            self._refusals.pop(image_id, None)
+            self.scheduler.settled(image_id)
             if any(r.state in (State.BUSY, State.ERROR) or r.reason == Reason.IMAGE_DELETED
                    for r in results):
-                self._retry_later(image_id)
+                self.scheduler.retry_later(image_id)
 
     async def _warm_one(self, target: Target, image: GlanceImage) -> TargetResult:
         """Warm one target and record its result on its own: a sick cluster
@@ -408,7 +381,7 @@ class Engine:
             raise
         except (GlanceUnavailable, CephUnavailable) as exc:
             LOG.warning("image %s, target %s: %s; retrying in %.0fs", image.info.id,
-                        target.name, exc, self.retry_delay)
+                        target.name, exc, self.scheduler.retry_delay)
             result = TargetResult(State.ERROR, _error_reason(exc), detail=str(exc))
         except LocationConflict:
             raise
@@ -425,14 +398,6 @@ class Engine:
             self._copied.add(image.info.id)
         self.book.record(image.info.id, target, result)
         return result
-
-    def _bump(self, image_id: str) -> int:
-        self._refusals[image_id] = self._refusals.get(image_id, 0) + 1
-        return self._refusals[image_id]
-
-    def _backoff(self, attempts: int) -> float:
-        return float(min(self.retry_delay * 2.0 ** min(attempts - 1, 30),
-                         self.max_retry_delay))
 
     def _let_go(self, image_id: str, exc: LocationConflict) -> None:
         """Glance's locations changed under a removal warmer made: somebody
@@ -535,13 +500,12 @@ class Engine:
                 self.metrics.evictions.labels(target.name, reason, result).inc()
             deferred = deferred or result in ("has_children", "busy", "error")
         if deferred:
-            delay = self._backoff(self._bump(image_id))
+            delay = self.scheduler.retry_backing_off(image_id)
             LOG.info("image %s: some copies cannot be removed yet; trying again in %.0fs",
                      image_id, delay)
-            self._retry_later(image_id, delay)
         else:
             self._copied.discard(image_id)
-            self._refusals.pop(image_id, None)
+            self.scheduler.settled(image_id)
 
     # -- budgets -------------------------------------------------------------------
 
@@ -686,7 +650,7 @@ class Engine:
         try:
             await self._refresh(image_id)
         except UnconfirmedNotFound:
-            self._retry_later(image_id, self._backoff(self._bump(image_id)))
+            self.scheduler.retry_backing_off(image_id)
         except LocationConflict as exc:
             self._let_go(image_id, exc)
 
@@ -696,17 +660,6 @@ class Engine:
         self.metrics.copied_bytes.labels(target.name, "hole").inc(stats.skipped_holes)
         self.metrics.copied_bytes.labels(target.name, "zero").inc(stats.skipped_zeros)
         self.metrics.copy_duration.labels(target.name).observe(stats.seconds)
-
-    def _retry_later(self, image_id: str, delay: float | None = None) -> None:
-        if image_id in self._retries:
-            return
-        loop = asyncio.get_running_loop()
-
-        def fire() -> None:
-            self._retries.pop(image_id, None)
-            self.enqueue(image_id)
-        self._retries[image_id] = loop.call_later(
-            self.retry_delay if delay is None else delay, fire)
 
     async def _reconcile_loop(self) -> None:
         """Reconcile every ``reconcile_interval`` while this daemon leads:
@@ -775,10 +728,9 @@ class Engine:
         return self.book.status_rows()
 
     def stop_intake(self) -> None:
-        self.accepting = False
-        for handle in self._retries.values():
-            handle.cancel()
-        self._retries.clear()
+        """Take no more events nor work: :meth:`fold` raises :class:`Draining`,
+        queued images are dropped and retry timers cancelled."""
+        self.scheduler.stop()
 
 
 class NotLeader(Exception):

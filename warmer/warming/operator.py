@@ -138,7 +138,7 @@ class Operator:
         if image_id in engine.hands_off:
             raise Refused("conflict", f"image {image_id}: warmer keeps its hands off it "
                                       f"({engine.hands_off[image_id]}) until restarted")
-        if image_id not in engine._pending and engine._queue.qsize() >= limit:
+        if not engine.scheduler.has_room(image_id, limit):
             # Before asking Glance: a full queue must cost nothing more.
             raise Refused("busy", f"work queue full (limit {limit} images, [http] "
                                   "admin_max_queue); try again later")
