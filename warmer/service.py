@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -40,6 +41,7 @@ from warmer.state.memory import MemoryStore
 from warmer.state.rados import RadosStore
 from warmer.state.store import StateStore
 from warmer.tracker import Tracker, Weights
+from warmer.warming.copy import CopyStats
 from warmer.warming.engine import Alone, Draining, Engine
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
@@ -92,6 +94,15 @@ def cluster_config(group: cfg.ConfigOpts.GroupAttr, user: str,
                          mon_op_timeout=group.rados_mon_op_timeout)
 
 
+def count_copy(metrics: Metrics, target: Target, stats: CopyStats) -> None:
+    """A finished copy into ``target``, counted whatever happens to its
+    publication (its bytes by kind, and its duration)."""
+    metrics.copied_bytes.labels(target.name, "written").inc(stats.written)
+    metrics.copied_bytes.labels(target.name, "hole").inc(stats.skipped_holes)
+    metrics.copied_bytes.labels(target.name, "zero").inc(stats.skipped_zeros)
+    metrics.copy_duration.labels(target.name).observe(stats.seconds)
+
+
 def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                   metrics: Metrics, glance: GlanceClient,
                   stores: StoreCatalog | None = None) -> list[Target]:
@@ -121,6 +132,7 @@ def build_targets(conf: cfg.ConfigOpts, executor_for: Callable[[str], Executor],
                               sources=lambda: {t.ceph.fsid: t.ceph for t in targets
                                                if t.ceph.fsid},
                               owner=f"warmer@{conf.host}"))
+        targets[-1].on_copied = functools.partial(count_copy, metrics)
         targets[-1].on_checked = lambda t, outcome: metrics.copy_verifications.labels(
             t.name, outcome).inc()
     # Location changes of every target, and of every daemon, take one lock

@@ -189,8 +189,7 @@ class FakeCopyTarget:
         self.copies: dict[str, int] = {}
         self.children: set[str] = set()
         self.evicted: list[str] = []
-        self.admit: Any = None
-        self.reserved: dict[str, int] = {}
+        self.budget: Any = None
 
     async def inventory(self) -> list[Any]:
         from warmer.ceph.ownership import Inspection
@@ -235,7 +234,7 @@ def test_admit_evicts_the_lowest_scored_copies_first() -> None:
     engine, glance = copy_engine(target)
     with_copies(engine, glance, target, {"low": 1, "mid": 2, "high": 3})
     demand(engine, "new", 5)
-    assert run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == ["low"]
 
 
@@ -244,7 +243,7 @@ def test_pinned_copies_are_never_evicted_and_worth_decides() -> None:
     engine, glance = copy_engine(target)
     with_copies(engine, glance, target, {"pinned": 0, "hot": 9}, pinned={"pinned"})
     demand(engine, "new", 1)
-    assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert not run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == []
 
 
@@ -254,7 +253,7 @@ def test_a_copy_with_clones_is_skipped_not_removed() -> None:
     with_copies(engine, glance, target, {"cloned": 1, "other": 2})
     target.children.add("cloned")
     demand(engine, "new", 5)
-    assert run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert "cloned" in target.copies and target.evicted == ["other"]
 
 
@@ -338,8 +337,8 @@ def test_two_copies_cannot_both_take_the_last_room() -> None:
     demand(engine, "b", 3)
 
     async def both() -> list[bool]:
-        return list(await asyncio.gather(engine.admit(target, "a", 10),  # type: ignore[arg-type]
-                                         engine.admit(target, "b", 10)))  # type: ignore[arg-type]
+        return list(await asyncio.gather(engine.budget.admit(target, "a", 10),  # type: ignore[arg-type]
+                                         engine.budget.admit(target, "b", 10)))  # type: ignore[arg-type]
     assert sorted(run(both())) == [False, True]
 
 
@@ -566,7 +565,7 @@ def test_admission_makes_room_on_a_daemon_that_does_not_lead() -> None:
     with_copies(engine, glance, target, {"a": 1, "b": 3})
     engine.leader = FakeLeader(False)
     demand(engine, "new", 5)
-    assert run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == ["a"]
 
 
@@ -645,13 +644,13 @@ def budget_by_site(*, edge_anywhere: bool) -> tuple[Engine, FakeCopyTarget]:
 
 def test_a_targets_budget_ranks_its_copies_by_its_own_demand() -> None:
     engine, edge = budget_by_site(edge_anywhere=False)
-    assert run(engine.admit(edge, "new", 10))  # type: ignore[arg-type]
+    assert run(engine.budget.admit(edge, "new", 10))  # type: ignore[arg-type]
     assert edge.evicted == ["hot_at_central"]  # worth 0 at edge, however hot elsewhere
 
 
 def test_a_wanted_anywhere_targets_budget_ranks_by_the_best_demand_anywhere() -> None:
     engine, edge = budget_by_site(edge_anywhere=True)
-    assert run(engine.admit(edge, "new", 10))  # type: ignore[arg-type]
+    assert run(engine.budget.admit(edge, "new", 10))  # type: ignore[arg-type]
     assert edge.evicted == ["warm_at_edge"]  # 2, where the other is worth 5 (central's)
 
 
@@ -679,13 +678,13 @@ def test_a_copy_is_evicted_only_for_one_worth_more_than_the_margin() -> None:
     slot: each turn is an eviction and a copy made again."""
     target = FakeCopyTarget(capacity_images=1)
     engine, glance = copy_engine(target)
-    engine.eviction_margin = 0.25
+    engine.budget.eviction_margin = 0.25
     with_copies(engine, glance, target, {"held": 5})
     demand(engine, "rival", 6)  # more, but not 25% more (6.25)
-    assert not run(engine.admit(target, "rival", 10))  # type: ignore[arg-type]
+    assert not run(engine.budget.admit(target, "rival", 10))  # type: ignore[arg-type]
     assert target.evicted == []
     demand(engine, "stronger", 7)  # 7 > 6.25
-    assert run(engine.admit(target, "stronger", 10))  # type: ignore[arg-type]
+    assert run(engine.budget.admit(target, "stronger", 10))  # type: ignore[arg-type]
     assert target.evicted == ["held"]
 
 
@@ -738,11 +737,11 @@ def test_a_copy_whose_image_this_daemon_does_not_know_is_never_evicted_on_a_gues
                "rbd://fsid-edge/images/pinned/snap")
     target.copies["pinned"] = 10  # made by another daemon
     demand(engine, "new", 5)
-    assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert not run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == []
     run(engine.views.discover_pins())  # every daemon does, every reconcile_interval
-    assert not run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
-    assert target.evicted == [] and engine._keep_score("pinned", 0.0, target) == float("inf")
+    assert not run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
+    assert target.evicted == [] and engine.budget.keep_score("pinned", 0.0, target) == float("inf")
 
 
 def test_a_tombstone_from_the_shared_state_is_not_a_notification() -> None:

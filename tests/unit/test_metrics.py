@@ -189,7 +189,7 @@ def test_images_let_go_after_a_location_conflict_stay_counted_until_restart() ->
     assert hands_off() == 0  # exported before any conflict
     with_copies(engine, glance, target, {"low": 1})
     demand(engine, "new", 5)
-    asyncio.run(engine.admit(target, "new", 10))  # type: ignore[arg-type]
+    asyncio.run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert engine.hands_off == {"low": "location_conflict"}
     for _ in range(3):  # later scrapes: still there, not a one-off
         assert hands_off() == 1

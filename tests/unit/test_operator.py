@@ -45,7 +45,7 @@ class WarmingTarget(FakeCopyTarget):
     async def warm(self, image: Any) -> TargetResult:
         image_id = image.info.id
         if image_id not in self.copies:
-            if not await self.admit(self, image_id, 10):
+            if not await self.budget.admit(self, image_id, 10):
                 return TargetResult("cold", "over_budget", None)
             self.copies[image_id] = 10
         return TargetResult("warm", "cloneable", f"rbd://fsid-edge/images/{image_id}/snap")
@@ -54,7 +54,6 @@ class WarmingTarget(FakeCopyTarget):
 def warming_engine(**kw: int) -> tuple[Engine, FakeGlance, WarmingTarget]:
     target = WarmingTarget(**kw)
     engine, glance = copy_engine(target)
-    target.admit = engine.admit
     return engine, glance, target
 
 

@@ -15,10 +15,12 @@ import pytest
 
 from tests.unit.fake_bindings import FakeRados
 from warmer import conf as warmer_conf
+from warmer.glance.client import LocationConflict
 from warmer.service import Service
 from warmer.state.fleet import SiteStore
 from warmer.state.memory import MemoryStore
 from warmer.state.rados import RadosStore
+from warmer.warming.copy import CopyStats
 
 CONF = """
 [DEFAULT]
@@ -220,6 +222,12 @@ def test_the_shared_demand_has_one_namespace_per_target_and_is_hooked_up(
     checked(service.targets[0], "skipped_verified")
     assert service.metrics.copy_verifications.labels(
         service.targets[0].name, "skipped_verified")._value.get() == 1
+    copied = service.targets[0].on_copied
+    assert copied is not None
+    copied(service.targets[0], CopyStats(8, written=5, skipped_holes=2, skipped_zeros=1,
+                                          seconds=0.5))
+    assert service.metrics.copied_bytes.labels(
+        service.targets[0].name, "hole")._value.get() == 2
 
 
 def test_without_a_state_cluster_demand_stays_in_memory(tmp_path: Path,
@@ -238,5 +246,5 @@ def test_the_hands_off_gauge_reads_the_engines_book_at_each_scrape(service: Serv
         return service.metrics.registry.get_sample_value(
             "warmer_hands_off_images", {"reason": "location_conflict"})
     assert scraped() == 0
-    service.engine.hands_off["a"] = "location_conflict"
+    service.engine.hands_off.let_go("a", LocationConflict("a", "rbd://x", ["rbd://x"], []))
     assert scraped() == 1

@@ -124,6 +124,21 @@ def test_a_checksum_mismatch_publishes_nothing_and_leaves_nothing(
                                                       fake_rbd.FakeObject()).omap
 
 
+class Room:
+    """A budget that always has room, and remembers who asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.released: list[str] = []
+
+    async def admit(self, target: Target, image_id: str, size: int) -> bool:
+        self.asked.append(image_id)
+        return True
+
+    def release(self, target: Target, image_id: str) -> None:
+        self.released.append(image_id)
+
+
 def test_a_copy_that_could_never_be_verified_asks_no_room_of_the_budget(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
     """A pinned image is worth more than any copy: if it has no checksum,
@@ -136,16 +151,12 @@ def test_a_copy_that_could_never_be_verified_asks_no_room_of_the_budget(
     central.put_image("images", image_id, data)
     glance.add(ImageInfo(image_id, "active", "raw", len(data), "public"),
                f"rbd://{CENTRAL}/images/{image_id}/snap")
-    asked: list[str] = []
-
-    async def admit(t: Target, wanted: str, size: int) -> bool:
-        asked.append(wanted)
-        return True
+    room = Room()
     t = target(executor, glance)
-    t.admit = admit
+    t.budget = room
     result = warm(t, glance, image_id)
     assert (result.state, result.reason) == ("cold", "no_glance_checksum")
-    assert asked == []
+    assert room.asked == []
     assert edge.images["images"] == {} and glance.added == []
 
 
@@ -158,17 +169,13 @@ def test_a_copy_that_failed_its_checksum_asks_no_room_again_until_glance_changes
     image_id = glance_image(central, glance, sparse_data())
     tampered = os.urandom(MiB)
     central.images["images"][image_id].snaps["snap"].data[0] = tampered
-    asked: list[str] = []
-
-    async def admit(t: Target, wanted: str, size: int) -> bool:
-        asked.append(wanted)
-        return True
+    room = Room()
     t = target(executor, glance)
-    t.admit = admit
+    t.budget = room
     for _ in range(3):
         result = warm(t, glance, image_id)
         assert (result.state, result.reason) == ("cold", "checksum_mismatch")
-    assert asked == [image_id]
+    assert room.asked == [image_id]
     assert result.detail is not None and "not tried again" in result.detail
     # Glance's record changes (here: the hash of what the snapshot holds now).
     old = glance.images[image_id]
@@ -178,7 +185,8 @@ def test_a_copy_that_failed_its_checksum_asks_no_room_again_until_glance_changes
     glance.images[image_id] = dataclasses.replace(old, info=dataclasses.replace(
         old.info, os_hash_value=hashlib.sha512(actual).hexdigest()))
     assert warm(t, glance, image_id).reason == "cloneable"
-    assert asked == [image_id, image_id]
+    assert room.asked == [image_id, image_id]
+    assert room.released == room.asked  # every room admitted is given back
 
 
 # -- invariant 4: a kill -9 at any instant leaves no published half-entry -------

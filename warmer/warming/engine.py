@@ -41,7 +41,8 @@ from warmer.popularity import Verdict
 from warmer.reasons import Reason, State
 from warmer.sites import SiteMap
 from warmer.tracker import Tracker
-from warmer.warming.copy import CopyStats
+from warmer.warming.budget import Budget
+from warmer.warming.hands_off import HandsOff
 from warmer.warming.operator import Operator
 from warmer.warming.scheduler import Scheduler
 from warmer.warming.status import ImageStatus, StatusBook, pool_of
@@ -83,7 +84,6 @@ class Engine:
         self.tracker = tracker
         # Glance's views of images, reused for view_ttl (warming/views.py).
         self.views = GlanceViews(glance, tracker, view_ttl)
-        self.eviction_margin = eviction_margin
         self.forget_below = forget_below
         # Where each demand event counts (None: in every target, through
         # the tracker's one shared site).
@@ -103,13 +103,15 @@ class Engine:
         self.scheduler = Scheduler(metrics, retry_delay=retry_delay,
                                    max_retry_delay=max_retry_delay)
         self._active: set[str] = set()
-        self._admission_locks: dict[str, asyncio.Lock] = {}
         self._again: set[str] = set()
-        # Images warmer stopped touching (their Glance locations changed
-        # under a removal), with the reason; until an operator looks.
-        self.hands_off: dict[str, str] = {}
         # The last result of each image in each target (warming/status.py).
         self.book = StatusBook(targets, self._now)
+        # Images whose Glance locations changed under a removal warmer made.
+        self.hands_off = HandsOff(metrics, self.book)
+        # Each target's budget, which its copies ask for room (budget.py).
+        self.budget = Budget(tracker, targets, metrics, views=self.views, book=self.book,
+                             hands_off=self.hands_off, sites=sites, clock=self._now,
+                             eviction_margin=eviction_margin)
         # An image Glance showed recently, and images warmer keeps copies
         # of: the positive controls of a 404.
         self._last_alive: str | None = None
@@ -127,8 +129,7 @@ class Engine:
         # tombstone from the shared state is not a notification).
         self._bus_deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
         for target in targets:
-            target.admit = self.admit
-            target.on_copied = self._count_copy
+            target.budget = self.budget
         metrics.start_targets([t.name for t in targets],
                               shared_site=sites is None and len(targets) > 1)
         # Operator requests (warm now, evict now; warming/operator.py).
@@ -255,8 +256,9 @@ class Engine:
             return 0
         held = set(self._copied) | self.scheduler.waiting() | self._active | self._again
         held |= set(self.hands_off) | set(self.ops.forced)
+        held |= self.budget.reserved_ids()
         for target in self.targets:
-            held |= set(target.reserved) | set(target.progress)
+            held |= set(target.progress)
         held |= {row.image_id for row in self.book.recorded() if row.state == State.WARM}
         dropped = self.tracker.sweep(self.clock(), self.forget_below, held.__contains__)
         if dropped:
@@ -294,7 +296,7 @@ class Engine:
             LOG.warning("image %s: %s; retrying in %.0fs", image_id, exc, delay)
             self.book.record_all(image_id, State.ERROR, _error_reason(exc))
         except LocationConflict as exc:
-            self._let_go(image_id, exc)
+            self.hands_off.let_go(image_id, exc)
         finally:
             self.ops.finished(image_id, forced)
             self._active.discard(image_id)
@@ -399,16 +401,6 @@ class Engine:
         self.book.record(image.info.id, target, result)
         return result
 
-    def _let_go(self, image_id: str, exc: LocationConflict) -> None:
-        """Glance's locations changed under a removal warmer made: somebody
-        else's location may be gone. Stop touching the image (no publish,
-        no eviction, no removal) until the daemon restarts or an operator
-        acts, and say so loudly."""
-        LOG.error("%s; warmer will not touch image %s again until restarted", exc, image_id)
-        self.hands_off[image_id] = Reason.LOCATION_CONFLICT
-        self.metrics.glance_refusals.labels("", Reason.LOCATION_CONFLICT).inc()
-        self.book.record_all(image_id, State.ERROR, Reason.LOCATION_CONFLICT)
-
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         recent = self.views.recent(image_id)
         if recent is not None:
@@ -509,17 +501,12 @@ class Engine:
 
     # -- budgets -------------------------------------------------------------------
 
-    def _site(self, target: Target) -> str | None:
-        """The tracker's site for ``target`` (its name); a tracker with one
-        shared site (no per-target demand) answers for every target."""
-        return target.name if target.name in self.tracker.sites else None
-
     def verdicts(self, image_id: str, now: float | None = None) -> dict[str, Verdict | None]:
         """Whether ``image_id`` is wanted, per target: by that target's own
         demand or policy, or, for a target configured ``wanted_anywhere``,
         by any target's. O(targets · log N)."""
         now = self.clock() if now is None else now
-        found = {t.name: self.tracker.verdict(image_id, now, self._site(t))
+        found = {t.name: self.tracker.verdict(image_id, now, self.budget.site(t))
                  for t in self.targets}
         anywhere = self.sites.wanted_anywhere_targets() if self.sites else frozenset()
         if anywhere:
@@ -532,92 +519,6 @@ class Engine:
         if self.ops.holds:
             self.ops.apply_holds(image_id, now, found)
         return found
-
-    def _keep_score(self, image_id: str, now: float, target: Target) -> float:
-        """How much ``target``'s copy of ``image_id`` is worth keeping there:
-        its demand in that target (for ``wanted_anywhere``, the best of all
-        targets'); pinned copies (by Glance tag or property, or through
-        warmer) are never evicted."""
-        if self.tracker.is_pinned(image_id):
-            return float("inf")
-        return self._demand_in(image_id, now, target)
-
-    def _demand_in(self, image_id: str, now: float, target: Target) -> float:
-        if self.sites is not None and target.name in self.sites.wanted_anywhere_targets():
-            return max(self.tracker.score(image_id, now, self._site(t)) for t in self.targets)
-        return self.tracker.score(image_id, now, self._site(target))
-
-    async def admit(self, target: Target, image_id: str, size: int) -> bool:
-        """Make room for a new copy of ``image_id`` (``size`` bytes) in
-        ``target``, evicting copies worth less than it. False when the
-        budget cannot hold it without evicting something worth more."""
-        config = target.config
-        if not config.capacity_bytes and not config.capacity_images:
-            return True
-        async with self._admission(target):
-            admitted = await self._admit(target, image_id, size)
-            if admitted:
-                target.reserved[image_id] = size
-            return admitted
-
-    def _admission(self, target: Target) -> asyncio.Lock:
-        # One admission at a time per target, so two copies cannot both take
-        # the last room.
-        return self._admission_locks.setdefault(target.name, asyncio.Lock())
-
-    async def _admit(self, target: Target, image_id: str, size: int) -> bool:
-        if target.config.capacity_bytes and size > target.config.capacity_bytes:
-            return False
-        return await self._fit(target, size, 1, self._keep_score(image_id, self.clock(), target),
-                               exclude=image_id)
-
-    async def _fit(self, target: Target, extra_bytes: int, extra_count: int, worth: float,
-                   exclude: str | None = None, as_leader: bool = False) -> bool:
-        """Evict ``target``'s copies worth less than ``worth`` (by more than
-        the eviction margin: no turns between equals), lowest first,
-        until what it holds (copies, copies under way, and ``extra``) fits
-        its budget. Pinned copies are worth infinitely much; a copy with
-        clones is skipped (children win). Returns whether it fits now.
-        ``as_leader``: for the reconciliation, which stops
-        (:class:`NotLeader`) before any eviction once this daemon no
-        longer leads."""
-        config = target.config
-        now = self.clock()
-        copies = [c for c in await target.inventory()
-                  if c.name != exclude and c.name not in target.reserved]
-        reserved = [s for i, s in target.reserved.items() if i != exclude]
-        used_bytes = sum(c.size for c in copies) + sum(reserved) + extra_bytes
-        used_count = len(copies) + len(reserved) + extra_count
-
-        def fits() -> bool:
-            return ((not config.capacity_bytes or used_bytes <= config.capacity_bytes)
-                    and (not config.capacity_images or used_count <= config.capacity_images))
-        for copy_ in sorted(copies, key=lambda c: (self._keep_score(c.name, now, target),
-                                                   c.name)):
-            keep = self._keep_score(copy_.name, now, target)
-            if fits() or keep * (1.0 + self.eviction_margin) >= worth:
-                break
-            if copy_.name in self.hands_off:
-                continue
-            if self.tracker.image(copy_.name) is None:
-                # Worth unknown here (pinned in Glance, or wanted by another
-                # daemon's demand this one has not read yet): never evict it
-                # on a guess; the leader's reconciliation looks it up.
-                continue
-            if as_leader:
-                self._check_leader()
-            try:
-                result = await target.evict(copy_.name)
-            except LocationConflict as exc:
-                self._let_go(copy_.name, exc)
-                continue
-            self.metrics.evictions.labels(target.name, "budget", result).inc()
-            self.views.drop(copy_.name)  # its locations changed
-            if result in ("removed", "gone"):
-                used_bytes -= copy_.size
-                used_count -= 1
-                self.book.drop(copy_.name, target.name)
-        return fits()
 
     async def enforce_budgets(self) -> None:
         """Reconciliation's half of eviction: copies of images Glance no
@@ -641,8 +542,9 @@ class Engine:
                         # purges the copy; never on a bare 404).
                         await self._look_up(copy_.name)
                 if target.config.capacity_bytes or target.config.capacity_images:
-                    async with self._admission(target):
-                        await self._fit(target, 0, 0, float("inf"), as_leader=True)
+                    async with self.budget.admission(target):
+                        await self.budget.fit(target, 0, 0, float("inf"),
+                                              check_leader=self._check_leader)
             except failures as exc:
                 LOG.warning("target %s: budget enforcement skipped: %s", target.name, exc)
 
@@ -652,14 +554,7 @@ class Engine:
         except UnconfirmedNotFound:
             self.scheduler.retry_backing_off(image_id)
         except LocationConflict as exc:
-            self._let_go(image_id, exc)
-
-    def _count_copy(self, target: Target, stats: CopyStats) -> None:
-        # Counted when the copy completes, whatever happens to its publication.
-        self.metrics.copied_bytes.labels(target.name, "written").inc(stats.written)
-        self.metrics.copied_bytes.labels(target.name, "hole").inc(stats.skipped_holes)
-        self.metrics.copied_bytes.labels(target.name, "zero").inc(stats.skipped_zeros)
-        self.metrics.copy_duration.labels(target.name).observe(stats.seconds)
+            self.hands_off.let_go(image_id, exc)
 
     async def _reconcile_loop(self) -> None:
         """Reconcile every ``reconcile_interval`` while this daemon leads:

@@ -240,10 +240,10 @@ class Operator:
                                                      GlanceUnavailable, *ceph_errors())
         now = engine.clock()
         try:
-            async with engine._admission(target):
+            async with engine.budget.admission(target):
                 result = await target.evict(image_id)
         except LocationConflict as exc:
-            engine._let_go(image_id, exc)
+            engine.hands_off.let_go(image_id, exc)
             raise Refused("conflict", f"Glance's locations changed under the eviction; "
                                       f"warmer lets image {image_id} go until restarted") from exc
         except failures as exc:
@@ -253,7 +253,7 @@ class Operator:
             raise Refused(*REFUSALS.get(result, ("conflict", "refused: " + result)))
         LOG.info("image %s: evicted from target %s by an operator", image_id, name)
         if engine.tracker.image(image_id) is not None:
-            self.holds[(image_id, name)] = Hold(engine._demand_in(image_id, now, target), now)
+            self.holds[(image_id, name)] = Hold(engine.budget.demand_in(image_id, now, target), now)
         engine.book.record(image_id, target, TargetResult(State.NOT_WANTED,
                                                           Reason.EVICTED_BY_OPERATOR, None))
         return result
@@ -269,8 +269,8 @@ class Operator:
             verdict = found.get(target.name)
             if hold is None or verdict is None or not verdict.wanted:
                 continue
-            if verdict.reason == Reason.PINNED or self._new_demand(hold, now, engine._demand_in(
-                    image_id, now, target)):
+            if verdict.reason == Reason.PINNED or self._new_demand(
+                    hold, now, engine.budget.demand_in(image_id, now, target)):
                 del self.holds[key]
                 continue
             found[target.name] = Verdict(False, Reason.EVICTED_BY_OPERATOR, verdict.score)

@@ -35,9 +35,9 @@ import dataclasses
 import errno
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from warmer.ceph import images as rbd_images
 from warmer.ceph.bindings import errors as ceph_errors
@@ -103,6 +103,17 @@ class TargetProblem(Exception):
         self.detail = detail
 
 
+class Room(Protocol):
+    """A target's capacity budget, as a copy sees it (warming/budget.py)."""
+
+    async def admit(self, target: Target, image_id: str, size: int) -> bool:
+        """Room for a new copy of ``image_id`` (``size`` bytes), reserved
+        until :meth:`release`; False when the budget cannot hold it."""
+
+    def release(self, target: Target, image_id: str) -> None:
+        """The copy ended, made or not (no reservation: nothing happens)."""
+
+
 class Target:
     def __init__(self, config: TargetConfig, ceph: CephClient,
                  cinder_view: CephClient | None = None, *,
@@ -123,19 +134,18 @@ class Target:
         # by it); a lease under it is never broken, only waited out.
         self.cookie = owner or uuid.uuid4().hex
         self.progress: dict[str, tuple[int, int]] = {}
-        # Asked before a new copy: may (image_id, size) have room? The engine
-        # answers, evicting lower-scored copies if it must.
-        self.admit: Callable[[Target, str, int], Awaitable[bool]] | None = None
+        # Set by the engine: asked for room before a new copy (it may evict
+        # copies worth less); None: no budget, every copy has room.
+        self.budget: Room | None = None
+        # Set by the service, for its metrics; must not raise. Told of each
+        # finished copy (whatever happens to its publication), and of how
+        # each copy was checked (Verifier.outcome: verified,
+        # skipped_verified, mismatch, unverified).
         self.on_copied: Callable[[Target, CopyStats], None] | None = None
-        # Told how each copy was checked (Verifier.outcome: verified,
-        # skipped_verified, mismatch, unverified); must not raise.
         self.on_checked: Callable[[Target, str], None] | None = None
         # Set by the service: verified source snapshots and copy costs in
         # the shared state. None: every copy hashes, nothing is recorded.
         self.records: CopyRecords | None = None
-        # Copies under way (image id -> size): they count against the budget
-        # before they show up in the pool's inventory.
-        self.reserved: dict[str, int] = {}
         # Copy leases held by this process, shared by all its targets.
         self._leases = leases if leases is not None else _PROCESS_LEASES
         # Set by the service: one guard for location changes, shared by all
@@ -275,7 +285,8 @@ class Target:
                 except CopyError as exc:
                     return TargetResult("cold", exc.reason, None, detail=str(exc))
                 size = image.info.size or 0
-                if self.admit is not None and not await self.admit(self, image_id, size):
+                if self.budget is not None and not await self.budget.admit(
+                        self, image_id, size):
                     return TargetResult("cold", "over_budget", None)
             async with self._leased(pool, image_id) as lease:
                 if lease is None:
@@ -287,7 +298,8 @@ class Target:
                     return TargetResult("busy", "lease_lost", None,
                                         detail="the copy lease could not be renewed")
         finally:
-            self.reserved.pop(image_id, None)
+            if self.budget is not None:
+                self.budget.release(self, image_id)
 
     async def _copy_and_publish_leased(self, image: GlanceImage, pool: str,
                                        final: RbdLocation, rbd_locations: list[RbdLocation],
