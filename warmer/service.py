@@ -42,7 +42,8 @@ from warmer.state.rados import RadosStore
 from warmer.state.store import StateStore
 from warmer.tracker import Tracker, Weights
 from warmer.warming.copy import CopyStats
-from warmer.warming.engine import Alone, Draining, Engine
+from warmer.warming.engine import Draining, Engine
+from warmer.warming.reconciler import Alone
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import LocationGuard, Target, TargetConfig, TargetProblem
 

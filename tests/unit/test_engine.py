@@ -14,7 +14,8 @@ from warmer.glance.stores import StoreCatalog
 from warmer.metrics import Metrics
 from warmer.popularity import Policy
 from warmer.tracker import Tracker, Weights
-from warmer.warming.engine import Engine, NotLeader
+from warmer.warming.engine import Engine
+from warmer.warming.reconciler import NotLeader
 from warmer.warming.target import Target, TargetConfig, TargetResult
 
 FSID = "fsid-central"
@@ -168,7 +169,7 @@ def test_reconcile_discovers_pinned_images_missed_while_down() -> None:
         glance.add(info("p", properties={"warmer_pin": "true"}), f"rbd://{FSID}/images/p/snap")
         ceph.images[("images", "p")] = FakeRbdImage({"snap": False})
         runner = asyncio.create_task(engine.run())
-        await engine.reconciled.wait()
+        await engine.reconciler.reconciled.wait()
         await engine.idle()
         assert only_status(engine, "p") == ("warm", "cloneable")
         runner.cancel()
@@ -264,7 +265,7 @@ def test_reconcile_removes_copies_of_deleted_images_and_honours_budgets() -> Non
         with_copies(engine, glance, target, {"a": 1, "b": 3})
         target.copies["orphan"] = 10  # Glance has no such image any more
         runner = asyncio.create_task(engine.run())
-        await engine.reconciled.wait()
+        await engine.reconciler.reconciled.wait()
         await engine.idle()
         assert set(target.copies) == {"b"}
         assert set(target.evicted) == {"orphan", "a"}
@@ -281,7 +282,7 @@ def test_a_404_from_a_wrong_endpoint_removes_nothing() -> None:
         with_copies(engine, glance, target, {"a": 3})
         glance.wrong_endpoint = True  # every answer is a 404
         runner = asyncio.create_task(engine.run())
-        await engine.reconciled.wait()
+        await engine.reconciler.reconciled.wait()
         await engine.idle()
         engine.enqueue("a")
         await engine.idle()
@@ -388,7 +389,7 @@ def test_a_forged_delete_with_a_wrong_endpoint_removes_nothing_and_revives() -> 
         engine, glance = copy_engine(target)
         with_copies(engine, glance, target, {"d": 3})
         runner = asyncio.create_task(engine.run())
-        await engine.reconciled.wait()
+        await engine.reconciler.reconciled.wait()
         glance.wrong_endpoint = True
         await engine.handle(ImageDeleted("d", NOW))
         await engine.idle()
@@ -413,7 +414,7 @@ def test_another_regions_glance_on_the_same_clusters_removes_nothing() -> None:
         engine.tracker.forget("b")
         glance.other_region = True
         runner = asyncio.create_task(engine.run())
-        await engine.reconciled.wait()
+        await engine.reconciler.reconciled.wait()
         await engine.idle()
         engine.enqueue("a")
         await engine.idle()
@@ -445,7 +446,7 @@ def test_an_image_named_on_our_bus_and_shown_by_glance_confirms_a_404() -> None:
         engine, glance = copy_engine(target)
         with_copies(engine, glance, target, {"a": 3})
         runner = asyncio.create_task(engine.run())
-        await engine.reconciled.wait()
+        await engine.reconciler.reconciled.wait()
         glance.add(info("live"))
         await engine.handle(VolumeCreatedFromImage("v1", "live", "h", "raw", 10, NOW))
         await engine.idle()
@@ -546,13 +547,13 @@ def test_a_daemon_that_does_not_lead_never_reconciles_until_it_leads() -> None:
         with_copies(engine, glance, target, {"a": 1, "b": 3})
         target.copies["orphan"] = 10  # over budget, and Glance has no such image
         leader = FakeLeader(False)
-        engine.leader = leader
+        engine.reconciler.leader = leader
         runner = asyncio.create_task(engine.run())
         await asyncio.sleep(0.1)
-        assert not engine.reconciled.is_set() and reconciliations(engine, "ok") == 0
+        assert not engine.reconciler.reconciled.is_set() and reconciliations(engine, "ok") == 0
         assert target.evicted == [] and set(target.copies) == {"a", "b", "orphan"}
         leader.answers = [True]  # it becomes the leader: it reconciles at once
-        await asyncio.wait_for(engine.reconciled.wait(), 2)
+        await asyncio.wait_for(engine.reconciler.reconciled.wait(), 2)
         await engine.idle()
         assert reconciliations(engine, "ok") == 1 and set(target.evicted) == {"orphan"}
         runner.cancel()
@@ -563,7 +564,7 @@ def test_admission_makes_room_on_a_daemon_that_does_not_lead() -> None:
     target = FakeCopyTarget(capacity_images=2)
     engine, glance = copy_engine(target)
     with_copies(engine, glance, target, {"a": 1, "b": 3})
-    engine.leader = FakeLeader(False)
+    engine.reconciler.leader = FakeLeader(False)
     demand(engine, "new", 5)
     assert run(engine.budget.admit(target, "new", 10))  # type: ignore[arg-type]
     assert target.evicted == ["a"]
@@ -581,9 +582,9 @@ def test_leadership_lost_mid_pass_stops_the_pass_before_budgets_are_enforced() -
             return []
         target.clean_up = clean_up  # type: ignore[method-assign]
         # Leads at the start of the pass and after pin discovery, then not.
-        engine.leader = FakeLeader([True, True, False])
-        runner = asyncio.create_task(engine._reconcile_loop())
-        while not engine.reconciled.is_set():  # noqa: ASYNC110 - set by the loop
+        engine.reconciler.leader = FakeLeader([True, True, False])
+        runner = asyncio.create_task(engine.reconciler.loop())
+        while not engine.reconciler.reconciled.is_set():  # noqa: ASYNC110 - set by the loop
             await asyncio.sleep(0.005)
         runner.cancel()
         assert reconciliations(engine, "lost_leadership") == 1
@@ -597,9 +598,9 @@ def test_an_eviction_pass_stops_once_leadership_is_lost() -> None:
     engine, glance = copy_engine(target)
     with_copies(engine, glance, target, {"a": 1, "b": 2, "c": 3})
     # Leads at enforcement's start and for the first eviction only.
-    engine.leader = FakeLeader([True, True, False])
+    engine.reconciler.leader = FakeLeader([True, True, False])
     with pytest.raises(NotLeader):
-        run(engine.enforce_budgets())
+        run(engine.reconciler.enforce_budgets())
     assert target.evicted == ["a"]
 
 
@@ -717,7 +718,7 @@ def test_reconciliation_lists_what_it_acts_on_in_pages_not_one_get_each() -> Non
         demand(engine, image_id, 3)  # known from Cinder only: stale, and wanted
 
     async def scenario() -> None:
-        await engine.reconcile()
+        await engine.reconciler.reconcile()
         worker = asyncio.create_task(engine.scheduler.work(engine.evaluate))
         await engine.idle()
         worker.cancel()

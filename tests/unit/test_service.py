@@ -173,7 +173,7 @@ def test_stop_shuts_down_every_pool_before_any_connection(service: Service) -> N
 def test_the_engine_reconciles_only_as_the_leader_of_the_state_namespace(
         service: Service) -> None:
     leadership = service.leadership
-    assert service.engine.leader is leadership
+    assert service.engine.reconciler.leader is leadership
     assert (leadership.pool, leadership.namespace, leadership.lease) == ("images", "warmer", 30)
     assert leadership.name == service.conf.host
     # Its calls are bounded by a third of the lease, on a thread of its own.

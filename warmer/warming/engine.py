@@ -22,9 +22,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
 
-from warmer.ceph.bindings import errors as ceph_errors
 from warmer.ceph.client import CephUnavailable
 from warmer.events import (
     Event,
@@ -44,33 +42,13 @@ from warmer.tracker import Tracker
 from warmer.warming.budget import Budget
 from warmer.warming.hands_off import HandsOff
 from warmer.warming.operator import Operator
+from warmer.warming.reconciler import Alone, Leader, Reconciler
 from warmer.warming.scheduler import Scheduler
 from warmer.warming.status import ImageStatus, StatusBook, pool_of
 from warmer.warming.target import Target, TargetProblem, TargetResult
 from warmer.warming.views import GlanceViews
 
 LOG = logging.getLogger(__name__)
-
-
-class Leader(Protocol):
-    """Whether this daemon runs the fleet-wide work (reconciliation, with
-    its clean-up and budget enforcement): one daemon of a fleet does
-    (:class:`warmer.coordination.leader.Leadership`)."""
-
-    def is_leader(self) -> bool: ...
-
-    async def wait(self) -> None:
-        """Return once this daemon leads."""
-
-
-class Alone:
-    """The only daemon: it always leads."""
-
-    def is_leader(self) -> bool:
-        return True
-
-    async def wait(self) -> None:
-        return None
 
 
 class Engine:
@@ -98,7 +76,6 @@ class Engine:
         self.workers = workers
         self.reconcile_interval = reconcile_interval
         self.clock = clock
-        self.leader: Leader = leader or Alone()
         # The queue, its workers and the retry timers (warming/scheduler.py).
         self.scheduler = Scheduler(metrics, retry_delay=retry_delay,
                                    max_retry_delay=max_retry_delay)
@@ -117,7 +94,6 @@ class Engine:
         self._last_alive: str | None = None
         self._copied: set[str] = set()
         self._from_bus: dict[str, None] = {}  # recent image ids from notifications
-        self.reconciled = asyncio.Event()
         # Told of every image.delete that Glance confirmed (the shared
         # state records a tombstone); must not raise.
         self.on_deleted: Callable[[str], None] | None = None
@@ -128,6 +104,12 @@ class Engine:
         # such a delete confirms a 404 without a positive control (a
         # tombstone from the shared state is not a notification).
         self._bus_deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
+        # The leader's periodic pass (warming/reconciler.py).
+        self.reconciler = Reconciler(tracker, targets, metrics, views=self.views,
+                                     scheduler=self.scheduler, budget=self.budget,
+                                     hands_off=self.hands_off, copied=self._copied,
+                                     look_up=self._look_up, leader=leader or Alone(),
+                                     interval=reconcile_interval, clock=self._now)
         for target in targets:
             target.budget = self.budget
         metrics.start_targets([t.name for t in targets],
@@ -230,7 +212,7 @@ class Engine:
         async with asyncio.TaskGroup() as tg:
             for n in range(self.workers):
                 tg.create_task(self.scheduler.work(self.evaluate), name=f"warm-worker-{n}")
-            tg.create_task(self._reconcile_loop(), name="reconciler")
+            tg.create_task(self.reconciler.loop(), name="reconciler")
             tg.create_task(self._housekeeping_loop(), name="housekeeping")
 
     async def _housekeeping_loop(self) -> None:
@@ -520,34 +502,6 @@ class Engine:
             self.ops.apply_holds(image_id, now, found)
         return found
 
-    async def enforce_budgets(self) -> None:
-        """Reconciliation's half of eviction: copies of images Glance no
-        longer has go, and budgets that shrank (or scores that decayed) are
-        honoured, lowest-scored first, pinned never. Only while this
-        daemon leads: raises :class:`NotLeader` otherwise."""
-        failures: tuple[type[BaseException], ...] = (CephUnavailable, TargetProblem,
-                                                     GlanceUnavailable,
-                                                     *ceph_errors())
-        for target in self.targets:
-            if not target.config.copy_images:
-                continue
-            self._check_leader()
-            try:
-                for copy_ in await target.inventory():
-                    self._copied.add(copy_.name)
-                    if self.tracker.image(copy_.name) is None and \
-                            copy_.name not in self.hands_off:
-                        # Worth unknown: ask Glance before the budget judges
-                        # (a live image is tracked then; a confirmed delete
-                        # purges the copy; never on a bare 404).
-                        await self._look_up(copy_.name)
-                if target.config.capacity_bytes or target.config.capacity_images:
-                    async with self.budget.admission(target):
-                        await self.budget.fit(target, 0, 0, float("inf"),
-                                              check_leader=self._check_leader)
-            except failures as exc:
-                LOG.warning("target %s: budget enforcement skipped: %s", target.name, exc)
-
     async def _look_up(self, image_id: str) -> None:
         try:
             await self._refresh(image_id)
@@ -555,64 +509,6 @@ class Engine:
             self.scheduler.retry_backing_off(image_id)
         except LocationConflict as exc:
             self.hands_off.let_go(image_id, exc)
-
-    async def _reconcile_loop(self) -> None:
-        """Reconcile every ``reconcile_interval`` while this daemon leads:
-        a daemon that becomes leader reconciles at once; one that loses
-        leadership mid-pass stops at the next step."""
-        while True:
-            await self.leader.wait()
-            try:
-                await self.reconcile()
-                self.metrics.reconciles.labels("ok").inc()
-            except asyncio.CancelledError:
-                raise
-            except NotLeader as exc:
-                LOG.info("reconciliation stopped: %s", exc)
-                self.metrics.reconciles.labels("lost_leadership").inc()
-            except Exception:
-                LOG.exception("reconciliation failed; next one in %.0fs",
-                              self.reconcile_interval)
-                self.metrics.reconciles.labels("failed").inc()
-            self.reconciled.set()
-            await asyncio.sleep(self.reconcile_interval)
-
-    def _check_leader(self) -> None:
-        if not self.leader.is_leader():
-            raise NotLeader("this daemon no longer leads")
-
-    async def reconcile(self) -> None:
-        """Discover pinned images in Glance and re-evaluate everything known.
-        Leader's work: each step starts only while this daemon leads
-        (:class:`NotLeader` otherwise)."""
-        self._check_leader()
-        await self.views.discover_pins()
-        self._check_leader()
-        # Those the evaluations will ask Glance about (not yet seen there,
-        # wanted somewhere, or copied): listed in pages, not one GET each.
-        now = self.clock()
-        asked = set(self.tracker.stale_ids()) | self._copied
-        for site in self.tracker.sites:
-            asked.update(self.tracker.wanted(site, now))
-        if self.views.ttl > 0:
-            await self.views.read(sorted(i for i in asked if self.tracker.image(i)))
-        self._check_leader()
-        for image_id in self.tracker.image_ids():
-            self.enqueue(image_id)
-        for target in self.targets:
-            self._check_leader()
-            await self._clean_up(target)
-        await self.enforce_budgets()
-
-    async def _clean_up(self, target: Target) -> None:
-        """Temporary images a crash left behind (never published). Best
-        effort: what fails now is tried again at the next reconciliation."""
-        failures: tuple[type[BaseException], ...] = (CephUnavailable, TargetProblem,
-                                                     *ceph_errors())
-        try:
-            await target.clean_up()
-        except failures as exc:
-            LOG.warning("target %s: clean-up of leftovers failed: %s", target.name, exc)
 
     # -- status (the book the API and scrapes read) ----------------------------------
 
@@ -626,10 +522,6 @@ class Engine:
         """Take no more events nor work: :meth:`fold` raises :class:`Draining`,
         queued images are dropped and retry timers cancelled."""
         self.scheduler.stop()
-
-
-class NotLeader(Exception):
-    """The fleet-wide work stops: this daemon does not lead (any more)."""
 
 
 class Draining(Exception):
