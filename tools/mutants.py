@@ -19,7 +19,8 @@ import sys
 
 TARGET, IMAGES, OWNERSHIP = ("warmer/warming/target.py", "warmer/ceph/images.py",
                              "warmer/ceph/ownership.py")
-ENGINE, GLANCE = "warmer/warming/engine.py", "warmer/glance/client.py"
+ENGINE, DELETES = "warmer/warming/engine.py", "warmer/warming/deletes.py"
+GLANCE = "warmer/glance/client.py"
 
 # name: (file, the guard as written, what replaces it)
 MUTATIONS = {
@@ -46,12 +47,10 @@ MUTATIONS = {
     "evict_with_hidden_locations": (
         TARGET, "                    return \"locations_hidden\"", "                    pass"),
     "delete_without_confirm": (
-        ENGINE, "            await self._confirm_gone(image_id, deleted=True)\n"
-                "            self._drop_status",
-           "            self._drop_status"),
+        ENGINE, "            await self.deletes.confirm_delete(image_id)\n", ""),
     "positive_control_skipped": (
-        ENGINE, "        if right and not deleted:\n"
-                "            right = await self._a_known_image_answers(image_id)\n", ""),
+        DELETES, "        if right and not deleted:\n"
+                 "            right = await self._a_known_image_answers(image_id)\n", ""),
     "lease_loss_ignored_mid_copy": (
         TARGET, "await asyncio.wait({copying, lost}, return_when=asyncio.FIRST_COMPLETED)",
                 "await asyncio.wait({copying})"),

@@ -485,7 +485,7 @@ class Service:
         its stores are the ones the targets name (a known-good request)."""
         while True:
             try:
-                up = await self.stores.endpoint_is_right(self.engine.expected_stores())
+                up = await self.stores.endpoint_is_right(self.engine.deletes.expected_stores())
             except GlanceUnavailable as exc:
                 LOG.warning("Glance unreachable: %s", exc)
                 up = False

@@ -8,6 +8,16 @@ reconciliation pass re-queues everything periodically and discovers
 pinned images, which repairs whatever missed or reordered notifications
 left behind (notifications are at-most-once).
 
+This module keeps the intake of events and the evaluation of an image:
+is it wanted in each target, is Glance's 404 a delete, warm each target,
+purge warmer's copies of a deleted image. The parts it composes live
+beside it, each told what it needs when the engine builds it: the queue,
+workers and retries (``scheduler.py``), the status book (``status.py``),
+Glance's views of images (``views.py``), the budgets (``budget.py``), the
+leader's reconciliation (``reconciler.py``), the check of a 404
+(``deletes.py``) and the images warmer keeps its hands off
+(``hands_off.py``). Targets get only their budget.
+
 What a crash leaves behind: in-memory knowledge only. The snapshot
 repairs themselves are single, idempotent RBD operations (create, then
 protect), so a kill between them leaves an unprotected snapshot that the
@@ -17,9 +27,7 @@ next evaluation protects; nothing is published by this module.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
-import random
 import time
 from collections.abc import Callable
 
@@ -33,13 +41,13 @@ from warmer.events import (
 )
 from warmer.glance.client import GlanceClient, GlanceImage, GlanceUnavailable, LocationConflict
 from warmer.glance.stores import StoreCatalog
-from warmer.locations import parse_rbd_url
 from warmer.metrics import NO_TARGET, Metrics
 from warmer.popularity import Verdict
 from warmer.reasons import Reason, State
 from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.budget import Budget
+from warmer.warming.deletes import DeleteCheck, UnconfirmedNotFound
 from warmer.warming.hands_off import HandsOff
 from warmer.warming.operator import Operator
 from warmer.warming.reconciler import Alone, Leader, Reconciler
@@ -70,7 +78,6 @@ class Engine:
             raise ValueError(f"the tracker has sites {tracker.sites}, not the targets "
                              f"{sites.targets}: their demand would be lost")
         self.glance = glance
-        self.stores = stores
         self.targets = targets
         self.metrics = metrics
         self.workers = workers
@@ -89,21 +96,17 @@ class Engine:
         self.budget = Budget(tracker, targets, metrics, views=self.views, book=self.book,
                              hands_off=self.hands_off, sites=sites, clock=self._now,
                              eviction_margin=eviction_margin)
-        # An image Glance showed recently, and images warmer keeps copies
-        # of: the positive controls of a 404.
-        self._last_alive: str | None = None
+        # The images warmer keeps copies of (what it purges on a delete, and
+        # positive controls of a 404).
         self._copied: set[str] = set()
-        self._from_bus: dict[str, None] = {}  # recent image ids from notifications
+        # Whether Glance's 404 is a delete (warming/deletes.py).
+        self.deletes = DeleteCheck(glance, stores, targets, metrics, self._copied)
         # Told of every image.delete that Glance confirmed (the shared
         # state records a tombstone); must not raise.
         self.on_deleted: Callable[[str], None] | None = None
         # Told when Glance still has an image a delete was recorded for (a
         # replayed or forged image.delete, or another daemon's tombstone).
         self.on_revived: Callable[[str], None] | None = None
-        # Images whose image.delete this daemon's own bus delivered: only
-        # such a delete confirms a 404 without a positive control (a
-        # tombstone from the shared state is not a notification).
-        self._bus_deleted: collections.OrderedDict[str, None] = collections.OrderedDict()
         # The leader's periodic pass (warming/reconciler.py).
         self.reconciler = Reconciler(tracker, targets, metrics, views=self.views,
                                      scheduler=self.scheduler, budget=self.budget,
@@ -142,17 +145,11 @@ class Engine:
                 event, VolumeCreatedFromImage | ImageCacheUsed):
             self._count_cinder(event, where)
         if not isinstance(event, ImageDeleted):
-            # An image our own bus spoke of: if Glance later shows it, that
-            # Glance is ours (a positive control for 404s).
-            self._from_bus[applied.image_id] = None
-            if len(self._from_bus) > 1000:
-                del self._from_bus[next(iter(self._from_bus))]
+            self.deletes.heard(applied.image_id)
         if isinstance(event, ImageChanged | ImageDeleted):
             self.views.changed(applied.image_id)
         if isinstance(event, ImageDeleted):
-            self._bus_deleted[event.image_id] = None
-            if len(self._bus_deleted) > 10_000:
-                self._bus_deleted.popitem(last=False)
+            self.deletes.heard_deleted(event.image_id)
             self.book.drop(event.image_id)
             self.enqueue(event.image_id)  # to remove warmer's copies of it, once confirmed
         elif applied.changed:
@@ -295,12 +292,12 @@ class Engine:
                 LOG.warning("image %s: image.delete received, but Glance still has it "
                             "(%s); keeping its copies", image_id, alive.info.status)
                 self.tracker.revive(alive.info)
-                self._bus_deleted.pop(image_id, None)
+                self.deletes.revived(image_id)
                 if self.on_revived is not None:
                     self.on_revived(image_id)
                 self.enqueue(image_id)
                 return
-            await self._confirm_gone(image_id, deleted=image_id in self._bus_deleted)
+            await self.deletes.confirm_delete(image_id)
             LOG.info("image %s was deleted in Glance; removing warmer's copies of it", image_id)
             if self.on_deleted is not None:
                 self.on_deleted(image_id)
@@ -390,7 +387,7 @@ class Engine:
         fresh = await self.views.fetch(image_id)
         if fresh is None:
             try:
-                await self._confirm_gone(image_id)
+                await self.deletes.confirm_404(image_id)
             except UnconfirmedNotFound:
                 # Keep it, and its demand: nothing is removed or forgotten
                 # on a 404 that could be the wrong Glance's.
@@ -401,59 +398,8 @@ class Engine:
             self.book.drop(image_id)
             await self._purge_everywhere(image_id, "deleted")
             return None
-        if image_id in self._from_bus:
-            self._last_alive = image_id  # our bus named it, and this Glance has it
+        self.deletes.shown(image_id)
         return fresh
-
-    async def _confirm_gone(self, image_id: str, *, deleted: bool = False) -> None:
-        """Glance said 404 (or deleted) for ``image_id``. A 404 is not a
-        delete (invariant 8): raise UnconfirmedNotFound unless known-good
-        requests show this is the right Glance: its stores are the targets'
-        clusters, and, unless an ``image.delete`` said so too, another image
-        that warmer knows this Glance holds (one it showed lately, or one
-        warmer keeps a copy of) still answers. Another region's Glance that
-        shares the Ceph clusters passes the first check, never the second."""
-        right = self.stores is not None and await self.stores.endpoint_is_right(
-            self.expected_stores())
-        if right and not deleted:
-            right = await self._a_known_image_answers(image_id)
-        if not right:
-            self.metrics.glance_refusals.labels("", "unconfirmed_404").inc()
-            raise UnconfirmedNotFound(f"GET image {image_id}: 404, and Glance's endpoint "
-                                      "could not be shown right")
-
-    def expected_stores(self) -> dict[str, str]:
-        """Glance store id -> cluster fsid, for each copying target whose
-        cluster answered: what the right Glance's stores must say."""
-        return {t.config.glance_store: t.ceph.fsid for t in self.targets
-                if t.ceph.fsid is not None and t.config.copy_images}
-
-    async def _a_known_image_answers(self, image_id: str) -> bool:
-        """A positive control: another image that this Glance must hold and
-        still shows: one our own bus named that it showed before, or one warmer
-        copied, listed with warmer's own location. Another region's Glance,
-        sharing the clusters, can show neither. Without such an image the
-        404 stays unconfirmed (an image.delete still confirms it)."""
-        if self._last_alive not in (None, image_id):
-            assert self._last_alive is not None
-            if await self.glance.get_image(self._last_alive) is not None:
-                return True
-        others = list(self._copied - {image_id})
-        for control in random.sample(others, min(3, len(others))):
-            image = await self.glance.get_image(control)
-            if image is not None and self._lists_our_copy(image):
-                self._last_alive = control
-                return True
-        return False
-
-    def _lists_our_copy(self, image: GlanceImage) -> bool:
-        fsids = {t.ceph.fsid for t in self.targets if t.ceph.fsid is not None}
-        for loc in image.locations:
-            rbd = parse_rbd_url(loc.url)
-            if rbd is not None and rbd.fsid in fsids and rbd.image == image.info.id \
-                    and rbd.snapshot == "snap":
-                return True
-        return False
 
     async def _purge_everywhere(self, image_id: str, reason: str) -> None:
         """Glance no longer has the image: remove warmer's copies of it.
@@ -526,11 +472,6 @@ class Engine:
 
 class Draining(Exception):
     """The daemon is stopping and takes no more events (the bus requeues)."""
-
-
-class UnconfirmedNotFound(GlanceUnavailable):
-    """Glance answered 404 for an image, but no known-good request showed
-    that the endpoint is the right Glance: nothing is removed, try later."""
 
 
 def _error_reason(exc: Exception) -> str:
