@@ -9,8 +9,8 @@ pinned images, which repairs whatever missed or reordered notifications
 left behind (notifications are at-most-once).
 
 This module keeps the intake of events and the evaluation of an image:
-is it wanted in each target, is Glance's 404 a delete, warm each target,
-purge warmer's copies of a deleted image. The parts it composes live
+is it wanted in each target, warm each target, and purge warmer's copies
+of an image Glance no longer has. The parts it composes live
 beside it, each told what it needs when the engine builds it: the queue,
 workers and retries (``scheduler.py``), the status book (``status.py``),
 Glance's views of images (``views.py``), the budgets (``budget.py``), the
@@ -401,6 +401,16 @@ class Engine:
         self.deletes.shown(image_id)
         return fresh
 
+    async def _look_up(self, image_id: str) -> None:
+        """The reconciler asks about a copy whose image this daemon does not
+        know: :meth:`_refresh`, with what it raises handled here."""
+        try:
+            await self._refresh(image_id)
+        except UnconfirmedNotFound:
+            self.scheduler.retry_backing_off(image_id)
+        except LocationConflict as exc:
+            self.hands_off.let_go(image_id, exc)
+
     async def _purge_everywhere(self, image_id: str, reason: str) -> None:
         """Glance no longer has the image: remove warmer's copies of it.
         Either order of events converges: if Glance deleted them first
@@ -427,7 +437,7 @@ class Engine:
             self._copied.discard(image_id)
             self.scheduler.settled(image_id)
 
-    # -- budgets -------------------------------------------------------------------
+    # -- wanted, per target -----------------------------------------------------------
 
     def verdicts(self, image_id: str, now: float | None = None) -> dict[str, Verdict | None]:
         """Whether ``image_id`` is wanted, per target: by that target's own
@@ -447,14 +457,6 @@ class Engine:
         if self.ops.holds:
             self.ops.apply_holds(image_id, now, found)
         return found
-
-    async def _look_up(self, image_id: str) -> None:
-        try:
-            await self._refresh(image_id)
-        except UnconfirmedNotFound:
-            self.scheduler.retry_backing_off(image_id)
-        except LocationConflict as exc:
-            self.hands_off.let_go(image_id, exc)
 
     # -- status (the book the API and scrapes read) ----------------------------------
 
