@@ -343,6 +343,23 @@ def test_two_copies_cannot_both_take_the_last_room() -> None:
     assert sorted(run(both())) == [False, True]
 
 
+def test_a_released_reservation_makes_room_and_forget_cold_keeps_a_reserved_image() -> None:
+    target = FakeCopyTarget(capacity_images=1)
+    engine, _ = copy_engine(target)
+    engine.forget_below = 1e9  # everything is cold
+    demand(engine, "a", 3)
+    demand(engine, "b", 3)
+    assert run(engine.budget.admit(target, "a", 10))  # type: ignore[arg-type]
+    assert engine.budget.reserved_ids() == {"a"}
+    engine.forget_cold()
+    assert engine.tracker.image("a") is not None  # a copy under way is held
+    assert engine.tracker.image("b") is None
+    assert not run(engine.budget.admit(target, "b", 10))  # type: ignore[arg-type]
+    engine.budget.release(target, "a")  # type: ignore[arg-type]
+    assert engine.budget.reserved_ids() == set()
+    assert run(engine.budget.admit(target, "b", 10))  # type: ignore[arg-type]
+
+
 def test_a_sick_target_fails_only_its_own_row() -> None:
     engine, glance, ceph = build()
     edge_ceph = FakeCeph("fsid-edge")

@@ -23,6 +23,7 @@ from warmer.ceph import images, ownership
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageInfo
 from warmer.glance.stores import StoreCatalog
+from warmer.warming.copy import CopyStats
 from warmer.warming.target import Target, TargetConfig, TargetResult
 
 MiB = 1 << 20
@@ -190,6 +191,23 @@ def test_a_copy_that_failed_its_checksum_asks_no_room_again_until_glance_changes
 
 
 # -- invariant 4: a kill -9 at any instant leaves no published half-entry -------
+
+def test_a_finished_copy_is_told_to_on_copied_with_every_byte_accounted_for(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """The service's metrics hook, not the engine, hears of each copy: every
+    byte of the image is written, or skipped as a hole or zeroes."""
+    central, _ = clusters
+    glance = FakeGlance()
+    data = sparse_data()
+    image_id = glance_image(central, glance, data)
+    told: list[tuple[str, CopyStats]] = []
+    t = target(executor, glance)
+    t.on_copied = lambda t, stats: told.append((t.name, stats))
+    assert warm(t, glance, image_id).reason == "cloneable"
+    [(name, stats)] = told
+    assert name == "edge" and stats.written > 0
+    assert stats.written + stats.skipped_holes + stats.skipped_zeros == len(data)
+
 
 def test_a_crash_at_any_instant_publishes_nothing_and_the_next_life_finishes(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
