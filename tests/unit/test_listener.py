@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp.exceptions
 import amqp.transport
 import kombu
 import pytest
@@ -48,6 +49,8 @@ class _Raw:
     delivery tag, so that a sink can tell which one it folds."""
 
     content_type = "application/json"
+    headers: dict[str, Any] | None = None
+    warmer_generation = 0  # the listener's first; _received stamps its own
 
     def __init__(self, channel: object, tag: int, body: Any = None) -> None:
         self.channel, self.delivery_tag = channel, tag
@@ -279,7 +282,9 @@ def test_a_settle_that_fails_gives_the_channel_up_and_never_acks_on_it_again(
     assert log == [("collect", 0, False)]  # tag 3 would have acked 1 and 2
     fresh = _Channel(log)
     listener._conn.channel = fresh  # the driver reconnected
-    listener._settle([_Raw(fresh, 1)], ["handled"])
+    message = _Raw(fresh, 1)
+    listener._received(message)  # stamped with the new generation
+    listener._settle([message], ["handled"])
     assert log[-1] == ("ack", 1, True)
 
 
@@ -318,6 +323,51 @@ class _Deliveries:
 
 class _Stopped:
     _consume_loop_stopped = False
+
+
+class _Revives(_Deliveries):
+    """A kombu connection on py-amqp whose channel the broker closes
+    (``None`` in ``tags``): py-amqp revives it *in place*, the same object,
+    and its delivery tags start again at 1."""
+
+    channel_errors = (amqp.exceptions.ChannelError,)
+    recoverable_channel_errors = (amqp.exceptions.RecoverableChannelError,)
+
+    def __init__(self, received: Callable[[Any], None], channel: object,
+                 tags: list[int | None]) -> None:
+        super().__init__(received, 0, [])
+        self.channel, self.tags = channel, tags
+
+    def drain_events(self, timeout: float) -> None:
+        if not self.tags:
+            raise TimeoutError()
+        tag = self.tags.pop(0)
+        if tag is None:  # a double ack, say: the broker closes the channel
+            raise amqp.exceptions.PreconditionFailed(
+                "PRECONDITION_FAILED - unknown delivery tag 9", method_sig=(60, 80),
+                reply_code=406)
+        self.received(_Raw(self.channel, tag))
+
+
+def test_nothing_taken_before_a_channel_error_is_settled_on_the_revived_channel(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """A batch on the loop (tags 1-3) and one pending (4, 5) when the broker
+    closes the channel; py-amqp revives the same channel object and the
+    broker redelivers from tag 1. Acking the old batches with their tags
+    would ack messages of the revived channel never folded (and close it
+    again); the listener leaves them to the broker, and folds only what
+    came since."""
+    listener, _, log, channel = _wired(loop)
+    listener._batch = 3
+    kombu_conn = _Revives(listener._received, channel, [1, 2, 3, 4, 5, None, 1, 2])
+    listener._read(_Stopped(), kombu_conn, listener.GAP)
+    listener._hand_off()  # 1-3 on the loop
+    with pytest.raises(amqp.exceptions.ChannelError):
+        listener._read(_Stopped(), kombu_conn, listener.GAP)  # 4, 5, then closed
+    listener._read(_Stopped(), kombu_conn, listener.GAP)  # 1, 2 on the revived one
+    listener._flush()
+    assert [entry for entry in log if entry[0] != "collect"] == [("ack", 2, True)]
+
 
 
 def test_a_session_sets_the_socket_timeout_once_not_per_frame_and_restores_it(
