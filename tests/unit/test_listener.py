@@ -16,6 +16,7 @@ from typing import Any
 import amqp.exceptions
 import amqp.transport
 import kombu
+import kombu.compression
 import pytest
 from oslo_config import cfg
 
@@ -248,6 +249,23 @@ def test_an_undecodable_message_is_acked_with_its_batch_and_counted_malformed(
     assert log == [("ack", 2, True)]
     assert count(metrics, "other", "malformed") == 1
     assert count(metrics, "image.activate", "handled") == 1
+
+
+def test_a_compressed_notification_is_decompressed_as_kombu_does(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """A publisher with ``[oslo_messaging_rabbit] kombu_compression = gzip``:
+    kombu compresses the body and names the compression in a header, which
+    the driver's consumer would decompress by."""
+    listener, metrics, log, channel = _wired(loop)
+    body, compression = kombu.compression.compress(
+        envelope_body(_notification(1)).encode(), "gzip")
+    message = _Raw(channel, 1, body=body)
+    message.headers = {"compression": compression}
+    listener._received(message)
+    listener._flush()
+    assert log == [("ack", 1, True)]
+    assert count(metrics, "image.activate", "handled") == 1
+    assert count(metrics, "other", "malformed") == 0
 
 
 def test_a_bug_while_settling_gives_the_channel_up_and_acks_nothing(

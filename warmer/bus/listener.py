@@ -598,7 +598,9 @@ def _socket(kombu_conn: Any) -> Any:
 def _decoded(message: Any) -> Any:
     """The notification in a raw message, or :class:`Undecodable`."""
     try:
-        return decode(message.body, getattr(message, "content_type", None))
+        headers = getattr(message, "headers", None) or {}
+        return decode(message.body, getattr(message, "content_type", None),
+                      getattr(message, "content_encoding", None), headers.get("compression"))
     except Exception as exc:  # whatever the body holds: malformed, acked
         return Undecodable(exc)
 
