@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp
 import amqp.exceptions
 import amqp.transport
 import kombu
@@ -712,3 +713,75 @@ def test_the_body_size_is_counted_in_bytes() -> None:
     assert listener_mod._body_size(_Raw(None, 1, body="\U0001f600")) == 4
     assert listener_mod._body_size(_Raw(None, 1, body=b"abc")) == 3
     assert json.loads(_Raw(None, 1).body)["oslo.version"] == "2.0"
+
+
+@pytest.mark.parametrize("owner,name", [
+    ("oslo_messaging._drivers.impl_rabbit.Connection", "_heartbeat_check"),
+    ("kombu.Connection", "maybe_switch_next"),
+])
+def test_a_library_without_a_private_name_the_listener_uses_is_refused_at_start(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+        owner: str, name: str) -> None:
+    """Not a daemon that looks ready and fails every session."""
+    monkeypatch.delattr(f"{owner}.{name}")
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(_memory_conf(tmp_path), bridge)
+    try:
+        with pytest.raises(RuntimeError, match=name):
+            listener.start()
+    finally:
+        listener.stop()
+    assert listener.connected() is False
+
+
+def test_py_amqp_without_its_transport_names_is_refused() -> None:
+    class Transport:
+        sock = socket.socket()
+
+    amqp_conn = amqp.Connection.__new__(amqp.Connection)
+    amqp_conn.transport = Transport()
+    kombu_conn = kombu.Connection("memory://")
+    kombu_conn._connection = amqp_conn
+    driver = type("D", (), {
+        "_new_tags": set(), "_consumers": {}, "_consume_loop_stopped": False,
+        "_connection_lock": threading.Lock(), "_heartbeat_check": lambda: None,
+        "_heartbeat_supported_and_enabled": lambda: False, "ensure": lambda: None,
+        "channel": None, "connection": kombu_conn})()
+    try:
+        with pytest.raises(RuntimeError, match="_quick_recv"):
+            listener_mod._check_driver(driver)
+        Transport._quick_recv = Transport.sock.recv  # type: ignore[attr-defined]
+        listener_mod._check_driver(driver)
+    finally:
+        Transport.sock.close()
+
+
+def test_readiness_is_false_after_sessions_fail_in_a_row_until_one_succeeds(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(_memory_conf(tmp_path), bridge)
+    drain = listener._drain
+    failing = threading.Event()
+    failing.set()
+
+    def session(wait: float) -> None:
+        if failing.is_set():
+            raise listener_mod.driver_common.Timeout()
+        drain(wait)
+    listener._drain = session  # type: ignore[method-assign]
+    listener.start()
+    try:
+        deadline = time.monotonic() + 5
+        while listener._failed_sessions < listener.FAILED_SESSIONS - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while listener.connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.connected() is False
+        failing.clear()
+        deadline = time.monotonic() + 5
+        while not listener.connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.connected() is True
+    finally:
+        listener.stop()

@@ -63,6 +63,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp  # type: ignore[import-untyped]
 import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import common as driver_common
@@ -174,6 +175,13 @@ class BusListener:
                     self._conn.declare_topic_consumer(
                         exchange_name=exchange, topic=f"{topic}.{priority}",
                         queue_name=bus.pool)
+        try:
+            _check_driver(self._conn.connection)
+        except Exception:
+            self._conn.close()
+            self._transport.cleanup()
+            self._conn = self._transport = None
+            raise
         _deliver_raw(self._conn.connection, self._received)
         self._bridge.keepalive = self._keepalive
         threshold = self._conf.oslo_messaging_rabbit.heartbeat_timeout_threshold
@@ -496,6 +504,8 @@ class BusListener:
         conn, thread = self._conn, self._thread
         if conn is None or not self.running or thread is None or not thread.is_alive():
             return False
+        if self._failed_sessions >= self.FAILED_SESSIONS:
+            return False  # up or not, nothing is consumed
         try:
             kombu_conn = conn.connection  # None once the driver closed it
             if kombu_conn is None:
@@ -528,6 +538,61 @@ class BusListener:
         if self._transport is not None:
             self._transport.cleanup()
             self._transport = None
+
+
+def _check_driver(driver: Any) -> None:
+    """Refuse, at start, a rabbit driver, kombu or py-amqp without every
+    private name the listener consumes through: missing later, one would
+    end every session in an error (or, for py-amqp's transport, silently
+    lose the read-ahead and the socket timeouts), and the daemon would look
+    ready while consuming nothing. pyproject.toml bounds the three libraries
+    below their next major version for the same reason."""
+    missing = []
+
+    def need(obj: Any, owner: str, name: str, check: Callable[[Any], bool] = callable) -> None:
+        value = getattr(obj, name, _MISSING)
+        if value is _MISSING or not check(value):
+            missing.append(f"{owner}.{name}")
+
+    driver_names: dict[str, Callable[[Any], bool]] = {
+        "_new_tags": lambda v: isinstance(v, set),
+        "_consumers": lambda v: isinstance(v, dict),
+        "_consume_loop_stopped": lambda v: isinstance(v, bool),
+        "_connection_lock": lambda v: hasattr(v, "__enter__") and hasattr(v, "__exit__"),
+        "_heartbeat_check": callable,
+        "_heartbeat_supported_and_enabled": callable,
+        "ensure": callable,
+        "channel": lambda v: True,
+        "connection": lambda v: v is not None,
+    }
+    for name, check in driver_names.items():
+        need(driver, "oslo.messaging impl_rabbit.Connection", name, check)
+    for consumer in getattr(driver, "_consumers", None) or ():
+        need(type(consumer), "oslo.messaging impl_rabbit.Consumer", "_callback")
+        need(consumer, "oslo.messaging impl_rabbit.Consumer", "consume")
+    kombu_conn = getattr(driver, "connection", None)
+    if kombu_conn is not None:
+        for name in ("drain_events", "maybe_switch_next", "collect"):
+            need(kombu_conn, "kombu Connection", name)
+        for name in ("channel_errors", "recoverable_channel_errors",
+                     "recoverable_connection_errors"):
+            need(kombu_conn, "kombu Connection", name, lambda v: isinstance(v, tuple))
+        if not isinstance(getattr(type(kombu_conn), "connected", None), property):
+            missing.append("kombu Connection.connected")
+        amqp_conn = kombu_conn.connection  # connected by the declares
+        if isinstance(amqp_conn, amqp.Connection):
+            transport = getattr(amqp_conn, "transport", None)
+            need(transport, "amqp transport", "_quick_recv")
+            need(transport, "amqp transport", "sock",
+                 lambda v: hasattr(v, "settimeout") and hasattr(v, "gettimeout"))
+    if missing:
+        raise RuntimeError("warmer's bus listener consumes through private names of "
+                           "oslo.messaging, kombu and py-amqp, and these are missing or "
+                           f"changed here: {', '.join(missing)}; this version is not "
+                           "supported")
+
+
+_MISSING = object()
 
 
 #: The attribute each message gets when it arrives: the listener's
