@@ -269,6 +269,20 @@ def test_a_compressed_notification_is_decompressed_as_kombu_does(
     assert count(metrics, "other", "malformed") == 0
 
 
+def test_raw_bodies_are_dropped_once_decoded(loop: asyncio.AbstractEventLoop) -> None:
+    """Two batches of up to batch_size bodies (1 MiB each) would otherwise be
+    held until acked."""
+    listener, metrics, log, channel = _wired(loop)
+    messages = [_Raw(channel, tag) for tag in (1, 2)]
+    for message in messages:
+        listener._received(message)
+    listener._hand_off()
+    assert [message.body for message in messages] == [None, None]
+    listener._flush()
+    assert log == [("ack", 2, True)]
+    assert count(metrics, "image.activate", "handled") == 2
+
+
 def test_a_bug_while_settling_gives_the_channel_up_and_acks_nothing(
         loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     """The consumer thread survives a bug between sessions; what it held is

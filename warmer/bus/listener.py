@@ -397,8 +397,10 @@ class BusListener:
         if self._pending:
             self._oldest = time.monotonic()
         try:
-            batch = prepare_batch(self._bridge, [_decoded(m) for m in messages],
-                                  [_body_size(m) for m in messages])
+            sizes = [_body_size(m) for m in messages]
+            decoded = [_decoded(m) for m in messages]
+            _drop_bodies(messages)  # two batches of up to batch_size bodies, held till acked
+            batch = prepare_batch(self._bridge, decoded, sizes)
         except Exception:  # a bug of the bridge: the messages are not lost
             LOG.exception("handing %d notifications off failed; requeueing them",
                           len(messages))
@@ -668,6 +670,17 @@ def _decoded(message: Any) -> Any:
                       getattr(message, "content_encoding", None), headers.get("compression"))
     except Exception as exc:  # whatever the body holds: malformed, acked
         return Undecodable(exc)
+
+
+def _drop_bodies(messages: list[Any]) -> None:
+    """Forget the raw bodies once decoded: only the delivery tag, the channel
+    and the generation are needed to settle a message, and a batch is held
+    until the loop folded it."""
+    for message in messages:
+        try:
+            message.body = None
+        except AttributeError:  # a message type that will not let go
+            pass
 
 
 def _bounded_prefetch(conf: cfg.ConfigOpts) -> int:
