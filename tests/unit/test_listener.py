@@ -13,8 +13,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp
+import amqp.exceptions
 import amqp.transport
 import kombu
+import kombu.compression
 import pytest
 from oslo_config import cfg
 
@@ -48,6 +51,8 @@ class _Raw:
     delivery tag, so that a sink can tell which one it folds."""
 
     content_type = "application/json"
+    headers: dict[str, Any] | None = None
+    warmer_generation = 0  # the listener's first; _received stamps its own
 
     def __init__(self, channel: object, tag: int, body: Any = None) -> None:
         self.channel, self.delivery_tag = channel, tag
@@ -247,6 +252,37 @@ def test_an_undecodable_message_is_acked_with_its_batch_and_counted_malformed(
     assert count(metrics, "image.activate", "handled") == 1
 
 
+def test_a_compressed_notification_is_decompressed_as_kombu_does(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """A publisher with ``[oslo_messaging_rabbit] kombu_compression = gzip``:
+    kombu compresses the body and names the compression in a header, which
+    the driver's consumer would decompress by."""
+    listener, metrics, log, channel = _wired(loop)
+    body, compression = kombu.compression.compress(
+        envelope_body(_notification(1)).encode(), "gzip")
+    message = _Raw(channel, 1, body=body)
+    message.headers = {"compression": compression}
+    listener._received(message)
+    listener._flush()
+    assert log == [("ack", 1, True)]
+    assert count(metrics, "image.activate", "handled") == 1
+    assert count(metrics, "other", "malformed") == 0
+
+
+def test_raw_bodies_are_dropped_once_decoded(loop: asyncio.AbstractEventLoop) -> None:
+    """Two batches of up to batch_size bodies (1 MiB each) would otherwise be
+    held until acked."""
+    listener, metrics, log, channel = _wired(loop)
+    messages = [_Raw(channel, tag) for tag in (1, 2)]
+    for message in messages:
+        listener._received(message)
+    listener._hand_off()
+    assert [message.body for message in messages] == [None, None]
+    listener._flush()
+    assert log == [("ack", 2, True)]
+    assert count(metrics, "image.activate", "handled") == 2
+
+
 def test_a_bug_while_settling_gives_the_channel_up_and_acks_nothing(
         loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch) -> None:
     """The consumer thread survives a bug between sessions; what it held is
@@ -279,7 +315,9 @@ def test_a_settle_that_fails_gives_the_channel_up_and_never_acks_on_it_again(
     assert log == [("collect", 0, False)]  # tag 3 would have acked 1 and 2
     fresh = _Channel(log)
     listener._conn.channel = fresh  # the driver reconnected
-    listener._settle([_Raw(fresh, 1)], ["handled"])
+    message = _Raw(fresh, 1)
+    listener._received(message)  # stamped with the new generation
+    listener._settle([message], ["handled"])
     assert log[-1] == ("ack", 1, True)
 
 
@@ -318,6 +356,51 @@ class _Deliveries:
 
 class _Stopped:
     _consume_loop_stopped = False
+
+
+class _Revives(_Deliveries):
+    """A kombu connection on py-amqp whose channel the broker closes
+    (``None`` in ``tags``): py-amqp revives it *in place*, the same object,
+    and its delivery tags start again at 1."""
+
+    channel_errors = (amqp.exceptions.ChannelError,)
+    recoverable_channel_errors = (amqp.exceptions.RecoverableChannelError,)
+
+    def __init__(self, received: Callable[[Any], None], channel: object,
+                 tags: list[int | None]) -> None:
+        super().__init__(received, 0, [])
+        self.channel, self.tags = channel, tags
+
+    def drain_events(self, timeout: float) -> None:
+        if not self.tags:
+            raise TimeoutError()
+        tag = self.tags.pop(0)
+        if tag is None:  # a double ack, say: the broker closes the channel
+            raise amqp.exceptions.PreconditionFailed(
+                "PRECONDITION_FAILED - unknown delivery tag 9", method_sig=(60, 80),
+                reply_code=406)
+        self.received(_Raw(self.channel, tag))
+
+
+def test_nothing_taken_before_a_channel_error_is_settled_on_the_revived_channel(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """A batch on the loop (tags 1-3) and one pending (4, 5) when the broker
+    closes the channel; py-amqp revives the same channel object and the
+    broker redelivers from tag 1. Acking the old batches with their tags
+    would ack messages of the revived channel never folded (and close it
+    again); the listener leaves them to the broker, and folds only what
+    came since."""
+    listener, _, log, channel = _wired(loop)
+    listener._batch = 3
+    kombu_conn = _Revives(listener._received, channel, [1, 2, 3, 4, 5, None, 1, 2])
+    listener._read(_Stopped(), kombu_conn, listener.GAP)
+    listener._hand_off()  # 1-3 on the loop
+    with pytest.raises(amqp.exceptions.ChannelError):
+        listener._read(_Stopped(), kombu_conn, listener.GAP)  # 4, 5, then closed
+    listener._read(_Stopped(), kombu_conn, listener.GAP)  # 1, 2 on the revived one
+    listener._flush()
+    assert [entry for entry in log if entry[0] != "collect"] == [("ack", 2, True)]
+
 
 
 def test_a_session_sets_the_socket_timeout_once_not_per_frame_and_restores_it(
@@ -644,3 +727,75 @@ def test_the_body_size_is_counted_in_bytes() -> None:
     assert listener_mod._body_size(_Raw(None, 1, body="\U0001f600")) == 4
     assert listener_mod._body_size(_Raw(None, 1, body=b"abc")) == 3
     assert json.loads(_Raw(None, 1).body)["oslo.version"] == "2.0"
+
+
+@pytest.mark.parametrize("owner,name", [
+    ("oslo_messaging._drivers.impl_rabbit.Connection", "_heartbeat_check"),
+    ("kombu.Connection", "maybe_switch_next"),
+])
+def test_a_library_without_a_private_name_the_listener_uses_is_refused_at_start(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+        owner: str, name: str) -> None:
+    """Not a daemon that looks ready and fails every session."""
+    monkeypatch.delattr(f"{owner}.{name}")
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(_memory_conf(tmp_path), bridge)
+    try:
+        with pytest.raises(RuntimeError, match=name):
+            listener.start()
+    finally:
+        listener.stop()
+    assert listener.connected() is False
+
+
+def test_py_amqp_without_its_transport_names_is_refused() -> None:
+    class Transport:
+        sock = socket.socket()
+
+    amqp_conn = amqp.Connection.__new__(amqp.Connection)
+    amqp_conn.transport = Transport()
+    kombu_conn = kombu.Connection("memory://")
+    kombu_conn._connection = amqp_conn
+    driver = type("D", (), {
+        "_new_tags": set(), "_consumers": {}, "_consume_loop_stopped": False,
+        "_connection_lock": threading.Lock(), "_heartbeat_check": lambda: None,
+        "_heartbeat_supported_and_enabled": lambda: False, "ensure": lambda: None,
+        "channel": None, "connection": kombu_conn})()
+    try:
+        with pytest.raises(RuntimeError, match="_quick_recv"):
+            listener_mod._check_driver(driver)
+        Transport._quick_recv = Transport.sock.recv  # type: ignore[attr-defined]
+        listener_mod._check_driver(driver)
+    finally:
+        Transport.sock.close()
+
+
+def test_readiness_is_false_after_sessions_fail_in_a_row_until_one_succeeds(
+        loop: asyncio.AbstractEventLoop, tmp_path: Any) -> None:
+    bridge, _, _ = make(loop, ok)
+    listener = BusListener(_memory_conf(tmp_path), bridge)
+    drain = listener._drain
+    failing = threading.Event()
+    failing.set()
+
+    def session(wait: float) -> None:
+        if failing.is_set():
+            raise listener_mod.driver_common.Timeout()
+        drain(wait)
+    listener._drain = session  # type: ignore[method-assign]
+    listener.start()
+    try:
+        deadline = time.monotonic() + 5
+        while listener._failed_sessions < listener.FAILED_SESSIONS - 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        while listener.connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.connected() is False
+        failing.clear()
+        deadline = time.monotonic() + 5
+        while not listener.connected() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert listener.connected() is True
+    finally:
+        listener.stop()

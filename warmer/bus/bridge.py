@@ -36,7 +36,6 @@ metrics counted, once the loop folded it or it was taken back).
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
@@ -44,6 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import kombu.compression
+import kombu.serialization
 import oslo_messaging
 from oslo_messaging._drivers import common as driver_common
 
@@ -281,18 +282,27 @@ class Bridge:
         batch.tally[None, "malformed"] += 1
 
 
-def decode(body: Any, content_type: Any) -> Any:
+def decode(body: Any, content_type: Any, content_encoding: Any = None,
+           compression: Any = None) -> Any:
     """The notification in a message body: the inner ``oslo.message`` object
-    of oslo.messaging's envelope, decoded as its rabbit driver decodes it
-    (JSON, then ``deserialize_msg``, which also checks the envelope's
-    version), each JSON document once. Raises for a body that is not that:
-    another content type, JSON that does not parse, an envelope version
+    of oslo.messaging's envelope, decoded as its rabbit driver decodes it:
+    decompressed by kombu as its ``compression`` header says (a publisher's
+    ``[oslo_messaging_rabbit] kombu_compression``), deserialized by kombu
+    (its content type and encoding rules), then ``deserialize_msg``, which
+    also checks the envelope's version; each JSON document once. Raises for
+    a body that is not that: another content type, a compression kombu does
+    not know or that fails, JSON that does not parse, an envelope version
     oslo.messaging refuses."""
     if content_type != JSON_CONTENT:
         raise ValueError(f"content type {_short(content_type)} is not {JSON_CONTENT}")
-    if isinstance(body, bytes | bytearray | memoryview):
-        body = bytes(body).decode("utf-8")
-    return driver_common.deserialize_msg(json.loads(body))
+    if compression:  # kombu.message.Message does this before anything else
+        body = _decompress(body, compression)
+    return driver_common.deserialize_msg(_loads(body, content_type, content_encoding))
+
+
+#: kombu's own decompression and deserialization (untyped there).
+_decompress: Callable[[Any, Any], Any] = kombu.compression.decompress
+_loads: Callable[[Any, Any, Any], Any] = kombu.serialization.loads
 
 
 def envelope(message: Any) -> tuple[str, Notification]:

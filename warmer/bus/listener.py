@@ -41,11 +41,16 @@ drives the consumption itself:
 
 The ack and requeue rules per message are :mod:`warmer.bus.bridge`'s; a
 body that cannot be decoded is malformed (acked, counted), never requeued.
-When the connection breaks, messages taken and not acked yet are
-redelivered by the broker (and counted as ``duplicate`` if they had been
-folded in); the consumer thread never acks or requeues a message that came
-on a channel the connection no longer uses (delivery tags are per
-channel). Heartbeats: a listening connection has no heartbeat thread; the
+When the connection or the channel breaks, messages taken and not acked yet
+are redelivered by the broker (and counted as ``duplicate`` if they had been
+folded in). Delivery tags are per channel, and py-amqp revives a channel the
+broker closed *in place* (the same object, its tags starting again at 1), so
+the listener stamps every message with a *generation* when it arrives, and
+starts a new generation on every error of the channel or connection (any
+exception while reading, any recovery by the driver, any failed settle or
+keepalive). The consumer thread never acks or requeues a message of an
+earlier generation, and drops those not handed off yet: the broker
+redelivers them all. Heartbeats: a listening connection has no heartbeat thread; the
 consumer thread sends them and reads the broker's between sessions and
 while it waits for the loop.
 """
@@ -58,6 +63,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import amqp  # type: ignore[import-untyped]
 import oslo_messaging
 from oslo_config import cfg
 from oslo_messaging._drivers import common as driver_common
@@ -128,6 +134,9 @@ class BusListener:
     #: in a row, up to MAX_BACK_OFF.
     BACK_OFF = 0.1
     MAX_BACK_OFF = 5.0
+    #: Sessions failed in a row after which :meth:`connected` says False
+    #: (until one succeeds): a consumer that cannot consume is not ready.
+    FAILED_SESSIONS = 5
 
     def __init__(self, conf: cfg.ConfigOpts, bridge: Bridge) -> None:
         self._conf = conf
@@ -139,7 +148,11 @@ class BusListener:
         #: The raw messages of the batch being gathered, in delivery order.
         self._pending: list[Any] = []
         self._inflight: _InFlight | None = None
-        self._dead_channel: Any = None
+        #: Bumped on every error of the channel or connection; see
+        #: :meth:`_new_generation`.
+        self._generation = 0
+        #: Sessions in a row that failed (see :attr:`FAILED_SESSIONS`).
+        self._failed_sessions = 0
         self._requeue_streak = 0
         self._oldest = 0.0
         self._last_heartbeat = 0.0
@@ -162,6 +175,13 @@ class BusListener:
                     self._conn.declare_topic_consumer(
                         exchange_name=exchange, topic=f"{topic}.{priority}",
                         queue_name=bus.pool)
+        try:
+            _check_driver(self._conn.connection)
+        except Exception:
+            self._conn.close()
+            self._transport.cleanup()
+            self._conn = self._transport = None
+            raise
         _deliver_raw(self._conn.connection, self._received)
         self._bridge.keepalive = self._keepalive
         threshold = self._conf.oslo_messaging_rabbit.heartbeat_timeout_threshold
@@ -178,7 +198,18 @@ class BusListener:
         message (py-amqp's, undecoded): keep it for the next batch."""
         if not self._pending:
             self._oldest = time.monotonic()
+        setattr(message, _GENERATION, self._generation)
         self._pending.append(message)
+
+    def _new_generation(self) -> None:
+        """The channel or the connection failed: what came before is the
+        broker's to redeliver (it requeues every unacked message of a closed
+        channel or connection). From now on nothing of the earlier
+        generation is acked or requeued -- its delivery tags may mean other
+        messages on a channel py-amqp revived in place -- and what is
+        pending is dropped rather than folded twice."""
+        self._generation += 1
+        self._pending = []
 
     # -- the consumer thread ---------------------------------------------------
 
@@ -187,10 +218,14 @@ class BusListener:
             busy = bool(self._pending) or self._inflight is not None
             try:
                 self._drain(self.GAP if busy else self.IDLE_POLL)
+                self._failed_sessions = 0
             except driver_common.Timeout:
-                pass  # reconnecting took the session's time: look at the rest
+                # reconnecting took the session's time: look at the rest
+                self._session_failed()
             except Exception:  # the driver retries on its own; never die silently
                 LOG.exception("consuming notifications failed; trying again")
+                self._new_generation()
+                self._session_failed()
                 self._stopping.wait(1.0)
             try:
                 if self._inflight is not None:
@@ -207,6 +242,12 @@ class BusListener:
         except Exception:
             LOG.exception("settling notifications at stop failed; the broker redelivers them")
             self._give_up()
+
+    def _session_failed(self) -> None:
+        self._failed_sessions += 1
+        if self._failed_sessions == self.FAILED_SESSIONS:
+            LOG.error("%d sessions on the bus failed in a row; the listener is not ready "
+                      "until one succeeds", self._failed_sessions)
 
     def _give_up(self) -> None:
         """After a bug: forget every message taken and not settled, and give
@@ -242,6 +283,7 @@ class BusListener:
 
         def recoverable(exc: BaseException) -> None:
             if not isinstance(exc, driver_common.Timeout):
+                self._new_generation()  # the driver recovers the channel or connection
                 driver._new_tags = set(driver._consumers.values())
             timer.check_return(raise_timeout)
 
@@ -287,9 +329,15 @@ class BusListener:
                 except TimeoutError:
                     return
                 except kombu_conn.channel_errors as exc:
+                    # py-amqp has revived the channel in place by now: its
+                    # delivery tags start again at 1
+                    self._new_generation()
                     if exc.code == 406 and exc.method_name == "Basic.ack":
                         # As the driver does: another consumer acked it; recover
                         raise kombu_conn.recoverable_channel_errors[0] from exc
+                    raise
+                except Exception:  # the connection broke: the driver reconnects
+                    self._new_generation()
                     raise
                 if len(self._pending) >= self._batch or (
                         self._pending and time.monotonic() - self._oldest >= self._linger):
@@ -349,8 +397,10 @@ class BusListener:
         if self._pending:
             self._oldest = time.monotonic()
         try:
-            batch = prepare_batch(self._bridge, [_decoded(m) for m in messages],
-                                  [_body_size(m) for m in messages])
+            sizes = [_body_size(m) for m in messages]
+            decoded = [_decoded(m) for m in messages]
+            _drop_bodies(messages)  # two batches of up to batch_size bodies, held till acked
+            batch = prepare_batch(self._bridge, decoded, sizes)
         except Exception:  # a bug of the bridge: the messages are not lost
             LOG.exception("handing %d notifications off failed; requeueing them",
                           len(messages))
@@ -395,8 +445,8 @@ class BusListener:
         """Requeue what must be, then ack the rest with one ``multiple``
         ack of the last one (every earlier message of this channel is
         settled by then). Messages of a channel the connection no longer
-        uses, or that this listener gave up, are left alone: the broker
-        redelivers them.
+        uses, or of an earlier generation (:meth:`_new_generation`), are
+        left alone: the broker redelivers them.
 
         If any of it fails, what this channel holds unsettled is unknown, so
         the channel is given up (:meth:`_abandon_channel`): the broker then
@@ -407,12 +457,14 @@ class BusListener:
         listening connection (there is no heartbeat thread), and only the
         consumer thread uses the connection."""
         channel = self._conn.channel
-        if channel is None or channel is self._dead_channel:
+        if channel is None:
             return
+        generation = self._generation
         try:
             last = None
             for message, result in zip(messages, results, strict=True):
-                if message.channel is not channel:
+                if (message.channel is not channel
+                        or getattr(message, _GENERATION, None) != generation):
                     continue
                 if result == REQUEUE:
                     channel.basic_reject(message.delivery_tag, requeue=True)
@@ -431,7 +483,7 @@ class BusListener:
         (kombu's ``collect``), so the broker requeues every message of it
         not acked yet. The rabbit driver reconnects on the next session."""
         conn = self._conn
-        self._dead_channel = conn.channel
+        self._new_generation()
         try:
             conn.connection.connection.collect()  # context, driver, kombu
         except Exception as exc:
@@ -454,6 +506,8 @@ class BusListener:
         conn, thread = self._conn, self._thread
         if conn is None or not self.running or thread is None or not thread.is_alive():
             return False
+        if self._failed_sessions >= self.FAILED_SESSIONS:
+            return False  # up or not, nothing is consumed
         try:
             kombu_conn = conn.connection  # None once the driver closed it
             if kombu_conn is None:
@@ -486,6 +540,66 @@ class BusListener:
         if self._transport is not None:
             self._transport.cleanup()
             self._transport = None
+
+
+def _check_driver(driver: Any) -> None:
+    """Refuse, at start, a rabbit driver, kombu or py-amqp without every
+    private name the listener consumes through: missing later, one would
+    end every session in an error (or, for py-amqp's transport, silently
+    lose the read-ahead and the socket timeouts), and the daemon would look
+    ready while consuming nothing. pyproject.toml bounds the three libraries
+    below their next major version for the same reason."""
+    missing = []
+
+    def need(obj: Any, owner: str, name: str, check: Callable[[Any], bool] = callable) -> None:
+        value = getattr(obj, name, _MISSING)
+        if value is _MISSING or not check(value):
+            missing.append(f"{owner}.{name}")
+
+    driver_names: dict[str, Callable[[Any], bool]] = {
+        "_new_tags": lambda v: isinstance(v, set),
+        "_consumers": lambda v: isinstance(v, dict),
+        "_consume_loop_stopped": lambda v: isinstance(v, bool),
+        "_connection_lock": lambda v: hasattr(v, "__enter__") and hasattr(v, "__exit__"),
+        "_heartbeat_check": callable,
+        "_heartbeat_supported_and_enabled": callable,
+        "ensure": callable,
+        "channel": lambda v: True,
+        "connection": lambda v: v is not None,
+    }
+    for name, check in driver_names.items():
+        need(driver, "oslo.messaging impl_rabbit.Connection", name, check)
+    for consumer in getattr(driver, "_consumers", None) or ():
+        need(type(consumer), "oslo.messaging impl_rabbit.Consumer", "_callback")
+        need(consumer, "oslo.messaging impl_rabbit.Consumer", "consume")
+    kombu_conn = getattr(driver, "connection", None)
+    if kombu_conn is not None:
+        for name in ("drain_events", "maybe_switch_next", "collect"):
+            need(kombu_conn, "kombu Connection", name)
+        for name in ("channel_errors", "recoverable_channel_errors",
+                     "recoverable_connection_errors"):
+            need(kombu_conn, "kombu Connection", name, lambda v: isinstance(v, tuple))
+        if not isinstance(getattr(type(kombu_conn), "connected", None), property):
+            missing.append("kombu Connection.connected")
+        amqp_conn = kombu_conn.connection  # connected by the declares
+        if isinstance(amqp_conn, amqp.Connection):
+            transport = getattr(amqp_conn, "transport", None)
+            need(transport, "amqp transport", "_quick_recv")
+            need(transport, "amqp transport", "sock",
+                 lambda v: hasattr(v, "settimeout") and hasattr(v, "gettimeout"))
+    if missing:
+        raise RuntimeError("warmer's bus listener consumes through private names of "
+                           "oslo.messaging, kombu and py-amqp, and these are missing or "
+                           f"changed here: {', '.join(missing)}; this version is not "
+                           "supported")
+
+
+_MISSING = object()
+
+
+#: The attribute each message gets when it arrives: the listener's
+#: generation then (see :meth:`BusListener._new_generation`).
+_GENERATION = "warmer_generation"
 
 
 def _deliver_raw(driver: Any, callback: Callable[[Any], None]) -> None:
@@ -551,9 +665,22 @@ def _socket(kombu_conn: Any) -> Any:
 def _decoded(message: Any) -> Any:
     """The notification in a raw message, or :class:`Undecodable`."""
     try:
-        return decode(message.body, getattr(message, "content_type", None))
+        headers = getattr(message, "headers", None) or {}
+        return decode(message.body, getattr(message, "content_type", None),
+                      getattr(message, "content_encoding", None), headers.get("compression"))
     except Exception as exc:  # whatever the body holds: malformed, acked
         return Undecodable(exc)
+
+
+def _drop_bodies(messages: list[Any]) -> None:
+    """Forget the raw bodies once decoded: only the delivery tag, the channel
+    and the generation are needed to settle a message, and a batch is held
+    until the loop folded it."""
+    for message in messages:
+        try:
+            message.body = None
+        except AttributeError:  # a message type that will not let go
+            pass
 
 
 def _bounded_prefetch(conf: cfg.ConfigOpts) -> int:
