@@ -212,12 +212,20 @@ class Daemon:
             time.sleep(interval)
 
     def log_tail(self, lines: int = 60) -> str:
+        """The log's last ``lines``; after a crash (faulthandler's "Fatal
+        Python error"), the crashing thread's stack, which comes first."""
         try:
             text = self.log.read_text(errors="replace")
         except OSError as exc:
             return f"(no log: {exc})"
-        return "".join(line[:400] + ("\n" if len(line) > 400 else "")
-                       for line in text.splitlines(True)[-lines:])
+        all_lines = text.splitlines(True)
+        crash = next((n for n in range(len(all_lines) - 1, -1, -1)
+                      if all_lines[n].startswith("Fatal Python error")), None)
+        if crash is not None:
+            picked = all_lines[max(0, crash - 15):crash + 45]
+        else:
+            picked = all_lines[-lines:]
+        return "".join(line[:400] + ("\n" if len(line) > 400 else "") for line in picked)
 
 
 
