@@ -394,3 +394,35 @@ def test_a_cancelled_copy_waits_for_its_running_writes_without_blocking_the_loop
     ticks, done = asyncio.run(scenario())
     assert ticks >= 20  # the loop ticked while the writes were held
     assert len(done) == 4  # and the copy ended only after they finished
+
+
+def test_a_cancelled_copy_waits_for_the_source_read_it_was_waiting_for() -> None:
+    """The read the copy awaits when it is cancelled (lease lost, stop) must
+    end before the copy does: the caller then closes the source image, and
+    closing it under a running read is a use-after-free in librbd."""
+    started, release = threading.Event(), threading.Event()
+    finished: list[int] = []
+
+    class BlockingImage:
+        def read(self, offset: int, length: int) -> bytes:
+            started.set()
+            release.wait(5)
+            finished.append(offset)
+            return bytes(length)
+
+    async def scenario() -> list[int]:
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        source = RbdSource(BlockingImage(), 2 * CH, [(0, 2 * CH)], pool, "t", read_ahead=1)
+        task = asyncio.create_task(copy(source, lambda d, o: None, Verifier(
+            image_for(bytes(2 * CH))), pool, window=2, chunk_size=CH))
+        await asyncio.to_thread(started.wait, 5)
+        task.cancel()
+        await asyncio.sleep(0.2)
+        ended_early = task.done()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        pool.shutdown()
+        assert not ended_early, "the copy ended while its read was still running"
+        return list(finished)
+    assert asyncio.run(scenario()) == [0]  # and that read did end first

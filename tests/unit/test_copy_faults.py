@@ -64,3 +64,31 @@ def test_a_completed_copy_has_every_chunk_written() -> None:
     asyncio.run(go())
     rebuilt = b"".join(written[i * CH] for i in range(len(chunks)))
     assert hashlib.sha512(rebuilt).hexdigest() == info.os_hash_value
+
+
+def test_a_step_that_must_run_to_its_end_outlives_a_cancellation() -> None:
+    """The copy's finish step uses the open image on a thread: a stop that
+    cancels the copy meanwhile waits for it, and only then is cancelled
+    (the clean-up that follows closes that image)."""
+    from warmer.warming.target import _to_the_end
+    events: list[str] = []
+
+    async def step() -> str:
+        await asyncio.sleep(0.2)
+        events.append("step ended")
+        return "done"
+
+    async def scenario() -> None:
+        async def copy_task() -> None:
+            try:
+                await _to_the_end(step())
+            except asyncio.CancelledError:
+                events.append("cancelled")
+                raise
+        task = asyncio.create_task(copy_task())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    asyncio.run(scenario())
+    assert events == ["step ended", "cancelled"]

@@ -392,11 +392,15 @@ class RbdSource:
                         reading += 1
                     pending.append((offset, length, read))
                     ahead = next(pieces, None)
-                start, length, read = pending.popleft()
+                # The head stays in ``pending`` until its read is done: a
+                # cancellation while it is awaited must still wait for that
+                # read below, or the image is closed under a running read.
+                start, length, read = pending[0]
                 data: bytes | None = None
                 if read is not None:
-                    reading -= 1
                     data = await asyncio.wrap_future(read)
+                    reading -= 1
+                pending.popleft()
                 yield start, length, data
         finally:
             # Read-ahead still running on threads must end before the image

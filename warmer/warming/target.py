@@ -35,9 +35,9 @@ import dataclasses
 import errno
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from warmer.ceph import images as rbd_images
 from warmer.ceph.bindings import errors as ceph_errors
@@ -59,6 +59,7 @@ from warmer.warming.copy import copy as copy_data
 from warmer.warming.records import CopyRecords
 
 LOG = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The copy leases this process holds, by (fsid, pool, image id). Every
 # target of a daemon uses one cookie, so RADOS alone cannot tell two tasks
@@ -454,8 +455,11 @@ class Target:
             except LeaseLost:
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed") from None
-            await self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
-                c, opened, pool, info.id, self.cookie, verifier.stamp))
+            # Runs to its end even if this task is cancelled (a stop): it
+            # uses the open image on a thread, and the clean-up below closes
+            # that image, which must never happen under a running call.
+            await _to_the_end(self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
+                c, opened, pool, info.id, self.cookie, verifier.stamp)))
             finished = True
             if self.on_copied is not None:
                 self.on_copied(self, stats)
@@ -877,6 +881,19 @@ class Lease:
 
 class LeaseLost(Exception):
     """The copy lease could not be renewed: stop changing things."""
+
+
+async def _to_the_end(step: Awaitable[T]) -> T:
+    """Await ``step``; if this task is cancelled meanwhile, wait until the
+    step has ended anyway, then re-raise the cancellation."""
+    task = asyncio.ensure_future(step)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        while not task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({task})
+        raise
 
 
 async def _settle(task: asyncio.Task[Any]) -> None:
