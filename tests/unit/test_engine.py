@@ -787,3 +787,20 @@ def test_a_tombstone_from_the_shared_state_is_not_a_notification() -> None:
         assert revived == ["b"] and engine.tracker.image("b") is not None
         assert target.copies == {"b": 10}
     run(scenario())
+
+
+
+def test_a_target_added_after_the_engine_was_built_has_a_budget_too() -> None:
+    """Reservations are kept per target name, made on first use: a target
+    the budget did not know when it was built is enforced like the others
+    (a KeyError failed the whole pass), and the engine's one Glance client
+    cannot be swapped behind its parts' backs."""
+    edge = FakeCopyTarget(capacity_images=1)
+    engine, glance = copy_engine(edge)
+    late = FakeCopyTarget(capacity_images=1, name="late")
+    engine.targets.append(late)
+    with_copies(engine, glance, late, {"a": 1, "b": 3})
+    asyncio.run(engine.reconciler.enforce_budgets())
+    assert set(late.copies) == {"b"}  # over budget: the colder one went
+    with pytest.raises(AttributeError):
+        engine.glance = glance  # type: ignore[misc]

@@ -100,13 +100,13 @@ class Budget:
             worth = self.keep_score(image_id, self.clock(), target)
             admitted = await self.fit(target, size, 1, worth, exclude=image_id)
             if admitted:
-                self._reserved[target.name][image_id] = size
+                self._reserved.setdefault(target.name, {})[image_id] = size
             return admitted
 
     def release(self, target: Target, image_id: str) -> None:
         """The copy of ``image_id`` into ``target`` ended (made or not): it
         counts through the pool's inventory from now on, if at all."""
-        self._reserved[target.name].pop(image_id, None)
+        self._reserved.get(target.name, {}).pop(image_id, None)
 
     def reserved_ids(self) -> set[str]:
         """The images with a copy under way in some target."""
@@ -127,7 +127,7 @@ class Budget:
         daemon no longer leads."""
         config = target.config
         now = self.clock()
-        reserved = self._reserved[target.name]
+        reserved = self._reserved.setdefault(target.name, {})
         copies = [c for c in await target.inventory()
                   if c.name != exclude and c.name not in reserved]
         sizes = [s for i, s in reserved.items() if i != exclude]

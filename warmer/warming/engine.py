@@ -77,7 +77,7 @@ class Engine:
         if sites is not None and not set(sites.targets) <= set(tracker.sites):
             raise ValueError(f"the tracker has sites {tracker.sites}, not the targets "
                              f"{sites.targets}: their demand would be lost")
-        self.glance = glance
+        self._glance = glance
         self.targets = targets
         self.metrics = metrics
         self.workers = workers
@@ -119,6 +119,12 @@ class Engine:
                               shared_site=sites is None and len(targets) > 1)
         # Operator requests (warm now, evict now; warming/operator.py).
         self.ops = Operator(self)
+
+    @property
+    def glance(self) -> GlanceClient:
+        """The one Glance client every part (views, deletes) was given:
+        fixed at construction, so that no part asks another Glance."""
+        return self._glance
 
     def _now(self) -> float:
         # The parts read the engine's clock at each call: it may be replaced.
