@@ -804,3 +804,37 @@ def test_a_target_added_after_the_engine_was_built_has_a_budget_too() -> None:
     assert set(late.copies) == {"b"}  # over budget: the colder one went
     with pytest.raises(AttributeError):
         engine.glance = glance  # type: ignore[misc]
+
+
+def test_never_two_evaluations_of_one_image_at_once_and_a_request_meanwhile_runs_after() -> None:
+    engine, _, _ = build()
+    running, most, calls = 0, 0, 0
+
+    async def evaluate(image_id: str, forced: Any) -> None:
+        nonlocal running, most, calls
+        calls += 1
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+    engine._evaluate = evaluate  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        await asyncio.gather(engine.evaluate("img"), engine.evaluate("img"))
+    run(scenario())
+    assert most == 1 and calls == 1  # never two at once
+    assert engine.scheduler.is_queued("img")  # the request meanwhile runs next
+
+
+def test_an_image_kept_hands_off_is_not_evaluated_and_says_why() -> None:
+    from warmer.glance.client import LocationConflict
+    engine, _, ceph = build()
+    called: list[str] = []
+
+    async def evaluate(image_id: str, forced: Any) -> None:
+        called.append(image_id)
+    engine._evaluate = evaluate  # type: ignore[method-assign]
+    engine.hands_off.let_go("img", LocationConflict("img", "rbd://x", [], []))
+    run(engine.evaluate("img"))
+    assert called == []
+    assert only_status(engine, "img")[0] == "error"
