@@ -890,9 +890,7 @@ async def _to_the_end(step: Awaitable[T]) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        while not task.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({task})
+        await _wait_out(task)
         raise
 
 
@@ -901,14 +899,20 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     too), even if this task is cancelled meanwhile; re-raise that
     cancellation afterwards."""
     task.cancel()
+    if await _wait_out(task):
+        raise asyncio.CancelledError()
+
+
+async def _wait_out(task: asyncio.Future[Any]) -> bool:
+    """Wait until ``task`` has ended, through any cancellation of this
+    task; return whether one came (the caller re-raises it)."""
     cancelled = False
     while not task.done():
         try:
             await asyncio.wait({task})
         except asyncio.CancelledError:
             cancelled = True
-    if cancelled:
-        raise asyncio.CancelledError()
+    return cancelled
 
 
 def _failures() -> tuple[type[BaseException], ...]:
