@@ -69,6 +69,7 @@ class CephClient:
         # Called with (user, operation) for every operation, for metrics.
         self._observe = observe
         self._lock = threading.Lock()
+        self._readable_lock = threading.Lock()
         self._cluster: Rados | None = None
         # Connections dropped while calls or open images may still use them.
         self._retired: list[Rados] = []
@@ -243,8 +244,14 @@ class CephClient:
     async def check_snapshot_readable(self, pool: str, image: str, snapshot: str) -> str | None:
         """Open ``pool/image@snapshot`` read-only, as Cinder's clone path
         does. Returns ``None`` on success, else a reason."""
-        return await self.run("check_snapshot_readable",
-                               lambda c: _check_readable(c, pool, image, snapshot))
+        def check(cluster: Rados) -> str | None:
+            # One at a time per client: two of these opening and closing
+            # images at once on one connection aborted librbd 16.2
+            # (std::system_error in rbd_close, seen in CI right after two
+            # copies were published together).
+            with self._readable_lock:
+                return _check_readable(cluster, pool, image, snapshot)
+        return await self.run("check_snapshot_readable", check)
 
 
 # librados' EBLOCKLISTED is ESHUTDOWN.
