@@ -45,8 +45,11 @@ def snapshot_state(cluster: Any, pool: str, name: str, snapshot: str = "snap") -
 
 
 def read_all(cluster: Any, pool: str, name: str, snapshot: str | None = None) -> bytes:
-    with cluster.open_ioctx(pool) as ioctx, \
-            rbd.Image(ioctx, name, snapshot=snapshot, read_only=True) as img:
+    # Opened at the head, then set to the snapshot: librbd 16.2 corrupts
+    # memory opening read-only at a snapshot (warmer/ceph/bindings.py).
+    with cluster.open_ioctx(pool) as ioctx, rbd.Image(ioctx, name, read_only=True) as img:
+        if snapshot is not None:
+            img.set_snap(snapshot)
         return bytes(img.read(0, img.size()))
 
 

@@ -37,6 +37,34 @@ class Image(Protocol):
     def id(self) -> str: ...
     def snap_get_id(self, name: str) -> int: ...
     def set_snap_by_id(self, snap_id: int) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_snapshot(ioctx: Any, name: str, snapshot: str) -> tuple[Image, int]:
+    """Open ``name@snapshot`` read-only; return the image and the
+    snapshot's id (reads come from that snapshot only, even if another of
+    the same name replaces it meanwhile).
+
+    The image is opened at its head, then set to the snapshot: never
+    ``rbd.Image(..., snapshot=..., read_only=True)``. librbd 16.2 (Debian
+    12's 16.2.15) corrupts its memory on that open: one thread opening and
+    closing a snapshot that way, nothing else running, aborted the process
+    (``std::system_error: Invalid argument``, or a segfault) within 4,000
+    cycles in every run, and aborted warmer-daemon in CI; opened at the
+    head and then set, 60,000 cycles never did (``docs/ceph-bugs.md``).
+    Both read the same header and snapshot with the same caps, so this is
+    still what Cinder's clone check opens, with the same errors (a missing
+    snapshot raises ``ImageNotFound``).
+    """
+    _, rbd = modules()
+    img = rbd.Image(ioctx, name, read_only=True)
+    try:
+        snap_id = int(img.snap_get_id(snapshot))
+        img.set_snap_by_id(snap_id)
+    except BaseException:
+        img.close()
+        raise
+    return img, snap_id
 
 
 def errors() -> tuple[type[BaseException], ...]:

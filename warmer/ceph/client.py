@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from warmer.ceph.bindings import Image, Rados, modules
+from warmer.ceph.bindings import Image, Rados, modules, open_snapshot
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,7 +69,6 @@ class CephClient:
         # Called with (user, operation) for every operation, for metrics.
         self._observe = observe
         self._lock = threading.Lock()
-        self._readable_lock = threading.Lock()
         self._cluster: Rados | None = None
         # Connections dropped while calls or open images may still use them.
         self._retired: list[Rados] = []
@@ -244,14 +243,8 @@ class CephClient:
     async def check_snapshot_readable(self, pool: str, image: str, snapshot: str) -> str | None:
         """Open ``pool/image@snapshot`` read-only, as Cinder's clone path
         does. Returns ``None`` on success, else a reason."""
-        def check(cluster: Rados) -> str | None:
-            # One at a time per client: two of these opening and closing
-            # images at once on one connection aborted librbd 16.2
-            # (std::system_error in rbd_close, seen in CI right after two
-            # copies were published together).
-            with self._readable_lock:
-                return _check_readable(cluster, pool, image, snapshot)
-        return await self.run("check_snapshot_readable", check)
+        return await self.run("check_snapshot_readable",
+                              lambda c: _check_readable(c, pool, image, snapshot))
 
 
 # librados' EBLOCKLISTED is ESHUTDOWN.
@@ -356,14 +349,18 @@ def _ensure_protected(cluster: Rados, pool: str, image: str, snapshot: str,
 def _check_readable(cluster: Rados, pool: str, image: str, snapshot: str) -> str | None:
     rados, rbd = modules()
     try:
-        ioctx, img = _open(cluster, pool, image, snapshot=snapshot, read_only=True)
+        ioctx = cluster.open_ioctx(pool)
     except rados.ObjectNotFound:
         return "pool_missing"
-    except rbd.ImageNotFound:
-        return "snapshot_not_readable"
-    except (rados.PermissionError, rbd.PermissionError):
+    except rados.PermissionError:
         return "cinder_user_cannot_read"
     try:
+        try:
+            img, _ = open_snapshot(ioctx, image, snapshot)
+        except rbd.ImageNotFound:
+            return "snapshot_not_readable"
+        except (rados.PermissionError, rbd.PermissionError):
+            return "cinder_user_cannot_read"
         with img:
             if not img.is_protected_snap(snapshot):
                 return "snapshot_unprotected"

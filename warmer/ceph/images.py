@@ -27,7 +27,7 @@ import errno
 from typing import Any
 
 from warmer.ceph import ownership
-from warmer.ceph.bindings import Rados, modules
+from warmer.ceph.bindings import Rados, modules, open_snapshot
 from warmer.ceph.ownership import SNAPSHOT, TEMP_PREFIX, Entry, Inspection, temp_name
 
 VERIFIED_KEY = "warmer.verified"
@@ -77,10 +77,14 @@ class OpenSnapshot(OpenImage):
     come from its successor). ``rbd_id`` is the image's own RBD id."""
 
     def __init__(self, cluster: Rados, pool: str, name: str, snapshot: str) -> None:
-        super().__init__(cluster, pool, name, snapshot=snapshot, read_only=True)
+        # Not OpenImage.__init__: never open at a snapshot (bindings.open_snapshot).
+        self.ioctx = cluster.open_ioctx(pool)
         try:
-            self.snap_id = int(self.image.snap_get_id(snapshot))
-            self.image.set_snap_by_id(self.snap_id)
+            self.image, self.snap_id = open_snapshot(self.ioctx, name, snapshot)
+        except Exception:
+            self.ioctx.close()
+            raise
+        try:
             self.rbd_id = str(self.image.id())
         except Exception:
             self.close()
@@ -212,7 +216,7 @@ def known(cluster: Rados, pool: str, image_id: str) -> bool:
 def children(cluster: Rados, pool: str, name: str, snapshot: str = SNAPSHOT) -> list[str]:
     """Clones of ``name@snapshot`` (``pool/image``). Raises when warmer
     cannot see every pool that could hold one: unknown means "has children"."""
-    handle = OpenImage(cluster, pool, name, snapshot=snapshot, read_only=True)
+    handle = OpenSnapshot(cluster, pool, name, snapshot)
     try:
         return [f"{c['pool']}/{c['image']}" for c in handle.image.list_children2()]
     finally:
