@@ -164,15 +164,7 @@ def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
 # Diagnoses that no functional test breaks on the stack, and why. Every
 # other code is asserted in the doctor's report by
 # tests/functional/test_doctor*.py (:func:`asserted_codes`).
-NOT_ON_THE_STACK = {
-    "glance_stores_unknown": "the stack's Glance has several stores and warmer is admin",
-    "locations_hidden": "the stack's one Glance shows direct_url (unit-tested here)",
-    "only_direct_url": "the stack's one Glance shows multiple locations (unit-tested here)",
-    "location_malformed": "Glance refuses to store a malformed rbd:// location",
-    "pool_missing": "Glance refuses a location in a pool its user cannot open, and a pool "
-                    "is not deleted under its images",
-    "open_failed": "any other librbd error while opening: nothing breaks it on purpose",
-}
+NOT_ON_THE_STACK: dict[str, str] = {}
 
 
 def diagnosis_codes() -> set[str]:
