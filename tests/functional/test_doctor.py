@@ -471,6 +471,9 @@ def test_a_glance_that_shows_direct_url_only_hides_the_location_in_another_clust
     edge = verdict(report, "edge")
     assert edge["clones"] is False and codes(edge["diagnoses"]) == {"no_location_in_cluster"}
     assert "edge: DOES NOT CLONE" in text
+    # Not sent to pinning: warmer's copy would be one more location, unseen.
+    fix = remedy(edge["diagnoses"], "no_location_in_cluster")
+    assert "only_direct_url" in fix and "pin" not in fix
 
 
 def test_a_location_in_glances_one_part_rbd_form_is_named_malformed(

@@ -161,6 +161,19 @@ def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
     assert diagnosis.remedy is not None and "pin it" in diagnosis.remedy
 
 
+def test_an_image_cinder_sees_by_direct_url_alone_is_not_sent_to_pinning() -> None:
+    """warmer publishes a copy as a location after direct_url: where Cinder
+    sees direct_url alone, that copy is never tried, and a pin does not help."""
+    other = [f"rbd://{OTHER}/images/{IMG}/snap"]
+    verdict = rules.replay("edge", FSID, other, raw=True, probes={}, misplaced={},
+                           known_fsids={FSID, OTHER}, v1=True, cinder_user="cinder",
+                           direct_url_only=True)
+    [diagnosis] = verdict.diagnoses
+    assert diagnosis.code == "no_location_in_cluster" and diagnosis.blocking
+    assert diagnosis.remedy is not None and "pin" not in diagnosis.remedy
+    assert "only_direct_url" in diagnosis.remedy
+
+
 # Diagnoses that no functional test breaks on the stack, and why. Every
 # other code is asserted in the doctor's report by
 # tests/functional/test_doctor*.py (:func:`asserted_codes`).
