@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from stackclient import Stack  # noqa: E402
+from stackclient import Stack, faults  # noqa: E402
 from stackclient.cinder import CinderNotifier, GlanceNotifier  # noqa: E402
 from stackclient.daemon import Daemon  # noqa: E402
 from stackclient.glance import Glance  # noqa: E402
@@ -147,3 +147,52 @@ def make_user(stack: Stack) -> Iterator[Any]:
 
 def user_keyring(stack: Stack, cluster: str, name: str) -> Path:
     return Path(stack.ceph_conf(cluster)).parent / f"ceph.client.{name}.keyring"
+
+
+@pytest.fixture
+def glance_variant(stack: Stack) -> Iterator[Callable[..., str]]:
+    """``glance_variant(name, *settings, single_store=None)``: the URL of a
+    second glance-api on the stack, configured otherwise (``tools/stack
+    start-glance``: ``SECTION.OPTION=VALUE`` settings over the stack's
+    glance-api.conf, or ``single_store`` as its only store), beside the
+    stack's own; stopped by its recorded PID afterwards, however the test
+    ends."""
+    started: list[str] = []
+
+    def start(name: str, *settings: str, single_store: str | None = None) -> str:
+        argv = [str(ROOT / "tools" / "stack"), "start-glance", str(stack.dir), name,
+                *(a for s in settings for a in ("--set", s))]
+        if single_store:
+            argv += ["--single-store", single_store]
+        out = subprocess.run(argv, capture_output=True, text=True)
+        if out.returncode != 0:
+            pytest.fail(f"tools/stack start-glance failed:\n{out.stdout}\n{out.stderr}")
+        started.append(name)
+        return out.stdout.strip().splitlines()[-1]
+
+    yield start
+    for name in started:
+        pid, _ = faults.recorded(stack, f"glance-api-{name}")
+        subprocess.run([str(ROOT / "tools" / "stack"), "stop-glance", str(stack.dir), name],
+                       check=True, capture_output=True)
+        assert not _running(pid), f"glance-api-{name} ({pid}) still runs"
+
+
+@pytest.fixture
+def scratch_pool(stack: Stack) -> Iterator[Callable[[str], str]]:
+    """``scratch_pool(cluster)``: a new RBD pool of the test's own in that
+    cluster, deleted afterwards (with what it holds) if the test did not."""
+    made: list[tuple[str, str]] = []
+
+    def make(cluster: str) -> str:
+        pool = f"doctor-{uuid.uuid4().hex[:8]}"
+        admin(stack, cluster, "osd", "pool", "create", pool, "8")
+        made.append((cluster, pool))
+        admin(stack, cluster, "osd", "pool", "application", "enable", pool, "rbd")
+        return pool
+
+    yield make
+    for cluster, pool in made:
+        if pool in json.loads(admin(stack, cluster, "osd", "pool", "ls", "--format", "json")):
+            admin(stack, cluster, "osd", "pool", "delete", pool, pool,
+                  "--yes-i-really-really-mean-it")

@@ -9,6 +9,7 @@ the stack's glance-api.conf, which the tests narrow where they must.
 from __future__ import annotations
 
 import configparser
+import contextlib
 import json
 import os
 import subprocess
@@ -18,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rados
 import rbd
 from stackclient import Stack, ceph
 from stackclient.daemon import Daemon
 from stackclient.glance import Glance
 
-from tests.functional.conftest import admin
+from tests.functional.conftest import admin, user_keyring
 from tests.functional.test_daemon import WARM, register_by_location, register_unprotected
 
 MiB = 1 << 20
@@ -345,27 +347,38 @@ def pinned(glance: Glance) -> Iterator[Callable[[str], str]]:
         glance.delete_eventually(image_id)
 
 
+GLANCE_OSD = "profile rbd pool=images"  # Ceph's OpenStack guide
+
+
+@contextlib.contextmanager
+def glance_osd_caps(stack: Stack, cluster: str, osd: str) -> Iterator[None]:
+    """client.glance of ``cluster`` with ``osd`` caps instead of the guide's,
+    changed live as an operator would (the stack's Glance connects afresh
+    for each request); the guide's are put back whatever happens."""
+    [entry] = json.loads(admin(stack, cluster, "auth", "get", "client.glance",
+                               "--format", "json"))
+    caps = [arg for kind, cap in sorted(entry["caps"].items()) for arg in (kind, cap)]
+    assert caps == ["mon", "profile rbd", "osd", GLANCE_OSD], caps
+    admin(stack, cluster, "auth", "caps", "client.glance", "mon", "profile rbd", "osd", osd)
+    try:
+        yield
+    finally:
+        admin(stack, cluster, "auth", "caps", "client.glance", *caps)
+
+
 def test_a_copy_glance_refuses_to_publish_is_named_with_glances_caps(
         stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str]) -> None:
     """Glance opens a location it is given as its store's user: with that
     user's caps narrowed on edge (live, as an operator might), warmer's
     copy is complete but refused, and the doctor says both. The caps it
     had are put back whatever happens, before its image is deleted."""
-    [entry] = json.loads(admin(stack, "edge", "auth", "get", "client.glance",
-                               "--format", "json"))
-    caps = [arg for kind, cap in sorted(entry["caps"].items()) for arg in (kind, cap)]
-    assert caps == ["mon", "profile rbd", "osd", "profile rbd pool=images"], caps
-    admin(stack, "edge", "auth", "caps", "client.glance",
-          "mon", "profile rbd", "osd", "profile rbd pool=volumes")
-    try:
+    with glance_osd_caps(stack, "edge", "profile rbd pool=volumes"):
         image_id = pinned("doctor-refused")
         glance.upload(image_id, os.urandom(MiB))
         daemon.wait_until(lambda: daemon.target_state(image_id, "edge")
                           == ("cold", "publish_refused"), 60, "publish refused on edge")
         rc, report, text = doctor(daemon, image_id, "--target", "edge",
                                   "--glance-conf", stack["GLANCE_CONF"])
-    finally:
-        admin(stack, "edge", "auth", "caps", "client.glance", *caps)
     assert rc == 1, text
     edge = verdict(report, "edge")
     assert edge["clones"] is False
@@ -387,3 +400,211 @@ def test_cinder_with_service_credentials_reads_the_locations_api(
     assert "cinder_glance_auth" in codes(report["deployment"]["cinder"])
     assert "locations_api" in codes(report["image"]["diagnoses"])
     assert verdict(report, "central")["clones"] is True
+
+
+# -- a Glance configured otherwise, and things broken behind Glance's back ------------
+
+
+def through(stack: Stack, glance_url: str, overrides: str = "") -> Daemon:
+    """A warmer config of the stack (for the CLI only) whose Glance is
+    ``glance_url``."""
+    return Daemon(stack, overrides=f"[glance]\nendpoint = {glance_url}\n{overrides}")
+
+
+def test_a_glance_at_its_defaults_shows_cinder_no_location_until_it_reads_the_api(
+        stack: Stack, glance: Glance, glance_variant: Callable[..., str],
+        tmp_path: Path) -> None:
+    """Glance's defaults (show_image_direct_url and show_multiple_locations
+    off) hide every location from GET /v2/images/{id}: Cinder without
+    service credentials sees none and downloads, in every target."""
+    image_id = glance.create("doctor-locations-hidden")["id"]
+    glance.upload(image_id, os.urandom(MiB))
+    hiding = through(stack, glance_variant("defaults", "DEFAULT.show_image_direct_url=False",
+                                           "DEFAULT.show_multiple_locations=False"))
+    plain = cinder_conf(stack, tmp_path / "cinder.conf")
+    rc, report, text = doctor(hiding, image_id, "--cinder-conf", str(plain))
+    assert rc == 1, text
+    assert "cinder_no_glance_auth" in codes(report["deployment"]["cinder"])
+    fix = named(report["image"]["diagnoses"], text, "locations_hidden", blocking=True)
+    assert "cinder.conf [glance]" in fix and "show_image_direct_url = True" in fix
+    for target in ("central", "edge"):
+        v = verdict(report, target)
+        assert v["clones"] is False and v["location"] is None, text
+        assert codes(v["diagnoses"]) == {"no_location_in_cluster"}, text
+        assert "image's own diagnoses" in remedy(v["diagnoses"], "no_location_in_cluster")
+    # The same image through the stack's Glance (both on): Cinder clones at central.
+    rc, report, text = doctor(Daemon(stack), image_id, "--target", "central",
+                              "--cinder-conf", str(plain))
+    assert rc == 0 and "locations_hidden" not in text, text
+    # The remedy: Cinder with service credentials reads the locations API,
+    # which this Glance answers whatever its show_* options say.
+    api = cinder_conf(stack, tmp_path / "service.conf", extra="[glance]\nauth_type = password\n")
+    rc, report, text = doctor(hiding, image_id, "--target", "central", "--cinder-conf", str(api))
+    assert rc == 0, text
+    assert "locations_api" in codes(report["image"]["diagnoses"])
+    assert "locations_hidden" not in text
+    assert verdict(report, "central")["location"] == (
+        f"rbd://{stack.fsid()}/images/{image_id}/snap")
+
+
+def test_a_glance_that_shows_direct_url_only_hides_the_location_in_another_cluster(
+        stack: Stack, glance: Glance, glance_variant: Callable[..., str]) -> None:
+    """Glance as Ceph's OpenStack guide sets it up (one RBD store,
+    show_image_direct_url only): Cinder sees the first location alone, so a
+    second one in edge, as warmer publishes it, is never cloned."""
+    data = os.urandom(MiB)
+    image_id = glance.create("doctor-direct-url-only")["id"]
+    glance.upload(image_id, data)
+    with ceph.connect(stack.ceph_conf("edge"), "glance", stack.keyring("glance", "edge")) as c:
+        ceph.write_image(c, "images", image_id, data, protect=True)
+    edge_url = f"rbd://{stack.fsid('edge')}/images/{image_id}/snap"
+    glance.add_location(image_id, edge_url, "edge")
+    rc, report, text = doctor(Daemon(stack), image_id)
+    assert rc == 0 and verdict(report, "edge")["location"] == edge_url, text
+    classic = through(stack, glance_variant("classic", "DEFAULT.show_multiple_locations=False",
+                                            single_store="central"))
+    rc, report, text = doctor(classic, image_id)
+    assert rc == 1, text
+    fix = named(report["image"]["diagnoses"], text, "only_direct_url", blocking=False)
+    assert "show_multiple_locations = True" in fix and "cinder.conf [glance]" in fix
+    assert verdict(report, "central")["clones"] is True
+    edge = verdict(report, "edge")
+    assert edge["clones"] is False and codes(edge["diagnoses"]) == {"no_location_in_cluster"}
+    assert "edge: DOES NOT CLONE" in text
+    # Not sent to pinning: warmer's copy would be one more location, unseen.
+    fix = remedy(edge["diagnoses"], "no_location_in_cluster")
+    assert "only_direct_url" in fix and "pin" not in fix
+
+
+def test_a_location_in_glances_one_part_rbd_form_is_named_malformed(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    """Glance's RBD store accepts ``rbd://<image>`` (the form it writes when
+    it cannot read the cluster's fsid); Cinder's _is_cloneable wants four
+    parts and skips it. An image whose only location has that form does not
+    clone."""
+    image_id = str(uuid.uuid4())
+    with ceph.connect(stack.ceph_conf(), "glance", stack.keyring("glance")) as cluster:
+        ceph.write_image(cluster, "images", image_id, os.urandom(MiB), protect=True)
+    glance.create("doctor-one-part-location", id=image_id)
+    glance.add_location(image_id, f"rbd://{image_id}", "central")
+    rc, report, text, central = at_central(daemon, image_id)
+    assert rc == 1, text
+    assert central["clones"] is False
+    fix = named(central["diagnoses"], text, "location_malformed", blocking=False)
+    assert "add a well-formed location" in fix
+    assert f"rbd://{image_id} is not rbd://fsid/pool/image/snapshot" in text
+    assert "no_location_in_cluster" in codes(central["diagnoses"], blocking=True)
+
+
+def in_scratch_pool(stack: Stack, glance: Glance, pool: str, name: str) -> tuple[str, str]:
+    """An image registered by location in ``pool`` of central, which
+    Glance's user could open when it was added (its caps widened for the
+    while, as for an old pool of the deployment's): its id and location."""
+    image_id = str(uuid.uuid4())
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as cluster:
+        ceph.write_image(cluster, pool, image_id, os.urandom(MiB), protect=True)
+    glance.create(name, id=image_id)
+    url = f"rbd://{stack.fsid()}/{pool}/{image_id}/snap"
+    with glance_osd_caps(stack, "central", f"{GLANCE_OSD}, profile rbd pool={pool}"):
+        glance.add_location(image_id, url, "central")
+    return image_id, url
+
+
+def reading_cinder(stack: Stack, make_user: Any, pool: str, overrides: str = "") -> Daemon:
+    """A warmer config (for the CLI) whose central Cinder user may also read
+    ``pool``, as Cinder's would where that pool holds images."""
+    user = make_user("central", "profile rbd pool=volumes, profile rbd-read-only "
+                                f"pool=images, profile rbd-read-only pool={pool}")
+    return Daemon(stack, overrides=f"[central]\ncinder_user = {user}\n"
+                                   f"cinder_keyring = {user_keyring(stack, 'central', user)}\n"
+                                   + overrides)
+
+
+def test_a_location_whose_pool_was_deleted_is_named(
+        stack: Stack, glance: Glance, make_user: Any,
+        scratch_pool: Callable[[str], str]) -> None:
+    """A location Glance accepted in a pool its user could open then, and
+    the pool deleted since (an old pool cleaned up): Cinder cannot open it."""
+    pool = scratch_pool("central")
+    image_id, url = in_scratch_pool(stack, glance, pool, "doctor-pool-deleted")
+    d = reading_cinder(stack, make_user, pool)
+    rc, report, text, central = at_central(d, image_id)
+    assert rc == 0 and central["location"] == url, text  # it clones while the pool is there
+    admin(stack, "central", "osd", "pool", "delete", pool, pool, "--yes-i-really-really-mean-it")
+    rc, report, text, central = at_central(d, image_id)
+    assert rc == 1, text
+    assert central["clones"] is False and codes(central["diagnoses"]) == {"pool_missing"}
+    assert "fix the location's pool" == named(central["diagnoses"], text, "pool_missing",
+                                              blocking=True)
+    assert f"names pool {pool}, which this cluster does not have" in text
+
+
+def test_a_snapshot_librbd_cannot_open_is_named_with_librbds_error(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    """Neither missing nor refused: librbd fails to open the image (EIO, its
+    header is damaged: its size no longer decodes). Put back afterwards."""
+    image_id = register_by_location(stack, glance, os.urandom(MiB), protect=True)
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as cluster, \
+            cluster.open_ioctx("images") as ioctx:
+        with rbd.Image(ioctx, image_id, read_only=True) as img:
+            header = f"rbd_header.{img.id()}"
+        size = omap_value(ioctx, header, "size")
+        set_omap(ioctx, header, "size", size[:3])
+        try:
+            rc, report, text, central = at_central(daemon, image_id)
+        finally:
+            set_omap(ioctx, header, "size", size)
+    assert rc == 1, text
+    assert central["clones"] is False and codes(central["diagnoses"]) == {"open_failed"}
+    fix = named(central["diagnoses"], text, "open_failed", blocking=True)
+    assert "cluster's health" in fix
+    assert (f"opening images/{image_id}@snap as client.cinder failed: [errno 5] RBD I/O error"
+            in text)
+    rc, _, text, _ = at_central(daemon, image_id)  # put back: it clones again
+    assert rc == 0, text
+
+
+def test_a_snapshot_in_a_pool_no_osd_serves_is_named_not_the_whole_cluster(
+        stack: Stack, glance: Glance, make_user: Any,
+        scratch_pool: Callable[[str], str]) -> None:
+    """The location's pool has no OSD to serve it (its CRUSH rule maps to
+    an empty root: its OSDs are down or gone), the rest of the cluster is
+    fine: opening the snapshot times out (rados_osd_op_timeout), and that
+    location is named, not the target as unreachable."""
+    pool = scratch_pool("central")
+    image_id, _ = in_scratch_pool(stack, glance, pool, "doctor-pool-unserved")
+    d = reading_cinder(stack, make_user, pool, "rados_osd_op_timeout = 3\n")
+    rc, _, text, central = at_central(d, image_id)
+    assert rc == 0 and central["clones"] is True, text
+    root, rule = f"{pool}-root", f"{pool}-rule"
+    admin(stack, "central", "osd", "crush", "add-bucket", root, "root")
+    try:
+        admin(stack, "central", "osd", "crush", "rule", "create-replicated", rule, root, "osd")
+        admin(stack, "central", "osd", "pool", "set", pool, "crush_rule", rule)
+        rc, report, text, central = at_central(d, image_id)
+    finally:  # the pool first: a rule in use cannot be removed
+        admin(stack, "central", "osd", "pool", "delete", pool, pool,
+              "--yes-i-really-really-mean-it")
+        admin(stack, "central", "osd", "crush", "rule", "rm", rule)
+        admin(stack, "central", "osd", "crush", "rm", root)
+    assert rc == 1, text
+    assert central["checked"] is True and central["clones"] is False, text
+    assert codes(central["diagnoses"]) == {"open_failed"}, text
+    assert "ceph_unavailable" not in codes(report["deployment"]["central"]), text
+    named(central["diagnoses"], text, "open_failed", blocking=True)
+    assert "failed: [errno 110] RBD operation timeout" in text
+
+
+def omap_value(ioctx: Any, obj: str, key: str) -> bytes:
+    with rados.ReadOpCtx() as op:
+        values, _ = ioctx.get_omap_vals_by_keys(op, (key,))
+        ioctx.operate_read_op(op, obj)
+        found = dict(values)
+    value: bytes = found[key]
+    return value
+
+
+def set_omap(ioctx: Any, obj: str, key: str, value: bytes) -> None:
+    with rados.WriteOpCtx() as op:
+        ioctx.set_omap(op, (key,), (value,))
+        ioctx.operate_write_op(op, obj)

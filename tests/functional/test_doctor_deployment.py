@@ -10,6 +10,7 @@ its own (:class:`Daemon`, never started) and runs the CLI on it.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +219,29 @@ def test_an_unreachable_glance_blocks_and_exits_1(stack: Stack) -> None:
     assert rc == 1, text
     assert "[glance] endpoint" in named(report["deployment"]["glance"], text,
                                         "glance_unreachable", blocking=True)
+
+
+def test_a_single_store_glance_shows_no_stores_and_copies_need_copy_pool(
+        stack: Stack, glance_variant: Callable[..., str]) -> None:
+    """Glance with one RBD store set up the classic way (no
+    enabled_backends) answers GET /v2/info/stores/detail with 404: warmer
+    cannot learn where its copies go, and copies nothing, until each
+    target's copy_pool says."""
+    url = glance_variant("single", single_store="central")
+    endpoint = f"[glance]\nendpoint = {url}\n"
+    rc, report, text = doctor(offline(stack, endpoint))
+    assert rc == 1, text
+    fix = named(report["deployment"]["glance"], text, "glance_stores_unknown", blocking=False)
+    assert "set copy_pool in each target" in fix
+    for target in ("central", "edge"):
+        assert f"set [{target}] glance_store" in named(
+            report["deployment"][target], text, "glance_store_missing", blocking=True)
+    # The remedy: nothing blocks any more; Glance's stores stay unknown.
+    rc, report, text = doctor(offline(stack, endpoint + "[central]\ncopy_pool = images\n"
+                                                        "[edge]\ncopy_pool = images\n"))
+    assert rc == 0, text
+    assert "glance_stores_unknown" in codes(report["deployment"]["glance"])
+    assert "glance_store_missing" not in text
 
 
 def test_trusting_a_state_that_glances_user_can_write_is_warned(stack: Stack) -> None:

@@ -161,18 +161,23 @@ def test_an_image_cinder_sees_no_location_of_is_not_sent_to_pinning() -> None:
     assert diagnosis.remedy is not None and "pin it" in diagnosis.remedy
 
 
+def test_an_image_cinder_sees_by_direct_url_alone_is_not_sent_to_pinning() -> None:
+    """warmer publishes a copy as a location after direct_url: where Cinder
+    sees direct_url alone, that copy is never tried, and a pin does not help."""
+    other = [f"rbd://{OTHER}/images/{IMG}/snap"]
+    verdict = rules.replay("edge", FSID, other, raw=True, probes={}, misplaced={},
+                           known_fsids={FSID, OTHER}, v1=True, cinder_user="cinder",
+                           direct_url_only=True)
+    [diagnosis] = verdict.diagnoses
+    assert diagnosis.code == "no_location_in_cluster" and diagnosis.blocking
+    assert diagnosis.remedy is not None and "pin" not in diagnosis.remedy
+    assert "only_direct_url" in diagnosis.remedy
+
+
 # Diagnoses that no functional test breaks on the stack, and why. Every
 # other code is asserted in the doctor's report by
 # tests/functional/test_doctor*.py (:func:`asserted_codes`).
-NOT_ON_THE_STACK = {
-    "glance_stores_unknown": "the stack's Glance has several stores and warmer is admin",
-    "locations_hidden": "the stack's one Glance shows direct_url (unit-tested here)",
-    "only_direct_url": "the stack's one Glance shows multiple locations (unit-tested here)",
-    "location_malformed": "Glance refuses to store a malformed rbd:// location",
-    "pool_missing": "Glance refuses a location in a pool its user cannot open, and a pool "
-                    "is not deleted under its images",
-    "open_failed": "any other librbd error while opening: nothing breaks it on purpose",
-}
+NOT_ON_THE_STACK: dict[str, str] = {}
 
 
 def diagnosis_codes() -> set[str]:

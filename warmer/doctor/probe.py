@@ -641,6 +641,7 @@ class Doctor:
         auth = None if self.cinder_conf is None else self.cinder_conf.glance_service_auth
         urls, notes = rules.cinder_locations(view, auth)
         img.diagnoses += notes
+        direct_url_only = any(d.code == "only_direct_url" for d in notes)
         known = {t.fsid for t in self.targets if t.fsid}
         known |= {s.fsid for s in ((await self._cached_stores()) or {}).values() if s.fsid}
         for t in self.targets:
@@ -651,7 +652,8 @@ class Doctor:
                 continue
             try:
                 verdict = await self._verdict(t, image_id, urls, known,
-                                              raw=info.disk_format == "raw")
+                                              raw=info.disk_format == "raw",
+                                              direct_url_only=direct_url_only)
             except CephUnavailable as exc:
                 verdict = _not_checked(t.name, _unavailable(t, exc))
             verdict.diagnoses = [_for_image(d, image_id) for d in verdict.diagnoses]
@@ -659,7 +661,7 @@ class Doctor:
         return img
 
     async def _verdict(self, t: TargetFacts, image_id: str, urls: list[str],
-                       known: set[str], *, raw: bool) -> Verdict:
+                       known: set[str], *, raw: bool, direct_url_only: bool) -> Verdict:
         assert t.fsid is not None
         client, user = t.as_cinder()
         probes: dict[str, SnapProbe] = {}
@@ -674,7 +676,7 @@ class Doctor:
                 misplaced[url] = await t.warmer.run("doctor_open", _opener(loc))
         verdict = rules.replay(t.name, t.fsid, urls, raw=raw, probes=probes,
                                misplaced=misplaced, known_fsids=known, v1=t.v1,
-                               cinder_user=user)
+                               cinder_user=user, direct_url_only=direct_url_only)
         if not verdict.clones and raw:
             await self._why_no_copy(t, image_id, urls, verdict.diagnoses)
         return verdict

@@ -219,12 +219,14 @@ def _failed_open(url: str, probe: SnapProbe, user: str, pool: str, image: str,
 
 def replay(target: str, fsid: str, urls: list[str], *, raw: bool,
            probes: dict[str, SnapProbe], misplaced: dict[str, SnapProbe],
-           known_fsids: set[str], v1: bool | None, cinder_user: str) -> Verdict:
+           known_fsids: set[str], v1: bool | None, cinder_user: str,
+           direct_url_only: bool = False) -> Verdict:
     """Cinder's ``clone_image`` for one backend (``target``, cluster
     ``fsid``) over ``urls``. ``probes``: each location of this cluster,
     opened as Cinder's user; ``misplaced``: locations naming a cluster no
     target or Glance store has, opened here by pool/image/snapshot (a
-    wrong fsid)."""
+    wrong fsid). ``direct_url_only``: ``urls`` is ``direct_url`` alone
+    (only_direct_url), so a location added to the image is never seen."""
     if not raw:
         return Verdict(target, False, None, [Diagnosis(
             "disk_format_not_raw", "the image's disk_format is not raw: _is_cloneable "
@@ -297,10 +299,14 @@ def replay(target: str, fsid: str, urls: list[str], *, raw: bool,
             "no_location_in_cluster", "Cinder sees no location of this image at all",
             "fix what the image's own diagnoses (above) say first", blocking=True))
     elif local == 0:
+        # A copy warmer publishes is a location added after direct_url:
+        # Cinder would not see it.
+        fix = ("Cinder sees direct_url alone (only_direct_url, above): a location warmer "
+               "publishes here is never tried; fix that first" if direct_url_only else
+               "make the image wanted in this target (pin it, or demand here; `warmer show "
+               "ID` says why it is not warm): warmer then copies and publishes it")
         diagnoses.append(Diagnosis(
             "no_location_in_cluster",
             f"none of the {len(urls)} location(s) Cinder sees is in {target}'s cluster "
-            f"{fsid}", "make the image wanted in this target (pin it, or demand here; "
-            "`warmer show ID` says why it is not warm): warmer then copies and publishes it",
-            blocking=True))
+            f"{fsid}", fix, blocking=True))
     return Verdict(target, False, None, diagnoses)
