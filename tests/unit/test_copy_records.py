@@ -90,6 +90,15 @@ def records_of(store: MemoryStore, image_id: str) -> dict[str, VerifiedSnapshot]
     return asyncio.run(store.verified(image_id))
 
 
+def vouching(store: MemoryStore, image_id: str) -> dict[str, VerifiedSnapshot]:
+    """The records that say a snapshot matched (not that it mismatched)."""
+    return {k: r for k, r in records_of(store, image_id).items() if not r.mismatched}
+
+
+def mismatched(store: MemoryStore, image_id: str) -> list[str]:
+    return [k for k, r in records_of(store, image_id).items() if r.mismatched]
+
+
 def one_image(clusters: tuple[FakeCluster, FakeCluster], executor: Any, *,
               data: bytes | None = None, store: MemoryStore | None = None,
               first: str | None = "verified", trust: bool = True
@@ -138,10 +147,11 @@ def test_a_mismatch_records_nothing_and_the_next_copy_hashes_again(
     daemon, image_id, _ = one_image(clusters, executor, first=None)
     daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
     assert daemon.warm("edge", image_id).reason == "checksum_mismatch"  # tampered
-    assert records_of(daemon.store, image_id) == {}
+    assert vouching(daemon.store, image_id) == {}
+    assert len(mismatched(daemon.store, image_id)) == 1
     assert daemon.warm("edge2", image_id).reason == "checksum_mismatch"
     assert daemon.checks == [("edge", "mismatch"), ("edge2", "mismatch")]
-    assert records_of(daemon.store, image_id) == {}
+    assert vouching(daemon.store, image_id) == {}
 
 
 def test_a_mismatch_on_a_recorded_snapshot_revokes_its_record_for_every_daemon(
@@ -155,7 +165,7 @@ def test_a_mismatch_on_a_recorded_snapshot_revokes_its_record_for_every_daemon(
     daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
     hasher = Daemon(executor, daemon.glance, daemon.store, trust=False)
     assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
-    assert records_of(daemon.store, image_id) == {}
+    assert vouching(daemon.store, image_id) == {}
     result = daemon.warm("edge2", image_id)
     assert (result.state, result.reason) == ("cold", "checksum_mismatch")
     assert daemon.checks[-1] == ("edge2", "mismatch")
@@ -177,6 +187,43 @@ def test_a_daemon_that_saw_a_mismatch_never_trusts_that_snapshot_again(
     result = daemon.warm("edge", image_id)
     assert (result.state, result.reason) == ("cold", "checksum_mismatch")
     assert daemon.checks == [("edge", "verified"), ("edge2", "mismatch"), ("edge", "mismatch")]
+
+
+def test_a_snapshot_that_mismatched_is_never_trusted_again_by_any_daemon_or_restart(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """The mismatch is recorded in the shared state, not only in the memory
+    of the daemon that saw it: a daemon started afterwards (a restart, or
+    another controller) hashes the snapshot, and even when its bytes read
+    right again, its match is not recorded, so no later copy skips the hash."""
+    daemon, image_id, data = one_image(clusters, executor)
+    snap = daemon.central.images["images"][image_id].snaps["snap"]
+    good = snap.data[0]
+    snap.data[0] = os.urandom(MiB)
+    hasher = Daemon(executor, daemon.glance, daemon.store, trust=False)
+    assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
+    [marker] = records_of(daemon.store, image_id).values()
+    assert marker.mismatched
+    # Read by a daemon that knows no "mismatched", it still vouches for nothing.
+    glance_digest = "sha512:" + hashlib.sha512(data).hexdigest()
+    assert marker.digest.startswith("sha512:") and marker.digest != glance_digest
+    assert not dataclasses.replace(marker, mismatched=False).vouches_for(
+        marker.snapshot, glance_digest, len(data))
+    snap.data[0] = good  # the bytes read right again (a transient fault)
+    restarted = Daemon(executor, daemon.glance, daemon.store)
+    assert restarted.warm("edge2", image_id).state == "warm"
+    assert restarted.checks == [("edge2", "verified")]  # hashed, not trusted
+    assert vouching(daemon.store, image_id) == {}  # and its match not recorded
+    # A daemon that trusts no record (so never read this one) records
+    # nothing over the mismatch either.
+    careful = Daemon(executor, daemon.glance, daemon.store, trust=False)
+    assert careful.warm("edge2", image_id).state == "warm"
+    assert careful.checks == [("edge2", "verified")]
+    assert vouching(daemon.store, image_id) == {}
+    assert restarted.evict("edge", image_id) == "removed"
+    another = Daemon(executor, daemon.glance, daemon.store)
+    assert another.warm("edge", image_id).state == "warm"
+    assert another.checks == [("edge", "verified")]  # hashed again
+    assert copied(image_id, "edge.conf") == data
 
 
 def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
@@ -321,7 +368,8 @@ def test_a_state_that_raises_anything_means_hash_and_the_copy_is_still_published
     assert (result.state, result.reason) == ("warm", "cloneable")
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
     assert copied(image_id) == data
-    assert errors == [("verified", "RuntimeError"), ("put_verified", "RuntimeError"),
+    # The check before the record fails too: nothing is recorded.
+    assert errors == [("verified", "RuntimeError"), ("verified", "RuntimeError"),
                       ("put_cost", "RuntimeError")]
     assert daemon.evict("edge2", image_id) == "removed"
     assert errors[-1] == ("remove_cost", "RuntimeError")

@@ -74,6 +74,9 @@ def test_values_round_trip_through_json() -> None:
     assert ShardInfo.from_json("ctl-1", info.to_json()) == info
     record = VerifiedSnapshot(snapshot(image), "sha512:" + "ab" * 64, 1 << 30, T0, "ctl-1")
     assert VerifiedSnapshot.from_json(record.snapshot.key, record.to_json()) == record
+    bad = VerifiedSnapshot(snapshot(image), "sha512:00", 1, T0, "ctl-2", mismatched=True)
+    assert VerifiedSnapshot.from_json(bad.snapshot.key, bad.to_json()) == bad
+    assert b"mismatched" not in record.to_json()  # what older daemons wrote and read
     assert Settings.from_json(Settings(86400.0, T0).to_json()) == Settings(86400.0, T0)
 
 
@@ -113,6 +116,9 @@ def test_a_verified_record_whose_value_names_another_snapshot_is_a_value_error()
     with pytest.raises(ValueError):
         VerifiedSnapshot.from_json(record.snapshot.key, record.to_json().replace(
             b'"sha512:00"', b'"00"'))
+    with pytest.raises(ValueError):  # "no", a string, is true in a truth test
+        VerifiedSnapshot.from_json(record.snapshot.key, record.to_json().replace(
+            b'"by"', b'"mismatched": "no", "by"'))
 
 
 def test_a_verified_record_vouches_only_for_the_same_snapshot_size_and_digest() -> None:
@@ -127,6 +133,7 @@ def test_a_verified_record_vouches_only_for_the_same_snapshot_size_and_digest() 
     assert not record.vouches_for(snap, "md5:ab", 100)
     assert not record.vouches_for(snap, "sha512:ab", 101)
     assert not record.vouches_for(snap, "", 100)
+    assert not dataclasses.replace(record, mismatched=True).vouches_for(snap, "sha512:ab", 100)
 
 
 def test_a_value_that_is_not_finite_is_never_written() -> None:

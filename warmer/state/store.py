@@ -271,29 +271,42 @@ class VerifiedSnapshot:
     (``algorithm:hex``, over ``size`` bytes) matched what Glance records for
     the image, at ``at``, on daemon ``by``. A later copy of the same
     snapshot, while Glance records the same digest, needs no hash of its
-    own (:meth:`vouches_for`). Written only after a match. JSON, under
-    :attr:`SourceSnapshot.key`: ``{"fsid": ..., "pool": ..., "image": ...,
-    "snap_id": ..., "rbd_id": ..., "digest": ..., "size": ..., "at": ...,
-    "by": ...}``."""
+    own (:meth:`vouches_for`). Written only after a match.
+
+    ``mismatched`` says the opposite: a copy of the snapshot once read
+    bytes that did not match Glance's digest (``digest`` is then what they
+    hashed to, never Glance's, so a daemon that knows no ``mismatched``
+    does not trust it either). Such a record vouches for nothing, ever,
+    for every daemon and across restarts, and a later match does not
+    replace it.
+
+    JSON, under :attr:`SourceSnapshot.key`: ``{"fsid": ..., "pool": ...,
+    "image": ..., "snap_id": ..., "rbd_id": ..., "digest": ..., "size": ...,
+    "at": ..., "by": ...}``, plus ``"mismatched": true`` when it is."""
 
     snapshot: SourceSnapshot
     digest: str
     size: int
     at: float
     by: str = ""
+    mismatched: bool = False
 
     def vouches_for(self, snapshot: SourceSnapshot, digest: str, size: int) -> bool:
         """Whether this record makes hashing ``snapshot`` again useless: the
         same snapshot (every part of its identity), the same size, and the
-        digest Glance records now."""
-        return (self.snapshot == snapshot and self.size == size and bool(digest)
-                and self.digest == digest.lower())
+        digest Glance records now; never a mismatch."""
+        return (not self.mismatched and self.snapshot == snapshot and self.size == size
+                and bool(digest) and self.digest == digest.lower())
 
     def to_json(self) -> bytes:
         s = self.snapshot
-        return _dumps({"fsid": s.fsid, "pool": s.pool, "image": s.image,
-                       "snap_id": s.snap_id, "rbd_id": s.rbd_id, "digest": self.digest,
-                       "size": self.size, "at": self.at, "by": self.by})
+        doc: dict[str, Any] = {
+            "fsid": s.fsid, "pool": s.pool, "image": s.image, "snap_id": s.snap_id,
+            "rbd_id": s.rbd_id, "digest": self.digest, "size": self.size, "at": self.at,
+            "by": self.by}
+        if self.mismatched:
+            doc["mismatched"] = True
+        return _dumps(doc)
 
     @classmethod
     def from_json(cls, key: str, raw: bytes | str) -> VerifiedSnapshot:
@@ -309,7 +322,11 @@ class VerifiedSnapshot:
         digest = _text(doc, "digest")
         if ":" not in digest:
             raise ValueError("'digest' is not algorithm:hex")
-        return cls(snapshot, digest, _count(doc, "size"), _number(doc, "at"), _text(doc, "by"))
+        mismatched = doc.get("mismatched", False)
+        if not isinstance(mismatched, bool):
+            raise ValueError("'mismatched' is not a boolean")
+        return cls(snapshot, digest, _count(doc, "size"), _number(doc, "at"), _text(doc, "by"),
+                   mismatched)
 
 
 @dataclass(frozen=True)

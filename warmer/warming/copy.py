@@ -108,6 +108,8 @@ class Verifier:
         self._hash: Any = hashlib.new(algo) if algo else None
         self.trusted = False
         self.outcome = "unverified" if algo is None else ""
+        #: What the copied bytes hashed to (``algo:hex``), once hashed.
+        self.actual: str | None = None
 
     @property
     def digest(self) -> str | None:
@@ -154,6 +156,7 @@ class Verifier:
         if self._hash is None:
             return "unverified"
         digest = str(self._hash.hexdigest())
+        self.actual = f"{self.algo}:{digest}"
         if digest != self.expected:
             self.outcome = "mismatch"
             raise CopyError("checksum_mismatch",

@@ -27,7 +27,10 @@ record of a Glance image goes when the image is deleted (:meth:`forget`,
 from :meth:`~warmer.warming.target.Target.purge`), or as soon as any
 daemon hashes a copy of it that does not match (:meth:`revoke`): a
 snapshot's bytes are not supposed to change, but if they read otherwise
-once, no daemon should go on trusting them.
+once, no daemon should go on trusting them. The snapshot that mismatched
+keeps a record that says so (``mismatched``): no daemon trusts it again,
+after a restart too, and a later match does not replace it (until the
+Glance image is deleted, or its RBD image gets another snapshot).
 
 **What each copy cost**, per target and image: bytes read and written,
 seconds, when, by which daemon, and how it was checked
@@ -94,39 +97,61 @@ class CopyRecords:
         _, records = await self._call("verified",
                                       lambda: self.store.verified(snapshot.image_id))
         record = records.get(snapshot.key) if records else None
+        if record is not None and record.mismatched:
+            self._distrust(snapshot)
         return record is not None and record.vouches_for(snapshot, digest, size)
 
     async def verified(self, snapshot: SourceSnapshot, digest: str, size: int) -> None:
         """Every byte of ``snapshot`` was read and matched ``digest``. Call
-        it only then: never on a mismatch, a short read or a failed read."""
+        it only then: never on a mismatch, a short read or a failed read.
+        A snapshot known to have mismatched stays so: not recorded."""
+        if snapshot.key in self._distrusted:
+            return
+        ok, records = await self._call("verified",
+                                       lambda: self.store.verified(snapshot.image_id))
+        known = records.get(snapshot.key) if records else None
+        if not ok or (known is not None and known.mismatched):
+            return  # unsure, or it read otherwise once: the next copy hashes too
         record = VerifiedSnapshot(snapshot, digest.lower(), size, self._clock(), self.daemon)
         ok, _ = await self._call("put_verified", lambda: self.store.put_verified(record))
         if ok:
             LOG.info("image %s: source snapshot %s recorded as verified (%s)",
                      snapshot.image_id, snapshot.key, digest)
 
-    async def revoke(self, image_id: str, snapshot: SourceSnapshot | None) -> None:
+    async def revoke(self, image_id: str, snapshot: SourceSnapshot | None,
+                     read: str | None, size: int) -> None:
         """A copy of ``image_id`` hashed bytes that did not match Glance's
-        digest: drop every record of the image, before the copy fails, so
-        that no daemon trusts any of its snapshots any more (the record may
-        vouch for a snapshot whose bytes now read otherwise: bit rot, a
-        librbd bug, a write behind RBD's back). This daemon never trusts
-        ``snapshot`` again, even if the drop failed or a record of it comes
-        back: it hashes each copy of it."""
+        digest (they hashed to ``read``, over ``size`` bytes): drop every record of the image,
+        before the copy fails, so that no daemon trusts any of its snapshots
+        any more (the record may vouch for a snapshot whose bytes now read
+        otherwise: bit rot, a librbd bug, a write behind RBD's back). Then
+        record that ``snapshot`` mismatched, so that no daemon trusts it
+        again, after a restart too. This daemon never trusts it again even
+        if neither write worked: it hashes each copy of it."""
         if snapshot is not None:
-            self._distrusted[snapshot.key] = None
-            self._distrusted.move_to_end(snapshot.key)
-            while len(self._distrusted) > MAX_DISTRUSTED:
-                self._distrusted.popitem(last=False)
+            self._distrust(snapshot)
         ok, _ = await self._call("remove_verified",
                                  lambda: self.store.remove_verified([image_id]))
+        if ok and snapshot is not None and read:
+            # The digest the bytes read to, not Glance's: a daemon of an
+            # earlier version, which knows no "mismatched", never finds
+            # Glance's digest in it, so it does not trust the snapshot either.
+            marker = VerifiedSnapshot(snapshot, read.lower(), size, self._clock(),
+                                      self.daemon, mismatched=True)
+            ok, _ = await self._call("put_verified", lambda: self.store.put_verified(marker))
         if ok:
             LOG.warning("image %s: a copy did not match Glance's digest: its verified "
                         "snapshots are forgotten, every copy hashes them again", image_id)
         else:
             LOG.error("image %s: a copy did not match Glance's digest, and its verified "
-                      "snapshots could not be forgotten: daemons that trust them may copy "
-                      "them unhashed (this one will not)", image_id)
+                      "snapshots could not be forgotten or marked: daemons that trust them "
+                      "may copy them unhashed (this one will not)", image_id)
+
+    def _distrust(self, snapshot: SourceSnapshot) -> None:
+        self._distrusted[snapshot.key] = None
+        self._distrusted.move_to_end(snapshot.key)
+        while len(self._distrusted) > MAX_DISTRUSTED:
+            self._distrusted.popitem(last=False)
 
     async def forget(self, image_id: str) -> None:
         """Glance deleted ``image_id``: drop the records of its snapshots."""

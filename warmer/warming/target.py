@@ -442,7 +442,7 @@ class Target:
                 verified = verifier.verify()
             except CopyError:
                 if records is not None:  # before failing: no daemon may trust it now
-                    await records.revoke(info.id, snapshot)
+                    await records.revoke(info.id, snapshot, verifier.actual, source.size)
                 raise
             finally:
                 if verifier.outcome and self.on_checked is not None:
