@@ -19,7 +19,7 @@ length. The pipeline:
   memory stays bounded whatever the image size, with several I/Os going at
   once on the Ceph thread pool;
 * writes each chunk into one target (:func:`copy`) or several
-  (:func:`copy_into`), from that one read
+  (:func:`copy_into`, for fan-out: warming/fanout.py), from that one read
   and that one hash: a target whose write fails drops out, the others go
   on, and at most ``window`` chunk writes are in flight across them all.
 
@@ -76,6 +76,7 @@ class CopyStats:
     skipped_holes: int = 0
     skipped_zeros: int = 0
     seconds: float = 0.0
+    fanout: int = 1  # targets written from this one read (warming/fanout.py)
 
     @property
     def skipped(self) -> int:
