@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import errno
+import hashlib
 import os
 import threading
 import time
+import uuid
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
@@ -28,10 +30,15 @@ from tests.unit.fakes import FakeGlance
 from tests.unit.test_copy import CH, ListSource, expected_bytes, image_for
 from tests.unit.test_target import CENTRAL, MiB, glance_image
 from warmer.ceph.client import CephClient, ClusterConfig
+from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
 from warmer.glance.stores import StoreCatalog
+from warmer.metrics import Metrics
+from warmer.popularity import Policy
 from warmer.state.memory import MemoryStore
+from warmer.tracker import Tracker, Weights
 from warmer.warming.copy import Chunk, CopyStats, Verifier, Writer, WritersGone, copy_into
+from warmer.warming.engine import Engine
 from warmer.warming.fanout import Fanout
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import Target, TargetConfig, TargetResult
@@ -492,3 +499,32 @@ def test_a_source_that_fails_mid_read_fails_every_target(
     assert all(r.state != "warm" for r in results.values()), results
     assert fleet.glance.added == [] and fleet.checks == []
     assert all(fleet.leftovers(n, image.info.id) == [] for n in NAMES)
+
+
+# -- the engine: the targets of one evaluation share ----------------------------------
+
+def test_the_engine_warms_every_target_from_one_read(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any,
+        source_reads: list[tuple[int, int]]) -> None:
+    fleet = Fleet(clusters, pools)
+    data = dense(8 * MiB)
+    image_id = str(uuid.uuid4())
+    fleet.central.put_image("images", image_id, data)
+    info = ImageInfo(image_id, "active", "raw", len(data), "public",
+                     os_hash_algo="sha512", os_hash_value=hashlib.sha512(data).hexdigest(),
+                     tags=frozenset({"warmer-pin"}))
+    fleet.glance.add(info, f"rbd://{CENTRAL}/images/{image_id}/snap")
+    tracker = Tracker(half_life=3600, weights=Weights(), policy=Policy(), threshold=2.0,
+                      top_k=0, dedup_window=100)
+    tracker.observe(info)
+    metrics = Metrics()
+    engine = Engine(tracker, fleet.glance, list(fleet.targets.values()), metrics,  # type: ignore[arg-type]
+                    workers=1, reconcile_interval=3600, retry_delay=60,
+                    stores=StoreCatalog(fleet.glance))  # type: ignore[arg-type]
+    asyncio.run(engine.evaluate(image_id))
+    assert {(row.target, row.state) for row in engine.status(image_id)} == {
+        (n, "warm") for n in NAMES}
+    assert sum(length for _, length in source_reads) == len(data)
+    assert metrics.copy_source_reads._value.get() == 1
+    assert metrics.copy_source_read_bytes._value.get() == len(data)
+    assert sorted(n for n, _ in fleet.copied) == sorted(NAMES)
