@@ -38,7 +38,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -47,8 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import copy_bench  # bench/copy_bench.py: the same stack helpers
 from copy_bench import (
-    DAEMON_TUNABLES,
-    ROOT,
     MiB,
     make_source,
     rbd_cmd,
@@ -107,16 +104,11 @@ def run_fanout(stack: Stack, source: str, sha: str, namespace: str, pools: list[
     verified record: a first copy, hashed. ``check`` is how the copies
     must have been checked (else the run is not what it claims)."""
     image_id = image_id or str(uuid.uuid4())
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "fanout_one.py"),
-         "--src-conf", stack.ceph_conf("central"),
-         "--src-keyring", stack.keyring("warmer", "central"),
-         "--dst-conf", stack.ceph_conf("edge"), "--dst-keyring", stack.keyring("admin", "edge"),
-         "--source", source, "--image-id", image_id, "--sha512", sha,
-         "--pools", ",".join(pools), "--wait", str(wait), "--state-namespace", namespace],
-        check=True, capture_output=True, text=True,
-        env={**os.environ, "GLIBC_TUNABLES": DAEMON_TUNABLES}).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    # As client.admin: warmer's user has no caps on the extra pools.
+    result = copy_bench.run_one(
+        stack, "fanout_one.py", "admin", "--source", source, "--image-id", image_id,
+        "--sha512", sha, "--pools", ",".join(pools), "--wait", str(wait),
+        "--state-namespace", namespace)
     for pool in pools:
         remove(stack, "edge", pool, image_id)
     expected_reads = 1 if wait > 0 else len(pools)
@@ -150,19 +142,12 @@ def run_natives(stack: Stack, source: str, size: int) -> tuple[float, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stack", type=Path, help="an existing stack (default: start one)")
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--size-mib", type=int, default=1024)
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    base = args.stack
-    own = base is None
-    if own:
-        base = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
-        subprocess.run([str(ROOT / "tools" / "stack"), "up", str(base)], check=True)
-    stack = Stack.load(base)
+    args = copy_bench.arguments(__doc__ or "")
+    with copy_bench.bench_stack(args.stack) as stack:
+        return run(stack, args)
+
+
+def run(stack: Stack, args: argparse.Namespace) -> int:
     size = args.size_mib * MiB
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
     results: dict[str, dict[str, Any]] = {}
@@ -221,9 +206,6 @@ def main() -> int:
             remove(stack, "central", "images", source)
     finally:
         copy_bench.forget_records(stack, namespace)
-        if own:
-            subprocess.run([str(ROOT / "tools" / "stack"), "down", str(base)], check=True,
-                           stdout=subprocess.DEVNULL)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -21,6 +21,8 @@ import json
 import resource
 import time
 
+from copy_one import rss_kib  # bench/copy_one.py, beside this script
+
 from warmer import memory
 from warmer.ceph import images as rbd_images
 from warmer.ceph.client import CephClient, ClusterConfig
@@ -30,14 +32,6 @@ from warmer.state.store import SourceSnapshot
 from warmer.warming.copy import CopyStats, RbdSource, Writer
 from warmer.warming.fanout import Fanout, OpenedSource
 from warmer.warming.records import CopyRecords
-
-
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:

@@ -28,7 +28,7 @@ from tests.unit import fake_rbd
 from tests.unit.fake_rbd import FakeCluster
 from tests.unit.fakes import FakeGlance
 from tests.unit.test_copy import CH, ListSource, expected_bytes, image_for
-from tests.unit.test_target import CENTRAL, MiB, glance_image
+from tests.unit.test_target import CENTRAL, MiB, glance_image, take_lease_once_copying
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
@@ -297,6 +297,19 @@ def dense(size: int) -> bytes:
     return os.urandom(size)
 
 
+def fail_from(monkeypatch: pytest.MonkeyPatch, call: str, conffile: str, offset: int) -> None:
+    """``Image.read`` or ``Image.write`` fails (EIO) in the cluster of
+    ``conffile``, from ``offset`` on."""
+    real = getattr(fake_rbd.Image, call)
+
+    def failing(self: fake_rbd.Image, *args: Any) -> Any:
+        at = args[0] if call == "read" else args[1]
+        if self.cluster.conffile == conffile and at >= offset:
+            raise fake_rbd.RbdError(f"{call} EIO", errno.EIO)
+        return real(self, *args)
+    monkeypatch.setattr(fake_rbd.Image, call, failing)
+
+
 def test_targets_that_copy_together_read_and_hash_the_source_once(
         clusters: tuple[FakeCluster, FakeCluster], pools: Any,
         source_reads: list[tuple[int, int]], hashed: list[int]) -> None:
@@ -328,13 +341,7 @@ def test_one_target_whose_writes_fail_mid_copy_drops_out_and_the_others_are_warm
     fleet = Fleet(clusters, pools)
     data = dense(16 * MiB)
     image = fleet.image(data)
-    real = fake_rbd.Image.write
-
-    def write(self: fake_rbd.Image, piece: bytes, offset: int) -> int:
-        if self.cluster.conffile == "edge2.conf" and offset >= 5 * MiB:
-            raise fake_rbd.RbdError("EIO", errno.EIO)
-        return real(self, piece, offset)
-    monkeypatch.setattr(fake_rbd.Image, "write", write)
+    fail_from(monkeypatch, "write", "edge2.conf", 5 * MiB)
     results = asyncio.run(fleet.warm(image))
     assert (results["edge"].state, results["edge3"].state) == ("warm", "warm")
     assert results["edge2"].state != "warm"
@@ -357,12 +364,7 @@ def test_a_lost_lease_cancels_only_that_targets_copy(
 
     async def scenario() -> dict[str, TargetResult]:
         warming = asyncio.create_task(fleet.warm(image))
-        while f"warmer-tmp.{image_id}" not in edge2.images["images"]:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        # Another daemon takes edge2's lease (as after a partition outlived it).
-        lock = edge2.objects["images"][f"warmer.lock.{image_id}"]
-        lock.lock = ("warmer@b", -1, float("inf"))
-        lock.xattrs["warmer.holder"] = b"warmer@b"
+        await take_lease_once_copying(edge2, image_id)
         return await warming
     results = asyncio.run(scenario())
     assert results["edge2"].reason == "lease_lost"
@@ -488,13 +490,7 @@ def test_a_source_that_fails_mid_read_fails_every_target(
         monkeypatch: pytest.MonkeyPatch) -> None:
     fleet = Fleet(clusters, pools)
     image = fleet.image(dense(16 * MiB))
-    real = fake_rbd.Image.read
-
-    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
-        if self.cluster.conffile == "central.conf" and offset >= 6 * MiB:
-            raise fake_rbd.RbdError("source EIO", errno.EIO)
-        return real(self, offset, length)
-    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    fail_from(monkeypatch, "read", "central.conf", 6 * MiB)
     results = asyncio.run(fleet.warm(image))
     assert all(r.state != "warm" for r in results.values()), results
     assert fleet.glance.added == [] and fleet.checks == []
