@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,22 +120,30 @@ def warm_up(stack: Stack) -> None:
             ceph.remove(c, pool, name)
 
 
+def run_one(stack: Stack, script: str, dst_user: str, *args: str) -> dict[str, Any]:
+    """``bench/<script>`` in a fresh process (its RSS is its own), with the
+    daemon's malloc tunables, reading central as warmer and writing edge as
+    ``dst_user``; the JSON line it printed last."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script),
+         "--src-conf", stack.ceph_conf("central"),
+         "--src-keyring", stack.keyring("warmer", "central"),
+         "--dst-conf", stack.ceph_conf("edge"), "--dst-keyring", stack.keyring(dst_user, "edge"),
+         *args],
+        check=True, capture_output=True, text=True,
+        env={**os.environ, "GLIBC_TUNABLES": DAEMON_TUNABLES}).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def run_warmer(stack: Stack, source: str, sha: str, namespace: str,
                image_id: str | None = None, check: str = "verified") -> dict[str, Any]:
     """One copy by warmer's pipeline. A new ``image_id`` each time (the
     default) has no verified record: a first copy. ``check`` is how the
     copy must have been checked (else the run is not what it claims)."""
     image_id = image_id or str(uuid.uuid4())
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "copy_one.py"),
-         "--src-conf", stack.ceph_conf("central"),
-         "--src-keyring", stack.keyring("warmer", "central"),
-         "--dst-conf", stack.ceph_conf("edge"), "--dst-keyring", stack.keyring("warmer", "edge"),
-         "--source", source, "--image-id", image_id, "--sha512", sha,
-         "--state-namespace", namespace],
-        check=True, capture_output=True, text=True,
-        env={**os.environ, "GLIBC_TUNABLES": DAEMON_TUNABLES}).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    result = run_one(stack, "copy_one.py", "warmer", "--source", source, "--image-id",
+                     image_id, "--sha512", sha, "--state-namespace", namespace)
     remove(stack, "edge", "images", image_id)
     if result["check"] != check:
         raise RuntimeError(f"a copy expected {check} was {result['check']}")
@@ -172,20 +181,38 @@ def run_native(stack: Stack, tool: str, source: str, size: int) -> tuple[float, 
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
+def arguments(doc: str) -> argparse.Namespace:
+    """The copy benchmarks' command line (``doc``: the script's docstring)."""
+    parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stack", type=Path, help="an existing stack (default: start one)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    args = parser.parse_args()
-    base = args.stack
-    own = base is None
-    if own:
-        base = Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+    return parser.parse_args()
+
+
+@contextlib.contextmanager
+def bench_stack(path: Path | None) -> Iterator[Stack]:
+    """The stack at ``path``; None: one started here, and stopped after."""
+    base = path or Path(tempfile.mkdtemp(prefix="wb-", dir="/tmp"))
+    if path is None:
         subprocess.run([str(ROOT / "tools" / "stack"), "up", str(base)], check=True)
-    stack = Stack.load(base)
+    try:
+        yield Stack.load(base)
+    finally:
+        if path is None:
+            subprocess.run([str(ROOT / "tools" / "stack"), "down", str(base)], check=True,
+                           stdout=subprocess.DEVNULL)
+
+
+def main() -> int:
+    args = arguments(__doc__ or "")
+    with bench_stack(args.stack) as stack:
+        return run(stack, args)
+
+
+def run(stack: Stack, args: argparse.Namespace) -> int:
     size = args.size_mib * MiB
     results: dict[str, dict[str, object]] = {}
     tools = ("warmer", "warmer verified", "export-diff|import-diff", "export|import",
@@ -241,9 +268,6 @@ def main() -> int:
             remove(stack, "central", "images", source)
     finally:
         forget_records(stack, namespace)
-        if own:
-            subprocess.run([str(ROOT / "tools" / "stack"), "down", str(base)], check=True,
-                           stdout=subprocess.DEVNULL)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -179,6 +179,13 @@ class Metrics:
             "warmer_copy_bytes", "Bytes of image copies, by what happened to them: "
             "written, or skipped as a hole or an all-zero chunk", ["target", "kind"],
             registry=r)
+        self.copy_source_reads = Counter(
+            "warmer_copy_source_reads", "Copy sources read to their end: one per read, "
+            "however many targets were written from it (fan-out: the targets that copy an "
+            "image at the same time share one read and one hash)", registry=r)
+        self.copy_source_read_bytes = Counter(
+            "warmer_copy_source_read_bytes", "Bytes those reads took from their sources "
+            "(holes the source knew of are not read), once per read", registry=r)
         self.copy_verifications = Counter(
             "warmer_copy_verifications", "Copies by how their data was checked against "
             "Glance's digest: verified (hashed, matched), mismatch (hashed, did not match: "

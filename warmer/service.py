@@ -189,6 +189,7 @@ class Service:
                              forget_below=conf.popularity.forget_below,
                              eviction_margin=conf.warming.eviction_margin,
                              view_ttl=conf.warming.glance_view_ttl,
+                             fanout_wait=conf.warming.fanout_wait,
                              retry_delay=conf.warming.retry_delay, stores=self.stores,
                              sites=self.sites,
                              # Without shared state there is no fleet: this

@@ -383,7 +383,7 @@ def test_publish_refused_backs_off_exponentially_up_to_the_cap() -> None:
         glance.add(info("r"))
         demand(engine, "r", 3)
         refused = TargetResult("cold", "publish_refused", detail="HTTP 500")
-        engine.targets[0].warm = lambda image: _result(refused)  # type: ignore[method-assign]
+        engine.targets[0].warm = lambda image, fanout=None: _result(refused)  # type: ignore[method-assign]
         delays = []
         loop = asyncio.get_running_loop()
         for _ in range(5):

@@ -42,7 +42,7 @@ from warmer.warming.target import TargetResult
 class WarmingTarget(FakeCopyTarget):
     """A copy target that copies when asked to warm: its budget decides."""
 
-    async def warm(self, image: Any) -> TargetResult:
+    async def warm(self, image: Any, fanout: Any = None) -> TargetResult:
         image_id = image.info.id
         if image_id not in self.copies:
             if not await self.budget.admit(self, image_id, 10):
@@ -118,7 +118,7 @@ def test_an_evaluation_left_busy_keeps_the_warm_request_for_its_retry() -> None:
         glance.add(info("b"), "file:///b")
         busy = [True]
 
-        async def warm(image: Any) -> TargetResult:
+        async def warm(image: Any, fanout: Any = None) -> TargetResult:
             if busy[0]:
                 return TargetResult("busy", "copy_in_progress_elsewhere", None)
             return TargetResult("warm", "cloneable", "rbd://fsid-edge/images/b/snap")
@@ -142,7 +142,7 @@ def test_a_warm_request_waits_out_a_passing_error_too() -> None:
         glance.add(info("c"), "file:///c")
         down = [True]
 
-        async def warm(image: Any) -> TargetResult:
+        async def warm(image: Any, fanout: Any = None) -> TargetResult:
             if down[0]:
                 raise CephUnavailable("edge: timed out")
             return TargetResult("warm", "cloneable", "rbd://fsid-edge/images/c/snap")

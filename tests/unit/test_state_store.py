@@ -64,9 +64,10 @@ def test_values_round_trip_through_json() -> None:
     assert Tombstone.from_json(image, tomb.to_json()) == tomb
     cost = CopyCost("edge", image, 1 << 30, 12.5, "sha512:" + "ab" * 64, T0)
     assert CopyCost.from_json("edge", image, cost.to_json()) == cost
-    full = CopyCost("edge", image, 4096, 0.5, "sha512:00", T0, 8192, "skipped_verified", "c-1")
+    full = CopyCost("edge", image, 4096, 0.5, "sha512:00", T0, 8192, "skipped_verified", "c-1",
+                    fanout=3)
     assert CopyCost.from_json("edge", image, full.to_json()) == full
-    # A record written before bytes read, check and daemon were recorded.
+    # A record written before bytes read, check, daemon and fan-out were recorded.
     assert CopyCost.from_json("edge", image, b'{"bytes": 1, "seconds": 2, "digest": "md5:0", '
                                              b'"at": 3}') == CopyCost("edge", image, 1, 2.0,
                                                                       "md5:0", 3.0)

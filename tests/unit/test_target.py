@@ -267,18 +267,23 @@ def test_a_lost_lease_cancels_the_copy_and_leaves_the_temp_to_its_new_holder(
 
     async def scenario() -> TargetResult:
         warming = asyncio.create_task(t.warm(glance.images[image_id]))
-        while f"warmer-tmp.{image_id}" not in edge.images["images"]:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        # Another daemon takes the lease (as after a partition outlived it).
-        lock = edge.objects["images"][f"warmer.lock.{image_id}"]
-        lock.lock = ("warmer@b", -1, float("inf"))
-        lock.xattrs["warmer.holder"] = b"warmer@b"
+        await take_lease_once_copying(edge, image_id)
         return await warming
     result = asyncio.run(scenario())
     assert result.reason == "lease_lost"
     assert edge.log.count("write") < 16  # cancelled mid-copy, not at the end
     assert glance.added == []
     assert f"warmer-tmp.{image_id}" in edge.images["images"]  # the new holder's now
+
+
+async def take_lease_once_copying(cluster: FakeCluster, image_id: str) -> None:
+    """Once the copy of ``image_id`` into ``cluster`` has begun, another
+    daemon takes its lease (as after a partition outlived it)."""
+    while f"warmer-tmp.{image_id}" not in cluster.images["images"]:  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    lock = cluster.objects["images"][f"warmer.lock.{image_id}"]
+    lock.lock = ("warmer@b", -1, float("inf"))
+    lock.xattrs["warmer.holder"] = b"warmer@b"
 
 
 def test_clean_up_leaves_a_temp_whose_lease_another_daemon_holds(

@@ -36,6 +36,15 @@ OPTS = [
                       "as events arrive, two images of about equal demand would "
                       "otherwise take turns, each eviction a copy made again. 0: "
                       "any higher score evicts."),
+    cfg.FloatOpt("fanout_wait", default=5.0, min=0.0, max=600.0,
+                 help="Seconds a copy that is ready to start waits for the other "
+                      "targets the same evaluation copies the image into, so that "
+                      "they all share one read and one hash of the source (each "
+                      "target still writes, verifies and publishes its own copy). "
+                      "The read starts as soon as every such target is ready or "
+                      "has gone its own way (already warm, busy, over budget, "
+                      "failed); a target not ready by then reads on its own. 0: "
+                      "never wait, every target reads and hashes on its own."),
     cfg.BoolOpt("trust_verified_snapshots", default=True,
                 help="Verify each source snapshot once. An RBD snapshot never "
                      "changes: once warmer has hashed every byte of one and matched "

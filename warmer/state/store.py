@@ -201,10 +201,13 @@ class CopyCost:
     read), ``seconds`` taken, recorded at ``at`` by daemon ``by``. ``digest``
     is what the copy is known to match (``algorithm:hex``), and ``check``
     how: ``verified`` (hashed), ``skipped_verified`` (its source snapshot was
-    verified before: :class:`VerifiedSnapshot`) or ``unverified``. JSON:
+    verified before: :class:`VerifiedSnapshot`) or ``unverified``.
+    ``fanout`` is the number of targets written from that one read (its
+    ``read_bytes`` are shared by them, not read once each). JSON:
     ``{"bytes": ..., "read": ..., "seconds": ..., "digest": ..., "check": ...,
-    "at": ..., "by": ...}``; ``read``, ``check`` and ``by`` may be absent
-    (records written before they existed)."""
+    "at": ..., "by": ..., "fanout": ...}``; ``read``, ``check``, ``by`` and
+    ``fanout`` may be absent (records written before they existed; no
+    ``fanout`` is 1)."""
 
     target: str
     image_id: str
@@ -215,11 +218,12 @@ class CopyCost:
     read_bytes: int = 0
     check: str = ""
     by: str = ""
+    fanout: int = 1
 
     def to_json(self) -> bytes:
         return _dumps({"bytes": self.copied_bytes, "read": self.read_bytes,
                        "seconds": self.seconds, "digest": self.digest, "check": self.check,
-                       "at": self.at, "by": self.by})
+                       "at": self.at, "by": self.by, "fanout": self.fanout})
 
     @classmethod
     def from_json(cls, target: str, image_id: str, raw: bytes | str) -> CopyCost:
@@ -227,13 +231,13 @@ class CopyCost:
         return cls(target, image_id, _count(doc, "bytes"), _number(doc, "seconds"),
                    _text(doc, "digest"), _number(doc, "at"),
                    _count(doc, "read") if "read" in doc else 0, _text(doc, "check"),
-                   _text(doc, "by"))
+                   _text(doc, "by"), _count(doc, "fanout") if "fanout" in doc else 1)
 
     def view(self) -> dict[str, Any]:
         """For the admin API."""
         return {"written_bytes": self.copied_bytes, "read_bytes": self.read_bytes,
                 "seconds": self.seconds, "digest": self.digest, "check": self.check,
-                "at": self.at, "by": self.by}
+                "at": self.at, "by": self.by, "fanout": self.fanout}
 
 
 @dataclass(frozen=True)

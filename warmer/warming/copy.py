@@ -17,7 +17,11 @@ length. The pipeline:
   or sparser, whatever the chunk size;
 * keeps at most ``window`` chunks in flight (read, hashed or written), so
   memory stays bounded whatever the image size, with several I/Os going at
-  once on the Ceph thread pool.
+  once on the Ceph thread pool;
+* writes each chunk into one target (:func:`copy`) or several
+  (:func:`copy_into`, for fan-out: warming/fanout.py), from that one read
+  and that one hash: a target whose write fails drops out, the others go
+  on, and at most ``window`` chunk writes are in flight across them all.
 
 Nothing here publishes anything; the caller does that only after
 :meth:`Verifier.verify` succeeded and the copy is snapshotted and protected.
@@ -31,7 +35,7 @@ import concurrent.futures
 import hashlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -72,6 +76,7 @@ class CopyStats:
     skipped_holes: int = 0
     skipped_zeros: int = 0
     seconds: float = 0.0
+    fanout: int = 1  # targets written from this one read (warming/fanout.py)
 
     @property
     def skipped(self) -> int:
@@ -165,53 +170,186 @@ class Verifier:
         return f"{self.algo}:{digest}"
 
 
+class Writer:
+    """One destination of a copy: ``write(data, offset)``, a blocking call
+    run on ``executor`` (the target's own Ceph threads), into a freshly
+    created image.
+
+    Several writers can take the same read (:func:`copy_into`). A writer
+    whose write fails drops out (:attr:`error`), and so does one that
+    :meth:`leave` s (its copy was cancelled: a lost lease, a stop); the
+    stream goes on for the others. Either way its writes already running on
+    threads run to their end: close its image only after :meth:`settled`."""
+
+    def __init__(self, write: Callable[[bytes, int], None], executor: concurrent.futures.Executor,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self._write = write
+        self._executor = executor
+        self.progress = progress
+        self.error: BaseException | None = None
+        self.left = False
+        # Set once a write failed: whoever waits for this writer's copy
+        # hears of it at once, not when the stream ends.
+        self.dropped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._jobs: set[asyncio.Task[None]] = set()  # one per chunk handed to it
+
+    @property
+    def active(self) -> bool:
+        return self.error is None and not self.left
+
+    def leave(self) -> None:
+        """Take no more chunks. Writes not started yet are dropped; running
+        ones end by themselves (:meth:`settled`)."""
+        self.left = True
+        for job in list(self._jobs):
+            job.cancel()
+
+    async def settled(self) -> None:
+        """Wait until none of this writer's writes runs any more, even if
+        this task is cancelled meanwhile (re-raised afterwards)."""
+        await outlast(self._jobs)
+
+    def _take(self, pieces: list[tuple[int, bytes]],
+              slots: asyncio.Semaphore) -> asyncio.Task[None]:
+        job = asyncio.ensure_future(self._write_pieces(pieces, slots))
+        self._jobs.add(job)
+        job.add_done_callback(self._ended)
+        return job
+
+    def _ended(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        # The stream gathers its writers' jobs without looking at their
+        # errors: one that escaped must still drop this writer, never be a
+        # chunk silently not written.
+        if not job.cancelled() and job.exception() is not None:
+            self._fail(job.exception())  # type: ignore[arg-type]
+
+    async def _write_pieces(self, pieces: list[tuple[int, bytes]],
+                            slots: asyncio.Semaphore) -> None:
+        # A slot per chunk being written, shared by every writer of the
+        # stream: librbd copies what it writes, so this bounds memory
+        # whatever the number of writers.
+        async with slots:
+            if not self.active:
+                return
+            jobs: list[concurrent.futures.Future[None]] = []
+            try:
+                for offset, data in pieces:
+                    jobs.append(self._executor.submit(self._write, data, offset))
+                waits = [asyncio.wrap_future(job) for job in jobs]
+                for wait in waits:  # read below, from the jobs themselves
+                    wait.add_done_callback(quiet)
+                await asyncio.wait(waits)
+            except BaseException as exc:  # cancelled, or the executor refused a job
+                for job in jobs:
+                    job.cancel()  # not started yet: never will be
+                await finish_threads(jobs)  # the running ones must end first
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                self._fail(exc)
+                return
+            for job in jobs:
+                # A job cancelled by anyone else (an executor shut down) is
+                # a write lost: as much a failure as one that raised.
+                error = (concurrent.futures.CancelledError("write cancelled")
+                         if job.cancelled() else job.exception())
+                if error is not None:
+                    self._fail(error)
+                    return
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+            self.dropped.set_result(None)
+        me = asyncio.current_task()
+        for job in list(self._jobs):
+            if job is not me:
+                job.cancel()
+
+
+def quiet(future: asyncio.Future[Any]) -> None:
+    """A done callback for a future whose error may have no reader (it is
+    read elsewhere, or nobody needs it): asyncio must not log it as never
+    retrieved."""
+    if not future.cancelled():
+        future.exception()
+
+
+class WritersGone(Exception):
+    """Every writer of a stream dropped out or left: it stopped reading."""
+
+
 async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Verifier,
                executor: concurrent.futures.Executor, *, window: int = 8,
                chunk_size: int = CHUNK,
                progress: Callable[[int, int], None] | None = None) -> CopyStats:
     """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
-    ``executor``), skipping holes and zero chunks, hashing everything
-    (unless ``verifier`` hashes nothing).
+    ``executor``): :func:`copy_into` with one writer, whose failure is the
+    copy's."""
+    writer = Writer(write, executor, progress)
+    try:
+        return await copy_into(source, [writer], verifier, window=window,
+                               chunk_size=chunk_size)
+    except WritersGone:
+        assert writer.error is not None
+        raise writer.error from None
 
-    Precondition: ``write`` writes into a freshly created image, all
+
+async def copy_into(source: Source, writers: list[Writer], verifier: Verifier, *,
+                 window: int = 8, chunk_size: int = CHUNK) -> CopyStats:
+    """Read ``source`` once and hash it once (unless ``verifier`` hashes
+    nothing), and write it into every writer, skipping holes and zero
+    blocks. Returns once every byte was read, hashed and written by each
+    writer still in; raises :class:`WritersGone` as soon as none is left
+    (it reads no further), and the source's or the hash's error as is.
+    Whatever happens, no read, hash or write of it runs any more when it
+    returns or raises.
+
+    At most ``window`` chunks are in flight (read, hashed or written), and
+    at most ``window`` chunk writes, across all writers: memory stays
+    bounded whatever the image size and the number of writers, and the
+    slowest writer sets the pace.
+
+    Precondition: each writer writes into a freshly created image, all
     zeroes. Holes, zero blocks and the unallocated gaps inside a read are
-    never written, and the digest covers what was *read*, not what the
+    never written, and the digest covers what was *read*, not what a
     target holds: a target with data in it would keep that data there and
     still verify. :func:`warmer.ceph.images.create_temp` guarantees it (its
     ``RBD.create`` fails rather than open an image that exists)."""
-    loop = asyncio.get_running_loop()
     stats = CopyStats(source.size)
     started = time.monotonic()
     hashing = verifier.hashing
     hasher = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="hash")
-    slots = asyncio.Semaphore(window)
+    chunk_slots = asyncio.Semaphore(window)
+    write_slots = asyncio.Semaphore(window)
     in_flight: set[asyncio.Future[Any]] = set()
-    running: set[concurrent.futures.Future[Any]] = set()
-    # A chunk whose write (or hash) failed. Kept apart from ``in_flight``,
-    # which forgets a chunk once it is done: a write that timed out while
-    # the next ones succeed would otherwise be lost, and the digest (of what
-    # was read) would still match.
+    hashes: set[asyncio.Future[None]] = set()
+    # A hash that failed. Kept apart from ``in_flight``, which forgets a
+    # chunk once it is done. A write that failed is its writer's alone.
     failed: list[BaseException] = []
 
     def settle(chunk: asyncio.Future[Any]) -> None:
-        slots.release()
+        chunk_slots.release()
         in_flight.discard(chunk)
-        error = None if chunk.cancelled() else chunk.exception()
-        if error is not None:
-            failed.append(error)
 
-    def submit(pool: concurrent.futures.Executor, fn: Callable[..., Any],
-               *args: Any) -> asyncio.Future[Any]:
-        fut = pool.submit(fn, *args)
-        running.add(fut)
-        fut.add_done_callback(running.discard)
-        return asyncio.wrap_future(fut, loop=loop)
+    def hash_later(fn: Callable[..., None], *args: Any) -> asyncio.Future[None]:
+        # One thread, in submission order: the digest sees the bytes in order.
+        job = asyncio.wrap_future(hasher.submit(fn, *args))
+        hashes.add(job)
+        job.add_done_callback(hashed)
+        return job
+
+    def hashed(job: asyncio.Future[None]) -> None:
+        hashes.discard(job)
+        if not job.cancelled() and job.exception() is not None:
+            failed.append(job.exception())  # type: ignore[arg-type]
     zeros = memoryview(_ZEROS)  # holes, hashed
 
     def hash_zeros(length: int) -> None:
         for at in range(0, length, len(zeros)):
             verifier.update(zeros[:min(len(zeros), length - at)])
     done = 0
+    complete = False
     chunks = source.chunks(chunk_size)
     try:
         async for offset, length, data in chunks:
@@ -220,47 +358,65 @@ async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Ve
                 # what came, never what was asked for, hashed or not.
                 raise CopyError("short_read", f"{len(data)} of {length} bytes at offset "
                                               f"{offset} from {source.description}")
-            await slots.acquire()
-            if failed:  # surface a failed write or hash now, not at the end
+            await chunk_slots.acquire()
+            if failed:  # surface a failed hash now, not at the end
                 raise failed[0]
+            live = [w for w in writers if w.active]
+            if not live:
+                raise WritersGone()
             work: list[asyncio.Future[Any]] = []
             if data is None:
                 if hashing:  # a hole of any length: one job
-                    work.append(submit(hasher, hash_zeros, length))
+                    work.append(hash_later(hash_zeros, length))
                 stats.skipped_holes += length
             else:
                 if hashing:
-                    # One thread, in submission order: the digest sees the bytes in order.
-                    work.append(submit(hasher, verifier.update, data))
-                kept = 0
-                for start, end in nonzero_runs(data):
-                    # rbd's write takes bytes only: a slice is a copy, so the
-                    # whole chunk goes as it is when nothing in it is zero.
-                    piece = data if end - start == length else data[start:end]
-                    work.append(submit(executor, write, piece, offset + start))
-                    kept += end - start
+                    work.append(hash_later(verifier.update, data))
+                # Cut once, written by every writer: rbd's write takes bytes
+                # only, so a piece is a copy, but the whole chunk goes as it
+                # is when nothing in it is zero.
+                pieces = [(offset + start, data if end - start == length else data[start:end])
+                          for start, end in nonzero_runs(data)]
+                if pieces:
+                    work.extend(w._take(pieces, write_slots) for w in live)
+                kept = sum(len(piece) for _, piece in pieces)
                 stats.written += kept
                 stats.skipped_zeros += length - kept
-            chunk_done = asyncio.gather(*work)
+            chunk_done = asyncio.gather(*work, return_exceptions=True)
             in_flight.add(chunk_done)
             chunk_done.add_done_callback(settle)
             done += length
-            if progress is not None:
-                progress(done, source.size)
+            for w in live:
+                if w.progress is not None:
+                    w.progress(done, source.size)
         if done != source.size:
             raise CopyError("short_read", f"got {done} of {source.size} bytes")
-        await asyncio.gather(*in_flight, return_exceptions=True)
+        await outlast(in_flight)
         if failed:
             raise failed[0]
+        if not any(w.active for w in writers):
+            raise WritersGone()
+        complete = True
     finally:
-        # Writes already running on threads cannot be stopped. Wait for them
-        # (a few chunks at most) before the caller closes the image they
-        # write to: closing it under them crashes librbd.
-        await chunks.aclose()  # its reads, too, must end before the source closes
-        for job in list(running):
-            job.cancel()
-        await finish_threads(list(running))
-        hasher.shutdown(wait=False, cancel_futures=True)  # idle now: it ends by itself
+        # Reads, hashes and writes already running on threads cannot be
+        # stopped. Wait for them (a few chunks at most) before the caller
+        # closes the images they use: closing one under them crashes librbd.
+        # A cancellation meanwhile is held back until then.
+        held: asyncio.CancelledError | None = None
+        try:
+            await chunks.aclose()  # its reads, too, must end before the source closes
+        except asyncio.CancelledError as exc:
+            held = exc
+        if not complete:
+            for w in writers:
+                w.leave()
+        hasher.shutdown(wait=False, cancel_futures=True)  # hashes not started never will be
+        try:
+            await outlast([*hashes, *(job for w in writers for job in w._jobs)])
+        except asyncio.CancelledError as exc:
+            held = held or exc
+        if held is not None:
+            raise held
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -293,12 +449,20 @@ async def finish_threads(jobs: list[concurrent.futures.Future[Any]]) -> None:
     A cancellation meanwhile is held back until they have: the caller is
     about to close the image those threads use, and closing it under them
     crashes librbd."""
+    await outlast([asyncio.wrap_future(job) for job in jobs if not job.done()])
+
+
+async def outlast(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Wait until each of ``futures`` is done, even if this task is
+    cancelled meanwhile; re-raise that cancellation afterwards."""
     cancelled = False
-    while pending := [job for job in jobs if not job.done()]:
+    pending = [f for f in futures if not f.done()]
+    while pending:
         try:
-            await asyncio.wait([asyncio.wrap_future(job) for job in pending])
+            await asyncio.wait(pending)
         except asyncio.CancelledError:
             cancelled = True
+        pending = [f for f in pending if not f.done()]
     if cancelled:
         raise asyncio.CancelledError()
 

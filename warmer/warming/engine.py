@@ -47,7 +47,9 @@ from warmer.reasons import Reason, State
 from warmer.sites import SiteMap
 from warmer.tracker import Tracker
 from warmer.warming.budget import Budget
+from warmer.warming.copy import CopyStats
 from warmer.warming.deletes import DeleteCheck, UnconfirmedNotFound
+from warmer.warming.fanout import Fanout
 from warmer.warming.hands_off import HandsOff
 from warmer.warming.operator import Operator
 from warmer.warming.reconciler import Alone, Leader, Reconciler
@@ -66,7 +68,8 @@ class Engine:
                  max_retry_delay: float = 3600.0, sites: SiteMap | None = None,
                  clock: Callable[[], float] = time.time,
                  leader: Leader | None = None, forget_below: float = 0.0,
-                 eviction_margin: float = 0.0, view_ttl: float = 0.0) -> None:
+                 eviction_margin: float = 0.0, view_ttl: float = 0.0,
+                 fanout_wait: float = 5.0) -> None:
         self.tracker = tracker
         # Glance's views of images, reused for view_ttl (warming/views.py).
         self.views = GlanceViews(glance, tracker, view_ttl)
@@ -83,6 +86,9 @@ class Engine:
         self.workers = workers
         self.reconcile_interval = reconcile_interval
         self.clock = clock
+        # How long a copy that is ready waits for the other targets of its
+        # evaluation to share its source read (warming/fanout.py).
+        self.fanout_wait = fanout_wait
         # The queue, its workers and the retry timers (warming/scheduler.py).
         self.scheduler = Scheduler(metrics, retry_delay=retry_delay,
                                    max_retry_delay=max_retry_delay)
@@ -344,8 +350,12 @@ class Engine:
         if not wanted:
             return
         assert fresh is not None  # refreshed above, as something is wanted
-        results = await asyncio.gather(*(self._warm_one(target, fresh)
-                                         for target in wanted))
+        # The targets that copy the image now read and hash it once.
+        async with Fanout(fresh.info, [t.name for t in wanted],
+                          window=min(t.config.copy_window for t in wanted),
+                          wait=self.fanout_wait, on_read=self._count_read) as fanout:
+            results = await asyncio.gather(*(self._warm_one(target, fresh, fanout)
+                                             for target in wanted))
         if any(r.actions or r.state != State.WARM for r in results):
             self.views.drop(image_id)  # it changed, or will be tried again
         refused = any(r.reason == Reason.PUBLISH_REFUSED for r in results)
@@ -358,12 +368,13 @@ class Engine:
                    for r in results):
                 self.scheduler.retry_later(image_id)
 
-    async def _warm_one(self, target: Target, image: GlanceImage) -> TargetResult:
+    async def _warm_one(self, target: Target, image: GlanceImage,
+                        fanout: Fanout) -> TargetResult:
         """Warm one target and record its result on its own: a sick cluster
         fails only its own row, never the other targets' work or status."""
         started = time.monotonic()
         try:
-            result = await target.warm(image)
+            result = await target.warm(image, fanout)
         except asyncio.CancelledError:
             raise
         except (GlanceUnavailable, CephUnavailable) as exc:
@@ -385,6 +396,11 @@ class Engine:
             self._copied.add(image.info.id)
         self.book.record(image.info.id, target, result)
         return result
+
+    def _count_read(self, stats: CopyStats) -> None:
+        """A copy's source was read to its end, for one target or several."""
+        self.metrics.copy_source_reads.inc()
+        self.metrics.copy_source_read_bytes.inc(stats.read)
 
     async def _refresh(self, image_id: str) -> GlanceImage | None:
         recent = self.views.recent(image_id)

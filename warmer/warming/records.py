@@ -163,7 +163,7 @@ class CopyRecords:
                      check: str) -> CopyCost:
         """A finished copy: record what it cost."""
         cost = CopyCost(target, image_id, stats.written, stats.seconds, digest, self._clock(),
-                        stats.read, check, self.daemon)
+                        stats.read, check, self.daemon, stats.fanout)
         self._costs[(target, image_id)] = cost
         self._costs.move_to_end((target, image_id))
         while len(self._costs) > MAX_COSTS:

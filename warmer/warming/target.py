@@ -33,6 +33,7 @@ import collections
 import contextlib
 import dataclasses
 import errno
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -54,8 +55,8 @@ from warmer.glance.stores import StoreCatalog
 from warmer.ids import is_canonical_image_id
 from warmer.locations import RbdLocation, parse_rbd_url
 from warmer.state.store import SourceSnapshot
-from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Source, Verifier
-from warmer.warming.copy import copy as copy_data
+from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Verifier, Writer
+from warmer.warming.fanout import Copied, Fanout, OpenedSource
 from warmer.warming.records import CopyRecords
 
 LOG = logging.getLogger(__name__)
@@ -193,13 +194,32 @@ class Target:
     def location_of(self, image_id: str, fsid: str, pool: str) -> RbdLocation:
         return RbdLocation(fsid, pool, image_id, rbd_images.SNAPSHOT)
 
-    async def warm(self, image: GlanceImage) -> TargetResult:
-        """Make ``image`` cloneable here if it can be, and say why not."""
+    async def warm(self, image: GlanceImage, fanout: Fanout | None = None) -> TargetResult:
+        """Make ``image`` cloneable here if it can be, and say why not. A copy
+        reads its source through ``fanout``, shared with the other targets
+        the engine warms the image in at the same time (warming/fanout.py);
+        without one, it reads on its own. Whatever happens, this target has
+        left ``fanout`` when this returns."""
+        if fanout is None:
+            async with Fanout(image.info, [self.name],
+                              window=self.config.copy_window) as alone:
+                return await self.warm(image, alone)
+        try:
+            return await self._warm(image, fanout)
+        finally:
+            fanout.leave(self.name)
+
+    async def _warm(self, image: GlanceImage, fanout: Fanout) -> TargetResult:
         if image.info.disk_format != "raw":
             return TargetResult("cold", "disk_format_not_raw")
         fsid = await self.fsid()
         rbd_locations = [loc for loc in (parse_rbd_url(x.url) for x in image.locations) if loc]
         local = [loc for loc in rbd_locations if loc.fsid == fsid]
+        if local:
+            # The image is in this cluster: it copies only if that RBD image
+            # is gone (then it may still join, or read on its own). The
+            # other targets' read must not wait for these checks.
+            fanout.leave(self.name)
         last = TargetResult("cold", "no_location_in_cluster")
         for loc in local:
             last = await self._warm_location(loc)
@@ -212,7 +232,7 @@ class Target:
                 return TargetResult("cold", "no_locations_visible")
             return last
         try:
-            return await self._copy_and_publish(image, fsid, rbd_locations)
+            return await self._copy_and_publish(image, fsid, rbd_locations, fanout)
         except TargetProblem as exc:
             return TargetResult("cold", exc.reason, detail=exc.detail)
 
@@ -256,7 +276,8 @@ class Target:
         return await self.ceph.run("inspect", lambda c: rbd_images.inspect(c, pool, name))
 
     async def _copy_and_publish(self, image: GlanceImage, fsid: str,
-                                rbd_locations: list[RbdLocation]) -> TargetResult:
+                                rbd_locations: list[RbdLocation],
+                                fanout: Fanout) -> TargetResult:
         """Copy (if needed) and publish, holding the image's copy lease from
         the copy through the publication, so that no eviction (by another
         daemon, or by this one) can remove what is being published."""
@@ -294,7 +315,7 @@ class Target:
                     return TargetResult("busy", "copy_in_progress_elsewhere", final.url)
                 try:
                     return await self._copy_and_publish_leased(image, pool, final,
-                                                               rbd_locations, lease)
+                                                               rbd_locations, lease, fanout)
                 except LeaseLost:
                     return TargetResult("busy", "lease_lost", None,
                                         detail="the copy lease could not be renewed")
@@ -304,7 +325,7 @@ class Target:
 
     async def _copy_and_publish_leased(self, image: GlanceImage, pool: str,
                                        final: RbdLocation, rbd_locations: list[RbdLocation],
-                                       lease: Lease) -> TargetResult:
+                                       lease: Lease, fanout: Fanout) -> TargetResult:
         image_id = image.info.id
         stats = None
         actions: list[str] = []
@@ -322,7 +343,7 @@ class Target:
                     if removed not in ("removed", "gone"):
                         return TargetResult("cold", "stale_copy_kept", None,
                                             detail=f"{pool}/{image_id}: {removed}")
-                stats = await self._copy(image, pool, rbd_locations, lease)
+                stats = await self._copy(image, pool, rbd_locations, lease, fanout)
                 actions.append("copied")
             except CopyError as exc:
                 LOG.warning("target %s: copy of %s failed: %s", self.name, image_id, exc)
@@ -391,34 +412,28 @@ class Target:
         LOG.info("target %s: published %s for image %s", self.name, final.url, image_id)
         return None
 
-    async def _copy(self, image: GlanceImage, pool: str,
-                    rbd_locations: list[RbdLocation], lease: Lease) -> CopyStats:
+    async def _copy(self, image: GlanceImage, pool: str, rbd_locations: list[RbdLocation],
+                    lease: Lease, fanout: Fanout) -> CopyStats:
         """Copy into the temporary image, verify, finish, under the copy
-        lease (held by the caller, renewed here). Raises CopyError; whatever
-        fails, the temporary image is removed. A lease that cannot be
-        renewed cancels the copy (``lease_lost``): another daemon may take
-        over, and two writers must never share an image."""
+        lease (held by the caller, renewed here). ``fanout`` reads and
+        hashes the source, for this target and for the others that copy
+        the image at the same time. Raises CopyError; whatever fails, the
+        temporary image is removed. A lease that cannot be renewed cancels
+        this copy (``lease_lost``), never the others': another daemon may
+        take over, and two writers must never share an image."""
         info = image.info
-        verifier = Verifier(info, allow_unverified=self.config.allow_unverified_copies)
-        source, source_handle, snapshot = await self._open_source(image, rbd_locations)
-        if info.size is not None and source.size != info.size:
-            if source_handle is not None:
-                await self.ceph.offload(source_handle.close)
-            raise CopyError("size_mismatch", f"source has {source.size} bytes, Glance says "
-                                             f"{info.size}")
         target: rbd_images.OpenImage | None = None
         finished = lease_lost = False
-        copying: asyncio.Task[CopyStats] | None = None
+        copying: asyncio.Task[Copied] | None = None
         lost = asyncio.create_task(lease.lost.wait())
-        records, digest = self.records, verifier.digest
         try:
-            if records is not None and snapshot is not None and digest is not None \
-                    and await records.trusted(snapshot, digest, source.size):
-                verifier.trust()  # this very snapshot matched Glance's digest before
+            source = await fanout.source(
+                self.name, lambda: self._open_source(image, rbd_locations), self.records)
             try:
-                # That check may have taken seconds, and create_temp removes
-                # the temporary image, which is the new holder's if the
-                # lease was lost meanwhile.
+                # Opening the source (and asking whether its snapshot was
+                # verified before) may have taken seconds, and create_temp
+                # removes the temporary image, which is the new holder's if
+                # the lease was lost meanwhile.
                 await self._confirm(lease)
             except LeaseLost:
                 lease_lost = True
@@ -427,29 +442,23 @@ class Target:
                 c, pool, info.id, source.size, source.description, self.cookie))
             LOG.info("target %s: copying image %s (%d bytes) from %s into %s", self.name,
                      info.id, source.size, source.description, pool)
-            opened = target
-            copying = asyncio.create_task(copy_data(
-                source, self.ceph.guarded(opened.image.write), verifier, self.ceph.executor,
-                window=self.config.copy_window,
-                progress=lambda done, size: self.progress.__setitem__(info.id, (done, size))))
+            writer = Writer(self.ceph.guarded(target.image.write), self.ceph.executor,
+                            lambda done, size: self.progress.__setitem__(info.id, (done, size)))
+            copying = asyncio.create_task(fanout.copy(self.name, writer))
             await asyncio.wait({copying, lost}, return_when=asyncio.FIRST_COMPLETED)
             if not copying.done():
-                await _settle(copying)
+                await _settle(copying)  # this target drops out; the read goes on
                 lease_lost = True
                 raise CopyError("lease_lost", "the copy lease could not be renewed")
-            stats = await self._ceph_result(pool, copying)
             try:
-                verified = verifier.verify()
-            except CopyError:
-                if records is not None:  # before failing: no daemon may trust it now
-                    await records.revoke(info.id, snapshot, verifier.actual, source.size)
+                copied = await self._ceph_result(pool, copying)
+            except CopyError as exc:
+                if exc.reason == "checksum_mismatch" and self.on_checked is not None:
+                    self.on_checked(self, "mismatch")
                 raise
-            finally:
-                if verifier.outcome and self.on_checked is not None:
-                    self.on_checked(self, verifier.outcome)
-            if records is not None and snapshot is not None and verifier.outcome == "verified":
-                # Every byte read and matched: only now is the snapshot vouched for.
-                await records.verified(snapshot, verified, source.size)
+            stats = copied.stats
+            if self.on_checked is not None:
+                self.on_checked(self, copied.outcome)
             try:
                 await self._confirm(lease)
             except LeaseLost:
@@ -458,34 +467,34 @@ class Target:
             # Runs to its end even if this task is cancelled (a stop): it
             # uses the open image on a thread, and the clean-up below closes
             # that image, which must never happen under a running call.
+            opened = target
             await _to_the_end(self._ceph_step(pool, "finish", lambda c: rbd_images.finish(
-                c, opened, pool, info.id, self.cookie, verifier.stamp)))
+                c, opened, pool, info.id, self.cookie, copied.stamp)))
             finished = True
             if self.on_copied is not None:
                 self.on_copied(self, stats)
             LOG.info("target %s: image %s copied in %.1fs: %d bytes written, %d skipped "
-                     "(holes %d, zeroes %d), %s (%s)", self.name, info.id, stats.seconds,
+                     "(holes %d, zeroes %d), %s (%s)%s", self.name, info.id, stats.seconds,
                      stats.written, stats.skipped, stats.skipped_holes, stats.skipped_zeros,
-                     verified, verifier.outcome)
+                     copied.digest, copied.outcome,
+                     f", one read for {stats.fanout} targets" if stats.fanout > 1 else "")
             if self.records is not None:
-                await self.records.copied(self.name, info.id, stats, verified, verifier.outcome)
+                await self.records.copied(self.name, info.id, stats, copied.digest,
+                                          copied.outcome)
             return stats
         finally:
+            fanout.leave(self.name)  # the read need not wait for this target any more
             lost.cancel()
             held_back: asyncio.CancelledError | None = None
             if copying is not None and not copying.done():
-                # Cancelled from outside (a stop): its reads and writes must
-                # end before the images they use are closed; a second cancel
-                # meanwhile waits until the clean-up below is done.
+                # Cancelled from outside (a stop): its writes must end before
+                # the image they use is closed; a second cancel meanwhile
+                # waits until the clean-up below is done.
                 try:
                     await _settle(copying)
                 except asyncio.CancelledError as exc:
                     held_back = exc
             self.progress.pop(info.id, None)
-            # Closes run off the loop (with a cluster gone, a close waits out
-            # its op timeouts) and need no new connection to this target.
-            if source_handle is not None:
-                await self.ceph.offload(source_handle.close)
             if not finished:
                 # Without the lease the temporary image may be another
                 # daemon's work now: close ours, touch nothing else.
@@ -506,7 +515,7 @@ class Target:
             await self._raise_if_full(pool, exc)
             raise
 
-    async def _ceph_result(self, pool: str, task: asyncio.Task[CopyStats]) -> CopyStats:
+    async def _ceph_result(self, pool: str, task: asyncio.Task[T]) -> T:
         try:
             return await task
         except _failures() as exc:
@@ -548,11 +557,10 @@ class Target:
             LOG.warning("target %s: leftover of %s stays for clean-up: %s", self.name,
                         image_id, exc)
 
-    async def _open_source(self, image: GlanceImage, rbd_locations: list[RbdLocation]
-                           ) -> tuple[Source, rbd_images.OpenImage | None,
-                                      SourceSnapshot | None]:
-        """The source to read, its handle to close, and, for an RBD
-        snapshot, its identity (a download through Glance has none)."""
+    async def _open_source(self, image: GlanceImage,
+                           rbd_locations: list[RbdLocation]) -> OpenedSource:
+        """The source to read: an RBD snapshot warmer can read directly,
+        with its identity, else a download through Glance (none)."""
         sources = self._sources()
         unreadable: tuple[type[BaseException], ...] = (*ceph_errors(), CephUnavailable)
         for loc in rbd_locations:
@@ -564,17 +572,20 @@ class Target:
             except unreadable as exc:  # try the next one
                 LOG.info("target %s: cannot read %s directly (%s)", self.name, loc, exc)
                 continue
-            return source, handle, SourceSnapshot(image.info.id, loc.fsid, loc.pool,
-                                                  loc.image, handle.snap_id, handle.rbd_id)
+            # Closed off the loop (with a cluster gone, a close waits out its
+            # op timeouts), on the source client's threads.
+            return OpenedSource(source, SourceSnapshot(image.info.id, loc.fsid, loc.pool,
+                                                       loc.image, handle.snap_id, handle.rbd_id),
+                                functools.partial(client.offload, handle.close))
         assert self.glance is not None
         glance, image_id = self.glance, image.info.id
         if image.info.size is None:
             raise CopyError("size_unknown", "Glance does not know the image size")
-        return HttpSource(lambda: glance.download(image_id), image.info.size,
-                          f"glance {glance.endpoint}/v2/images/{image_id}/file"), None, None
+        return OpenedSource(HttpSource(lambda: glance.download(image_id), image.info.size,
+                                       f"glance {glance.endpoint}/v2/images/{image_id}/file"))
 
     async def _open_rbd_source(self, client: CephClient, loc: RbdLocation
-                               ) -> tuple[Source, rbd_images.OpenSnapshot]:
+                               ) -> tuple[RbdSource, rbd_images.OpenSnapshot]:
         handle = await client.run("open_source", lambda c: rbd_images.OpenSnapshot(
             c, loc.pool, loc.image, loc.snapshot))
 
