@@ -12,6 +12,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from tests.unit import fake_rbd
 from warmer.doctor import probe
 from warmer.doctor.openstack_conf import GlanceStoreConf
 from warmer.doctor.report import Diagnosis, Report
@@ -159,3 +160,21 @@ def test_warmer_that_may_write_cinders_pool_is_unsafe() -> None:
     found = warmer_caps_report("images", {"images": (OK, OK), "volumes": (OK, OK)})
     [unsafe] = [d for d in found if d.unsafe]
     assert unsafe.code == "warmer_can_write_cinder_pool" and unsafe.level == "UNSAFE"
+
+
+def test_the_snapshot_probe_opens_the_snapshot_without_librbds_crashing_open(
+        clusters: Any, monkeypatch: Any) -> None:
+    """The probe answers as Cinder's open would, through
+    bindings.open_snapshot: the fake librbd refuses the open librbd 16.2
+    corrupts memory on (read-only *at* a snapshot, docs/ceph-bugs.md), so
+    putting that open back fails here."""
+    monkeypatch.setattr(probe, "modules", fake_rbd.modules)
+    central, _ = clusters
+    central.put_image("images", "protected", b"x" * 4096)
+    central.put_image("images", "unprotected", b"x" * 4096, protect=False)
+    cluster = fake_rbd.Rados("central.conf")
+    assert probe._open_snapshot(cluster, "images", "protected", "snap") == SnapProbe(OK, True)
+    assert probe._open_snapshot(cluster, "images", "unprotected", "snap") == SnapProbe(OK, False)
+    assert probe._open_snapshot(cluster, "images", "protected", "other").result == \
+        "snapshot_missing"
+    assert probe._open_snapshot(cluster, "images", "gone", "snap").result == "rbd_image_missing"

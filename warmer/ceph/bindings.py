@@ -48,10 +48,11 @@ def open_snapshot(ioctx: Any, name: str, snapshot: str) -> tuple[Image, int]:
     The image is opened at its head, then set to the snapshot: never
     ``rbd.Image(..., snapshot=..., read_only=True)``. librbd 16.2 (Debian
     12's 16.2.15) corrupts its memory on that open: one thread opening and
-    closing a snapshot that way, nothing else running, aborted the process
-    (``std::system_error: Invalid argument``, or a segfault) within 4,000
-    cycles in every run, and aborted warmer-daemon in CI; opened at the
-    head and then set, 60,000 cycles never did (``docs/ceph-bugs.md``).
+    closing a snapshot that way, nothing else running, killed the process
+    (``std::system_error: Invalid argument``, a segfault, or a hang) within
+    4,000 cycles in 15 of 17 runs, and aborted warmer-daemon in CI; opened
+    at the head and then set by id, this way, 30,000 cycles in one thread
+    and three runs of 6,000 in four threads never did (``docs/ceph-bugs.md``).
     Both read the same header and snapshot with the same caps, so this is
     still what Cinder's clone check opens, with the same errors (a missing
     snapshot raises ``ImageNotFound``).

@@ -81,12 +81,12 @@ class OpenSnapshot(OpenImage):
         self.ioctx = cluster.open_ioctx(pool)
         try:
             self.image, self.snap_id = open_snapshot(self.ioctx, name, snapshot)
-        except Exception:
+        except BaseException:
             self.ioctx.close()
             raise
         try:
             self.rbd_id = str(self.image.id())
-        except Exception:
+        except BaseException:
             self.close()
             raise
 
