@@ -19,8 +19,9 @@ daemons it starts). ``WARMER_TEST_FAULTS`` (JSON) says which faults:
   406 PRECONDITION_FAILED "unknown delivery tag". The loop holds that batch
   for ``"hold_fold"`` seconds (default 0) before folding it, so that it is
   still on the loop when the consumer thread reads the broker's close and
-  py-amqp reopens the channel in place; the last delivery tag of the batch
-  is written first to the file ``"marker"`` names.
+  py-amqp reopens the channel in place. The last delivery tag of the batch
+  is written first to the file ``"marker"`` names, and `` released`` is
+  appended to it once the loop stops holding the batch.
 
 Without ``WARMER_TEST_FAULTS`` it does nothing.
 """
@@ -61,6 +62,8 @@ def _install(faults: dict[str, Any]) -> None:
             time.sleep(faults["block_handoff"])
         if held and job.batch is held[0]:
             time.sleep(faults.get("hold_fold", 0))
+            with open(faults["marker"], "a") as out:
+                out.write(" released")
         real_run(self, job)
         if "folded" in faults and job.started:
             with open(faults["folded"], "a") as out:
