@@ -203,13 +203,20 @@ def test_a_channel_the_broker_closes_mid_flow_is_revived_and_nothing_is_settled_
         [after] = rabbit.consumers(stack, d.pool)
         queue = rabbit.queues(stack, "/")[d.pool]
         errors = rabbit.channel_errors(stack, connection, since)
+        closes = [line.split(" [-] ", 1)[-1]
+                  for line in d.log.read_text(errors="replace").splitlines()
+                  if "closed the bus channel" in line]
         print(f"\nchannel before {first}\nafter {after}\nbroker: {errors}\n"
+              f"daemon: {closes}\n"
               f"outcomes {outcomes}; the held batch's tag: {marker.read_text()}")
         assert held.split() == [str(BEFORE + 1)]  # the stale tag; still held after DURING
         # The broker closed the channel once, for the bad ack, and the
         # consumer goes on on a channel of the same number and connection:
         # reopened in place, not a reconnection.
         assert errors == [BAD_ACK]
+        assert len(closes) == 1 and closes[0].startswith(
+            "the broker closed the bus channel (PreconditionFailed: Basic.ack: (406) "
+            "PRECONDITION_FAILED - unknown delivery tag 999999999); it is reopened")
         assert after["channel_pid"] != first["channel_pid"]
         assert (after["connection"], after["number"]) == (first["connection"], first["number"])
         # Twice batch_size, on the reopened channel too (the rabbit driver

@@ -383,7 +383,7 @@ class _Revives(_Deliveries):
 
 
 def test_nothing_taken_before_a_channel_error_is_settled_on_the_revived_channel(
-        loop: asyncio.AbstractEventLoop) -> None:
+        loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture) -> None:
     """A batch on the loop (tags 1-3) and one pending (4, 5) when the broker
     closes the channel; py-amqp revives the same channel object and the
     broker redelivers from tag 1. Acking the old batches with their tags
@@ -400,6 +400,12 @@ def test_nothing_taken_before_a_channel_error_is_settled_on_the_revived_channel(
     listener._read(_Stopped(), kombu_conn, listener.GAP)  # 1, 2 on the revived one
     listener._flush()
     assert [entry for entry in log if entry[0] != "collect"] == [("ack", 2, True)]
+    # The broker's reason, which the driver's own log line leaves out.
+    assert [r.getMessage() for r in caplog.records
+            if "closed the bus channel" in r.getMessage()
+            ] == ["the broker closed the bus channel (PreconditionFailed: Basic.ack: (406) "
+                  "PRECONDITION_FAILED - unknown delivery tag 9); it is reopened, and what "
+                  "was taken on it and not acked is redelivered"]
 
 
 

@@ -340,6 +340,11 @@ class BusListener:
                     # py-amqp has revived the channel in place by now: its
                     # delivery tags start again at 1
                     self._new_generation()
+                    # The driver's own line says only that the server is
+                    # "unreachable", without the broker's reason.
+                    LOG.warning("the broker closed the bus channel (%s); it is reopened, "
+                                "and what was taken on it and not acked is redelivered",
+                                _describe(exc))
                     if exc.code == 406 and exc.method_name == "Basic.ack":
                         # As the driver does: another consumer acked it; recover
                         raise kombu_conn.recoverable_channel_errors[0] from exc
