@@ -5,9 +5,12 @@ kombu's in-memory transport ignores ``multiple`` and never redelivers an
 unacked message, so only RabbitMQ can tell right acks from wrong ones.
 Each test starts warmer-daemon with a fault injected by
 tests/functional/faulthook/sitecustomize.py (a stalled loop, a hand-off that
-raises, a hand-off that blocks) and checks, from the daemon's metrics or
-the broker's queue, that no message was lost and none folded twice. Each
-of them fails against a listener that acks a batch before handing it off.
+raises, a hand-off that blocks, an ack that makes the broker close the
+channel) and checks, from the daemon's metrics or the broker's queue, that
+no message was lost and none folded twice. Each of them fails against a
+listener that acks a batch before handing it off; the last one also
+against a listener that settles a batch of a channel the broker closed on
+the channel py-amqp reopened in its place.
 
 Every daemon has a pool queue of its own; the notifications are
 ``volume.create.end`` of queued QCOW2 images (demand is counted, nothing is
@@ -143,5 +146,88 @@ def test_sigterm_while_a_hand_off_is_blocked_puts_the_rest_back_in_the_queue(
         # (On a fast machine it may fold all of them: then none is queued.)
         assert 1 <= acked <= N
         assert queued(stack, d.pool) == N - acked
+    finally:
+        d.kill()
+
+
+#: Notifications before the broker closes the channel, while the batch it
+#: was closed under is held on the loop, and afterwards.
+BEFORE, DURING, AFTER = 30, 20, 20
+#: Seconds the loop holds that batch (a scrape of the daemon waits as long).
+HOLD = 5.0
+#: What RabbitMQ logs of the fault's ack (BAD_TAG in faulthook/sitecustomize.py).
+BAD_ACK = ("operation basic.ack caused a channel exception precondition_failed: "
+           "unknown delivery tag 999999999")
+
+
+def test_a_channel_the_broker_closes_mid_flow_is_revived_and_nothing_is_settled_twice(
+        stack: Stack, cinder: CinderNotifier, image: dict[str, Any]) -> None:
+    """The broker closes warmer's consumer channel (406 PRECONDITION_FAILED,
+    an ack of a delivery tag it never issued) while a batch is on the loop;
+    py-amqp reopens the channel in place, on the same connection, and the
+    broker redelivers that batch and what followed on tags that start again
+    at 1. The held batch, once folded, must not be acked on the reopened
+    channel: its tag (BEFORE + 1) was never issued there, so RabbitMQ would
+    close the channel a second time, and a tag that was issued would ack a
+    message not folded yet. Each notification is counted once, the one
+    folded before the close comes back as a duplicate, the queue drains,
+    the reopened channel keeps the prefetch, and the daemon goes on
+    consuming on the same connection."""
+    marker = stack.dir / "acks-channel.marker"
+    marker.unlink(missing_ok=True)
+    since = rabbit.log(stack).stat().st_size
+    d = faulty(stack, {"bad_ack_at": BEFORE + 1, "hold_fold": HOLD, "marker": str(marker)},
+               "batch_size = 4\nhandoff_timeout = 60\n")
+    try:
+        publish(cinder, image, BEFORE)
+        d.wait_until(lambda: count(d, "handled") >= BEFORE, 30, "the first ones handled")
+        [first] = rabbit.consumers(stack, d.pool)
+        connection = first["name"].rsplit(" (", 1)[0]  # "CLIENT:PORT -> SERVER:PORT"
+        publish(cinder, image, 1)  # a batch of its own: the channel is closed under it
+        # No scrape of the daemon while its loop holds the batch (it would
+        # wait as long); the broker's log says when it closed the channel.
+        d.wait_until(lambda: rabbit.channel_errors(stack, connection, since), HOLD,
+                     "the broker closing the channel")
+        publish(cinder, image, DURING)
+        held = marker.read_text()
+        total = BEFORE + 1 + DURING
+        d.wait_until(lambda: count(d, "handled") >= total, 30, "every notification handled")
+        d.wait_until(lambda: queued(stack, d.pool) == 0, 10, "the queue empty")
+        time.sleep(1.0)  # a second close would redeliver, and show up below
+        publish(cinder, image, AFTER)
+        total += AFTER
+        d.wait_until(lambda: count(d, "handled") >= total, 30, "consuming afterwards")
+        d.wait_until(lambda: queued(stack, d.pool) == 0, 10, "the queue empty again")
+        outcomes = {o: count(d, o) for o in ("handled", "duplicate", "requeued", "malformed",
+                                             "error")}
+        [after] = rabbit.consumers(stack, d.pool)
+        queue = rabbit.queues(stack, "/")[d.pool]
+        errors = rabbit.channel_errors(stack, connection, since)
+        closes = [line.split(" [-] ", 1)[-1]
+                  for line in d.log.read_text(errors="replace").splitlines()
+                  if "closed the bus channel" in line]
+        print(f"\nchannel before {first}\nafter {after}\nbroker: {errors}\n"
+              f"daemon: {closes}\n"
+              f"outcomes {outcomes}; the held batch's tag: {marker.read_text()}")
+        assert held.split() == [str(BEFORE + 1)]  # the stale tag; still held after DURING
+        # The broker closed the channel once, for the bad ack, and the
+        # consumer goes on on a channel of the same number and connection:
+        # reopened in place, not a reconnection.
+        assert errors == [BAD_ACK]
+        assert len(closes) == 1 and closes[0].startswith(
+            "the broker closed the bus channel (PreconditionFailed: Basic.ack: (406) "
+            "PRECONDITION_FAILED - unknown delivery tag 999999999); it is reopened")
+        assert after["channel_pid"] != first["channel_pid"]
+        assert (after["connection"], after["number"]) == (first["connection"], first["number"])
+        # Twice batch_size, on the reopened channel too (the rabbit driver
+        # does not set it again on a channel py-amqp reopened in place).
+        assert (first["prefetch_count"], after["prefetch_count"]) == ("8", "8")
+        assert outcomes == {"handled": total, "duplicate": 1, "requeued": 0, "malformed": 0,
+                            "error": 0}
+        assert (queue["messages"], queue["messages_unacknowledged"]) == ("0", "0")
+        assert (d.image(image["id"]) or {}).get("score", 0.0) == pytest.approx(total,
+                                                                               rel=0.01)
+        assert d.proc is not None and d.proc.poll() is None
+        assert d.get("/readyz")["ready"]
     finally:
         d.kill()

@@ -383,7 +383,7 @@ class _Revives(_Deliveries):
 
 
 def test_nothing_taken_before_a_channel_error_is_settled_on_the_revived_channel(
-        loop: asyncio.AbstractEventLoop) -> None:
+        loop: asyncio.AbstractEventLoop, caplog: pytest.LogCaptureFixture) -> None:
     """A batch on the loop (tags 1-3) and one pending (4, 5) when the broker
     closes the channel; py-amqp revives the same channel object and the
     broker redelivers from tag 1. Acking the old batches with their tags
@@ -400,6 +400,12 @@ def test_nothing_taken_before_a_channel_error_is_settled_on_the_revived_channel(
     listener._read(_Stopped(), kombu_conn, listener.GAP)  # 1, 2 on the revived one
     listener._flush()
     assert [entry for entry in log if entry[0] != "collect"] == [("ack", 2, True)]
+    # The broker's reason, which the driver's own log line leaves out.
+    assert [r.getMessage() for r in caplog.records
+            if "closed the bus channel" in r.getMessage()
+            ] == ["the broker closed the bus channel (PreconditionFailed: Basic.ack: (406) "
+                  "PRECONDITION_FAILED - unknown delivery tag 9); it is reopened, and what "
+                  "was taken on it and not acked is redelivered"]
 
 
 
@@ -605,11 +611,15 @@ class _Ensuring(_Heartbeats):
             self.fail = False
             raise amqp.exceptions.ConnectionForced("Too many heartbeats missed")
 
+    def _set_qos(self, channel: object) -> None:
+        self.log.append(("qos", 0, False))
+
     def ensure(self, method: Callable[[], None], recoverable_error_callback: Any,
                error_callback: Any) -> None:
         try:
             method()
-        except amqp.exceptions.ConnectionForced as exc:
+        except (amqp.exceptions.ConnectionForced,
+                amqp.exceptions.RecoverableChannelError) as exc:
             self.log.append(("recover", 0, False))
             recoverable_error_callback(exc)
             method()
@@ -627,7 +637,28 @@ def test_missed_heartbeats_in_a_session_go_through_the_drivers_recovery(
     driver = _Ensuring(kombu_conn, log)
     listener._conn = type("Context", (), {"connection": driver})()
     listener._drain(0.01)
-    assert log == [("heartbeat", 0, False), ("recover", 0, False), ("consumed", 1, False)]
+    assert log == [("heartbeat", 0, False), ("recover", 0, False), ("qos", 0, False),
+                   ("consumed", 1, False)]
+
+
+def test_a_channel_reopened_in_place_gets_its_prefetch_before_its_consumers(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """py-amqp reopens a channel the broker closed as the same object, so the
+    driver does not set its prefetch again: without it the broker would
+    push the whole queue into this daemon."""
+    listener, _ = _listener(loop)
+    log: Log = []
+    channel = _Channel(log)
+    kombu_conn = _Revives(listener._received, channel, [1, None])
+    kombu_conn.connected = True  # type: ignore[attr-defined]
+    driver = _Ensuring(kombu_conn, log)
+    driver.fail = False
+    driver.channel = channel
+    listener._conn = type("Context", (), {"connection": driver, "channel": channel})()
+    listener._drain(0.01)
+    assert [entry for entry in log if entry[0] != "heartbeat"] == [
+        ("recover", 0, False), ("qos", 0, False), ("consumed", 1, False)]
+    assert listener._pending == []  # taken before the close: the broker redelivers it
 
 
 def test_a_long_hand_off_keeps_sending_and_reading_heartbeats(
@@ -759,7 +790,8 @@ def test_py_amqp_without_its_transport_names_is_refused() -> None:
     driver = type("D", (), {
         "_new_tags": set(), "_consumers": {}, "_consume_loop_stopped": False,
         "_connection_lock": threading.Lock(), "_heartbeat_check": lambda: None,
-        "_heartbeat_supported_and_enabled": lambda: False, "ensure": lambda: None,
+        "_heartbeat_supported_and_enabled": lambda: False, "_set_qos": lambda c: None,
+        "ensure": lambda: None,
         "channel": None, "connection": kombu_conn})()
     try:
         with pytest.raises(RuntimeError, match="_quick_recv"):

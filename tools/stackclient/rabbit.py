@@ -53,9 +53,65 @@ def add_vhost(stack: Stack, vhost: str) -> str:
 
 def queues(stack: Stack, vhost: str) -> dict[str, dict[str, str]]:
     """``{name: {"durable": "true"|"false", "type": "classic"|"quorum"|...,
-    "messages": "N"}}`` (messages: ready and not yet acked)."""
-    out = ctl(stack, "list_queues", "-p", vhost, "--quiet", "--no-table-headers",
-              "name", "durable", "type", "messages")
+    "messages": "N", "messages_unacknowledged": "N"}}`` (messages: ready and
+    not yet acked)."""
+    columns = ("name", "durable", "type", "messages", "messages_unacknowledged")
+    return {row["name"]: row for row in _rows(stack, "list_queues", columns, vhost)}
+
+
+def consumers(stack: Stack, queue: str, vhost: str = "/") -> list[dict[str, str]]:
+    """The consumers of ``queue``, each with what the broker knows of its
+    channel: ``channel_pid`` (the broker's process for the channel: a channel
+    closed and opened again, even with the same number on the same
+    connection, is another one), ``connection`` (the connection's process),
+    ``number`` (the channel's number on it), ``name`` (``"CLIENT:PORT ->
+    SERVER:PORT (NUMBER)"``, as the broker's log names it),
+    ``prefetch_count`` (the consumer's ``basic.qos`` limit; 0: none) and
+    ``messages_unacknowledged`` (the channel's)."""
+    found = [row for row in _rows(stack, "list_consumers",
+                                  ("queue_name", "channel_pid", "consumer_tag",
+                                   "prefetch_count"), vhost)
+             if row["queue_name"] == queue]
+    channels = {row["pid"]: row for row in _rows(
+        stack, "list_channels", ("pid", "connection", "number", "messages_unacknowledged",
+                                 "name"))}
+    for row in found:
+        channel = channels.get(row["channel_pid"], {})
+        row.update({k: channel.get(k, "") for k in ("connection", "number", "name",
+                                                    "messages_unacknowledged")})
+    return found
+
+
+def _rows(stack: Stack, command: str, columns: tuple[str, ...],
+          vhost: str | None = None) -> list[dict[str, str]]:
+    """``rabbitmqctl COMMAND COLUMNS`` as one dict per row (the last column
+    may hold spaces, no other)."""
+    out = ctl(stack, command, *(["-p", vhost] if vhost is not None else []), "--quiet",
+              "--no-table-headers", *columns)
     rows = [line.split("\t") for line in out.splitlines() if line.strip()]
-    return {r[0]: {"durable": r[1], "type": r[2], "messages": r[3]}
-            for r in rows if len(r) >= 4}
+    return [dict(zip(columns, r, strict=True)) for r in rows if len(r) == len(columns)]
+
+
+def log(stack: Stack) -> Path:
+    """The node's log file (``[info]`` and above)."""
+    return stack.dir / "log" / f"{stack['RABBITMQ_NODENAME']}.log"
+
+
+def channel_errors(stack: Stack, connection: str, since: int = 0) -> list[str]:
+    """What the node logged, from byte ``since`` of its log, of each channel
+    exception on the connection whose channel name is ``connection``
+    (``"CLIENT:PORT -> SERVER:PORT"``): one ``"operation OP caused a channel
+    exception ..."`` each."""
+    with open(log(stack), "rb") as f:
+        f.seek(since)
+        lines = f.read().decode(errors="replace").splitlines()
+    found = []
+    for n, line in enumerate(lines):
+        if "Channel error on connection" in line and f"({connection}," in line:
+            found += [_message(later) for later in lines[n + 1:n + 3]
+                      if "caused a channel exception" in later]
+    return found
+
+
+def _message(line: str) -> str:
+    return line[line.index("operation"):] if "operation" in line else line

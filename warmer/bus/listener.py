@@ -24,7 +24,9 @@ drives the consumption itself:
   inside the driver's ``ensure()``, as the driver's own ``consume()`` does,
   so that a broken connection or channel is recovered exactly as the
   driver recovers it (failover to the next host, reconnection with its
-  back-off, queues declared and consumers registered again), but reads
+  back-off, queues declared and consumers registered again; the prefetch
+  is set again too, which the driver forgets on a channel py-amqp reopened
+  in place), but reads
   every message that comes until a batch is full, or the socket was silent
   for :attr:`BusListener.GAP` (or ``batch_linger`` passed), with the
   socket's timeout set once per session instead of twice per frame;
@@ -299,6 +301,12 @@ class BusListener:
                 kombu_conn.maybe_switch_next()
                 raise kombu_conn.recoverable_connection_errors[0]
             _read_ahead(kombu_conn)
+            if driver._new_tags:
+                # py-amqp reopens a channel the broker closed in place; the
+                # driver sees the same channel object and does not set its
+                # prefetch again, and the broker would push the whole queue
+                # into this daemon (seen on RabbitMQ 3.10: prefetch 0).
+                driver._set_qos(driver.channel)
             while driver._new_tags:
                 for consumer, tag in driver._consumers.items():
                     if tag in driver._new_tags:
@@ -332,6 +340,11 @@ class BusListener:
                     # py-amqp has revived the channel in place by now: its
                     # delivery tags start again at 1
                     self._new_generation()
+                    # The driver's own line says only that the server is
+                    # "unreachable", without the broker's reason.
+                    LOG.warning("the broker closed the bus channel (%s); it is reopened, "
+                                "and what was taken on it and not acked is redelivered",
+                                _describe(exc))
                     if exc.code == 406 and exc.method_name == "Basic.ack":
                         # As the driver does: another consumer acked it; recover
                         raise kombu_conn.recoverable_channel_errors[0] from exc
@@ -563,6 +576,7 @@ def _check_driver(driver: Any) -> None:
         "_connection_lock": lambda v: hasattr(v, "__enter__") and hasattr(v, "__exit__"),
         "_heartbeat_check": callable,
         "_heartbeat_supported_and_enabled": callable,
+        "_set_qos": callable,
         "ensure": callable,
         "channel": lambda v: True,
         "connection": lambda v: v is not None,

@@ -11,7 +11,17 @@ daemons it starts). ``WARMER_TEST_FAULTS`` (JSON) says which faults:
   file ``"marker"`` names;
 * ``"fail_dispatch": N``: the first N batches raise in the hand-off;
 * ``"folded": PATH``: after each batch the loop folded, the number of its
-  messages that were not requeued is appended to PATH, one line each.
+  messages that were not requeued is appended to PATH, one line each;
+* ``"bad_ack_at": N``: the hand-off that brings the notifications handed
+  off to N or more has the broker close the consumer channel: once that
+  batch is submitted, the consumer thread acks :data:`BAD_TAG`, a delivery
+  tag the broker never issued on the channel, and RabbitMQ closes it with
+  406 PRECONDITION_FAILED "unknown delivery tag". The loop holds that batch
+  for ``"hold_fold"`` seconds (default 0) before folding it, so that it is
+  still on the loop when the consumer thread reads the broker's close and
+  py-amqp reopens the channel in place. The last delivery tag of the batch
+  is written first to the file ``"marker"`` names, and `` released`` is
+  appended to it once the loop stops holding the batch.
 
 Without ``WARMER_TEST_FAULTS`` it does nothing.
 """
@@ -31,11 +41,18 @@ def _stall(seconds: float, marker: str) -> None:
     time.sleep(seconds)
 
 
+#: The delivery tag of ``bad_ack_at``: a billion deliveries on one channel
+#: would be needed for the broker to have issued it.
+BAD_TAG = 999_999_999
+
+
 def _install(faults: dict[str, Any]) -> None:
     from warmer.bus import listener
 
     runs: list[int] = []
     real_run = listener.Bridge._run
+
+    held: list[list[Any]] = []  # the events of the batch bad_ack_at holds
 
     def run(self: listener.Bridge, job: Any) -> None:
         runs.append(1)
@@ -43,6 +60,10 @@ def _install(faults: dict[str, Any]) -> None:
         if first and "block_handoff" in faults:
             Path(faults["marker"]).write_text(str(len(job.batch)))
             time.sleep(faults["block_handoff"])
+        if held and job.batch is held[0]:
+            time.sleep(faults.get("hold_fold", 0))
+            with open(faults["marker"], "a") as out:
+                out.write(" released")
         real_run(self, job)
         if "folded" in faults and job.started:
             with open(faults["folded"], "a") as out:
@@ -52,6 +73,9 @@ def _install(faults: dict[str, Any]) -> None:
                                                  faults["marker"])
 
     listener.Bridge._run = run  # type: ignore[method-assign]
+
+    if "bad_ack_at" in faults:
+        _bad_ack_at(listener, faults, held)
 
     if "fail_dispatch" in faults:
         real_prepare = listener.prepare_batch
@@ -64,6 +88,38 @@ def _install(faults: dict[str, Any]) -> None:
             return real_prepare(*args)
 
         listener.prepare_batch = prepare_batch
+
+
+def _bad_ack_at(listener: Any, faults: dict[str, Any], held: list[list[Any]]) -> None:
+    """Both halves run in the consumer thread, the only one that uses the
+    channel: :meth:`BusListener._hand_off` decides, :meth:`Bridge.submit`
+    marks the batch for the loop to hold before the loop can see it."""
+    handed: list[int] = []
+    arming: list[bool] = []
+    real_hand_off = listener.BusListener._hand_off
+    real_submit = listener.Bridge.submit
+
+    def submit(self: Any, batch: Any) -> None:
+        if arming:
+            held.append(batch.events)
+        real_submit(self, batch)
+
+    def hand_off(self: Any) -> None:
+        size = min(len(self._pending), self._batch)
+        fire = not held and sum(handed) + size >= faults["bad_ack_at"]
+        handed.append(size)
+        if fire:
+            arming.append(True)
+        try:
+            real_hand_off(self)
+        finally:
+            arming.clear()
+        if fire and held and self._inflight is not None:
+            Path(faults["marker"]).write_text(str(self._inflight.messages[-1].delivery_tag))
+            self._conn.channel.basic_ack(BAD_TAG)
+
+    listener.Bridge.submit = submit
+    listener.BusListener._hand_off = hand_off
 
 
 _spec = os.environ.get("WARMER_TEST_FAULTS")
