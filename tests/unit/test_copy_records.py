@@ -91,12 +91,14 @@ def records_of(store: MemoryStore, image_id: str) -> dict[str, VerifiedSnapshot]
 
 
 def vouching(store: MemoryStore, image_id: str) -> dict[str, VerifiedSnapshot]:
-    """The records that say a snapshot matched (not that it mismatched)."""
-    return {k: r for k, r in records_of(store, image_id).items() if not r.mismatched}
+    """The verified records (never a mismatch: those are kept apart)."""
+    found = records_of(store, image_id)
+    assert not any(r.mismatched for r in found.values())
+    return found
 
 
-def mismatched(store: MemoryStore, image_id: str) -> list[str]:
-    return [k for k, r in records_of(store, image_id).items() if r.mismatched]
+def mismatched(store: MemoryStore, image_id: str) -> set[str]:
+    return asyncio.run(store.mismatched(image_id))
 
 
 def one_image(clusters: tuple[FakeCluster, FakeCluster], executor: Any, *,
@@ -191,39 +193,78 @@ def test_a_daemon_that_saw_a_mismatch_never_trusts_that_snapshot_again(
 
 def test_a_snapshot_that_mismatched_is_never_trusted_again_by_any_daemon_or_restart(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
-    """The mismatch is recorded in the shared state, not only in the memory
-    of the daemon that saw it: a daemon started afterwards (a restart, or
-    another controller) hashes the snapshot, and even when its bytes read
-    right again, its match is not recorded, so no later copy skips the hash."""
+    """The mismatch is recorded in the shared state, apart from the verified
+    records, not only in the memory of the daemon that saw it: a daemon
+    started afterwards (a restart, or another controller) hashes the
+    snapshot every time, even once its bytes read right again and verified
+    records of it were written (by a match here, or by a daemon of an
+    earlier version, which knows nothing of mismatches: it writes records
+    and drops all of an image's records, never the mismatches)."""
     daemon, image_id, data = one_image(clusters, executor)
     snap = daemon.central.images["images"][image_id].snaps["snap"]
     good = snap.data[0]
     snap.data[0] = os.urandom(MiB)
     hasher = Daemon(executor, daemon.glance, daemon.store, trust=False)
     assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
-    [marker] = records_of(daemon.store, image_id).values()
-    assert marker.mismatched
-    # Read by a daemon that knows no "mismatched", it still vouches for nothing.
+    [key] = mismatched(daemon.store, image_id)
+    marker = daemon.store._mismatched[key]
     glance_digest = "sha512:" + hashlib.sha512(data).hexdigest()
-    assert marker.digest.startswith("sha512:") and marker.digest != glance_digest
-    assert not dataclasses.replace(marker, mismatched=False).vouches_for(
-        marker.snapshot, glance_digest, len(data))
+    assert marker.mismatched and marker.digest.startswith("sha512:")
+    assert marker.digest != glance_digest  # what the bytes hashed to
+    assert vouching(daemon.store, image_id) == {}  # the old record went
     snap.data[0] = good  # the bytes read right again (a transient fault)
     restarted = Daemon(executor, daemon.glance, daemon.store)
     assert restarted.warm("edge2", image_id).state == "warm"
     assert restarted.checks == [("edge2", "verified")]  # hashed, not trusted
-    assert vouching(daemon.store, image_id) == {}  # and its match not recorded
-    # A daemon that trusts no record (so never read this one) records
-    # nothing over the mismatch either.
+    # Verified records of it appear: a match of a daemon that never read
+    # the mismatch, and one an earlier version wrote; that version's
+    # revoke drops the image's verified records, not the mismatch.
     careful = Daemon(executor, daemon.glance, daemon.store, trust=False)
     assert careful.warm("edge2", image_id).state == "warm"
-    assert careful.checks == [("edge2", "verified")]
-    assert vouching(daemon.store, image_id) == {}
+    assert vouching(daemon.store, image_id)
+    asyncio.run(daemon.store.put_verified(VerifiedSnapshot(
+        marker.snapshot, glance_digest, len(data), 0.0, "older-version")))
+    asyncio.run(daemon.store.remove_verified([image_id]))
+    asyncio.run(daemon.store.put_verified(VerifiedSnapshot(
+        marker.snapshot, glance_digest, len(data), 0.0, "older-version")))
+    assert mismatched(daemon.store, image_id) == {key}
     assert restarted.evict("edge", image_id) == "removed"
     another = Daemon(executor, daemon.glance, daemon.store)
     assert another.warm("edge", image_id).state == "warm"
     assert another.checks == [("edge", "verified")]  # hashed again
     assert copied(image_id, "edge.conf") == data
+
+
+def test_a_mismatch_is_recorded_before_the_verified_records_go(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """A revoke whose removal of the verified records fails still leaves
+    the mismatch recorded: no daemon trusts the snapshot."""
+    class NoRemoval(MemoryStore):
+        async def remove_verified(self, image_ids: Collection[str]) -> None:
+            raise StateUnavailable("injected: the removal failed")
+    store = NoRemoval()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    hasher = Daemon(executor, daemon.glance, store, trust=False)
+    assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert vouching(store, image_id)  # the removal failed: the record stays
+    assert len(mismatched(store, image_id)) == 1
+    other = Daemon(executor, daemon.glance, store)
+    assert other.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert other.checks == [("edge2", "mismatch")]  # hashed: not trusted
+
+
+def test_a_deleted_image_leaves_no_mismatch_behind(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    daemon, image_id, _ = one_image(clusters, executor)
+    daemon.central.images["images"][image_id].snaps["snap"].data[0] = os.urandom(MiB)
+    hasher = Daemon(executor, daemon.glance, daemon.store, trust=False)
+    assert hasher.warm("edge2", image_id).reason == "checksum_mismatch"
+    assert mismatched(daemon.store, image_id)
+    del daemon.glance.images[image_id]
+    for name in ("edge", "edge2"):
+        assert asyncio.run(daemon.targets[name].purge(image_id)) in ("removed", "gone")
+    assert mismatched(daemon.store, image_id) == set()
 
 
 def test_a_snapshot_recreated_under_the_same_name_is_hashed_again(
@@ -312,6 +353,16 @@ class UnavailableStore(MemoryStore):
             raise StateUnavailable("injected")
         await super().remove_verified(image_ids)
 
+    async def mismatched(self, image_id: str) -> set[str]:
+        if self.down:
+            raise StateUnavailable("injected")
+        return await super().mismatched(image_id)
+
+    async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+        if self.down:
+            raise StateUnavailable("injected")
+        await super().put_mismatched(record)
+
 
 def test_a_state_that_cannot_be_read_means_hash(
         clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
@@ -347,6 +398,14 @@ class ShutDownStore(MemoryStore):
         self._check()
         await super().remove_verified(image_ids)
 
+    async def mismatched(self, image_id: str) -> set[str]:
+        self._check()
+        return await super().mismatched(image_id)
+
+    async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+        self._check()
+        await super().put_mismatched(record)
+
     async def put_cost(self, cost: CopyCost) -> None:
         self._check()
         await super().put_cost(cost)
@@ -368,8 +427,7 @@ def test_a_state_that_raises_anything_means_hash_and_the_copy_is_still_published
     assert (result.state, result.reason) == ("warm", "cloneable")
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
     assert copied(image_id) == data
-    # The check before the record fails too: nothing is recorded.
-    assert errors == [("verified", "RuntimeError"), ("verified", "RuntimeError"),
+    assert errors == [("mismatched", "RuntimeError"), ("put_verified", "RuntimeError"),
                       ("put_cost", "RuntimeError")]
     assert daemon.evict("edge2", image_id) == "removed"
     assert errors[-1] == ("remove_cost", "RuntimeError")

@@ -24,9 +24,11 @@ from warmer.state.store import (
     Pin,
     Settings,
     ShardLost,
+    SourceSnapshot,
     StateError,
     StateUnavailable,
     Tombstone,
+    VerifiedSnapshot,
 )
 
 T0 = 1_764_000_000
@@ -66,11 +68,18 @@ def test_the_layout_is_the_documented_one_in_the_namespace(executor: Any) -> Non
         await s.put_pin(Pin(a, "admin", T0))
         await s.put_tombstone(Tombstone(b, T0, "ctl-1"))
         await s.put_cost(CopyCost("edge", a, 1, 1.0, "sha512:00", T0))
+        snap = SourceSnapshot(a, "fsid-central", "images", a, 4, "10a2")
+        await s.put_verified(VerifiedSnapshot(snap, "sha512:00", 1, T0))
+        await s.put_mismatched(VerifiedSnapshot(snap, "sha512:ff", 1, T0, mismatched=True))
     asyncio.run(go())
     objects = cluster().ns_objects[("images", "warmer")]
     assert cluster().objects["images"] == {}  # nothing in the default namespace
     assert set(objects) == {"warmer.state", "warmer.demand.ctl-1", "warmer.pins",
-                            "warmer.tombstones", "warmer.costs.edge"}
+                            "warmer.tombstones", "warmer.costs.edge", "warmer.verified",
+                            "warmer.mismatched"}
+    key = f"{a}/fsid-central/images/{a}@4"
+    assert set(objects["warmer.verified"].omap) == {key} == set(objects["warmer.mismatched"].omap)
+    assert VerifiedSnapshot.from_json(key, objects["warmer.mismatched"].omap[key]).mismatched
     assert set(objects["warmer.state"].omap) == {"settings", "shard.ctl-1"}
     assert Settings.from_json(objects["warmer.state"].omap["settings"]).half_life == HOUR
     shard = objects["warmer.demand.ctl-1"].omap

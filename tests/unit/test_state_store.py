@@ -274,6 +274,30 @@ def test_verified_snapshots_are_kept_per_image_replaced_per_rbd_image_and_remove
     run(go())
 
 
+def test_mismatches_are_kept_apart_from_the_verified_records(store: StateStore) -> None:
+    """No write or removal of verified records touches them (a daemon of an
+    earlier version makes those), only the image's deletion does."""
+    a, b = ids(2)
+    bad = VerifiedSnapshot(snapshot(a, 4), "sha512:ff", 10, T0, "ctl-1", mismatched=True)
+    good = VerifiedSnapshot(snapshot(a, 4), "sha512:aa", 10, T0, "ctl-2")
+    of_b = VerifiedSnapshot(snapshot(b, 4), "sha512:ff", 10, T0, "ctl-1", mismatched=True)
+
+    async def go() -> None:
+        assert await store.mismatched(a) == set()
+        for record in (bad, of_b, bad):  # idempotent
+            await store.put_mismatched(record)
+        await store.put_verified(good)
+        await store.put_verified(dataclasses.replace(good, snapshot=snapshot(a, 9)))
+        await store.remove_verified([a])
+        assert await store.mismatched(a) == {bad.snapshot.key}
+        assert await store.verified(a) == {}
+        await store.remove_mismatched([a])
+        await store.remove_mismatched([a])
+        assert await store.mismatched(a) == set()
+        assert await store.mismatched(b) == {of_b.snapshot.key}
+    run(go())
+
+
 @pytest.mark.parametrize("bad", ["volume-1", "{x}", "A" * 36, ""])
 def test_keys_that_are_not_canonical_image_ids_are_refused(store: StateStore,
                                                            bad: str) -> None:

@@ -155,6 +155,15 @@ class SiteStore:
     async def remove_verified(self, image_ids: Collection[str]) -> None:
         await self.base.remove_verified(image_ids)
 
+    async def mismatched(self, image_id: str) -> set[str]:
+        return await self.base.mismatched(image_id)
+
+    async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+        await self.base.put_mismatched(record)
+
+    async def remove_mismatched(self, image_ids: Collection[str]) -> None:
+        await self.base.remove_mismatched(image_ids)
+
     async def close(self) -> None:
         pass
 

@@ -38,6 +38,7 @@ class MemoryStore:
         self._tombstones: dict[str, Tombstone] = {}
         self._costs: dict[str, dict[str, CopyCost]] = {}
         self._verified: dict[str, VerifiedSnapshot] = {}
+        self._mismatched: dict[str, VerifiedSnapshot] = {}
         self.writes = 0  # write_shard calls that were applied
 
     async def settings(self, proposed: Settings) -> Settings:
@@ -120,12 +121,27 @@ class MemoryStore:
         self._verified[record.snapshot.key] = record
 
     async def remove_verified(self, image_ids: Collection[str]) -> None:
-        prefixes = tuple(canonical_image_id(i) + "/" for i in image_ids)
-        for key in [k for k in self._verified if k.startswith(prefixes)]:
-            del self._verified[key]
+        _drop(self._verified, image_ids)
+
+    async def mismatched(self, image_id: str) -> set[str]:
+        prefix = canonical_image_id(image_id) + "/"
+        return {k for k in self._mismatched if k.startswith(prefix)}
+
+    async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+        canonical_image_id(record.snapshot.image_id)
+        self._mismatched[record.snapshot.key] = record
+
+    async def remove_mismatched(self, image_ids: Collection[str]) -> None:
+        _drop(self._mismatched, image_ids)
 
     async def close(self) -> None:
         pass
+
+
+def _drop(records: dict[str, VerifiedSnapshot], image_ids: Collection[str]) -> None:
+    prefixes = tuple(canonical_image_id(i) + "/" for i in image_ids)
+    for key in [k for k in records if k.startswith(prefixes)]:
+        del records[key]
 
 
 def _implements_the_interface(store: MemoryStore) -> StateStore:

@@ -15,6 +15,8 @@ object                         omap key                    value
 ``warmer.costs.<target>``      ``<image id>``              :class:`CopyCost`
 ``warmer.verified``            ``<image id>/<fsid>/        :class:`VerifiedSnapshot`
                                <pool>/<image>@<snap id>``
+``warmer.mismatched``          the same                    :class:`VerifiedSnapshot`
+                                                           (``mismatched``)
 =============================  ==========================  =======================
 
 Only the daemon named in a shard's object writes it, and only while the
@@ -76,6 +78,7 @@ PINS_OBJECT = "warmer.pins"
 TOMBSTONES_OBJECT = "warmer.tombstones"
 COSTS_PREFIX = "warmer.costs."
 VERIFIED_OBJECT = "warmer.verified"
+MISMATCHED_OBJECT = "warmer.mismatched"
 PAGE_SIZE = 1000
 WRITE_BATCH = 1000  # keys per write op; a shard write of more goes in steps
 
@@ -272,16 +275,33 @@ class RadosStore:
         await self._run("put_verified", put)
 
     async def remove_verified(self, image_ids: Collection[str]) -> None:
+        await self._remove_images("remove_verified", VERIFIED_OBJECT, image_ids)
+
+    async def mismatched(self, image_id: str) -> set[str]:
+        prefix = canonical_image_id(image_id) + "/"
+        return await self._run("mismatched", lambda ioctx: {
+            k for k, _ in _pages(ioctx, MISMATCHED_OBJECT, self.page_size, prefix)})
+
+    async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+        canonical_image_id(record.snapshot.image_id)
+        key, value = record.snapshot.key, record.to_json()
+        await self._run("put_mismatched", lambda ioctx: _write(
+            ioctx, MISMATCHED_OBJECT, [(key, value)], (), batch=self.write_batch))
+
+    async def remove_mismatched(self, image_ids: Collection[str]) -> None:
+        await self._remove_images("remove_mismatched", MISMATCHED_OBJECT, image_ids)
+
+    async def _remove_images(self, op: str, obj: str, image_ids: Collection[str]) -> None:
+        """Drop every key of ``obj`` that belongs to one of ``image_ids``."""
         prefixes = [canonical_image_id(i) + "/" for i in image_ids]
 
         def remove(ioctx: Ioctx) -> None:
             keys = [k for prefix in prefixes
-                    for k, _ in _pages(ioctx, VERIFIED_OBJECT, self.page_size, prefix)]
+                    for k, _ in _pages(ioctx, obj, self.page_size, prefix)]
             if keys:
-                _write(ioctx, VERIFIED_OBJECT, (), keys, batch=self.write_batch,
-                       missing_ok=True)
+                _write(ioctx, obj, (), keys, batch=self.write_batch, missing_ok=True)
         if prefixes:
-            await self._run("remove_verified", remove)
+            await self._run(op, remove)
 
     async def close(self) -> None:
         loop = asyncio.get_running_loop()

@@ -279,10 +279,9 @@ class VerifiedSnapshot:
 
     ``mismatched`` says the opposite: a copy of the snapshot once read
     bytes that did not match Glance's digest (``digest`` is then what they
-    hashed to, never Glance's, so a daemon that knows no ``mismatched``
-    does not trust it either). Such a record vouches for nothing, ever,
-    for every daemon and across restarts, and a later match does not
-    replace it.
+    hashed to, never Glance's). Such a record is kept apart
+    (:meth:`StateStore.put_mismatched`) and vouches for nothing, ever: no
+    daemon trusts the snapshot again, whatever verified record appears.
 
     JSON, under :attr:`SourceSnapshot.key`: ``{"fsid": ..., "pool": ...,
     "image": ..., "snap_id": ..., "rbd_id": ..., "digest": ..., "size": ...,
@@ -512,5 +511,19 @@ class StateStore(Protocol):
 
     async def remove_verified(self, image_ids: Collection[str]) -> None:
         """Drop every record of these Glance images (deleted)."""
+
+    async def mismatched(self, image_id: str) -> set[str]:
+        """The keys (:attr:`SourceSnapshot.key`) of the snapshots of Glance
+        image ``image_id`` a copy of which once hashed to something other
+        than Glance's digest. Kept apart from the verified records, so that
+        no write or removal of those (by a daemon of this version or an
+        earlier one) touches them. A key whose value cannot be read counts."""
+
+    async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+        """Record that ``record.snapshot`` mismatched (``record.mismatched``
+        is true; its digest is what the bytes hashed to)."""
+
+    async def remove_mismatched(self, image_ids: Collection[str]) -> None:
+        """Drop the mismatch records of these Glance images (deleted)."""
 
     async def close(self) -> None: ...

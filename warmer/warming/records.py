@@ -28,9 +28,10 @@ from :meth:`~warmer.warming.target.Target.purge`), or as soon as any
 daemon hashes a copy of it that does not match (:meth:`revoke`): a
 snapshot's bytes are not supposed to change, but if they read otherwise
 once, no daemon should go on trusting them. The snapshot that mismatched
-keeps a record that says so (``mismatched``): no daemon trusts it again,
-after a restart too, and a later match does not replace it (until the
-Glance image is deleted, or its RBD image gets another snapshot).
+is recorded apart (``warmer.mismatched``), before the verified records
+go: no daemon trusts it again, after a restart too, whatever verified
+record of it a later match (or a daemon of an earlier version) writes,
+until the Glance image is deleted.
 
 **What each copy cost**, per target and image: bytes read and written,
 seconds, when, by which daemon, and how it was checked
@@ -94,24 +95,26 @@ class CopyRecords:
         Glance records now) over ``size`` bytes. False whenever unsure."""
         if not self.trust or not digest or snapshot.key in self._distrusted:
             return False
+        # The mismatches first: they win over any verified record.
+        ok, bad = await self._call("mismatched",
+                                   lambda: self.store.mismatched(snapshot.image_id))
+        if not ok or bad is None:
+            return False
+        if snapshot.key in bad:
+            self._distrust(snapshot)
+            return False
         _, records = await self._call("verified",
                                       lambda: self.store.verified(snapshot.image_id))
         record = records.get(snapshot.key) if records else None
-        if record is not None and record.mismatched:
-            self._distrust(snapshot)
         return record is not None and record.vouches_for(snapshot, digest, size)
 
     async def verified(self, snapshot: SourceSnapshot, digest: str, size: int) -> None:
         """Every byte of ``snapshot`` was read and matched ``digest``. Call
         it only then: never on a mismatch, a short read or a failed read.
-        A snapshot known to have mismatched stays so: not recorded."""
+        (A snapshot that mismatched once is never trusted, whatever this
+        writes: :meth:`trusted` reads the mismatches first.)"""
         if snapshot.key in self._distrusted:
-            return
-        ok, records = await self._call("verified",
-                                       lambda: self.store.verified(snapshot.image_id))
-        known = records.get(snapshot.key) if records else None
-        if not ok or (known is not None and known.mismatched):
-            return  # unsure, or it read otherwise once: the next copy hashes too
+            return  # saves a write no daemon would trust
         record = VerifiedSnapshot(snapshot, digest.lower(), size, self._clock(), self.daemon)
         ok, _ = await self._call("put_verified", lambda: self.store.put_verified(record))
         if ok:
@@ -121,24 +124,26 @@ class CopyRecords:
     async def revoke(self, image_id: str, snapshot: SourceSnapshot | None,
                      read: str | None, size: int) -> None:
         """A copy of ``image_id`` hashed bytes that did not match Glance's
-        digest (they hashed to ``read``, over ``size`` bytes): drop every record of the image,
-        before the copy fails, so that no daemon trusts any of its snapshots
-        any more (the record may vouch for a snapshot whose bytes now read
-        otherwise: bit rot, a librbd bug, a write behind RBD's back). Then
-        record that ``snapshot`` mismatched, so that no daemon trusts it
-        again, after a restart too. This daemon never trusts it again even
-        if neither write worked: it hashes each copy of it."""
+        digest (they hashed to ``read``, over ``size`` bytes), before the
+        copy fails: record that ``snapshot`` mismatched, so that no daemon
+        of this version trusts it again, after a restart too; then drop
+        every verified record of the image, so that no daemon (of an earlier
+        version too) trusts any of its snapshots any more (a record may
+        vouch for a snapshot whose bytes now read otherwise: bit rot, a
+        librbd bug, a write behind RBD's back). In that order, so that a
+        failure between the two leaves the mismatch recorded. This daemon
+        never trusts it again even if neither write worked."""
+        ok = True
         if snapshot is not None:
             self._distrust(snapshot)
-        ok, _ = await self._call("remove_verified",
-                                 lambda: self.store.remove_verified([image_id]))
-        if ok and snapshot is not None and read:
-            # The digest the bytes read to, not Glance's: a daemon of an
-            # earlier version, which knows no "mismatched", never finds
-            # Glance's digest in it, so it does not trust the snapshot either.
-            marker = VerifiedSnapshot(snapshot, read.lower(), size, self._clock(),
-                                      self.daemon, mismatched=True)
-            ok, _ = await self._call("put_verified", lambda: self.store.put_verified(marker))
+            if read:
+                marker = VerifiedSnapshot(snapshot, read.lower(), size, self._clock(),
+                                          self.daemon, mismatched=True)
+                ok, _ = await self._call("put_mismatched",
+                                         lambda: self.store.put_mismatched(marker))
+        removed, _ = await self._call("remove_verified",
+                                      lambda: self.store.remove_verified([image_id]))
+        ok = ok and removed
         if ok:
             LOG.warning("image %s: a copy did not match Glance's digest: its verified "
                         "snapshots are forgotten, every copy hashes them again", image_id)
@@ -156,6 +161,8 @@ class CopyRecords:
     async def forget(self, image_id: str) -> None:
         """Glance deleted ``image_id``: drop the records of its snapshots."""
         await self._call("remove_verified", lambda: self.store.remove_verified([image_id]))
+        await self._call("remove_mismatched",
+                         lambda: self.store.remove_mismatched([image_id]))
 
     # -- copy costs -----------------------------------------------------------------
 
