@@ -476,6 +476,41 @@ def test_a_glance_that_shows_direct_url_only_hides_the_location_in_another_clust
     assert "only_direct_url" in fix and "pin" not in fix
 
 
+def test_warmers_published_copy_behind_direct_url_alone_is_sent_to_only_direct_url(
+        stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str],
+        glance_variant: Callable[..., str]) -> None:
+    """The common case: warmer's daemon copied the image into edge and
+    published it, and Glance shows direct_url alone (show_multiple_locations
+    off, its stores as the stack's): Cinder only ever tries central's
+    location. The doctor names that as the cause, never publishing
+    (copy_not_published, `warmer evaluate`), which cannot help; nor Glance's
+    caps, narrowed on edge since (live, put back whatever happens), which
+    did not keep this copy from being a location."""
+    image_id = pinned("doctor-copy-behind-direct-url")
+    glance.upload(image_id, os.urandom(MiB))
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 60, "warm on edge")
+    ours = f"rbd://{stack.fsid('edge')}/images/{image_id}/snap"
+    assert ours in [loc["url"] for loc in glance.get(image_id)["locations"]]
+    direct = through(stack, glance_variant("direct-url-only",
+                                           "DEFAULT.show_multiple_locations=False"))
+    with glance_osd_caps(stack, "edge", "profile rbd pool=volumes"):
+        rc, report, text = doctor(direct, image_id, "--target", "edge",
+                                  "--glance-conf", stack["GLANCE_CONF"])
+    assert rc == 1, text
+    named(report["image"]["diagnoses"], text, "only_direct_url", blocking=False)
+    edge = verdict(report, "edge")
+    assert edge["clones"] is False, text
+    assert codes(edge["diagnoses"]) == {"no_location_in_cluster", "copy_unseen_by_cinder",
+                                        "glance_user_cannot_read_copy_pool"}, text
+    fix = named(edge["diagnoses"], text, "copy_unseen_by_cinder", blocking=True)
+    assert fix.startswith("fix only_direct_url first") and "evaluate" not in fix, fix
+    assert (f"warmer's copy images/{image_id}@snap is there (protected) and a location of "
+            "the image, but Cinder sees direct_url alone" in text), text
+    fix = named(edge["diagnoses"], text, "glance_user_cannot_read_copy_pool", blocking=False)
+    assert fix.startswith("fix only_direct_url first") and "profile rbd pool=images" in fix
+    assert "only_direct_url" in remedy(edge["diagnoses"], "no_location_in_cluster")
+
+
 def test_a_location_in_glances_one_part_rbd_form_is_named_malformed(
         stack: Stack, daemon: Daemon, glance: Glance) -> None:
     """Glance's RBD store accepts ``rbd://<image>`` (the form it writes when
