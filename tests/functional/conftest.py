@@ -27,6 +27,7 @@ from stackclient import Stack, faults  # noqa: E402
 from stackclient.cinder import CinderNotifier, GlanceNotifier  # noqa: E402
 from stackclient.daemon import Daemon  # noqa: E402
 from stackclient.glance import Glance  # noqa: E402
+from stacklib import proc  # noqa: E402
 
 TIMINGS: dict[str, float] = {}
 
@@ -155,8 +156,10 @@ def glance_variant(stack: Stack) -> Iterator[Callable[..., str]]:
     second glance-api on the stack, configured otherwise (``tools/stack
     start-glance``: ``SECTION.OPTION=VALUE`` settings over the stack's
     glance-api.conf, or ``single_store`` as its only store), beside the
-    stack's own; stopped by its recorded PID afterwards, however the test
-    ends."""
+    stack's own. However the test ends, and whether or not its start
+    succeeded, each one is stopped (``tools/stack stop-glance``, by its
+    recorded PID), every variant even when stopping one fails, and none of
+    its process group (uwsgi's master and workers) may survive."""
     started: list[str] = []
 
     def start(name: str, *settings: str, single_store: str | None = None) -> str:
@@ -164,18 +167,38 @@ def glance_variant(stack: Stack) -> Iterator[Callable[..., str]]:
                 *(a for s in settings for a in ("--set", s))]
         if single_store:
             argv += ["--single-store", single_store]
+        started.append(name)  # before it runs: a start that fails may have launched it
         out = subprocess.run(argv, capture_output=True, text=True)
         if out.returncode != 0:
             pytest.fail(f"tools/stack start-glance failed:\n{out.stdout}\n{out.stderr}")
-        started.append(name)
         return out.stdout.strip().splitlines()[-1]
 
     yield start
+    failures = []
     for name in started:
+        try:
+            _stop_glance_variant(stack, name)
+        except Exception as exc:  # the next variants are stopped all the same
+            failures.append(f"glance-api-{name}: {exc}")
+    assert not failures, failures
+
+
+def _stop_glance_variant(stack: Stack, name: str) -> None:
+    """``tools/stack stop-glance``, then a check that nothing of the process
+    group of its recorded uwsgi master runs: neither what ran before the
+    stop (by PID and start time) nor anything still in that group."""
+    try:
         pid, _ = faults.recorded(stack, f"glance-api-{name}")
-        subprocess.run([str(ROOT / "tools" / "stack"), "stop-glance", str(stack.dir), name],
-                       check=True, capture_output=True)
-        assert not _running(pid), f"glance-api-{name} ({pid}) still runs"
+    except KeyError:
+        pid = None  # not recorded: never launched, or stopped already
+    before = proc.group_members(pid) if pid is not None else []
+    out = subprocess.run([str(ROOT / "tools" / "stack"), "stop-glance", str(stack.dir), name],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, f"stop-glance failed:\n{out.stdout}\n{out.stderr}"
+    survivors = {p for p, _ in proc.survivors(before)}
+    if pid is not None:
+        survivors |= {p for p, _ in proc.group_members(pid)}
+    assert not survivors, f"glance-api-{name}: {survivors} of its process group still run"
 
 
 @pytest.fixture
