@@ -201,21 +201,59 @@ def _stop_glance_variant(stack: Stack, name: str) -> None:
     assert not survivors, f"glance-api-{name}: {survivors} of its process group still run"
 
 
-@pytest.fixture
-def scratch_pool(stack: Stack) -> Iterator[Callable[[str], str]]:
-    """``scratch_pool(cluster)``: a new RBD pool of the test's own in that
-    cluster, deleted afterwards (with what it holds) if the test did not."""
-    made: list[tuple[str, str]] = []
+class ScratchPools:
+    """RBD pools of one test's own, and what it maps them to (CRUSH),
+    removed afterwards if the test did not: each pool, then its CRUSH rule
+    (a rule in use cannot be removed), then its CRUSH root, every step run
+    whatever the one before it did (a pool delete that fails must not keep
+    the next pool's rule and root from being tried)."""
 
-    def make(cluster: str) -> str:
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        # cluster, pool, and the ceph commands that remove what it was given
+        self.made: list[tuple[str, str, list[list[str]]]] = []
+
+    def __call__(self, cluster: str) -> str:
+        """A new RBD pool in ``cluster``."""
         pool = f"doctor-{uuid.uuid4().hex[:8]}"
-        admin(stack, cluster, "osd", "pool", "create", pool, "8")
-        made.append((cluster, pool))
-        admin(stack, cluster, "osd", "pool", "application", "enable", pool, "rbd")
+        admin(self.stack, cluster, "osd", "pool", "create", pool, "8")
+        self.made.append((cluster, pool, []))
+        admin(self.stack, cluster, "osd", "pool", "application", "enable", pool, "rbd")
         return pool
 
-    yield make
-    for cluster, pool in made:
-        if pool in json.loads(admin(stack, cluster, "osd", "pool", "ls", "--format", "json")):
-            admin(stack, cluster, "osd", "pool", "delete", pool, pool,
-                  "--yes-i-really-really-mean-it")
+    def unserved(self, cluster: str, pool: str) -> None:
+        """Map ``pool`` (one of these) to a CRUSH root of its own, which
+        holds no OSD: no OSD serves the pool any more, the rest of the
+        cluster is untouched. Each is removed afterwards, after the pool."""
+        [undo] = [u for c, p, u in self.made if (c, p) == (cluster, pool)]
+        root, rule = f"{pool}-root", f"{pool}-rule"
+        admin(self.stack, cluster, "osd", "crush", "add-bucket", root, "root")
+        undo.append(["osd", "crush", "rm", root])
+        admin(self.stack, cluster, "osd", "crush", "rule", "create-replicated", rule, root,
+              "osd")
+        undo.insert(0, ["osd", "crush", "rule", "rm", rule])  # before the root it names
+        admin(self.stack, cluster, "osd", "pool", "set", pool, "crush_rule", rule)
+
+    def remove(self) -> None:
+        failures = []
+        for cluster, pool, undo in self.made:
+            steps = [["osd", "pool", "delete", pool, pool, "--yes-i-really-really-mean-it"],
+                     *undo]
+            for step in steps:
+                try:
+                    if step[:3] != ["osd", "pool", "delete"] or pool in json.loads(admin(
+                            self.stack, cluster, "osd", "pool", "ls", "--format", "json")):
+                        admin(self.stack, cluster, *step)
+                except subprocess.CalledProcessError as exc:
+                    failures.append(f"{cluster}: ceph {' '.join(step)}: {exc.stderr}")
+        assert not failures, failures
+
+
+@pytest.fixture
+def scratch_pool(stack: Stack) -> Iterator[ScratchPools]:
+    """``scratch_pool(cluster)``: a new RBD pool of the test's own in that
+    cluster (:class:`ScratchPools`), removed afterwards, with what it holds
+    and what it was mapped to, if the test did not."""
+    pools = ScratchPools(stack)
+    yield pools
+    pools.remove()

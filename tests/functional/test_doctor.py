@@ -25,7 +25,7 @@ from stackclient import Stack, ceph
 from stackclient.daemon import Daemon
 from stackclient.glance import Glance
 
-from tests.functional.conftest import admin, user_keyring
+from tests.functional.conftest import ScratchPools, admin, user_keyring
 from tests.functional.test_daemon import WARM, register_by_location, register_unprotected
 
 MiB = 1 << 20
@@ -601,7 +601,7 @@ def test_a_snapshot_librbd_cannot_open_is_named_with_librbds_error(
 
 def test_a_snapshot_in_a_pool_no_osd_serves_is_named_not_the_whole_cluster(
         stack: Stack, glance: Glance, make_user: Any,
-        scratch_pool: Callable[[str], str]) -> None:
+        scratch_pool: ScratchPools) -> None:
     """The location's pool has no OSD to serve it (its CRUSH rule maps to
     an empty root: its OSDs are down or gone), the rest of the cluster is
     fine: opening the snapshot times out (rados_osd_op_timeout), and that
@@ -611,17 +611,8 @@ def test_a_snapshot_in_a_pool_no_osd_serves_is_named_not_the_whole_cluster(
     d = reading_cinder(stack, make_user, pool, "rados_osd_op_timeout = 3\n")
     rc, _, text, central = at_central(d, image_id)
     assert rc == 0 and central["clones"] is True, text
-    root, rule = f"{pool}-root", f"{pool}-rule"
-    admin(stack, "central", "osd", "crush", "add-bucket", root, "root")
-    try:
-        admin(stack, "central", "osd", "crush", "rule", "create-replicated", rule, root, "osd")
-        admin(stack, "central", "osd", "pool", "set", pool, "crush_rule", rule)
-        rc, report, text, central = at_central(d, image_id)
-    finally:  # the pool first: a rule in use cannot be removed
-        admin(stack, "central", "osd", "pool", "delete", pool, pool,
-              "--yes-i-really-really-mean-it")
-        admin(stack, "central", "osd", "crush", "rule", "rm", rule)
-        admin(stack, "central", "osd", "crush", "rm", root)
+    scratch_pool.unserved("central", pool)  # removed by scratch_pool, after the pool
+    rc, report, text, central = at_central(d, image_id)
     assert rc == 1, text
     assert central["checked"] is True and central["clones"] is False, text
     assert codes(central["diagnoses"]) == {"open_failed"}, text
