@@ -27,6 +27,7 @@ from stackclient import Stack, faults  # noqa: E402
 from stackclient.cinder import CinderNotifier, GlanceNotifier  # noqa: E402
 from stackclient.daemon import Daemon  # noqa: E402
 from stackclient.glance import Glance  # noqa: E402
+from stacklib import proc  # noqa: E402
 
 TIMINGS: dict[str, float] = {}
 
@@ -155,8 +156,10 @@ def glance_variant(stack: Stack) -> Iterator[Callable[..., str]]:
     second glance-api on the stack, configured otherwise (``tools/stack
     start-glance``: ``SECTION.OPTION=VALUE`` settings over the stack's
     glance-api.conf, or ``single_store`` as its only store), beside the
-    stack's own; stopped by its recorded PID afterwards, however the test
-    ends."""
+    stack's own. However the test ends, and whether or not its start
+    succeeded, each one is stopped (``tools/stack stop-glance``, by its
+    recorded PID), every variant even when stopping one fails, and none of
+    its process group (uwsgi's master and workers) may survive."""
     started: list[str] = []
 
     def start(name: str, *settings: str, single_store: str | None = None) -> str:
@@ -164,35 +167,93 @@ def glance_variant(stack: Stack) -> Iterator[Callable[..., str]]:
                 *(a for s in settings for a in ("--set", s))]
         if single_store:
             argv += ["--single-store", single_store]
+        started.append(name)  # before it runs: a start that fails may have launched it
         out = subprocess.run(argv, capture_output=True, text=True)
         if out.returncode != 0:
             pytest.fail(f"tools/stack start-glance failed:\n{out.stdout}\n{out.stderr}")
-        started.append(name)
         return out.stdout.strip().splitlines()[-1]
 
     yield start
+    failures = []
     for name in started:
+        try:
+            _stop_glance_variant(stack, name)
+        except Exception as exc:  # the next variants are stopped all the same
+            failures.append(f"glance-api-{name}: {exc}")
+    assert not failures, failures
+
+
+def _stop_glance_variant(stack: Stack, name: str) -> None:
+    """``tools/stack stop-glance``, then a check that nothing of the process
+    group of its recorded uwsgi master runs: neither what ran before the
+    stop (by PID and start time) nor anything still in that group."""
+    try:
         pid, _ = faults.recorded(stack, f"glance-api-{name}")
-        subprocess.run([str(ROOT / "tools" / "stack"), "stop-glance", str(stack.dir), name],
-                       check=True, capture_output=True)
-        assert not _running(pid), f"glance-api-{name} ({pid}) still runs"
+    except KeyError:
+        pid = None  # not recorded: never launched, or stopped already
+    before = proc.group_members(pid) if pid is not None else []
+    out = subprocess.run([str(ROOT / "tools" / "stack"), "stop-glance", str(stack.dir), name],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, f"stop-glance failed:\n{out.stdout}\n{out.stderr}"
+    survivors = {p for p, _ in proc.survivors(before)}
+    if pid is not None:
+        survivors |= {p for p, _ in proc.group_members(pid)}
+    assert not survivors, f"glance-api-{name}: {survivors} of its process group still run"
+
+
+class ScratchPools:
+    """RBD pools of one test's own, and what it maps them to (CRUSH),
+    removed afterwards if the test did not: each pool, then its CRUSH rule
+    (a rule in use cannot be removed), then its CRUSH root, every step run
+    whatever the one before it did (a pool delete that fails must not keep
+    the next pool's rule and root from being tried)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        # cluster, pool, and the ceph commands that remove what it was given
+        self.made: list[tuple[str, str, list[list[str]]]] = []
+
+    def __call__(self, cluster: str) -> str:
+        """A new RBD pool in ``cluster``."""
+        pool = f"doctor-{uuid.uuid4().hex[:8]}"
+        admin(self.stack, cluster, "osd", "pool", "create", pool, "8")
+        self.made.append((cluster, pool, []))
+        admin(self.stack, cluster, "osd", "pool", "application", "enable", pool, "rbd")
+        return pool
+
+    def unserved(self, cluster: str, pool: str) -> None:
+        """Map ``pool`` (one of these) to a CRUSH root of its own, which
+        holds no OSD: no OSD serves the pool any more, the rest of the
+        cluster is untouched. Each is removed afterwards, after the pool."""
+        [undo] = [u for c, p, u in self.made if (c, p) == (cluster, pool)]
+        root, rule = f"{pool}-root", f"{pool}-rule"
+        admin(self.stack, cluster, "osd", "crush", "add-bucket", root, "root")
+        undo.append(["osd", "crush", "rm", root])
+        admin(self.stack, cluster, "osd", "crush", "rule", "create-replicated", rule, root,
+              "osd")
+        undo.insert(0, ["osd", "crush", "rule", "rm", rule])  # before the root it names
+        admin(self.stack, cluster, "osd", "pool", "set", pool, "crush_rule", rule)
+
+    def remove(self) -> None:
+        failures = []
+        for cluster, pool, undo in self.made:
+            steps = [["osd", "pool", "delete", pool, pool, "--yes-i-really-really-mean-it"],
+                     *undo]
+            for step in steps:
+                try:
+                    if step[:3] != ["osd", "pool", "delete"] or pool in json.loads(admin(
+                            self.stack, cluster, "osd", "pool", "ls", "--format", "json")):
+                        admin(self.stack, cluster, *step)
+                except subprocess.CalledProcessError as exc:
+                    failures.append(f"{cluster}: ceph {' '.join(step)}: {exc.stderr}")
+        assert not failures, failures
 
 
 @pytest.fixture
-def scratch_pool(stack: Stack) -> Iterator[Callable[[str], str]]:
+def scratch_pool(stack: Stack) -> Iterator[ScratchPools]:
     """``scratch_pool(cluster)``: a new RBD pool of the test's own in that
-    cluster, deleted afterwards (with what it holds) if the test did not."""
-    made: list[tuple[str, str]] = []
-
-    def make(cluster: str) -> str:
-        pool = f"doctor-{uuid.uuid4().hex[:8]}"
-        admin(stack, cluster, "osd", "pool", "create", pool, "8")
-        made.append((cluster, pool))
-        admin(stack, cluster, "osd", "pool", "application", "enable", pool, "rbd")
-        return pool
-
-    yield make
-    for cluster, pool in made:
-        if pool in json.loads(admin(stack, cluster, "osd", "pool", "ls", "--format", "json")):
-            admin(stack, cluster, "osd", "pool", "delete", pool, pool,
-                  "--yes-i-really-really-mean-it")
+    cluster (:class:`ScratchPools`), removed afterwards, with what it holds
+    and what it was mapped to, if the test did not."""
+    pools = ScratchPools(stack)
+    yield pools
+    pools.remove()

@@ -25,7 +25,7 @@ from stackclient import Stack, ceph
 from stackclient.daemon import Daemon
 from stackclient.glance import Glance
 
-from tests.functional.conftest import admin, user_keyring
+from tests.functional.conftest import ScratchPools, admin, user_keyring
 from tests.functional.test_daemon import WARM, register_by_location, register_unprotected
 
 MiB = 1 << 20
@@ -476,6 +476,41 @@ def test_a_glance_that_shows_direct_url_only_hides_the_location_in_another_clust
     assert "only_direct_url" in fix and "pin" not in fix
 
 
+def test_warmers_published_copy_behind_direct_url_alone_is_sent_to_only_direct_url(
+        stack: Stack, daemon: Daemon, glance: Glance, pinned: Callable[[str], str],
+        glance_variant: Callable[..., str]) -> None:
+    """The common case: warmer's daemon copied the image into edge and
+    published it, and Glance shows direct_url alone (show_multiple_locations
+    off, its stores as the stack's): Cinder only ever tries central's
+    location. The doctor names that as the cause, never publishing
+    (copy_not_published, `warmer evaluate`), which cannot help; nor Glance's
+    caps, narrowed on edge since (live, put back whatever happens), which
+    did not keep this copy from being a location."""
+    image_id = pinned("doctor-copy-behind-direct-url")
+    glance.upload(image_id, os.urandom(MiB))
+    daemon.wait_until(lambda: daemon.target_state(image_id, "edge") == WARM, 60, "warm on edge")
+    ours = f"rbd://{stack.fsid('edge')}/images/{image_id}/snap"
+    assert ours in [loc["url"] for loc in glance.get(image_id)["locations"]]
+    direct = through(stack, glance_variant("direct-url-only",
+                                           "DEFAULT.show_multiple_locations=False"))
+    with glance_osd_caps(stack, "edge", "profile rbd pool=volumes"):
+        rc, report, text = doctor(direct, image_id, "--target", "edge",
+                                  "--glance-conf", stack["GLANCE_CONF"])
+    assert rc == 1, text
+    named(report["image"]["diagnoses"], text, "only_direct_url", blocking=False)
+    edge = verdict(report, "edge")
+    assert edge["clones"] is False, text
+    assert codes(edge["diagnoses"]) == {"no_location_in_cluster", "copy_unseen_by_cinder",
+                                        "glance_user_cannot_read_copy_pool"}, text
+    fix = named(edge["diagnoses"], text, "copy_unseen_by_cinder", blocking=True)
+    assert fix.startswith("fix only_direct_url first") and "evaluate" not in fix, fix
+    assert (f"warmer's copy images/{image_id}@snap is there (protected) and a location of "
+            "the image, but Cinder sees direct_url alone" in text), text
+    fix = named(edge["diagnoses"], text, "glance_user_cannot_read_copy_pool", blocking=False)
+    assert fix.startswith("fix only_direct_url first") and "profile rbd pool=images" in fix
+    assert "only_direct_url" in remedy(edge["diagnoses"], "no_location_in_cluster")
+
+
 def test_a_location_in_glances_one_part_rbd_form_is_named_malformed(
         stack: Stack, daemon: Daemon, glance: Glance) -> None:
     """Glance's RBD store accepts ``rbd://<image>`` (the form it writes when
@@ -539,21 +574,32 @@ def test_a_location_whose_pool_was_deleted_is_named(
     assert f"names pool {pool}, which this cluster does not have" in text
 
 
-def test_a_snapshot_librbd_cannot_open_is_named_with_librbds_error(
-        stack: Stack, daemon: Daemon, glance: Glance) -> None:
-    """Neither missing nor refused: librbd fails to open the image (EIO, its
-    header is damaged: its size no longer decodes). Put back afterwards."""
-    image_id = register_by_location(stack, glance, os.urandom(MiB), protect=True)
+@contextlib.contextmanager
+def header_damaged(stack: Stack, image: str) -> Iterator[None]:
+    """central's ``images/<image>`` with a header librbd cannot read (its
+    size no longer decodes: opening the image fails with EIO), put back
+    whatever happens."""
     with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as cluster, \
             cluster.open_ioctx("images") as ioctx:
-        with rbd.Image(ioctx, image_id, read_only=True) as img:
+        with rbd.Image(ioctx, image, read_only=True) as img:
             header = f"rbd_header.{img.id()}"
         size = omap_value(ioctx, header, "size")
         set_omap(ioctx, header, "size", size[:3])
         try:
-            rc, report, text, central = at_central(daemon, image_id)
+            yield
         finally:
             set_omap(ioctx, header, "size", size)
+
+
+def test_an_image_whose_header_librbd_cannot_read_is_named_with_librbds_error(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    """Neither missing nor refused: librbd fails to open the image itself
+    (EIO, its header is damaged), so the doctor's first open, at the image's
+    head before the snapshot, fails, as Cinder's open at the snapshot would.
+    Put back afterwards."""
+    image_id = register_by_location(stack, glance, os.urandom(MiB), protect=True)
+    with header_damaged(stack, image_id):
+        rc, report, text, central = at_central(daemon, image_id)
     assert rc == 1, text
     assert central["clones"] is False and codes(central["diagnoses"]) == {"open_failed"}
     fix = named(central["diagnoses"], text, "open_failed", blocking=True)
@@ -564,34 +610,63 @@ def test_a_snapshot_librbd_cannot_open_is_named_with_librbds_error(
     assert rc == 0, text
 
 
-def test_a_snapshot_in_a_pool_no_osd_serves_is_named_not_the_whole_cluster(
+def test_a_snapshot_that_fails_only_at_its_own_open_is_named_with_librbds_error(
+        stack: Stack, daemon: Daemon, glance: Glance) -> None:
+    """The image opens and lists its snapshot, but opening the snapshot
+    fails: the image is a flattened clone, so its head has no parent, while
+    its snapshot, taken before the flatten, still has one, whose header is
+    damaged (EIO). Only setting the snapshot opens that parent, as Cinder's
+    open at the snapshot does: open_failed, with librbd's error at the
+    snapshot. Put back afterwards."""
+    parent, image_id = str(uuid.uuid4()), str(uuid.uuid4())
+    with ceph.connect(stack.ceph_conf(), "admin", stack.keyring("admin")) as cluster, \
+            cluster.open_ioctx("images") as ioctx:
+        ceph.write_image(cluster, "images", parent, os.urandom(MiB), protect=True)
+        rbd.RBD().clone(ioctx, parent, "snap", ioctx, image_id,
+                        features=rbd.RBD_FEATURE_LAYERING)
+        with rbd.Image(ioctx, image_id) as img:
+            img.create_snap("snap")
+            img.protect_snap("snap")
+            img.flatten()
+    glance.create("doctor-snapshot-open-fails", id=image_id)
+    glance.add_location(image_id, f"rbd://{stack.fsid()}/images/{image_id}/snap", "central")
+    with header_damaged(stack, parent):
+        with ceph.connect(stack.ceph_conf(), "cinder", stack.keyring("cinder")) as cluster, \
+                cluster.open_ioctx("images") as ioctx, \
+                rbd.Image(ioctx, image_id, read_only=True) as img:
+            assert [s["name"] for s in img.list_snaps()] == ["snap"]  # the head opens
+        rc, report, text, central = at_central(daemon, image_id)
+    assert rc == 1, text
+    assert central["clones"] is False and codes(central["diagnoses"]) == {"open_failed"}
+    assert "cluster's health" in named(central["diagnoses"], text, "open_failed",
+                                       blocking=True)
+    assert (f"opening images/{image_id}@snap as client.cinder failed: [errno 5] RBD I/O error "
+            f"(error setting image b'{image_id}' to snapshot" in text), text
+    rc, _, text, _ = at_central(daemon, image_id)  # put back: it clones again
+    assert rc == 0, text
+
+
+def test_an_image_in_a_pool_no_osd_serves_is_named_not_the_whole_cluster(
         stack: Stack, glance: Glance, make_user: Any,
-        scratch_pool: Callable[[str], str]) -> None:
+        scratch_pool: ScratchPools) -> None:
     """The location's pool has no OSD to serve it (its CRUSH rule maps to
     an empty root: its OSDs are down or gone), the rest of the cluster is
-    fine: opening the snapshot times out (rados_osd_op_timeout), and that
-    location is named, not the target as unreachable."""
+    fine: opening the image (at its head, before the snapshot) times out
+    (rados_osd_op_timeout), and that location is named, not the target as
+    unreachable."""
     pool = scratch_pool("central")
     image_id, _ = in_scratch_pool(stack, glance, pool, "doctor-pool-unserved")
     d = reading_cinder(stack, make_user, pool, "rados_osd_op_timeout = 3\n")
     rc, _, text, central = at_central(d, image_id)
     assert rc == 0 and central["clones"] is True, text
-    root, rule = f"{pool}-root", f"{pool}-rule"
-    admin(stack, "central", "osd", "crush", "add-bucket", root, "root")
-    try:
-        admin(stack, "central", "osd", "crush", "rule", "create-replicated", rule, root, "osd")
-        admin(stack, "central", "osd", "pool", "set", pool, "crush_rule", rule)
-        rc, report, text, central = at_central(d, image_id)
-    finally:  # the pool first: a rule in use cannot be removed
-        admin(stack, "central", "osd", "pool", "delete", pool, pool,
-              "--yes-i-really-really-mean-it")
-        admin(stack, "central", "osd", "crush", "rule", "rm", rule)
-        admin(stack, "central", "osd", "crush", "rm", root)
+    scratch_pool.unserved("central", pool)  # removed by scratch_pool, after the pool
+    rc, report, text, central = at_central(d, image_id)
     assert rc == 1, text
     assert central["checked"] is True and central["clones"] is False, text
     assert codes(central["diagnoses"]) == {"open_failed"}, text
     assert "ceph_unavailable" not in codes(report["deployment"]["central"]), text
-    named(central["diagnoses"], text, "open_failed", blocking=True)
+    fix = named(central["diagnoses"], text, "open_failed", blocking=True)
+    assert fix == "look at the cluster's health and the user's caps", fix
     assert "failed: [errno 110] RBD operation timeout" in text
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 from warmer.doctor import rules
@@ -183,7 +184,6 @@ NOT_ON_THE_STACK: dict[str, str] = {}
 def diagnosis_codes() -> set[str]:
     """Every code warmer/doctor/ gives a Diagnosis (a literal, or both
     branches of a conditional)."""
-    import ast
     found: set[str] = set()
     for path in (ROOT / "warmer" / "doctor").glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -198,41 +198,81 @@ def diagnosis_codes() -> set[str]:
     return found
 
 
-# Helpers of tests/functional/test_doctor.py that look a code up in the
-# doctor's report: ``named`` and ``remedy`` assert it is there themselves.
-REPORT_LOOKUPS = {"codes", "named", "remedy"}
+# Helpers of tests/functional/test_doctor.py that assert a code is in the
+# doctor's report themselves, and which of their arguments is the code.
+REPORT_ASSERTS = {"named": 2, "remedy": 1}
+# Compare ops that hold a string on the left (In, <, <=), on either side
+# (==), or on the right (>, >=) to be among ``codes(...)`` on the other side.
+LEFT_IN_RIGHT = (ast.In, ast.Lt, ast.LtE)
+RIGHT_IN_LEFT = (ast.Gt, ast.GtE)
 
 
 def asserted_codes(source: str) -> set[str]:
-    """The strings that a functional test asserts the doctor's report has:
-    the code given to ``named`` or ``remedy``, or any string in an
-    ``assert`` that looks at the report's codes (``codes(...)``, ...). A
-    code only mentioned (a comment, a docstring, an argument) is not."""
-    import ast
+    """The codes that a functional test asserts the doctor's report has:
+    the code given to ``named`` or ``remedy`` (which assert it is there),
+    or the strings an ``assert`` holds to be among ``codes(...)``:
+    ``"x" in codes(d)``, ``{"x", "y"} <= codes(d)``, ``codes(d) == {"x"}``,
+    alone or in an ``and``. A code asserted absent (``not in``, ``not``,
+    ``!=``), held to be a subset of what might be there (``codes(d) <=
+    {"x"}``), one side of an ``or``, or only mentioned (a comment, a
+    docstring, an argument) is not."""
 
-    def lookups(node: ast.AST) -> bool:
+    def has_codes(node: ast.AST) -> bool:
         return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
-                   and n.func.id in REPORT_LOOKUPS for n in ast.walk(node))
+                   and n.func.id == "codes" for n in ast.walk(node))
+
+    def strings(node: ast.AST) -> set[str]:
+        return {n.value for n in ast.walk(node)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+    def held(test: ast.expr) -> set[str]:
+        if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+            return set().union(*(held(value) for value in test.values))
+        if not (isinstance(test, ast.Compare) and len(test.ops) == 1):
+            return set()
+        left, op, right = test.left, test.ops[0], test.comparators[0]
+        if isinstance(op, LEFT_IN_RIGHT) and has_codes(right):
+            return strings(left)
+        if isinstance(op, RIGHT_IN_LEFT) and has_codes(left):
+            return strings(right)
+        if isinstance(op, ast.Eq):
+            return (strings(left) if has_codes(right) else set()) | (
+                strings(right) if has_codes(left) else set())
+        return set()
 
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Assert) and lookups(node.test):
-            scope: list[ast.AST] = [node.test]
+        if isinstance(node, ast.Assert):
+            found |= held(node.test)
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-              and node.func.id in ("named", "remedy")):
-            scope = list(node.args)
-        else:
-            continue
-        found |= {n.value for s in scope for n in ast.walk(s)
-                  if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+              and node.func.id in REPORT_ASSERTS
+              and len(node.args) > REPORT_ASSERTS[node.func.id]):
+            code = node.args[REPORT_ASSERTS[node.func.id]]
+            if isinstance(code, ast.Constant) and isinstance(code.value, str):
+                found.add(code.value)
     return found
 
 
 def test_asserted_codes_are_those_the_report_is_checked_for() -> None:
     source = ('"""not_this"""\n# "nor_this"\nx = "nor_that"\n'
               'assert "this" in codes(d)\nassert {"both", "of"} <= codes(d)\n'
-              'fix = named(d, t, "named_one", blocking=True)\nassert "a" in fix\n')
-    assert asserted_codes(source) == {"this", "both", "of", "named_one"}
+              'fix = named(d, t, "named_one", blocking=True)\nassert "a" in fix\n'
+              'assert "x" in remedy(d, "remedied")\nassert codes(d) == {"equal"}\n'
+              'assert rc == 1 and "anded" in codes(d)\n')
+    assert asserted_codes(source) == {"this", "both", "of", "named_one", "remedied", "equal",
+                                      "anded"}
+
+
+def test_a_code_asserted_absent_or_maybe_there_is_not_asserted() -> None:
+    """Only a code the report is held to have counts as broken on purpose."""
+    for source in ('assert "never_positive" not in codes(d)\n',
+                   'assert not {"never_positive"} & codes(d)\n',
+                   'assert codes(d) != {"never_positive"}\n',
+                   'assert codes(d) <= {"never_positive", "other"}\n',
+                   'assert "never_positive" in codes(d) or rc == 0\n',
+                   'assert rc == 0 and "never_positive" not in codes(d)\n',
+                   'assert "never_positive" in text, codes(d)\n'):
+        assert asserted_codes(source) == set(), source
 
 
 def test_every_diagnosis_is_broken_on_purpose_on_the_stack_or_says_why_not() -> None:

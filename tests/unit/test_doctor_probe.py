@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.unit import fake_rbd
+from warmer.ceph.ownership import Inspection
 from warmer.doctor import probe
 from warmer.doctor.openstack_conf import GlanceStoreConf
 from warmer.doctor.report import Diagnosis, Report
@@ -178,3 +179,104 @@ def test_the_snapshot_probe_opens_the_snapshot_without_librbds_crashing_open(
     assert probe._open_snapshot(cluster, "images", "protected", "other").result == \
         "snapshot_missing"
     assert probe._open_snapshot(cluster, "images", "gone", "snap").result == "rbd_image_missing"
+
+
+# -- warmer's copy where Cinder never sees a location added to the image -------------
+
+IMAGE = "6f1c0a4e-5a1b-4c1e-9a3d-0f1e2d3c4b5a"
+CENTRAL = "33333333-3333-3333-3333-333333333333"
+GLANCES = f"rbd://{CENTRAL}/images/{IMAGE}/snap"  # direct_url: Glance's own, at central
+OURS = f"rbd://{FSID}/images/{IMAGE}/snap"  # warmer's copy in edge
+
+
+class FakeGlance:
+    """GET /v2/images/{id} (``body``) and its locations API (``api``)."""
+
+    def __init__(self, body: dict[str, Any], api: tuple[int, list[str] | None]) -> None:
+        self.body, self.api = body, api
+
+    async def image_body(self, image_id: str) -> dict[str, Any]:
+        return self.body
+
+    async def image_locations(self, image_id: str) -> tuple[int, list[str] | None]:
+        return self.api
+
+    async def stores(self, *, fresh: bool = False) -> dict[str, Store]:
+        return {"central": Store("central", "rbd", "images", CENTRAL),
+                "edge": Store("edge", "rbd", "images", FSID)}
+
+
+def image_report(shown: dict[str, Any], api: tuple[int, list[str] | None],
+                 glance_reads_copy_pool: bool = True) -> list[Diagnosis]:
+    """The edge verdict's diagnoses for a raw image whose data is at
+    central, with warmer's complete, protected copy in edge; Glance shows
+    ``shown`` of its locations, and its locations API answers ``api``."""
+    warmer = FakeClient({"inspect": Inspection(IMAGE, IMAGE, True, None, "complete", True),
+                         "doctor_open": SnapProbe(OK, True)})
+    t = target("images", warmer)
+    t.glance = probe.User("glance", FakeClient({}), "glance-api.conf")  # type: ignore[arg-type]
+    t.glance_reads_copy_pool = glance_reads_copy_pool
+    d = doctor()
+    glance = FakeGlance({"id": IMAGE, "status": "active", "disk_format": "raw", "size": 1,
+                         **shown}, api)
+    d.glance = d.stores = glance  # type: ignore[assignment]
+    d.targets = [t]
+    img = asyncio.run(d._image(IMAGE))
+    [edge] = img.verdicts
+    assert not edge.clones
+    return edge.diagnoses
+
+
+def found(diagnoses: list[Diagnosis], code: str) -> Diagnosis:
+    [diagnosis] = [d for d in diagnoses if d.code == code]
+    assert diagnosis.remedy is not None, diagnosis
+    return diagnosis
+
+
+def test_a_published_copy_where_cinder_sees_direct_url_alone_points_at_only_direct_url() -> None:
+    """warmer's copy is in edge and a location of the image, but Glance
+    shows direct_url alone (show_multiple_locations off) and Cinder reads
+    nothing else: publishing cannot help, so the doctor never says
+    copy_not_published nor `warmer evaluate`, and Glance's caps are not
+    what keeps this copy from Cinder."""
+    diagnoses = image_report({"direct_url": GLANCES}, (200, [GLANCES, OURS]),
+                             glance_reads_copy_pool=False)
+    assert "copy_not_published" not in {d.code for d in diagnoses}, diagnoses
+    unseen = found(diagnoses, "copy_unseen_by_cinder")
+    assert unseen.blocking and "and a location of the image" in unseen.message
+    assert unseen.remedy is not None and unseen.remedy.startswith("fix only_direct_url first")
+    assert "evaluate" not in unseen.remedy and "warmer show" not in unseen.remedy
+    caps = found(diagnoses, "glance_user_cannot_read_copy_pool")
+    assert caps.remedy is not None and caps.remedy.startswith("fix only_direct_url first")
+    assert not caps.blocking  # this copy is a location already
+    assert found(diagnoses, "no_location_in_cluster").blocking
+
+
+def test_an_unpublished_copy_cinder_would_not_see_is_sent_to_what_hides_it_first() -> None:
+    """Not a location either (Glance refused it), and Glance shows no
+    location at all, nor its locations API to warmer: the cause that
+    makes publishing moot comes first, then why it was refused."""
+    diagnoses = image_report({}, (403, None), glance_reads_copy_pool=False)
+    assert "copy_not_published" not in {d.code for d in diagnoses}, diagnoses
+    unseen = found(diagnoses, "copy_unseen_by_cinder")
+    assert "may be a location" in unseen.message and "sees no location at all" in unseen.message
+    assert unseen.remedy is not None and unseen.remedy.startswith("fix locations_hidden first")
+    caps = found(diagnoses, "glance_user_cannot_read_copy_pool")
+    assert caps.blocking and caps.remedy is not None
+    assert caps.remedy.startswith("fix locations_hidden first")
+    assert caps.remedy.endswith("'profile rbd pool=images' on osd")
+    # Known not to be a location: then `warmer show` says why.
+    diagnoses = image_report({"direct_url": GLANCES}, (200, [GLANCES]))
+    unseen = found(diagnoses, "copy_unseen_by_cinder")
+    assert "and no location of the image" in unseen.message
+    assert unseen.remedy is not None and f"`warmer show {IMAGE}`" in unseen.remedy
+
+
+def test_a_copy_that_is_no_location_where_cinder_sees_them_all_is_not_published() -> None:
+    """Cinder sees every location (show_multiple_locations): warmer's copy
+    is not among them, and publishing it is the remedy."""
+    diagnoses = image_report({"direct_url": GLANCES, "locations": [{"url": GLANCES}]},
+                             (403, None))
+    assert "copy_unseen_by_cinder" not in {d.code for d in diagnoses}
+    fix = found(diagnoses, "copy_not_published").remedy
+    assert fix is not None and f"`warmer evaluate {IMAGE}`" in fix

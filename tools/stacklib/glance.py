@@ -29,6 +29,7 @@ from .venv import ensure_venv
 GLANCE_VERSION = "33.0.0"
 FILE_STORE = "local"
 FILES = Path(__file__).parent / "glance_files"
+HEALTHY_WITHIN = 90.0  # seconds for a glance-api to answer GET /v2/images
 
 
 def _conf(base: Path, port: int, transport_url: str,
@@ -111,7 +112,8 @@ def _serve(base: Path, name: str, uwsgi: Path, code: Path, conf_dir: Path, port:
         "--http-chunked-input", "--http-auto-chunked",
         "--buffer-size", "65535",
     ], env={"OS_GLANCE_CONFIG_DIR": str(conf_dir)}, log=log)
-    proc.wait_for(name, lambda: _healthy(port), 90, alive=lambda: proc.pid_alive(pid))
+    proc.wait_for(name, lambda: _healthy(port), HEALTHY_WITHIN,
+                  alive=lambda: proc.pid_alive(pid))
     return pid
 
 
@@ -205,6 +207,7 @@ def start_variant(base: Path, name: str, options: dict[str, dict[str, str]] | No
         raise proc.StackError(f"a Glance variant's name is letters, digits and '-': {name!r}")
     if proc.recorded_pid(base, VARIANT + name) is not None:
         raise proc.StackError(f"{VARIANT + name} runs already; stop it first")
+    stop_variant(base, name)  # a record of one that died: its leftovers, then the record
     main = json.loads((base / proc.CMDS_DIR / "glance-api.json").read_text())
     uwsgi, gdir = Path(main["argv"][0]), Path(main["env"]["OS_GLANCE_CONFIG_DIR"])
     vdir = base / f"glance-{name}"
@@ -213,20 +216,30 @@ def start_variant(base: Path, name: str, options: dict[str, dict[str, str]] | No
     (vdir / "glance-api.conf").write_text(variant_conf(
         (gdir / "glance-api.conf").read_text(), port,
         base / "log" / f"{VARIANT + name}.log", options or {}, single_store))
-    _serve(base, VARIANT + name, uwsgi, gdir, vdir, port,
-           base / "log" / f"{VARIANT + name}-uwsgi.log")
+    try:
+        _serve(base, VARIANT + name, uwsgi, gdir, vdir, port,
+               base / "log" / f"{VARIANT + name}-uwsgi.log")
+    except BaseException:
+        # Launched but never healthy (or interrupted): stop what it started,
+        # workers too, by PID, so that a failed start leaves nothing running.
+        stop_variant(base, name)
+        raise
     return f"http://127.0.0.1:{port}"
 
 
-def stop_variant(base: Path, name: str) -> int | None:
-    """Stop the variant ``name`` by its recorded PID and forget it, so that
-    a variant of that name can be started again; the PID stopped, or None
-    when it did not run."""
+def stop_variant(base: Path, name: str) -> list[int]:
+    """Stop the variant ``name``, uwsgi's master by its recorded PID and
+    then what is left of its process group (its workers, orphaned if the
+    master had to be SIGKILLed: they would keep the port), and forget it,
+    so that a variant of that name can be started again. Returns the PIDs
+    stopped (none when it did not run); raises when one survives."""
     try:
-        pid = proc.stop_one(base, VARIANT + name)
+        pids = proc.stop_group(base, VARIANT + name)
     except proc.StackError:
-        return None  # never started
+        if not any(n == VARIANT + name for n, _, _ in proc.recorded(base)):
+            return []  # never started
+        raise
     for rec_name, rec_pid, _ in proc.recorded(base):
         if rec_name == VARIANT + name:
             proc.forget(base, rec_name, rec_pid)
-    return pid
+    return pids

@@ -205,6 +205,72 @@ def stop_one(base: Path, name: str, timeout: float = 20) -> int | None:
     return pid
 
 
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    """(PID, start time) of every live process in the process group
+    ``pgid``, its leader included. :func:`spawn` starts each process in a
+    session of its own, so its group is what it forked (uwsgi's workers),
+    which may outlive it."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append((int(entry.name), fields[19]))
+    return members
+
+
+def _signal(pid: int, start: str, sig: int) -> None:
+    """``sig`` to ``pid`` if it is still the process started at ``start``."""
+    if _start_time(pid) == start:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def survivors(members: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """Those of ``members`` (PID, start time) that still run."""
+    return [(m, s) for m, s in members if pid_alive(m) and _start_time(m) == s]
+
+
+def _wait_gone(members: list[tuple[int, str]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while survivors(members) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def stop_group(base: Path, name: str, timeout: float = 20) -> list[int]:
+    """Stop the recorded process ``name`` as :func:`stop_one` does, then
+    what is left of its process group (workers the leader did not stop, or
+    orphaned when it was SIGKILLed): SIGTERM, then SIGKILL after
+    ``timeout``, each by the PID and start time it had when listed, never
+    by name. The group's id is the leader's recorded PID; while any member
+    lives the kernel gives that number to no new process, so while the
+    leader runs, or no process has that PID, the group is the one it
+    started. Returns the PIDs stopped, leader first; raises when one
+    survives."""
+    pid, start = _recorded_one(base, name)
+    now = _start_time(pid)
+    if now is not None and now != start:
+        return []  # the PID, and a group of that id, are someone else's now
+    stopped = [pid] if stop_one(base, name, timeout) is not None else []
+    rest = [m for m in group_members(pid) if m[0] != pid]
+    for member, member_start in rest:
+        _signal(member, member_start, signal.SIGTERM)
+    _wait_gone(rest, timeout)
+    for member, member_start in survivors(rest):
+        _signal(member, member_start, signal.SIGKILL)
+    _wait_gone(rest, 5)
+    left = [m for m, _ in survivors(rest)]
+    if left:
+        raise StackError(f"{name}: {left} of its process group {pid} survived SIGKILL")
+    return stopped + [m for m, _ in rest]
+
+
 def start_one(base: Path, name: str) -> int:
     """Start the recorded process ``name`` again with exactly the command it
     was spawned with, and record its new PID and start time in its line of

@@ -40,6 +40,10 @@ from warmer.service import cluster_config
 LOG = logging.getLogger(__name__)
 ABSENT = "absent"
 PROBE_PREFIX = "warmer.doctor.probe."  # + a fresh uuid: an object nobody has
+# The image's notes (rules.cinder_locations) by which Cinder never sees a
+# location added to an image, such as warmer's copy: what Cinder sees then.
+HIDING = {"only_direct_url": "sees direct_url alone",
+          "locations_hidden": "sees no location at all"}
 
 
 # -- blocking probes, run on a CephClient's threads -----------------------------
@@ -641,7 +645,10 @@ class Doctor:
         auth = None if self.cinder_conf is None else self.cinder_conf.glance_service_auth
         urls, notes = rules.cinder_locations(view, auth)
         img.diagnoses += notes
-        direct_url_only = any(d.code == "only_direct_url" for d in notes)
+        # Where Cinder sees direct_url alone, or nothing, a location warmer
+        # adds is never tried: what that note says is the cause, not publishing.
+        hidden_by = next((d.code for d in notes if d.code in HIDING), None)
+        glance_urls = api_urls if api_urls is not None else view.locations
         known = {t.fsid for t in self.targets if t.fsid}
         known |= {s.fsid for s in ((await self._cached_stores()) or {}).values() if s.fsid}
         for t in self.targets:
@@ -653,7 +660,7 @@ class Doctor:
             try:
                 verdict = await self._verdict(t, image_id, urls, known,
                                               raw=info.disk_format == "raw",
-                                              direct_url_only=direct_url_only)
+                                              hidden_by=hidden_by, glance_urls=glance_urls)
             except CephUnavailable as exc:
                 verdict = _not_checked(t.name, _unavailable(t, exc))
             verdict.diagnoses = [_for_image(d, image_id) for d in verdict.diagnoses]
@@ -661,7 +668,8 @@ class Doctor:
         return img
 
     async def _verdict(self, t: TargetFacts, image_id: str, urls: list[str],
-                       known: set[str], *, raw: bool, direct_url_only: bool) -> Verdict:
+                       known: set[str], *, raw: bool, hidden_by: str | None = None,
+                       glance_urls: list[str] | None = None) -> Verdict:
         assert t.fsid is not None
         client, user = t.as_cinder()
         probes: dict[str, SnapProbe] = {}
@@ -676,9 +684,11 @@ class Doctor:
                 misplaced[url] = await t.warmer.run("doctor_open", _opener(loc))
         verdict = rules.replay(t.name, t.fsid, urls, raw=raw, probes=probes,
                                misplaced=misplaced, known_fsids=known, v1=t.v1,
-                               cinder_user=user, direct_url_only=direct_url_only)
+                               cinder_user=user,
+                               direct_url_only=hidden_by == "only_direct_url")
         if not verdict.clones and raw:
-            await self._why_no_copy(t, image_id, urls, verdict.diagnoses)
+            await self._why_no_copy(t, image_id, urls, verdict.diagnoses,
+                                    hidden_by=hidden_by, glance_urls=glance_urls)
         return verdict
 
     async def _cached_stores(self) -> dict[str, Store] | None:
@@ -688,9 +698,14 @@ class Doctor:
             return None
 
     async def _why_no_copy(self, t: TargetFacts, image_id: str, urls: list[str],
-                           diagnoses: list[Diagnosis]) -> None:
+                           diagnoses: list[Diagnosis], *, hidden_by: str | None = None,
+                           glance_urls: list[str] | None = None) -> None:
         """A raw image that does not clone here: is warmer's copy there but
-        not a location, and would Glance accept it?"""
+        not a location, and would Glance accept it? ``hidden_by``: the
+        image's note (only_direct_url, locations_hidden) by which Cinder
+        never sees a location added to the image: that is then the cause,
+        and publishing (again) cannot help. ``glance_urls``: every location
+        Glance has, as far as it shows warmer (None: not shown)."""
         if not t.copy_pool:
             return
         ours = RbdLocation(t.fsid or "", t.copy_pool, image_id, SNAPSHOT).url
@@ -703,15 +718,37 @@ class Doctor:
             c, pool, image_id))
         probe = await t.warmer.run("doctor_open", lambda c: _open_snapshot(
             c, pool, image_id, SNAPSHOT))
-        if inspection is not None and inspection.owned and probe.result == OK:
+        published = None if glance_urls is None else ours in glance_urls
+        where = f"warmer's copy {t.copy_pool}/{image_id}@snap"
+        there = inspection is not None and inspection.owned and probe.result == OK
+        protection = "protected" if probe.protected else "unprotected"
+        if there and hidden_by is not None:
             diagnoses.append(Diagnosis(
-                "copy_not_published", f"warmer's copy {t.copy_pool}/{image_id}@snap is there "
-                f"({'protected' if probe.protected else 'unprotected'}) but is no location "
+                "copy_unseen_by_cinder",
+                f"{where} is there ({protection}) and "
+                + {True: "a location of the image", False: "no location of the image",
+                   None: "may be a location of the image (Glance does not show warmer)"}[
+                    published]
+                + f", but Cinder {HIDING[hidden_by]} ({hidden_by}, above): it never tries "
+                "a location warmer publishes",
+                f"fix {hidden_by} first (its remedy, above): publishing again cannot help"
+                + ("; then `warmer show ID` says why the copy is no location "
+                   "(publish_refused: Glance's message in detail)" if published is False
+                   else ""),
+                blocking=True))
+        elif there:
+            diagnoses.append(Diagnosis(
+                "copy_not_published", f"{where} is there ({protection}) but is no location "
                 "Cinder sees", "`warmer show ID` says why (publish_refused: Glance's message "
                 "in detail); `warmer evaluate ID` tries again", blocking=True))
         if t.glance_reads_copy_pool is False and t.glance is not None:
+            fix = _glance_caps_remedy(t, t.glance.name)
+            if hidden_by is not None:
+                fix = (f"fix {hidden_by} first (its remedy, above): Cinder {HIDING[hidden_by]}, "
+                       f"so it never tries a copy warmer publishes; then {fix}")
             diagnoses.append(Diagnosis(
                 "glance_user_cannot_read_copy_pool",
                 f"Glance's client.{t.glance.name} cannot read {t.copy_pool}: Glance would "
-                "refuse (HTTP 500) warmer's copy as a location",
-                _glance_caps_remedy(t, t.glance.name), blocking=True))
+                "refuse (HTTP 500) warmer's copy as a location"
+                + (" (this copy is one already)" if published else ""),
+                fix, blocking=not published))
