@@ -161,6 +161,9 @@ def test_checksum_mismatch_publishes_nothing(
     assert verifications(daemon)["mismatch"] == mismatches + 1
     with shared_state(stack, daemon) as store:
         assert asyncio.run(store.verified(image_id)) == {}  # nothing vouched for
+        # and the mismatch is recorded (warmer.mismatched), for every daemon
+        [key] = asyncio.run(store.mismatched(image_id))
+        assert key.startswith(f"{image_id}/") and f"/images/{image_id}@" in key
 
 
 RESULTS = ("verified", "skipped_verified", "mismatch")
