@@ -154,8 +154,9 @@ def forget_records(stack: Stack, namespace: str) -> None:
     with ceph.connect(stack.ceph_conf("central"), "admin", stack.keyring("admin")) as c, \
             c.open_ioctx("images") as ioctx:
         ioctx.set_namespace(namespace)
-        with contextlib.suppress(rados.ObjectNotFound):
-            ioctx.remove_object("warmer.verified")
+        for obj in ("warmer.verified", "warmer.mismatched"):
+            with contextlib.suppress(rados.ObjectNotFound):
+                ioctx.remove_object(obj)
 
 
 def run_native(stack: Stack, tool: str, source: str, size: int) -> tuple[float, dict[str, float]]:

@@ -210,7 +210,8 @@ class Metrics:
         self.state_errors = Counter(
             "warmer_state_errors", "Operations on the shared state that failed, by "
             "operation (start, refresh, tombstone, flush: retried at the next interval; "
-            "for copies: verified, put_verified, remove_verified, put_cost, remove_cost: "
+            "for copies: verified, put_verified, remove_verified, mismatched, put_mismatched, "
+            "remove_mismatched, put_cost, remove_cost: "
             "not retried, a copy whose record failed is hashed again)", ["op"], registry=r)
         self.state_last_refresh = Gauge(
             "warmer_state_last_refresh_timestamp_seconds", "When this daemon last read "

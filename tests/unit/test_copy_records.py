@@ -30,7 +30,7 @@ from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
 from warmer.glance.stores import StoreCatalog
 from warmer.state.memory import MemoryStore
-from warmer.state.store import CopyCost, StateUnavailable, VerifiedSnapshot
+from warmer.state.store import CopyCost, SourceSnapshot, StateUnavailable, VerifiedSnapshot
 from warmer.warming.copy import Verifier
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import Target, TargetConfig, TargetResult
@@ -427,7 +427,7 @@ def test_a_state_that_raises_anything_means_hash_and_the_copy_is_still_published
     assert (result.state, result.reason) == ("warm", "cloneable")
     assert daemon.checks == [("edge", "verified"), ("edge2", "verified")]
     assert copied(image_id) == data
-    assert errors == [("mismatched", "RuntimeError"), ("put_verified", "RuntimeError"),
+    assert errors == [("verified", "RuntimeError"), ("put_verified", "RuntimeError"),
                       ("put_cost", "RuntimeError")]
     assert daemon.evict("edge2", image_id) == "removed"
     assert errors[-1] == ("remove_cost", "RuntimeError")
@@ -534,3 +534,68 @@ def test_a_deleted_image_leaves_no_record_and_no_cost(
         assert asyncio.run(daemon.targets[name].purge(image_id)) in ("removed", "gone")
     assert records_of(store, image_id) == {}
     assert asyncio.run(store.costs("edge")) == {} == asyncio.run(store.costs("edge2"))
+
+
+# -- the mismatch against the verified records, at the level of CopyRecords ----------
+# (from a review: each fails with trusted()'s reads or revoke()'s writes in
+# the other order, or with an unreadable mismatch object taken as empty)
+
+RACE_ID = "0c3b5f55-8f0e-4d0a-9a3e-2f6f7b6c1d10"
+RACE_SNAP = SourceSnapshot(RACE_ID, "fsid-central", "images", RACE_ID, 4, "10a2")
+RACE_GOOD = "sha512:" + "aa" * 64
+
+
+def test_a_mismatch_recorded_between_the_two_reads_is_honoured() -> None:
+    """Daemon B's revoke runs while daemon A is inside trusted(): B's
+    put_mismatched lands after A read the mismatches, B's remove_verified
+    after A read the verified records. The mismatch was in the state
+    before A decided: A must not trust the snapshot."""
+    class Racing(MemoryStore):
+        b: CopyRecords
+
+        async def verified(self, image_id: str) -> dict[str, VerifiedSnapshot]:
+            # B's revoke writes its mismatch just before A reads the records
+            # (B's remove_verified has not run yet: the record is still there)
+            await self.put_mismatched(VerifiedSnapshot(RACE_SNAP, "sha512:" + "ff" * 64, 10, 0.0,
+                                                       "b", mismatched=True))
+            return await super().verified(image_id)
+
+    async def go() -> bool:
+        store = Racing()
+        await store.put_verified(VerifiedSnapshot(RACE_SNAP, RACE_GOOD, 10, 0.0, "c"))
+        a = CopyRecords(store, "a")
+        return await a.trusted(RACE_SNAP, RACE_GOOD, 10)
+    assert asyncio.run(go()) is False
+
+
+def test_an_unreadable_mismatch_object_means_hash_even_with_a_verified_record() -> None:
+    class NoMismatchRead(MemoryStore):
+        async def mismatched(self, image_id: str) -> set[str]:
+            raise StateUnavailable("injected")
+
+    async def go() -> bool:
+        store = NoMismatchRead()
+        await store.put_verified(VerifiedSnapshot(RACE_SNAP, RACE_GOOD, 10, 0.0, "c"))
+        return await CopyRecords(store, "a").trusted(RACE_SNAP, RACE_GOOD, 10)
+    assert asyncio.run(go()) is False
+
+
+def test_a_crash_between_the_two_writes_of_revoke_leaves_the_mismatch() -> None:
+    """revoke stopped (daemon killed) right after its first state write:
+    the mismatch must be what is already written."""
+    class Killed(MemoryStore):
+        async def remove_verified(self, image_ids: Collection[str]) -> None:
+            raise asyncio.CancelledError  # the process dies here
+
+        async def put_mismatched(self, record: VerifiedSnapshot) -> None:
+            await super().put_mismatched(record)
+            raise asyncio.CancelledError  # or here
+
+    async def go() -> set[str]:
+        store = Killed()
+        try:
+            await CopyRecords(store, "b").revoke(RACE_ID, RACE_SNAP, "sha512:" + "ff" * 64, 10)
+        except asyncio.CancelledError:
+            pass
+        return await store.mismatched(RACE_ID)
+    assert asyncio.run(go()) == {RACE_SNAP.key}

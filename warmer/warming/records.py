@@ -95,7 +95,15 @@ class CopyRecords:
         Glance records now) over ``size`` bytes. False whenever unsure."""
         if not self.trust or not digest or snapshot.key in self._distrusted:
             return False
-        # The mismatches first: they win over any verified record.
+        _, records = await self._call("verified",
+                                      lambda: self.store.verified(snapshot.image_id))
+        record = records.get(snapshot.key) if records else None
+        if record is None or not record.vouches_for(snapshot, digest, size):
+            return False
+        # Then the mismatches, which win over any verified record. In this
+        # order: :meth:`revoke` records a mismatch before it drops the
+        # verified records, so a record still read here was either dropped
+        # later (after its mismatch was written, so read next) or never was.
         ok, bad = await self._call("mismatched",
                                    lambda: self.store.mismatched(snapshot.image_id))
         if not ok or bad is None:
@@ -103,10 +111,7 @@ class CopyRecords:
         if snapshot.key in bad:
             self._distrust(snapshot)
             return False
-        _, records = await self._call("verified",
-                                      lambda: self.store.verified(snapshot.image_id))
-        record = records.get(snapshot.key) if records else None
-        return record is not None and record.vouches_for(snapshot, digest, size)
+        return True
 
     async def verified(self, snapshot: SourceSnapshot, digest: str, size: int) -> None:
         """Every byte of ``snapshot`` was read and matched ``digest``. Call
