@@ -29,6 +29,7 @@ from tests.unit.fake_rbd import FakeCluster
 from tests.unit.fakes import FakeGlance
 from tests.unit.test_copy import CH, ListSource, expected_bytes, image_for
 from tests.unit.test_target import CENTRAL, MiB, glance_image, take_lease_once_copying
+from warmer.ceph import images as rbd_images
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
@@ -446,6 +447,33 @@ def test_a_target_not_ready_within_the_wait_reads_on_its_own(
             for n in NAMES} == {"edge": 2, "edge2": 2, "edge3": 1}
     for name in NAMES:
         assert fleet.copy_of(name, image.info.id) == data
+
+
+def test_a_target_whose_temporary_image_comes_after_the_read_started_reads_on_its_own(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any, monkeypatch: pytest.MonkeyPatch,
+        source_reads: list[tuple[int, int]]) -> None:
+    """edge3 opened the source in time (it was sized by the shared read),
+    but its temporary image comes only once that read started: it must read
+    on its own. Joined to the shared read instead, it would get no chunk and
+    still the shared result, and publish an image of zeroes."""
+    fleet = Fleet(clusters, pools)
+    data = dense(8 * MiB)
+    image = fleet.image(data)
+    real = rbd_images.create_temp
+
+    def slow_create(cluster: Any, pool: str, *args: Any) -> rbd_images.OpenImage:
+        if cluster.cluster.conffile == "edge3.conf":
+            time.sleep(1.0)  # past the wait: the others' read has started
+        return real(cluster, pool, *args)
+    monkeypatch.setattr(rbd_images, "create_temp", slow_create)
+    results = asyncio.run(fleet.warm(image, wait=0.2))
+    assert {n: (r.state, r.reason) for n, r in results.items()} == {
+        n: ("warm", "cloneable") for n in NAMES}
+    for name in NAMES:
+        assert fleet.copy_of(name, image.info.id) == data, name
+    assert sum(length for _, length in source_reads) == 2 * len(data)
+    assert {n: fleet.records.last_cost(n, image.info.id).fanout  # type: ignore[union-attr]
+            for n in NAMES} == {"edge": 2, "edge2": 2, "edge3": 1}
 
 
 def test_a_target_that_needs_no_copy_does_not_hold_the_read_back(
