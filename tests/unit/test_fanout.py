@@ -404,6 +404,33 @@ def test_a_cancelled_target_drops_out_and_the_others_finish(
     assert time.monotonic() - started < 16 * 0.05  # not held back at edge3's pace
 
 
+def test_a_cancelled_target_never_closes_its_temporary_image_under_a_running_write(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any) -> None:
+    """edge3 is cancelled while a slow write of its runs on a thread: its
+    temporary image is closed (and removed) only once that write ended.
+    The fake librbd records a close under a running call (real librbd
+    crashes there)."""
+    fleet = Fleet(clusters, pools)
+    data = dense(16 * MiB)
+    image = fleet.image(data)
+    edge3 = fleet.clusters["edge3"]
+    edge3.write_delay = 0.3
+
+    async def scenario() -> list[Any]:
+        async with Fanout(image.info, NAMES, chunk_size=MiB) as shared:
+            tasks = {n: asyncio.create_task(t.warm(image, shared))
+                     for n, t in fleet.targets.items()}
+            while edge3.log.count("write") < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            tasks["edge3"].cancel()  # a write of edge3's is running now
+            return await asyncio.gather(*tasks.values(), return_exceptions=True)
+    edge, edge2, cancelled = asyncio.run(scenario())
+    assert fake_rbd.closed_under_calls == []
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert (edge.state, edge2.state) == ("warm", "warm")
+    assert fleet.leftovers("edge3", image.info.id) == []
+
+
 class SlowRoom:
     """A budget that takes ``delay`` seconds to admit ``slow`` (it evicts,
     say), and notes when."""
