@@ -40,7 +40,7 @@ from warmer.state.memory import MemoryStore
 from warmer.tracker import Tracker, Weights
 from warmer.warming.copy import Chunk, CopyStats, Verifier, Writer, WritersGone, copy_into
 from warmer.warming.engine import Engine
-from warmer.warming.fanout import Fanout
+from warmer.warming.fanout import Fanout, OpenedSource
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import Target, TargetConfig, TargetResult
 
@@ -431,6 +431,138 @@ def test_a_cancelled_target_never_closes_its_temporary_image_under_a_running_wri
     assert fleet.leftovers("edge3", image.info.id) == []
 
 
+class Room:
+    """A budget that admits every copy and notes when each is released."""
+
+    def __init__(self) -> None:
+        self.released: dict[str, float] = {}
+
+    async def admit(self, target: Target, image_id: str, size: int) -> bool:
+        return True
+
+    def release(self, target: Target, image_id: str) -> None:
+        self.released[target.name] = time.monotonic()
+
+
+def test_a_target_whose_write_fails_lets_go_while_the_read_goes_on(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """edge2's write fails early in a slow read: it returns its failure, with
+    its temporary image, its lease and its budget reservation released,
+    while the others' read still runs; it does not wait for that to end."""
+    fleet = Fleet(clusters, pools)
+    data = dense(24 * MiB)
+    image = fleet.image(data)
+    image_id = image.info.id
+    room = Room()
+    for t in fleet.targets.values():
+        t.budget = room
+    fail_from(monkeypatch, "write", "edge2.conf", MiB)
+    reads: list[int] = []
+    real = fake_rbd.Image.read
+
+    def slow_read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
+        if self.cluster.conffile == "central.conf":
+            time.sleep(0.1)
+            reads.append(offset)
+        return real(self, offset, length)
+    monkeypatch.setattr(fake_rbd.Image, "read", slow_read)
+    edge2 = fleet.clusters["edge2"]
+
+    async def scenario() -> tuple[TargetResult, int, bool, list[Any]]:
+        async with Fanout(image.info, NAMES, chunk_size=MiB) as shared:
+            tasks = {n: asyncio.create_task(t.warm(image, shared))
+                     for n, t in fleet.targets.items()}
+            failed = await tasks["edge2"]
+            read_then = len(reads)
+            others_running = not tasks["edge"].done() and not tasks["edge3"].done()
+            assert fleet.leftovers("edge2", image_id) == []
+            lock = edge2.objects["images"].get(f"warmer.lock.{image_id}")
+            assert lock is None or lock.lock is None  # its lease released
+            assert "edge2" in room.released and "edge" not in room.released
+            rest = await asyncio.gather(tasks["edge"], tasks["edge3"])
+        return failed, read_then, others_running, rest
+    failed, read_then, others_running, rest = asyncio.run(scenario())
+    assert failed.state != "warm"
+    assert others_running and read_then < 24 // 2  # let go early in the read
+    assert [r.state for r in rest] == ["warm", "warm"]
+    assert len(reads) == 24
+
+
+class Stalling(CountedSource):
+    """A download that stalls for good after ``after`` pieces; ``closed``
+    once its stream closed it."""
+
+    def __init__(self, chunks: list[bytes | None], after: int) -> None:
+        super().__init__(chunks)
+        self.after = after
+        self.stalled = asyncio.Event()
+        self.closed = False
+
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
+        async for piece in super().chunks(chunk_size):
+            if self.yielded > self.after:
+                self.stalled.set()
+                await asyncio.Event().wait()  # never comes
+            yield piece
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def opener_of(source: Stalling) -> Any:
+    async def opener() -> OpenedSource:
+        return OpenedSource(source, None, source.close)
+    return opener
+
+
+def test_when_every_target_left_a_stalled_read_stops_at_once() -> None:
+    """Both targets' copies are cancelled (a stop, lost leases) while the
+    source stalls: the read is stopped, its source closed, and the fan-out
+    ends at once, not when the source answers (if ever)."""
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(16)]
+    source = Stalling(chunks, after=3)
+    info = image_for(expected_bytes(chunks))
+
+    async def scenario() -> bool:
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        shared = Fanout(info, ("a", "b"), chunk_size=CH)
+        for name in ("a", "b"):
+            await shared.source(name, opener_of(source), None)
+        copies = [asyncio.create_task(shared.copy(name, Writer(Sink().write, pool)))
+                  for name in ("a", "b")]
+        await source.stalled.wait()
+        for copy in copies:
+            copy.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
+        closing = asyncio.create_task(shared.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        pool.shutdown()
+        return closing in done  # else asyncio.run cancels the read on its way out
+    assert asyncio.run(scenario()), "the read went on for nobody"
+    assert source.closed
+
+
+def test_closing_the_fanout_ends_a_read_that_still_waits_for_targets() -> None:
+    """Target a opened the source and then left without copying (its
+    temporary image could not be made, say); b, named, never came. Closing
+    the fan-out starts what still waits (for nobody now): the read ends and
+    its source is closed."""
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(4)]
+    source = Stalling(chunks, after=len(chunks))
+    info = image_for(expected_bytes(chunks))
+
+    async def scenario() -> bool:
+        shared = Fanout(info, ("a", "b"), chunk_size=CH, wait=60)
+        await shared.source("a", opener_of(source), None)
+        shared.leave("a")
+        closing = asyncio.create_task(shared.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        return closing in done
+    assert asyncio.run(scenario()), "the read still waits for targets that never come"
+    assert source.closed and source.yielded == 0
+
+
 class SlowRoom:
     """A budget that takes ``delay`` seconds to admit ``slow`` (it evicts,
     say), and notes when."""
@@ -516,6 +648,39 @@ def test_a_target_that_needs_no_copy_does_not_hold_the_read_back(
     results = asyncio.run(fleet.warm(image, wait=30))
     assert all(r.state == "warm" for r in results.values())
     assert time.monotonic() - started < 10
+
+
+def test_a_target_that_needs_no_copy_leaves_before_its_checks(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any, monkeypatch: pytest.MonkeyPatch,
+        source_reads: list[tuple[int, int]]) -> None:
+    """edge3 has the image in its cluster, and checking that copy takes a
+    while: the others' read does not wait for those checks (nor for the
+    fan-out's wait), since edge3 copies nothing."""
+    fleet = Fleet(clusters, pools)
+    data = dense(4 * MiB)
+    image = fleet.image(data)
+    assert asyncio.run(fleet.targets["edge3"].warm(image)).state == "warm"
+    image = fleet.glance.images[image.info.id]  # with edge3's location now
+    edge3 = fleet.targets["edge3"]
+    real = edge3._warm_location
+    checked: list[float] = []
+
+    async def slow_check(loc: Any) -> TargetResult:
+        await asyncio.sleep(1.0)
+        result = await real(loc)
+        checked.append(time.monotonic())
+        return result
+    monkeypatch.setattr(edge3, "_warm_location", slow_check)
+    first_read: list[float] = []
+    real_read = fake_rbd.Image.read
+
+    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
+        first_read.append(time.monotonic())
+        return real_read(self, offset, length)
+    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    results = asyncio.run(fleet.warm(image, wait=30))
+    assert all(r.state == "warm" for r in results.values())
+    assert min(first_read) < checked[0]
 
 
 def test_a_checksum_mismatch_fails_every_target_and_revokes_once(
