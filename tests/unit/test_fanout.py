@@ -58,13 +58,14 @@ class Sink:
         self.delay, self.fail_at = delay, fail_at
         self.lock = threading.Lock()
 
-    def write(self, data: bytes, offset: int) -> None:
+    def write(self, data: bytes, offset: int) -> int:
         if self.delay:
             time.sleep(self.delay)
         if offset == self.fail_at:
             raise OSError(errno.EIO, "EIO")
         with self.lock:
             self.data[offset] = data
+        return len(data)
 
     def image(self, size: int) -> bytes:
         out = bytearray(size)
@@ -201,17 +202,18 @@ def test_chunks_and_writes_in_flight_are_bounded_across_all_writers() -> None:
     ahead: list[int] = []
 
     class Counting(Sink):
-        def write(self, data: bytes, offset: int) -> None:
+        def write(self, data: bytes, offset: int) -> int:
             nonlocal in_flight, peak
             with lock:
                 in_flight += 1
                 peak = max(peak, in_flight)
                 ahead.append(source.yielded - len(slow_done))
-            super().write(data, offset)
+            written = super().write(data, offset)
             with lock:
                 in_flight -= 1
                 if self.delay:
                     slow_done.append(offset)
+            return written
     sinks = [Counting(delay=0.01)] + [Counting() for _ in range(n - 1)]
     stats, _, _ = fan(source, sinks, window=window)  # type: ignore[arg-type]
     assert isinstance(stats, CopyStats)
@@ -351,6 +353,30 @@ def test_one_target_whose_writes_fail_mid_copy_drops_out_and_the_others_are_warm
     assert sorted(url.split("/")[2] for _, url, _ in fleet.glance.added) == [
         "fsid-edge", "fsid-edge3"]
     assert sum(length for _, length in source_reads) == len(data)  # still one read
+
+
+def test_a_target_whose_write_says_it_wrote_less_fails_alone(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write into edge2 returns fewer bytes than it was given: edge2's copy
+    fails (``short_write``) and is not published; the others are warm."""
+    fleet = Fleet(clusters, pools)
+    data = dense(8 * MiB)
+    image = fleet.image(data)
+    real = fake_rbd.Image.write
+
+    def write(self: fake_rbd.Image, data: bytes, offset: int) -> int:
+        written = real(self, data, offset)
+        if self.cluster.conffile == "edge2.conf" and offset == 3 * MiB:
+            return written - 512
+        return written
+    monkeypatch.setattr(fake_rbd.Image, "write", write)
+    results = asyncio.run(fleet.warm(image))
+    assert (results["edge2"].state, results["edge2"].reason) == ("cold", "short_write")
+    assert (results["edge"].state, results["edge3"].state) == ("warm", "warm")
+    assert fleet.leftovers("edge2", image.info.id) == []
+    assert sorted(url.split("/")[2] for _, url, _ in fleet.glance.added) == [
+        "fsid-edge", "fsid-edge3"]
 
 
 def test_a_lost_lease_cancels_only_that_targets_copy(
