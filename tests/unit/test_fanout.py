@@ -296,6 +296,18 @@ def source_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return reads
 
 
+def read_times(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each ``Image.read`` (of any cluster) began, in order."""
+    times: list[float] = []
+    real = fake_rbd.Image.read
+
+    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
+        times.append(time.monotonic())
+        return real(self, offset, length)
+    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    return times
+
+
 def dense(size: int) -> bytes:
     return os.urandom(size)
 
@@ -614,13 +626,7 @@ def test_a_target_not_ready_within_the_wait_reads_on_its_own(
     data = dense(8 * MiB)
     image = fleet.image(data)
     room = SlowRoom("edge3", 1.0)
-    first_read: list[float] = []
-    real = fake_rbd.Image.read
-
-    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
-        first_read.append(time.monotonic())
-        return real(self, offset, length)
-    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    first_read = read_times(monkeypatch)
     for t in fleet.targets.values():
         t.budget = room
     results = asyncio.run(fleet.warm(image, wait=0.2))
@@ -697,13 +703,7 @@ def test_a_target_that_needs_no_copy_leaves_before_its_checks(
         checked.append(time.monotonic())
         return result
     monkeypatch.setattr(edge3, "_warm_location", slow_check)
-    first_read: list[float] = []
-    real_read = fake_rbd.Image.read
-
-    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
-        first_read.append(time.monotonic())
-        return real_read(self, offset, length)
-    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    first_read = read_times(monkeypatch)
     results = asyncio.run(fleet.warm(image, wait=30))
     assert all(r.state == "warm" for r in results.values())
     assert min(first_read) < checked[0]
