@@ -79,6 +79,7 @@ class Reason(StrEnum):
     SIZE_MISMATCH = "size_mismatch"
     SIZE_UNKNOWN = "size_unknown"
     SHORT_READ = "short_read"
+    SHORT_WRITE = "short_write"
     NAME_TAKEN_IN_TARGET = "name_taken_in_target"
     STALE_COPY_KEPT = "stale_copy_kept"
     OVER_BUDGET = "over_budget"
@@ -174,6 +175,8 @@ _REASONS: dict[Reason, tuple[str, str]] = {
                            "check the source: a corrupt image or a wrong location"),
     Reason.SIZE_UNKNOWN: ("Glance does not know the image's size", "fix the image in Glance"),
     Reason.SHORT_READ: ("the source ended before its size", "check the source"),
+    Reason.SHORT_WRITE: ("a write into the target wrote fewer bytes than it was given",
+                         "check the target cluster (and its python3-rbd); retried"),
     Reason.NAME_TAKEN_IN_TARGET: ("an RBD image warmer does not own has the copy's name",
                                   "find out whose it is; warmer never touches it"),
     Reason.STALE_COPY_KEPT: ("an old copy could not be removed to make a new one",

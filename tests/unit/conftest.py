@@ -18,6 +18,17 @@ from warmer.ceph import client as ceph_client
 from warmer.ceph import images, ownership
 
 
+@pytest.fixture(autouse=True)
+def no_image_closed_under_a_running_call() -> Iterator[None]:
+    """Every test: no in-memory RBD image was closed while a call on it (a
+    write, a read) still ran on a thread. Real librbd crashes there
+    (tests/unit/fake_rbd.py records it)."""
+    fake_rbd.closed_under_calls.clear()
+    yield
+    closes, fake_rbd.closed_under_calls[:] = list(fake_rbd.closed_under_calls), []
+    assert not closes, "an image was closed under a running call:\n" + "\n".join(closes)
+
+
 @pytest.fixture()
 def loop() -> Iterator[asyncio.AbstractEventLoop]:
     """An event loop running in its own thread, as the daemon's loop runs

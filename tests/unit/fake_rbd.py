@@ -17,7 +17,13 @@ What it models, because warmer's safety depends on it:
   and each image's own RBD id (``Image.id()``);
 * ``WriteOpCtx.omap_cmp`` (an unmet comparison fails the whole op with
   ECANCELED, as the OSD does; a missing key compares as empty, a missing
-  object fails with ObjectNotFound) and ``WriteOpCtx.new``.
+  object fails with ObjectNotFound) and ``WriteOpCtx.new``;
+* a closed ``Image``: every call on it raises ``InvalidArgument("image is
+  closed")``, as python-rbd's ``requires_not_closed`` does. Closing one
+  while a call on it still runs on another thread (a write, a read) frees
+  what that call uses in real librbd, which then crashes or corrupts
+  memory; here the close is recorded in :data:`closed_under_calls`, which
+  every unit test asserts empty when it ends (tests/unit/conftest.py).
 
 Change omap only through write ops: pages are served from a sorted key list
 that a write op invalidates.
@@ -29,14 +35,18 @@ never attempted, and can fail any named call (``cluster.fail[op] = exc``).
 from __future__ import annotations
 
 import bisect
+import collections
 import errno
+import functools
 import itertools
+import threading
 import time
+import traceback
 import types
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 # -- exceptions, as the real modules name them -----------------------------------
 
@@ -410,6 +420,31 @@ class ReadOpCtx(WriteOpCtx):
 
 # -- rbd -------------------------------------------------------------------------------
 
+#: Every ``Image.close`` made while a call on that image still ran: what it
+#: closed, the calls running, and where the close came from. Real librbd
+#: crashes there; the unit tests' fixture fails the test that did it.
+closed_under_calls: list[str] = []
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _on_open_image(fn: F) -> F:
+    """A call on an open image: refused once it is closed (python-rbd's
+    ``requires_not_closed``), and counted while it runs, so that a close
+    under it is caught."""
+    @functools.wraps(fn)
+    def call(self: Image, *args: Any, **kwargs: Any) -> Any:
+        with self._calls_lock:
+            if self.closed:
+                raise InvalidArgument("image is closed")
+            self._running[fn.__name__] += 1
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            with self._calls_lock:
+                self._running[fn.__name__] -= 1
+    return call  # type: ignore[return-value]
+
 
 class RBD:
     def create(self, ioctx: Ioctx, name: str, size: int, old_format: bool = False,
@@ -458,6 +493,9 @@ class Image:
         self.snapshot = snapshot
         self.snap_id: int | None = None  # set_snap_by_id: reads come from that one only
         self.read_only = read_only
+        self.closed = False
+        self._running: collections.Counter[str] = collections.Counter()  # calls, by name
+        self._calls_lock = threading.Lock()
 
     def __enter__(self) -> Image:
         return self
@@ -466,44 +504,61 @@ class Image:
         self.close()
 
     def close(self) -> None:
-        pass
+        """Close it (again: nothing). Under a running call, record where."""
+        with self._calls_lock:
+            running = {name: n for name, n in self._running.items() if n}
+            if running and not self.closed:
+                where = "".join(traceback.format_stack(limit=12)[:-1])
+                closed_under_calls.append(
+                    f"{self.cluster.conffile} {self.pool}/{self.name} closed under running "
+                    f"{running}, from:\n{where}")
+            self.closed = True
 
     def _writable(self) -> None:
         if self.read_only or self.snapshot is not None:
             raise RbdPermissionError("read-only", errno.EROFS)
 
+    @_on_open_image
     def size(self) -> int:
         return self.img.size
 
+    @_on_open_image
     def id(self) -> str:
         return self.img.rbd_id
 
+    @_on_open_image
     def snap_get_id(self, name: str) -> int:
         snap = self.img.snaps.get(name)
         if snap is None:
             raise ImageNotFound(name)
         return snap.id
 
+    @_on_open_image
     def set_snap_by_id(self, snap_id: int) -> None:
         names = [n for n, s in self.img.snaps.items() if s.id == snap_id]
         if not names:
             raise ImageNotFound(f"snap id {snap_id}")
         self.snapshot, self.snap_id = names[0], snap_id
 
+    @_on_open_image
     def metadata_list(self) -> list[tuple[str, str]]:
         return list(self.img.meta.items())
 
+    @_on_open_image
     def metadata_set(self, key: str, value: str) -> None:
         self._writable()
         self.cluster.op(f"metadata_set {key}")
         self.img.meta[key] = value
 
+    @_on_open_image
     def list_snaps(self) -> list[dict[str, Any]]:
         return [{"name": n} for n in self.img.snaps]
 
+    @_on_open_image
     def is_protected_snap(self, name: str) -> bool:
         return self.img.snaps[name].protected
 
+    @_on_open_image
     def create_snap(self, name: str) -> None:
         self._writable()
         self.cluster.op("create_snap")
@@ -511,6 +566,7 @@ class Image:
             raise ImageExists(name)
         self.img.snaps[name] = Snap(dict(self.img.data))
 
+    @_on_open_image
     def protect_snap(self, name: str) -> None:
         self._writable()
         self.cluster.op("protect_snap")
@@ -518,6 +574,7 @@ class Image:
             raise InvalidArgument("already protected")
         self.img.snaps[name].protected = True
 
+    @_on_open_image
     def unprotect_snap(self, name: str) -> None:
         self._writable()
         self.cluster.op(f"unprotect_snap {self.pool}/{self.name}")
@@ -525,6 +582,7 @@ class Image:
             raise ImageBusy("snapshot has clones")
         self.img.snaps[name].protected = False
 
+    @_on_open_image
     def remove_snap(self, name: str) -> None:
         self._writable()
         self.cluster.op("remove_snap")
@@ -532,23 +590,28 @@ class Image:
             raise ImageBusy("protected")
         del self.img.snaps[name]
 
+    @_on_open_image
     def list_children2(self) -> list[dict[str, str]]:
         assert self.snapshot is not None
         return [{"pool": p, "image": n}
                 for p, n in self.cluster.children_of(self.pool, self.name, self.snapshot)]
 
+    @_on_open_image
     def parent_info(self) -> tuple[str, str, str]:
         if self.img.parent is None:
             raise ImageNotFound("no parent")
         return self.img.parent
 
+    @_on_open_image
     def lock_get_owners(self) -> list[dict[str, str]]:
         return [{"mode": "exclusive", "owner": o} for o in self.img.lock_owners]
 
+    @_on_open_image
     def lock_break(self, mode: str, owner: str) -> None:
         self.cluster.op("lock_break")
         self.img.lock_owners.remove(owner)
 
+    @_on_open_image
     def write(self, data: bytes, offset: int) -> int:
         self._writable()
         self.cluster.op("write")
@@ -565,6 +628,7 @@ class Image:
             return snap.data
         return self.img.snaps[self.snapshot].data if self.snapshot else self.img.data
 
+    @_on_open_image
     def read(self, offset: int, length: int) -> bytes:
         out = bytearray(length)
         for start, piece in self._data().items():
@@ -573,6 +637,7 @@ class Image:
                 out[lo - offset:hi - offset] = piece[lo - start:hi - start]
         return bytes(out)
 
+    @_on_open_image
     def diff_iterate(self, offset: int, length: int, from_snapshot: str | None,
                      cb: Callable[[int, int, bool], int]) -> None:
         for start, piece in sorted(self._data().items()):

@@ -8,7 +8,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -48,16 +48,26 @@ def image_for(data: bytes, algo: str = "sha512") -> ImageInfo:
                      checksum=hashlib.md5(data).hexdigest())
 
 
+def into(written: dict[int, bytes]) -> Callable[[bytes, int], int]:
+    """A write into ``written`` (offset -> bytes) that returns, as rbd's
+    ``Image.write`` does, the number of bytes it wrote."""
+    def write(data: bytes, offset: int) -> int:
+        written[offset] = data
+        return len(data)
+    return write
+
+
 def run_copy(chunks: list[bytes | None], info: ImageInfo | None = None, window: int = 4,
              write_delay: float = 0.0) -> tuple[dict[int, bytes], object]:
     written: dict[int, bytes] = {}
     lock = threading.Lock()
 
-    def write(data: bytes, offset: int) -> None:
+    def write(data: bytes, offset: int) -> int:
         if write_delay:
             time.sleep(write_delay)
         with lock:
             written[offset] = data
+        return len(data)
     verifier = Verifier(info or image_for(expected_bytes(chunks)))
 
     async def go() -> object:
@@ -98,7 +108,7 @@ def test_zero_blocks_within_a_chunk_are_not_written() -> None:
 
     async def go() -> object:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            return await copy(ListSource([data]), lambda d, o: written.__setitem__(o, d),
+            return await copy(ListSource([data]), into(written),
                               Verifier(image_for(data)), pool, chunk_size=len(data))
     stats = asyncio.run(go())
     assert written == {0: data[:block], 3 * block: data[3 * block:4 * block]}
@@ -160,7 +170,7 @@ def test_a_trusted_copy_hashes_nothing_and_verifies_as_glances_digest(
 
     async def go() -> object:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            return await copy(ListSource(chunks), lambda d, o: written.__setitem__(o, d),
+            return await copy(ListSource(chunks), into(written),
                               verifier, pool, chunk_size=CH)
     stats = asyncio.run(go())
     assert hashed == []  # not one byte
@@ -202,7 +212,7 @@ def test_short_source_is_an_error() -> None:
     async def go() -> None:
         src = Short([os.urandom(CH), os.urandom(CH)])
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
-            await copy(src, lambda d, o: None, Verifier(ImageInfo("i", "active"),
+            await copy(src, lambda d, o: len(d), Verifier(ImageInfo("i", "active"),
                                                        allow_unverified=True),
                        pool, chunk_size=CH)
     with pytest.raises(CopyError, match="short_read"):
@@ -234,7 +244,7 @@ def test_a_short_read_fails_the_copy_whether_hashed_or_trusted(trusted: bool) ->
     async def go() -> None:
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             src = RbdSource(ShortReads(data, CH + 7), len(data), [(0, len(data))], pool, "t")
-            await copy(src, lambda d, o: None, verifier, pool, chunk_size=CH)
+            await copy(src, lambda d, o: len(d), verifier, pool, chunk_size=CH)
     with pytest.raises(CopyError, match="short_read"):
         asyncio.run(go())
 
@@ -244,7 +254,7 @@ def test_chunks_in_flight_are_bounded_by_the_window() -> None:
     peak = 0
     lock = threading.Lock()
 
-    def slow_write(data: bytes, offset: int) -> None:
+    def slow_write(data: bytes, offset: int) -> int:
         nonlocal in_flight, peak
         with lock:
             in_flight += 1
@@ -252,6 +262,7 @@ def test_chunks_in_flight_are_bounded_by_the_window() -> None:
         time.sleep(0.01)
         with lock:
             in_flight -= 1
+        return len(data)
 
     chunks: list[bytes | None] = [os.urandom(CH) for _ in range(40)]
 
@@ -265,7 +276,7 @@ def test_chunks_in_flight_are_bounded_by_the_window() -> None:
 
 
 def test_a_failed_write_fails_the_copy() -> None:
-    def broken(data: bytes, offset: int) -> None:
+    def broken(data: bytes, offset: int) -> int:
         raise OSError("EIO")
 
     chunks: list[bytes | None] = [os.urandom(CH) for _ in range(3)]
@@ -275,6 +286,24 @@ def test_a_failed_write_fails_the_copy() -> None:
             await copy(ListSource(chunks), broken, Verifier(image_for(expected_bytes(chunks))),
                        pool, chunk_size=CH)
     with pytest.raises(OSError, match="EIO"):
+        asyncio.run(go())
+
+
+@pytest.mark.parametrize("said", [CH - 1, 0, None])
+def test_a_write_that_says_it_wrote_less_fails_the_copy(said: int | None) -> None:
+    """rbd's Image.write returns the bytes it wrote: a piece not all written
+    is a failed copy (``short_write``), never zeroes left in the copy."""
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(4)]
+
+    def short(data: bytes, offset: int) -> int:
+        return said if offset == 2 * CH else len(data)  # type: ignore[return-value]
+
+    async def go() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            await copy(ListSource(chunks), short, Verifier(image_for(expected_bytes(chunks))),
+                       pool, chunk_size=CH)
+    with pytest.raises(CopyError, match=f"short_write: {said!r} of {CH} bytes written at "
+                                        f"offset {2 * CH}"):
         asyncio.run(go())
 
 
@@ -340,8 +369,9 @@ def test_a_fragmented_source_is_read_once_per_chunk_and_written_as_sparse_as_it_
     update = Verifier.update
     written = bytearray(size)
 
-    def write(piece: bytes, offset: int) -> None:
+    def write(piece: bytes, offset: int) -> int:
         written[offset:offset + len(piece)] = piece
+        return len(piece)
 
     def count(self: Verifier, piece: bytes) -> None:
         hashed.append(len(piece))
@@ -370,9 +400,10 @@ def test_a_cancelled_copy_waits_for_its_running_writes_without_blocking_the_loop
     release = threading.Event()
     finished: list[int] = []
 
-    def write(chunk: bytes, offset: int) -> None:
+    def write(chunk: bytes, offset: int) -> int:
         release.wait(5)
         finished.append(offset)
+        return len(chunk)
 
     async def scenario() -> tuple[int, list[int]]:
         pool = concurrent.futures.ThreadPoolExecutor(4)
@@ -413,7 +444,7 @@ def test_a_cancelled_copy_waits_for_the_source_read_it_was_waiting_for() -> None
     async def scenario() -> list[int]:
         pool = concurrent.futures.ThreadPoolExecutor(2)
         source = RbdSource(BlockingImage(), 2 * CH, [(0, 2 * CH)], pool, "t", read_ahead=1)
-        task = asyncio.create_task(copy(source, lambda d, o: None, Verifier(
+        task = asyncio.create_task(copy(source, lambda d, o: len(d), Verifier(
             image_for(bytes(2 * CH))), pool, window=2, chunk_size=CH))
         await asyncio.to_thread(started.wait, 5)
         task.cancel()

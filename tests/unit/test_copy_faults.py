@@ -28,11 +28,12 @@ def test_one_failed_write_in_the_middle_fails_the_whole_copy(window: int,
     chunks: list[bytes | None] = [os.urandom(CH) for _ in range(8)]
     written: dict[int, bytes] = {}
 
-    def write(data: bytes, offset: int) -> None:
+    def write(data: bytes, offset: int) -> int:
         time.sleep(0.005)
         if offset == failing_chunk * CH:
             raise Timeout("error writing: RBD operation timeout")
         written[offset] = data
+        return len(data)
 
     verifier = Verifier(image_for(expected_bytes(chunks)))
 
@@ -51,9 +52,10 @@ def test_a_completed_copy_has_every_chunk_written() -> None:
     chunks: list[bytes | None] = [os.urandom(CH) for _ in range(8)]
     written: dict[int, bytes] = {}
 
-    def write(data: bytes, offset: int) -> None:
+    def write(data: bytes, offset: int) -> int:
         time.sleep(0.002)
         written[offset] = data
+        return len(data)
 
     info = image_for(expected_bytes(chunks))
 

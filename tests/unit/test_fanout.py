@@ -29,6 +29,7 @@ from tests.unit.fake_rbd import FakeCluster
 from tests.unit.fakes import FakeGlance
 from tests.unit.test_copy import CH, ListSource, expected_bytes, image_for
 from tests.unit.test_target import CENTRAL, MiB, glance_image, take_lease_once_copying
+from warmer.ceph import images as rbd_images
 from warmer.ceph.client import CephClient, ClusterConfig
 from warmer.events import ImageInfo
 from warmer.glance.client import GlanceImage
@@ -39,7 +40,7 @@ from warmer.state.memory import MemoryStore
 from warmer.tracker import Tracker, Weights
 from warmer.warming.copy import Chunk, CopyStats, Verifier, Writer, WritersGone, copy_into
 from warmer.warming.engine import Engine
-from warmer.warming.fanout import Fanout
+from warmer.warming.fanout import Fanout, OpenedSource
 from warmer.warming.records import CopyRecords
 from warmer.warming.target import Target, TargetConfig, TargetResult
 
@@ -57,13 +58,14 @@ class Sink:
         self.delay, self.fail_at = delay, fail_at
         self.lock = threading.Lock()
 
-    def write(self, data: bytes, offset: int) -> None:
+    def write(self, data: bytes, offset: int) -> int:
         if self.delay:
             time.sleep(self.delay)
         if offset == self.fail_at:
             raise OSError(errno.EIO, "EIO")
         with self.lock:
             self.data[offset] = data
+        return len(data)
 
     def image(self, size: int) -> bytes:
         out = bytearray(size)
@@ -200,17 +202,18 @@ def test_chunks_and_writes_in_flight_are_bounded_across_all_writers() -> None:
     ahead: list[int] = []
 
     class Counting(Sink):
-        def write(self, data: bytes, offset: int) -> None:
+        def write(self, data: bytes, offset: int) -> int:
             nonlocal in_flight, peak
             with lock:
                 in_flight += 1
                 peak = max(peak, in_flight)
                 ahead.append(source.yielded - len(slow_done))
-            super().write(data, offset)
+            written = super().write(data, offset)
             with lock:
                 in_flight -= 1
                 if self.delay:
                     slow_done.append(offset)
+            return written
     sinks = [Counting(delay=0.01)] + [Counting() for _ in range(n - 1)]
     stats, _, _ = fan(source, sinks, window=window)  # type: ignore[arg-type]
     assert isinstance(stats, CopyStats)
@@ -293,6 +296,18 @@ def source_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     return reads
 
 
+def read_times(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each ``Image.read`` (of any cluster) began, in order."""
+    times: list[float] = []
+    real = fake_rbd.Image.read
+
+    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
+        times.append(time.monotonic())
+        return real(self, offset, length)
+    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    return times
+
+
 def dense(size: int) -> bytes:
     return os.urandom(size)
 
@@ -352,6 +367,30 @@ def test_one_target_whose_writes_fail_mid_copy_drops_out_and_the_others_are_warm
     assert sum(length for _, length in source_reads) == len(data)  # still one read
 
 
+def test_a_target_whose_write_says_it_wrote_less_fails_alone(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write into edge2 returns fewer bytes than it was given: edge2's copy
+    fails (``short_write``) and is not published; the others are warm."""
+    fleet = Fleet(clusters, pools)
+    data = dense(8 * MiB)
+    image = fleet.image(data)
+    real = fake_rbd.Image.write
+
+    def write(self: fake_rbd.Image, data: bytes, offset: int) -> int:
+        written = real(self, data, offset)
+        if self.cluster.conffile == "edge2.conf" and offset == 3 * MiB:
+            return written - 512
+        return written
+    monkeypatch.setattr(fake_rbd.Image, "write", write)
+    results = asyncio.run(fleet.warm(image))
+    assert (results["edge2"].state, results["edge2"].reason) == ("cold", "short_write")
+    assert (results["edge"].state, results["edge3"].state) == ("warm", "warm")
+    assert fleet.leftovers("edge2", image.info.id) == []
+    assert sorted(url.split("/")[2] for _, url, _ in fleet.glance.added) == [
+        "fsid-edge", "fsid-edge3"]
+
+
 def test_a_lost_lease_cancels_only_that_targets_copy(
         clusters: tuple[FakeCluster, FakeCluster], pools: Any,
         source_reads: list[tuple[int, int]]) -> None:
@@ -403,6 +442,165 @@ def test_a_cancelled_target_drops_out_and_the_others_finish(
     assert time.monotonic() - started < 16 * 0.05  # not held back at edge3's pace
 
 
+def test_a_cancelled_target_never_closes_its_temporary_image_under_a_running_write(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any) -> None:
+    """edge3 is cancelled while a slow write of its runs on a thread: its
+    temporary image is closed (and removed) only once that write ended.
+    The fake librbd records a close under a running call (real librbd
+    crashes there)."""
+    fleet = Fleet(clusters, pools)
+    data = dense(16 * MiB)
+    image = fleet.image(data)
+    edge3 = fleet.clusters["edge3"]
+    edge3.write_delay = 0.3
+
+    async def scenario() -> list[Any]:
+        async with Fanout(image.info, NAMES, chunk_size=MiB) as shared:
+            tasks = {n: asyncio.create_task(t.warm(image, shared))
+                     for n, t in fleet.targets.items()}
+            while edge3.log.count("write") < 2:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            tasks["edge3"].cancel()  # a write of edge3's is running now
+            return await asyncio.gather(*tasks.values(), return_exceptions=True)
+    edge, edge2, cancelled = asyncio.run(scenario())
+    assert fake_rbd.closed_under_calls == []
+    assert isinstance(cancelled, asyncio.CancelledError)
+    assert (edge.state, edge2.state) == ("warm", "warm")
+    assert fleet.leftovers("edge3", image.info.id) == []
+
+
+class Room:
+    """A budget that admits every copy and notes when each is released."""
+
+    def __init__(self) -> None:
+        self.released: dict[str, float] = {}
+
+    async def admit(self, target: Target, image_id: str, size: int) -> bool:
+        return True
+
+    def release(self, target: Target, image_id: str) -> None:
+        self.released[target.name] = time.monotonic()
+
+
+def test_a_target_whose_write_fails_lets_go_while_the_read_goes_on(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """edge2's write fails early in a slow read: it returns its failure, with
+    its temporary image, its lease and its budget reservation released,
+    while the others' read still runs; it does not wait for that to end."""
+    fleet = Fleet(clusters, pools)
+    data = dense(24 * MiB)
+    image = fleet.image(data)
+    image_id = image.info.id
+    room = Room()
+    for t in fleet.targets.values():
+        t.budget = room
+    fail_from(monkeypatch, "write", "edge2.conf", MiB)
+    reads: list[int] = []
+    real = fake_rbd.Image.read
+
+    def slow_read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
+        if self.cluster.conffile == "central.conf":
+            time.sleep(0.1)
+            reads.append(offset)
+        return real(self, offset, length)
+    monkeypatch.setattr(fake_rbd.Image, "read", slow_read)
+    edge2 = fleet.clusters["edge2"]
+
+    async def scenario() -> tuple[TargetResult, int, bool, list[Any]]:
+        async with Fanout(image.info, NAMES, chunk_size=MiB) as shared:
+            tasks = {n: asyncio.create_task(t.warm(image, shared))
+                     for n, t in fleet.targets.items()}
+            failed = await tasks["edge2"]
+            read_then = len(reads)
+            others_running = not tasks["edge"].done() and not tasks["edge3"].done()
+            assert fleet.leftovers("edge2", image_id) == []
+            lock = edge2.objects["images"].get(f"warmer.lock.{image_id}")
+            assert lock is None or lock.lock is None  # its lease released
+            assert "edge2" in room.released and "edge" not in room.released
+            rest = await asyncio.gather(tasks["edge"], tasks["edge3"])
+        return failed, read_then, others_running, rest
+    failed, read_then, others_running, rest = asyncio.run(scenario())
+    assert failed.state != "warm"
+    assert others_running and read_then < 24 // 2  # let go early in the read
+    assert [r.state for r in rest] == ["warm", "warm"]
+    assert len(reads) == 24
+
+
+class Stalling(CountedSource):
+    """A download that stalls for good after ``after`` pieces; ``closed``
+    once its stream closed it."""
+
+    def __init__(self, chunks: list[bytes | None], after: int) -> None:
+        super().__init__(chunks)
+        self.after = after
+        self.stalled = asyncio.Event()
+        self.closed = False
+
+    async def chunks(self, chunk_size: int) -> AsyncGenerator[Chunk, None]:
+        async for piece in super().chunks(chunk_size):
+            if self.yielded > self.after:
+                self.stalled.set()
+                await asyncio.Event().wait()  # never comes
+            yield piece
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def opener_of(source: Stalling) -> Any:
+    async def opener() -> OpenedSource:
+        return OpenedSource(source, None, source.close)
+    return opener
+
+
+def test_when_every_target_left_a_stalled_read_stops_at_once() -> None:
+    """Both targets' copies are cancelled (a stop, lost leases) while the
+    source stalls: the read is stopped, its source closed, and the fan-out
+    ends at once, not when the source answers (if ever)."""
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(16)]
+    source = Stalling(chunks, after=3)
+    info = image_for(expected_bytes(chunks))
+
+    async def scenario() -> bool:
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        shared = Fanout(info, ("a", "b"), chunk_size=CH)
+        for name in ("a", "b"):
+            await shared.source(name, opener_of(source), None)
+        copies = [asyncio.create_task(shared.copy(name, Writer(Sink().write, pool)))
+                  for name in ("a", "b")]
+        await source.stalled.wait()
+        for copy in copies:
+            copy.cancel()
+        await asyncio.gather(*copies, return_exceptions=True)
+        closing = asyncio.create_task(shared.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        pool.shutdown()
+        return closing in done  # else asyncio.run cancels the read on its way out
+    assert asyncio.run(scenario()), "the read went on for nobody"
+    assert source.closed
+
+
+def test_closing_the_fanout_ends_a_read_that_still_waits_for_targets() -> None:
+    """Target a opened the source and then left without copying (its
+    temporary image could not be made, say); b, named, never came. Closing
+    the fan-out starts what still waits (for nobody now): the read ends and
+    its source is closed."""
+    chunks: list[bytes | None] = [os.urandom(CH) for _ in range(4)]
+    source = Stalling(chunks, after=len(chunks))
+    info = image_for(expected_bytes(chunks))
+
+    async def scenario() -> bool:
+        shared = Fanout(info, ("a", "b"), chunk_size=CH, wait=60)
+        await shared.source("a", opener_of(source), None)
+        shared.leave("a")
+        closing = asyncio.create_task(shared.close())
+        done, _ = await asyncio.wait({closing}, timeout=5)
+        return closing in done
+    assert asyncio.run(scenario()), "the read still waits for targets that never come"
+    assert source.closed and source.yielded == 0
+
+
 class SlowRoom:
     """A budget that takes ``delay`` seconds to admit ``slow`` (it evicts,
     say), and notes when."""
@@ -428,13 +626,7 @@ def test_a_target_not_ready_within_the_wait_reads_on_its_own(
     data = dense(8 * MiB)
     image = fleet.image(data)
     room = SlowRoom("edge3", 1.0)
-    first_read: list[float] = []
-    real = fake_rbd.Image.read
-
-    def read(self: fake_rbd.Image, offset: int, length: int) -> bytes:
-        first_read.append(time.monotonic())
-        return real(self, offset, length)
-    monkeypatch.setattr(fake_rbd.Image, "read", read)
+    first_read = read_times(monkeypatch)
     for t in fleet.targets.values():
         t.budget = room
     results = asyncio.run(fleet.warm(image, wait=0.2))
@@ -446,6 +638,33 @@ def test_a_target_not_ready_within_the_wait_reads_on_its_own(
             for n in NAMES} == {"edge": 2, "edge2": 2, "edge3": 1}
     for name in NAMES:
         assert fleet.copy_of(name, image.info.id) == data
+
+
+def test_a_target_whose_temporary_image_comes_after_the_read_started_reads_on_its_own(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any, monkeypatch: pytest.MonkeyPatch,
+        source_reads: list[tuple[int, int]]) -> None:
+    """edge3 opened the source in time (it was sized by the shared read),
+    but its temporary image comes only once that read started: it must read
+    on its own. Joined to the shared read instead, it would get no chunk and
+    still the shared result, and publish an image of zeroes."""
+    fleet = Fleet(clusters, pools)
+    data = dense(8 * MiB)
+    image = fleet.image(data)
+    real = rbd_images.create_temp
+
+    def slow_create(cluster: Any, pool: str, *args: Any) -> rbd_images.OpenImage:
+        if cluster.cluster.conffile == "edge3.conf":
+            time.sleep(1.0)  # past the wait: the others' read has started
+        return real(cluster, pool, *args)
+    monkeypatch.setattr(rbd_images, "create_temp", slow_create)
+    results = asyncio.run(fleet.warm(image, wait=0.2))
+    assert {n: (r.state, r.reason) for n, r in results.items()} == {
+        n: ("warm", "cloneable") for n in NAMES}
+    for name in NAMES:
+        assert fleet.copy_of(name, image.info.id) == data, name
+    assert sum(length for _, length in source_reads) == 2 * len(data)
+    assert {n: fleet.records.last_cost(n, image.info.id).fanout  # type: ignore[union-attr]
+            for n in NAMES} == {"edge": 2, "edge2": 2, "edge3": 1}
 
 
 def test_a_target_that_needs_no_copy_does_not_hold_the_read_back(
@@ -461,6 +680,33 @@ def test_a_target_that_needs_no_copy_does_not_hold_the_read_back(
     results = asyncio.run(fleet.warm(image, wait=30))
     assert all(r.state == "warm" for r in results.values())
     assert time.monotonic() - started < 10
+
+
+def test_a_target_that_needs_no_copy_leaves_before_its_checks(
+        clusters: tuple[FakeCluster, FakeCluster], pools: Any, monkeypatch: pytest.MonkeyPatch,
+        source_reads: list[tuple[int, int]]) -> None:
+    """edge3 has the image in its cluster, and checking that copy takes a
+    while: the others' read does not wait for those checks (nor for the
+    fan-out's wait), since edge3 copies nothing."""
+    fleet = Fleet(clusters, pools)
+    data = dense(4 * MiB)
+    image = fleet.image(data)
+    assert asyncio.run(fleet.targets["edge3"].warm(image)).state == "warm"
+    image = fleet.glance.images[image.info.id]  # with edge3's location now
+    edge3 = fleet.targets["edge3"]
+    real = edge3._warm_location
+    checked: list[float] = []
+
+    async def slow_check(loc: Any) -> TargetResult:
+        await asyncio.sleep(1.0)
+        result = await real(loc)
+        checked.append(time.monotonic())
+        return result
+    monkeypatch.setattr(edge3, "_warm_location", slow_check)
+    first_read = read_times(monkeypatch)
+    results = asyncio.run(fleet.warm(image, wait=30))
+    assert all(r.state == "warm" for r in results.values())
+    assert min(first_read) < checked[0]
 
 
 def test_a_checksum_mismatch_fails_every_target_and_revokes_once(

@@ -43,7 +43,9 @@ OPTS = [
                       "target still writes, verifies and publishes its own copy). "
                       "The read starts as soon as every such target is ready or "
                       "has gone its own way (already warm, busy, over budget, "
-                      "failed); a target not ready by then reads on its own. 0: "
+                      "failed); a target not ready by then reads on its own, "
+                      "with a window (copy_window chunks) of memory of its own. "
+                      "One read goes at the pace of its slowest target. 0: "
                       "never wait, every target reads and hashes on its own."),
     cfg.BoolOpt("trust_verified_snapshots", default=True,
                 help="Verify each source snapshot once. An RBD snapshot never "

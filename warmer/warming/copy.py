@@ -173,7 +173,9 @@ class Verifier:
 class Writer:
     """One destination of a copy: ``write(data, offset)``, a blocking call
     run on ``executor`` (the target's own Ceph threads), into a freshly
-    created image.
+    created image. It returns the number of bytes it wrote, as rbd's
+    ``Image.write`` does: any other count (fewer bytes, or none said) is a
+    failed write (``short_write``), never a piece silently left as zeroes.
 
     Several writers can take the same read (:func:`copy_into`). A writer
     whose write fails drops out (:attr:`error`), and so does one that
@@ -181,7 +183,7 @@ class Writer:
     stream goes on for the others. Either way its writes already running on
     threads run to their end: close its image only after :meth:`settled`."""
 
-    def __init__(self, write: Callable[[bytes, int], None], executor: concurrent.futures.Executor,
+    def __init__(self, write: Callable[[bytes, int], int], executor: concurrent.futures.Executor,
                  progress: Callable[[int, int], None] | None = None) -> None:
         self._write = write
         self._executor = executor
@@ -232,7 +234,7 @@ class Writer:
         async with slots:
             if not self.active:
                 return
-            jobs: list[concurrent.futures.Future[None]] = []
+            jobs: list[concurrent.futures.Future[int]] = []
             try:
                 for offset, data in pieces:
                     jobs.append(self._executor.submit(self._write, data, offset))
@@ -248,11 +250,16 @@ class Writer:
                     raise
                 self._fail(exc)
                 return
-            for job in jobs:
+            for job, (offset, data) in zip(jobs, pieces, strict=True):
                 # A job cancelled by anyone else (an executor shut down) is
                 # a write lost: as much a failure as one that raised.
                 error = (concurrent.futures.CancelledError("write cancelled")
                          if job.cancelled() else job.exception())
+                if error is None and job.result() != len(data):
+                    # python-rbd raises IncompleteWriteError itself; any
+                    # other count from a write is a piece not all written.
+                    error = CopyError("short_write", f"{job.result()!r} of {len(data)} bytes "
+                                                     f"written at offset {offset}")
                 if error is not None:
                     self._fail(error)
                     return
@@ -279,13 +286,13 @@ class WritersGone(Exception):
     """Every writer of a stream dropped out or left: it stopped reading."""
 
 
-async def copy(source: Source, write: Callable[[bytes, int], None], verifier: Verifier,
+async def copy(source: Source, write: Callable[[bytes, int], int], verifier: Verifier,
                executor: concurrent.futures.Executor, *, window: int = 8,
                chunk_size: int = CHUNK,
                progress: Callable[[int, int], None] | None = None) -> CopyStats:
     """Stream ``source`` into ``write(data, offset)`` (a blocking call run on
-    ``executor``): :func:`copy_into` with one writer, whose failure is the
-    copy's."""
+    ``executor`` that returns the bytes it wrote: :class:`Writer`):
+    :func:`copy_into` with one writer, whose failure is the copy's."""
     writer = Writer(write, executor, progress)
     try:
         return await copy_into(source, [writer], verifier, window=window,
