@@ -114,6 +114,10 @@ def test_what_cinder_sees_of_glance() -> None:
     # With service credentials, the locations API shows them all.
     urls, notes = rules.cinder_locations(GlanceView(None, None, 200, [URL, COPY]), True)
     assert urls == [URL, COPY] and {d.code for d in notes} == {"locations_api"}
+    # ... which warmer's own user may not read: then Cinder may see more.
+    urls, notes = rules.cinder_locations(GlanceView(URL, None, 403), True)
+    [note] = notes
+    assert urls == [URL] and note.code == "locations_api" and "(HTTP 403)" in note.message
 
 
 def test_cinder_conf_backends_fall_back_on_backend_defaults(tmp_path: Path) -> None:

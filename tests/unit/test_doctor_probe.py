@@ -207,7 +207,8 @@ class FakeGlance:
 
 
 def image_report(shown: dict[str, Any], api: tuple[int, list[str] | None],
-                 glance_reads_copy_pool: bool = True) -> list[Diagnosis]:
+                 glance_reads_copy_pool: bool = True,
+                 cinder_service_auth: bool | None = None) -> list[Diagnosis]:
     """The edge verdict's diagnoses for a raw image whose data is at
     central, with warmer's complete, protected copy in edge; Glance shows
     ``shown`` of its locations, and its locations API answers ``api``."""
@@ -217,6 +218,9 @@ def image_report(shown: dict[str, Any], api: tuple[int, list[str] | None],
     t.glance = probe.User("glance", FakeClient({}), "glance-api.conf")  # type: ignore[arg-type]
     t.glance_reads_copy_pool = glance_reads_copy_pool
     d = doctor()
+    if cinder_service_auth is not None:
+        d.cinder_conf = types.SimpleNamespace(  # type: ignore[assignment]
+            glance_service_auth=cinder_service_auth)
     glance = FakeGlance({"id": IMAGE, "status": "active", "disk_format": "raw", "size": 1,
                          **shown}, api)
     d.glance = d.stores = glance  # type: ignore[assignment]
@@ -280,3 +284,15 @@ def test_a_copy_that_is_no_location_where_cinder_sees_them_all_is_not_published(
     assert "copy_unseen_by_cinder" not in {d.code for d in diagnoses}
     fix = found(diagnoses, "copy_not_published").remedy
     assert fix is not None and f"`warmer evaluate {IMAGE}`" in fix
+
+
+def test_a_copy_cinder_may_see_through_the_locations_api_is_not_called_unpublished() -> None:
+    """Cinder has service credentials and reads the locations API; warmer's
+    own user is refused there (403) and Glance lists no locations: whether
+    Cinder sees warmer's copy is unknown, so the doctor neither says it is
+    no location nor sends the operator to publish it again (a review's
+    case)."""
+    diagnoses = image_report({"direct_url": GLANCES}, (403, None), cinder_service_auth=True)
+    unknown = found(diagnoses, "copy_not_published")
+    assert not unknown.blocking and "unknown" in unknown.message
+    assert unknown.remedy is not None and "warmer evaluate" not in unknown.remedy

@@ -249,16 +249,21 @@ def stop_group(base: Path, name: str, timeout: float = 20) -> list[int]:
     orphaned when it was SIGKILLed): SIGTERM, then SIGKILL after
     ``timeout``, each by the PID and start time it had when listed, never
     by name. The group's id is the leader's recorded PID; while any member
-    lives the kernel gives that number to no new process, so while the
-    leader runs, or no process has that PID, the group is the one it
-    started. Returns the PIDs stopped, leader first; raises when one
+    lives the kernel gives that number to no new process, so the group is
+    listed while the leader runs, and again only while a member listed
+    then lives. Returns the PIDs stopped, leader first; raises when one
     survives."""
     pid, start = _recorded_one(base, name)
     now = _start_time(pid)
     if now is not None and now != start:
         return []  # the PID, and a group of that id, are someone else's now
+    # Listed while the leader still runs (the group is surely its own),
+    # and again after it stopped only while one of those lives: a member
+    # keeps the group's id from any new process, so the list is still
+    # that group's and finds what its workers forked meanwhile.
+    listed = [m for m in group_members(pid) if m[0] != pid]
     stopped = [pid] if stop_one(base, name, timeout) is not None else []
-    rest = [m for m in group_members(pid) if m[0] != pid]
+    rest = [m for m in group_members(pid) if m[0] != pid] if survivors(listed) else listed
     for member, member_start in rest:
         _signal(member, member_start, signal.SIGTERM)
     _wait_gone(rest, timeout)

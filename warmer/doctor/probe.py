@@ -736,6 +736,14 @@ class Doctor:
                    "(publish_refused: Glance's message in detail)" if published is False
                    else ""),
                 blocking=True))
+        elif there and published is None:
+            # Glance shows warmer no list of locations: whether Cinder (with
+            # its own credentials) sees this copy is not known here.
+            diagnoses.append(Diagnosis(
+                "copy_not_published", f"{where} is there ({protection}); whether it is a "
+                "location Cinder sees is unknown: Glance shows warmer's user no list of the "
+                "image's locations", "`warmer show ID` says whether warmer published it; "
+                "give --cinder-conf so that the doctor reads the locations as Cinder does"))
         elif there:
             diagnoses.append(Diagnosis(
                 "copy_not_published", f"{where} is there ({protection}) but is no location "

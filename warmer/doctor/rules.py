@@ -158,12 +158,16 @@ def cinder_locations(view: GlanceView, service_auth: bool | None
     them. ``service_auth``: cinder.conf ``[glance]`` has credentials (None
     when cinder.conf was not given)."""
     if service_auth and view.api_status not in (404, 405, 501):
-        urls = view.api_urls if view.api_urls is not None else (
-            view.locations or ([view.direct_url] if view.direct_url else []))
-        return urls, [Diagnosis("locations_api",
-                                "Cinder reads Glance's locations API with the service "
-                                f"credentials of its [glance] section: {len(urls)} "
-                                "location(s)")]
+        if view.api_urls is not None:
+            return view.api_urls, [Diagnosis(
+                "locations_api", "Cinder reads Glance's locations API with the service "
+                f"credentials of its [glance] section: {len(view.api_urls)} location(s)")]
+        urls = view.locations or ([view.direct_url] if view.direct_url else [])
+        return urls, [Diagnosis(
+            "locations_api", "Cinder reads Glance's locations API with the service "
+            "credentials of its [glance] section, which warmer's own request could not "
+            f"read (HTTP {view.api_status}): Cinder may see more than the {len(urls)} "
+            "location(s) GET /v2/images/{id} shows here")]
     notes = []
     if service_auth is None and view.api_status not in (404, 405, 501):
         notes.append(Diagnosis(
@@ -172,6 +176,9 @@ def cinder_locations(view: GlanceView, service_auth: bool | None
             "on service credentials in cinder.conf [glance]; assuming it falls back on "
             "GET /v2/images/{id}", "give --cinder-conf to check"))
     if not view.direct_url:
+        # Not even with show_multiple_locations: Cinder 29's get_location
+        # (cinder/image/glance.py) keeps an image's ``locations`` only next
+        # to its ``direct_url``, and reads none without it.
         if view.locations == [] and view.api_urls == []:
             return [], notes + [Diagnosis("no_locations", "the image has no locations at all "
                                           "(no data uploaded, or every location removed)",
