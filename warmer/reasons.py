@@ -80,6 +80,7 @@ class Reason(StrEnum):
     SIZE_UNKNOWN = "size_unknown"
     SHORT_READ = "short_read"
     SHORT_WRITE = "short_write"
+    TRUST_REVOKED = "trust_revoked"
     NAME_TAKEN_IN_TARGET = "name_taken_in_target"
     STALE_COPY_KEPT = "stale_copy_kept"
     OVER_BUDGET = "over_budget"
@@ -177,6 +178,10 @@ _REASONS: dict[Reason, tuple[str, str]] = {
     Reason.SHORT_READ: ("the source ended before its size", "check the source"),
     Reason.SHORT_WRITE: ("a write into the target wrote fewer bytes than it was given",
                          "check the target cluster (and its python3-rbd); retried"),
+    Reason.TRUST_REVOKED: ("a copy made without a hash (its source snapshot was verified "
+                           "before) was not published: a mismatch of that snapshot was "
+                           "recorded while it ran, or the shared state did not answer",
+                           "none: retried, and the next copy hashes"),
     Reason.NAME_TAKEN_IN_TARGET: ("an RBD image warmer does not own has the copy's name",
                                   "find out whose it is; warmer never touches it"),
     Reason.STALE_COPY_KEPT: ("an old copy could not be removed to make a new one",

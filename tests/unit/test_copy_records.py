@@ -599,3 +599,35 @@ def test_a_crash_between_the_two_writes_of_revoke_leaves_the_mismatch() -> None:
             pass
         return await store.mismatched(RACE_ID)
     assert asyncio.run(go()) == {RACE_SNAP.key}
+
+
+def test_an_unhashed_copy_is_not_published_when_a_mismatch_is_recorded_while_it_runs(
+        clusters: tuple[FakeCluster, FakeCluster], executor: Any) -> None:
+    """Trust is decided when the source opens; another daemon's copy of the
+    same snapshot may mismatch while this one copies without a hash. It is
+    checked again before the result: nothing is published, nothing left,
+    and the next copy hashes (a review's case)."""
+    class MismatchDuringCopy(MemoryStore):
+        armed = False
+
+        async def mismatched(self, image_id: str) -> set[str]:
+            found = await super().mismatched(image_id)
+            if self.armed:  # another daemon's mismatch lands right after this read
+                self.armed = False
+                [record] = (await self.verified(image_id)).values()
+                await self.put_mismatched(dataclasses.replace(
+                    record, digest="sha512:" + "ff" * 64, by="other", mismatched=True))
+            return found
+    store = MismatchDuringCopy()
+    daemon, image_id, data = one_image(clusters, executor, store=store)
+    published = list(daemon.glance.added)
+    store.armed = True
+    result = daemon.warm("edge2", image_id)
+    assert (result.state, result.reason) == ("cold", "trust_revoked")
+    assert daemon.glance.added == published  # nothing published in edge2
+    assert not [n for n in FakeCluster.registry["edge2.conf"].images["images"]
+                if image_id in n]  # and nothing left there
+    again = Daemon(executor, daemon.glance, store)
+    assert again.warm("edge2", image_id).state == "warm"
+    assert again.checks == [("edge2", "verified")]  # hashed
+    assert copied(image_id) == data

@@ -280,6 +280,14 @@ class _Stream:
             if records is not None and snapshot is not None and verifier.outcome == "verified":
                 # Every byte read and matched: only now is the snapshot vouched for.
                 await records.verified(snapshot, digest, source.size)
+            if records is not None and snapshot is not None \
+                    and verifier.outcome == "skipped_verified" \
+                    and not await records.still_trusted(snapshot):
+                # Trusted when the source opened; another daemon's copy of it
+                # mismatched since (or the state no longer answers): this
+                # unhashed copy is not published, the next one hashes.
+                raise CopyError("trust_revoked", f"{snapshot.key} was recorded as mismatched "
+                                "(or could not be checked) during this unhashed copy")
             stats.fanout = sum(1 for w in writers if w.active)
             self.result.set_result(Copied(stats, digest, verifier.outcome, verifier.stamp))
         except WritersGone:  # nobody waits for the result any more

@@ -113,6 +113,21 @@ class CopyRecords:
             return False
         return True
 
+    async def still_trusted(self, snapshot: SourceSnapshot) -> bool:
+        """After an unhashed copy of ``snapshot`` (:meth:`trusted` said yes
+        when it began): whether no mismatch of it was recorded since. False
+        when the state does not answer."""
+        if snapshot.key in self._distrusted:
+            return False
+        ok, bad = await self._call("mismatched",
+                                   lambda: self.store.mismatched(snapshot.image_id))
+        if not ok or bad is None:
+            return False
+        if snapshot.key in bad:
+            self._distrust(snapshot)
+            return False
+        return True
+
     async def verified(self, snapshot: SourceSnapshot, digest: str, size: int) -> None:
         """Every byte of ``snapshot`` was read and matched ``digest``. Call
         it only then: never on a mismatch, a short read or a failed read.
