@@ -104,19 +104,13 @@ class CopyRecords:
         # order: :meth:`revoke` records a mismatch before it drops the
         # verified records, so a record still read here was either dropped
         # later (after its mismatch was written, so read next) or never was.
-        ok, bad = await self._call("mismatched",
-                                   lambda: self.store.mismatched(snapshot.image_id))
-        if not ok or bad is None:
-            return False
-        if snapshot.key in bad:
-            self._distrust(snapshot)
-            return False
-        return True
+        return await self.still_trusted(snapshot)
 
     async def still_trusted(self, snapshot: SourceSnapshot) -> bool:
-        """After an unhashed copy of ``snapshot`` (:meth:`trusted` said yes
-        when it began): whether no mismatch of it was recorded since. False
-        when the state does not answer."""
+        """Whether no mismatch of ``snapshot`` is recorded: the second half
+        of :meth:`trusted`, and, after an unhashed copy, its check that
+        none was recorded while it ran. False when the state does not
+        answer."""
         if snapshot.key in self._distrusted:
             return False
         ok, bad = await self._call("mismatched",
