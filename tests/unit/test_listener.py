@@ -370,6 +370,7 @@ class _Revives(_Deliveries):
                  tags: list[int | None]) -> None:
         super().__init__(received, 0, [])
         self.channel, self.tags = channel, tags
+        self.default_channel = object()  # kombu's own channel: not the consumer's
 
     def drain_events(self, timeout: float) -> None:
         if not self.tags:
@@ -604,6 +605,7 @@ class _Ensuring(_Heartbeats):
         self._consumers = {_Consumer(log): 1}
         self._new_tags: set[int] = set()
         self.fail = True
+        self.qos_on: list[object] = []  # the channels the prefetch was set on
 
     def _heartbeat_check(self) -> None:
         super()._heartbeat_check()
@@ -613,6 +615,7 @@ class _Ensuring(_Heartbeats):
 
     def _set_qos(self, channel: object) -> None:
         self.log.append(("qos", 0, False))
+        self.qos_on.append(channel)
 
     def ensure(self, method: Callable[[], None], recoverable_error_callback: Any,
                error_callback: Any) -> None:
@@ -658,6 +661,7 @@ def test_a_channel_reopened_in_place_gets_its_prefetch_before_its_consumers(
     listener._drain(0.01)
     assert [entry for entry in log if entry[0] != "heartbeat"] == [
         ("recover", 0, False), ("qos", 0, False), ("consumed", 1, False)]
+    assert driver.qos_on == [channel]  # the session's channel, not another
     assert listener._pending == []  # taken before the close: the broker redelivers it
 
 
