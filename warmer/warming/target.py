@@ -55,7 +55,15 @@ from warmer.glance.stores import StoreCatalog
 from warmer.ids import is_canonical_image_id
 from warmer.locations import RbdLocation, parse_rbd_url
 from warmer.state.store import SourceSnapshot
-from warmer.warming.copy import CopyError, CopyStats, HttpSource, RbdSource, Verifier, Writer
+from warmer.warming.copy import (
+    CopyError,
+    CopyStats,
+    HttpSource,
+    RbdSource,
+    Verifier,
+    Writer,
+    outlast,
+)
 from warmer.warming.fanout import Copied, Fanout, OpenedSource
 from warmer.warming.records import CopyRecords
 
@@ -901,7 +909,7 @@ async def _to_the_end(step: Awaitable[T]) -> T:
     try:
         return await asyncio.shield(task)
     except asyncio.CancelledError:
-        await _wait_out(task)
+        await outlast([task])
         raise
 
 
@@ -910,20 +918,7 @@ async def _settle(task: asyncio.Task[Any]) -> None:
     too), even if this task is cancelled meanwhile; re-raise that
     cancellation afterwards."""
     task.cancel()
-    if await _wait_out(task):
-        raise asyncio.CancelledError()
-
-
-async def _wait_out(task: asyncio.Future[Any]) -> bool:
-    """Wait until ``task`` has ended, through any cancellation of this
-    task; return whether one came (the caller re-raises it)."""
-    cancelled = False
-    while not task.done():
-        try:
-            await asyncio.wait({task})
-        except asyncio.CancelledError:
-            cancelled = True
-    return cancelled
+    await outlast([task])
 
 
 def _failures() -> tuple[type[BaseException], ...]:
