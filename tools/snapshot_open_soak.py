@@ -6,7 +6,7 @@ read_only=True)``, i.e. ``rbd_open_read_only`` with a snapshot name): the
 process aborts (``std::system_error: Invalid argument``), segfaults or
 hangs after some hundreds or thousands of such opens. warmer opens at the
 head and then sets the snapshot instead (:func:`warmer.ceph.bindings.
-open_snapshot`). This tool shows both (``docs/ceph-bugs.md``):
+set_snapshot`). This tool shows both (``docs/ceph-bugs.md``):
 
   .venv/bin/python tools/snapshot_open_soak.py --conf C --user cinder \\
       --keyring K --pool images --image NAME --cycles 4000 [--librbd-open]

@@ -482,9 +482,9 @@ class Image:
         self.pool = ioctx.pool
         self.name = name
         # librbd 16.2 corrupts memory on this open (warmer.ceph.bindings.
-        # open_snapshot): no code of warmer's may make it.
+        # set_snapshot): no code of warmer's may make it.
         assert not (snapshot is not None and read_only), \
-            "never open read-only at a snapshot: use bindings.open_snapshot"
+            "never open read-only at a snapshot: use bindings.set_snapshot"
         self.cluster.op(f"open {self.pool}/{name}")
         img = self.cluster.images[self.pool].get(name)
         if img is None or (snapshot is not None and snapshot not in img.snaps):

@@ -166,7 +166,7 @@ def test_warmer_that_may_write_cinders_pool_is_unsafe() -> None:
 def test_the_snapshot_probe_opens_the_snapshot_without_librbds_crashing_open(
         clusters: Any, monkeypatch: Any) -> None:
     """The probe answers as Cinder's open would, through
-    bindings.open_snapshot: the fake librbd refuses the open librbd 16.2
+    bindings.set_snapshot: the fake librbd refuses the open librbd 16.2
     corrupts memory on (read-only *at* a snapshot, docs/ceph-bugs.md), so
     putting that open back fails here."""
     monkeypatch.setattr(probe, "modules", fake_rbd.modules)

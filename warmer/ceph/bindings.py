@@ -40,12 +40,13 @@ class Image(Protocol):
     def close(self) -> None: ...
 
 
-def open_snapshot(ioctx: Any, name: str, snapshot: str) -> tuple[Image, int]:
-    """Open ``name@snapshot`` read-only; return the image and the
-    snapshot's id (reads come from that snapshot only, even if another of
-    the same name replaces it meanwhile).
+def set_snapshot(img: Image, snapshot: str) -> int:
+    """Set ``img``, an image opened read-only at its head, to ``snapshot``
+    and return the snapshot's id: reads come from that snapshot only, even
+    if another of the same name replaces it meanwhile. A missing snapshot
+    raises ``ImageNotFound``.
 
-    The image is opened at its head, then set to the snapshot: never
+    This is how warmer opens a snapshot, never
     ``rbd.Image(..., snapshot=..., read_only=True)``. librbd 16.2 (Debian
     12's 16.2.15) corrupts its memory on that open: one thread opening and
     closing a snapshot that way, nothing else running, killed the process
@@ -54,18 +55,11 @@ def open_snapshot(ioctx: Any, name: str, snapshot: str) -> tuple[Image, int]:
     at the head and then set by id, this way, 30,000 cycles in one thread
     and three runs of 6,000 in four threads never did (``docs/ceph-bugs.md``).
     Both read the same header and snapshot with the same caps, so this is
-    still what Cinder's clone check opens, with the same errors (a missing
-    snapshot raises ``ImageNotFound``).
+    still what Cinder's clone check opens, with the same errors.
     """
-    _, rbd = modules()
-    img = rbd.Image(ioctx, name, read_only=True)
-    try:
-        snap_id = int(img.snap_get_id(snapshot))
-        img.set_snap_by_id(snap_id)
-    except BaseException:
-        img.close()
-        raise
-    return img, snap_id
+    snap_id = int(img.snap_get_id(snapshot))
+    img.set_snap_by_id(snap_id)
+    return snap_id
 
 
 def errors() -> tuple[type[BaseException], ...]:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
-from warmer.ceph.bindings import Image, Rados, modules, open_snapshot
+from warmer.ceph.bindings import Image, Rados, modules, set_snapshot
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -349,19 +349,21 @@ def _ensure_protected(cluster: Rados, pool: str, image: str, snapshot: str,
 def _check_readable(cluster: Rados, pool: str, image: str, snapshot: str) -> str | None:
     rados, rbd = modules()
     try:
-        ioctx = cluster.open_ioctx(pool)
+        ioctx, img = _open(cluster, pool, image, read_only=True)
     except rados.ObjectNotFound:
         return "pool_missing"
-    except rados.PermissionError:
+    except rbd.ImageNotFound:
+        return "snapshot_not_readable"
+    except (rados.PermissionError, rbd.PermissionError):
         return "cinder_user_cannot_read"
     try:
-        try:
-            img, _ = open_snapshot(ioctx, image, snapshot)
-        except rbd.ImageNotFound:
-            return "snapshot_not_readable"
-        except (rados.PermissionError, rbd.PermissionError):
-            return "cinder_user_cannot_read"
         with img:
+            try:
+                set_snapshot(img, snapshot)  # never opened at it: bindings.set_snapshot
+            except rbd.ImageNotFound:
+                return "snapshot_not_readable"
+            except rbd.PermissionError:
+                return "cinder_user_cannot_read"
             if not img.is_protected_snap(snapshot):
                 return "snapshot_unprotected"
     finally:

@@ -27,7 +27,7 @@ import errno
 from typing import Any
 
 from warmer.ceph import ownership
-from warmer.ceph.bindings import Rados, modules, open_snapshot
+from warmer.ceph.bindings import Rados, modules, set_snapshot
 from warmer.ceph.ownership import SNAPSHOT, TEMP_PREFIX, Entry, Inspection, temp_name
 
 VERIFIED_KEY = "warmer.verified"
@@ -77,14 +77,10 @@ class OpenSnapshot(OpenImage):
     come from its successor). ``rbd_id`` is the image's own RBD id."""
 
     def __init__(self, cluster: Rados, pool: str, name: str, snapshot: str) -> None:
-        # Not OpenImage.__init__: never open at a snapshot (bindings.open_snapshot).
-        self.ioctx = cluster.open_ioctx(pool)
+        # Opened at the head, then set: never at the snapshot (bindings.set_snapshot).
+        super().__init__(cluster, pool, name, read_only=True)
         try:
-            self.image, self.snap_id = open_snapshot(self.ioctx, name, snapshot)
-        except BaseException:
-            self.ioctx.close()
-            raise
-        try:
+            self.snap_id = set_snapshot(self.image, snapshot)
             self.rbd_id = str(self.image.id())
         except BaseException:
             self.close()

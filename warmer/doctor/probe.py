@@ -24,7 +24,7 @@ from typing import Any
 from oslo_config import cfg
 
 from warmer.ceph import images as rbd_images
-from warmer.ceph.bindings import Rados, modules, open_snapshot
+from warmer.ceph.bindings import Rados, modules, set_snapshot
 from warmer.ceph.client import CephClient, CephUnavailable, ClusterConfig
 from warmer.ceph.ownership import SNAPSHOT
 from warmer.doctor import rules
@@ -65,10 +65,9 @@ def _open_snapshot(cluster: Rados, pool: str, image: str, snap: str) -> SnapProb
         with img:
             if snap not in {s["name"] for s in img.list_snaps()}:
                 return SnapProbe("snapshot_missing")
-        # Cinder's open: the snapshot, read-only (opened at the head and
-        # then set: bindings.open_snapshot says why).
-        img, _ = open_snapshot(ioctx, image, snap)
-        with img:
+            # Cinder's open: the snapshot, read-only (set on the image
+            # opened at its head: bindings.set_snapshot says why).
+            set_snapshot(img, snap)
             return SnapProbe(OK, bool(img.is_protected_snap(snap)))
     except (rados.PermissionError, rbd.PermissionError):
         return SnapProbe(PERMISSION)
