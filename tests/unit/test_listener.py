@@ -464,10 +464,12 @@ def test_read_ahead_makes_one_recv_serve_several_frames_of_py_amqp() -> None:
 
 def test_an_oslo_messaging_without_the_consumer_callback_is_refused() -> None:
     class Consumer:
-        pass
+        def consume(self) -> None: ...
     driver = type("D", (), {"_consumers": {Consumer(): 1}})()
     with pytest.raises(RuntimeError, match="Consumer._callback"):
-        listener_mod._deliver_raw(driver, lambda message: None)
+        listener_mod._check_driver(driver)
+    with pytest.raises(RuntimeError, match="none declared"):
+        listener_mod._check_driver(type("D", (), {"_consumers": {}})())
 
 
 def test_listener_sees_its_connection_drop_and_come_back_and_consumes_again(
@@ -783,6 +785,14 @@ def test_a_library_without_a_private_name_the_listener_uses_is_refused_at_start(
     assert listener.connected() is False
 
 
+class _CheckedConsumer:
+    """What _check_driver asks of an oslo.messaging Consumer."""
+
+    def _callback(self, message: Any) -> None: ...
+
+    def consume(self, driver: Any, tag: int) -> None: ...
+
+
 def test_py_amqp_without_its_transport_names_is_refused() -> None:
     class Transport:
         sock = socket.socket()
@@ -792,7 +802,8 @@ def test_py_amqp_without_its_transport_names_is_refused() -> None:
     kombu_conn = kombu.Connection("memory://")
     kombu_conn._connection = amqp_conn
     driver = type("D", (), {
-        "_new_tags": set(), "_consumers": {}, "_consume_loop_stopped": False,
+        "_new_tags": set(), "_consumers": {_CheckedConsumer(): 1},
+        "_consume_loop_stopped": False,
         "_connection_lock": threading.Lock(), "_heartbeat_check": lambda: None,
         "_heartbeat_supported_and_enabled": lambda: False, "_set_qos": lambda c: None,
         "ensure": lambda: None,

@@ -583,6 +583,8 @@ def _check_driver(driver: Any) -> None:
     }
     for name, check in driver_names.items():
         need(driver, "oslo.messaging impl_rabbit.Connection", name, check)
+    if not getattr(driver, "_consumers", None):
+        missing.append("oslo.messaging impl_rabbit.Connection._consumers (none declared)")
     for consumer in getattr(driver, "_consumers", None) or ():
         need(type(consumer), "oslo.messaging impl_rabbit.Consumer", "_callback")
         need(consumer, "oslo.messaging impl_rabbit.Consumer", "consume")
@@ -624,15 +626,11 @@ def _deliver_raw(driver: Any, callback: Callable[[Any], None]) -> None:
     them once, per batch, and acks what does not decode as malformed.
     ``Consumer.consume`` registers ``self._callback`` with the broker each
     time it (re)starts consuming, after every reconnection too, so an
-    attribute of the instance is what it registers. Checked at start: an
-    oslo.messaging without that method would decode and reject again
-    behind warmer's back."""
-    consumers = list(driver._consumers)
-    if not consumers or not all(callable(getattr(type(c), "_callback", None))
-                                for c in consumers):
-        raise RuntimeError("this oslo.messaging's rabbit driver does not register "
-                           "Consumer._callback; warmer cannot consume with it")
-    for consumer in consumers:
+    attribute of the instance is what it registers. :func:`_check_driver`
+    checked at start that every consumer has that method: an
+    oslo.messaging without it would decode and reject again behind
+    warmer's back."""
+    for consumer in driver._consumers:
         consumer._callback = callback
 
 
