@@ -284,9 +284,7 @@ class RadosStore:
 
     async def put_mismatched(self, record: VerifiedSnapshot) -> None:
         canonical_image_id(record.snapshot.image_id)
-        key, value = record.snapshot.key, record.to_json()
-        await self._run("put_mismatched", lambda ioctx: _write(
-            ioctx, MISMATCHED_OBJECT, [(key, value)], (), batch=self.write_batch))
+        await self._put(MISMATCHED_OBJECT, record.snapshot.key, record.to_json())
 
     async def remove_mismatched(self, image_ids: Collection[str]) -> None:
         await self._remove_images("remove_mismatched", MISMATCHED_OBJECT, image_ids)
