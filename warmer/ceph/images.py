@@ -97,7 +97,7 @@ def create_temp(cluster: Rados, pool: str, image_id: str, size: int, source: str
     for writing. The caller holds the copy lease.
 
     The image returned is always freshly created, so all zeroes, as
-    :func:`warmer.warming.copy.copy` requires (it writes no zeroes): a
+    :func:`warmer.warming.copy.copy_into` requires (it writes no zeroes): a
     leftover is removed first, and ``RBD.create`` raises ``ImageExists``
     rather than open an image made meanwhile. Never reuse an image here."""
     _, rbd = modules()
